@@ -1,0 +1,1 @@
+"""TitanInfer's foundation: configs, weights, tokenizer, reference model, sampling, data, benchmarks, gates, CLI."""

@@ -1,0 +1,84 @@
+"""The seam: one table naming every deliverable of every phase, resolved lazily on first use.
+
+Later phases, the engine, the tests and the gates reach earlier phases ONLY through `get(name)`. The table is also
+the course's table of contents. To run everything on your own implementation of an entry, override it:
+
+    TITAN_ARTIFACTS="allocator.block=my_pkg.alloc:MyAllocator,attention.paged_decode=my_pkg.attn:decode"
+    # or a file named by TITAN_ARTIFACTS_FILE with one `name = module:attr` per line (# comments allowed)
+
+    from common import artifacts
+    BlockAllocator = artifacts.get("allocator.block")
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+# name -> "module:attribute". Grouped by phase; an entry exists once its phase has built it.
+TABLE: dict[str, str] = {
+    # common: the foundation
+    "model.config": "common.config:ModelConfig",
+    "model.llama": "common.llama:LlamaForCausalLM",
+    "model.load": "common.model_loader:load_model",
+    "attention.ref": "common.attention:attention_ref",
+    "kv_cache.contiguous": "common.kv_cache:ContiguousKVCache",
+    "sampling.sample": "common.sampling:sample",
+    # phase 0: roofline in practice
+    "engine.generate_no_cache": "phase0_tinyllama.inference_v0:generate",
+    "engine.generate": "phase0_tinyllama.inference_v1:generate",
+    "engine.stream": "phase0_tinyllama.inference_v1:stream_kv_cache",
+    "kernels.cuda_basics": "phase0_tinyllama.cuda_kernels:CudaKernels",
+    "roofline.plot": "phase0_tinyllama.roofline:plot_roofline",
+}
+
+_cache: dict[str, object] = {}
+
+
+def _overrides() -> dict[str, str]:
+    out: dict[str, str] = {}
+    f = os.environ.get("TITAN_ARTIFACTS_FILE")
+    if f:
+        for line in Path(f).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                k, _, v = line.partition("=")
+                out[k.strip()] = v.strip()
+    for item in filter(None, os.environ.get("TITAN_ARTIFACTS", "").split(",")):
+        k, _, v = item.partition("=")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def target(name: str) -> str:
+    """The "module:attr" an entry currently points at (after overrides)."""
+    table = {**TABLE, **_overrides()}
+    if name not in table:
+        raise KeyError(f"no artifact named {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def get(name: str):
+    """Import and return the object behind an entry (cached)."""
+    tgt = target(name)
+    if (name, tgt) not in _cache:
+        mod, _, attr = tgt.partition(":")
+        if not attr:
+            raise ValueError(f"artifact {name!r} -> {tgt!r} must be 'module:attribute'")
+        obj = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        _cache[(name, tgt)] = obj
+    return _cache[(name, tgt)]
+
+
+def register(name: str, tgt: str) -> None:
+    """Add or replace an entry at run time (tests and notebooks use this)."""
+    TABLE[name] = tgt
+
+
+def table_of_contents() -> str:
+    """The table as text, one line per entry, marking overridden entries."""
+    ov = _overrides()
+    width = max(map(len, {**TABLE, **ov}))
+    return "\n".join(f"{k:<{width}}  {v}{'  (override)' if k in ov else ''}" for k, v in {**TABLE, **ov}.items())

@@ -1,0 +1,80 @@
+"""Acceptance-criterion gates: run each criterion live, print a table, exit non-zero on any failure.
+
+A criterion that cannot run here (no CUDA) is SKIPPED with its reason, never passed; where a GPU run was recorded
+in results/, the skip reason quotes it so the reader sees the last measured value and where it came from.
+
+    def criteria():
+        yield Criterion("KV cache speed-up at 512 tokens", ">= 10x", check_fn)
+    sys.exit(run_gate("Phase 0", criteria()))
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+
+@dataclass
+class Outcome:
+    measured: str
+    passed: bool | None  # None = skipped
+    reason: str = ""
+
+
+def passed(measured, ok: bool, reason: str = "") -> Outcome:
+    return Outcome(str(measured), bool(ok), reason)
+
+
+def skipped(reason: str) -> Outcome:
+    return Outcome("-", None, reason)
+
+
+@dataclass
+class Criterion:
+    name: str
+    threshold: str
+    check: Callable[[], Outcome]
+    needs_cuda: bool = False
+    recorded: Callable[[], str | None] | None = None  # describes a recorded GPU result, shown when skipped
+
+
+def cuda_skip_reason(recorded: str | None = None) -> str:
+    msg = "skipped (needs CUDA)"
+    return f"{msg}; recorded: {recorded}" if recorded else msg
+
+
+def evaluate(c: Criterion) -> tuple[Outcome, float]:
+    t0 = time.perf_counter()
+    if c.needs_cuda and not torch.cuda.is_available():
+        rec = c.recorded() if c.recorded else None
+        return skipped(cuda_skip_reason(rec)), 0.0
+    try:
+        out = c.check()
+    except Exception as e:  # a crash is a failure with its cause, not a skip
+        out = Outcome("error", False, f"{type(e).__name__}: {e}")
+        traceback.print_exc()
+    return out, time.perf_counter() - t0
+
+
+def run_gate(title: str, criteria: Iterable[Criterion]) -> int:
+    rows = []
+    print(f"== {title} ==")
+    for c in criteria:
+        print(f"  checking: {c.name} ...", flush=True)
+        out, secs = evaluate(c)
+        status = {True: "PASS", False: "FAIL", None: "SKIP"}[out.passed]
+        rows.append((c.name, c.threshold, out.measured, status, out.reason, secs))
+    w = [max(len(str(r[i])) for r in rows + [("criterion", "threshold", "measured", "status")]) for i in range(4)]
+    head = ("criterion", "threshold", "measured", "status")
+    print("\n" + "  ".join(h.ljust(w[i]) for i, h in enumerate(head)) + "  note")
+    print("  ".join("-" * x for x in w) + "  ----")
+    for r in rows:
+        print("  ".join(str(r[i]).ljust(w[i]) for i in range(4)) + f"  {r[4]}" + (f" ({r[5]:.0f}s)" if r[5] > 1 else ""))
+    n_fail = sum(r[3] == "FAIL" for r in rows)
+    n_skip = sum(r[3] == "SKIP" for r in rows)
+    n_pass = sum(r[3] == "PASS" for r in rows)
+    print(f"\n{title}: {n_pass} passed, {n_fail} failed, {n_skip} skipped")
+    return 1 if n_fail else 0

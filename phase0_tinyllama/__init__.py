@@ -1,0 +1,1 @@
+"""Phase 0 — Roofline in practice: why LLM inference is slow."""

@@ -1,0 +1,41 @@
+"""Inference v1: the same engine with a KV cache. Each step feeds ONE new token and reuses cached keys/values.
+
+Prefill runs the prompt once and fills the cache; each decode step then costs one token-pass plus attention over
+the cache, so n tokens cost O(n) token-passes instead of O(n^2). This is the engine `titan generate` uses until
+phase 4's scheduler takes over (it is the "engine.generate" entry of common/artifacts.py).
+
+    python -m phase0_tinyllama.inference_v1 --prompt "What is the capital of France?"
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from common.kv_cache import ContiguousKVCache
+from common.sampling import SamplingParams, check_prompt_fits, make_generator, sample
+from phase0_tinyllama import inference_v0
+
+
+@torch.inference_mode()
+def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+    """Yield one token per sequence per step ([B]); input_ids: [B, S]."""
+    b, s = input_ids.shape
+    check_prompt_fits(s, params.max_tokens, model.config.max_position_embeddings)
+    dtype = next(model.parameters()).dtype
+    cache = ContiguousKVCache(model.config, b, s + params.max_tokens, dtype=dtype, device=input_ids.device)
+    gen = make_generator(params, input_ids.device)
+    logits = model(input_ids, cache=cache, last_only=True)[:, -1]  # prefill: [B, V]
+    for i in range(params.max_tokens):
+        tok = sample(logits, params, gen)
+        yield tok
+        if i + 1 < params.max_tokens:
+            logits = model(tok[:, None], cache=cache)[:, -1]  # decode: one token per sequence
+
+
+def generate(model, input_ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    return inference_v0.generate(model, input_ids, params, stream=stream_kv_cache)
+
+
+if __name__ == "__main__":
+    inference_v0.main(stream=stream_kv_cache, name="v1 (KV cache)")
