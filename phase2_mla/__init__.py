@@ -1,0 +1,1 @@
+"""phase2_mla: not built yet (see its issue)."""

@@ -1,0 +1,1 @@
+"""phase7_speculative: not built yet (see its issue)."""
