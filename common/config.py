@@ -112,6 +112,27 @@ PRESETS: dict[str, ModelConfig] = {
         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
 }
 
+# phase 2: DeepSeek-V3-style MLA configs. Every layer dense (first_k_dense_replace >= num_hidden_layers) until phase 6
+# brings MoE. "deepseek-v3-tiny" is small enough for CPU tests against HF; "deepseek-v3" has the real attention
+# dimensions (never instantiated here: its layers 3.. are MoE; it drives the cache arithmetic and benchmark shapes).
+_DSV3_YARN = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
+              "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+PRESETS["deepseek-v3-tiny"] = ModelConfig(
+    vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+    num_key_value_heads=8, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0,
+    rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "beta_fast": 32,
+                  "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+    tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, model_type="deepseek_v3",
+    q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+    extra={"architectures": ["DeepseekV3ForCausalLM"], "first_k_dense_replace": 2, "hidden_act": "silu"})
+PRESETS["deepseek-v3"] = ModelConfig(
+    vocab_size=129280, hidden_size=7168, intermediate_size=18432, num_hidden_layers=61, num_attention_heads=128,
+    num_key_value_heads=128, max_position_embeddings=163840, rms_norm_eps=1e-6, rope_theta=10000.0,
+    rope_scaling=_DSV3_YARN, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, model_type="deepseek_v3",
+    q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+    extra={"architectures": ["DeepseekV3ForCausalLM"], "first_k_dense_replace": 3, "hidden_act": "silu",
+           "n_routed_experts": 256, "num_experts_per_tok": 8, "moe_intermediate_size": 2048})
+
 
 def get_preset(name: str) -> ModelConfig:
     """The preset's config (a fresh copy). Unknown names raise with the closest known names."""
