@@ -1,0 +1,224 @@
+"""Paged decode attention: one new query token per sequence against its whole paged KV history.
+
+    q:             [B, Hq, D]                      the new token's queries
+    k/v_cache:     [num_blocks, block_size, Hkv, D] the shared block pool (see cache_write.py)
+    block_tables:  [B, max_blocks] int32           logical block -> physical block, per sequence
+    seq_lens:      [B] int32                       tokens cached per sequence (the new one included)
+
+NOTE (the two design decisions):
+- GQA-aware grid. One program owns one (sequence, KV head, split) and computes all G = Hq / Hkv query heads that
+  share that KV head: the G queries form the M side of a [G, D] x [D, BLOCK_N] tl.dot, so each KV block is read
+  from HBM once per group instead of G times. At 32q/4kv that is 8x less traffic than a per-query-head grid.
+- Split-KV (flash-decoding). At B=32 x 4 KV heads there are only 128 (sequence, head) pairs for 132 SMs, each
+  walking 8K tokens alone. Cutting every sequence into NUM_SPLITS ranges gives B * Hkv * NUM_SPLITS programs; each
+  writes an un-normalised partial (output, log-sum-exp) and a small reduction kernel merges them exactly.
+Every physical offset is computed in int64: block_id * block_size * Hkv * D passes 2^31 in a large pool.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from common.attention import repeat_kv
+from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True under the Triton CPU interpreter, where bf16 tl.dot is unreliable: the kernels then multiply in fp32."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
+                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, tokens_per_split,
+                        BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                        QUANT: tl.constexpr, DOT_F32: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b)
+    start = split * tokens_per_split
+    end = tl.minimum(start + tokens_per_split, seq_len)
+
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, BLOCK_D)
+    g_mask = g < G
+    d_mask = d < D
+    heads = kvh * G + g  # the query heads of this KV head
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G_PAD, BLOCK_D]
+    q = (q.to(tl.float32) * sm_scale_log2)  # fold softmax scale and log2(e) into q: scores are in log2 units
+    if DOT_F32:
+        q = q.to(tl.float32)
+    elif QUANT:
+        q = q.to(tl.bfloat16)  # e4m3 -> bf16 is exact, so FP8 tiles multiply on the bf16 tensor cores
+    else:
+        q = q.to(kc_ptr.dtype.element_ty)
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < end
+        blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
+        slot = blk * BS + n % BS  # [BLOCK_N] int64
+        kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        k = k.to(q.dtype)
+        s = tl.dot(q, tl.trans(k))  # [G_PAD, BLOCK_N]
+        if QUANT:
+            s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if QUANT:
+            p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = v.to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    out_mask = g_mask[:, None] & d_mask[None, :]
+    if NUM_SPLITS == 1:
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # partials: po [B, Hq, NUM_SPLITS, D] fp32, lse [B, Hq, NUM_SPLITS] (log2 units; -inf for an empty split)
+        row = (b.to(tl.int64) * (HKV * G) + heads) * NUM_SPLITS + split  # [G_PAD]
+        safe_l = tl.where(l_i > 0, l_i, 1.0)
+        tl.store(po_ptr + row[:, None] * D + d[None, :], acc / safe_l[:, None], mask=out_mask)
+        tl.store(lse_ptr + row, tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf")), mask=g_mask)
+
+
+@triton.jit
+def paged_decode_reduce_kernel(po_ptr, lse_ptr, o_ptr, stride_ob, stride_oh, HQ: tl.constexpr,
+                               NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr,
+                               BLOCK_D: tl.constexpr):
+    """Merge NUM_SPLITS partial softmaxes of one (sequence, query head): o = sum_s 2^(lse_s - lse) * o_s."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, BLOCK_D)
+    row = (b.to(tl.int64) * HQ + h) * NUM_SPLITS
+    lse = tl.load(lse_ptr + row + s, mask=s < NUM_SPLITS, other=float("-inf"))  # [SPLITS_PAD]
+    m = tl.max(lse, axis=0)
+    w = tl.exp2(lse - m)
+    w = w / tl.sum(w, axis=0)
+    po = tl.load(po_ptr + (row + s)[:, None] * D + d[None, :], mask=(s[:, None] < NUM_SPLITS) & (d[None, :] < D),
+                 other=0.0)  # [SPLITS_PAD, BLOCK_D]
+    out = tl.sum(po * w[:, None], axis=0)
+    tl.store(o_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=d < D)
+
+
+def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, where: str) -> None:
+    """Shared argument checks of the paged kernels (clear messages for the mistakes people make)."""
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"{where}: caches must both be [num_blocks, block_size, Hkv, D], got {tuple(k_cache.shape)} "
+                         f"and {tuple(v_cache.shape)}")
+    hkv, d = k_cache.shape[2], k_cache.shape[3]
+    if q.shape[-1] != d or q.shape[-2] % hkv:
+        raise ValueError(f"{where}: q has {q.shape[-2]} heads of dim {q.shape[-1]}; the cache has {hkv} KV heads of "
+                         f"dim {d} (query heads must be a multiple of KV heads)")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"{where}: q must be fp16/bf16/fp32, got {q.dtype}")
+    if block_tables.dim() != 2 or block_tables.dtype != torch.int32:
+        raise ValueError(f"{where}: block_tables must be int32 [B, max_blocks], got {block_tables.dtype} "
+                         f"{tuple(block_tables.shape)}")
+    if seq_lens.dim() != 1 or seq_lens.dtype != torch.int32 or seq_lens.shape[0] != block_tables.shape[0]:
+        raise ValueError(f"{where}: seq_lens must be int32 [B={block_tables.shape[0]}], got {seq_lens.dtype} "
+                         f"{tuple(seq_lens.shape)}")
+    if (k_cache.dtype == FP8) != (k_scale is not None) or (k_scale is None) != (v_scale is None):
+        raise ValueError(f"{where}: an FP8 cache needs k_scale and v_scale; other cache dtypes take none")
+    if k_scale is not None and (k_scale.shape != k_cache.shape[:3] or k_scale.dtype != SCALE_DTYPE):
+        raise ValueError(f"{where}: scales must be {SCALE_DTYPE} {tuple(k_cache.shape[:3])}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError(f"{where}: caches must be contiguous")
+    if q.stride(-1) != 1:
+        raise ValueError(f"{where}: q must have unit stride in its last dimension")
+    devs = {t.device for t in (q, k_cache, v_cache, block_tables, seq_lens)}
+    if len(devs) != 1:
+        raise ValueError(f"{where}: all tensors must be on one device, got {devs}")
+
+
+def default_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
+    """Enough programs for ~2 waves of the SMs, but never splits shorter than 4 tiles."""
+    want = max(1, math.ceil(2 * num_sms / (batch * num_kv_heads)))
+    return max(1, min(want, max_len // (4 * block_n), 64))
+
+
+def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
+                 num_splits: int | None = None, max_seq_len: int | None = None, block_n: int = 64,
+                 num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Decode attention over a paged cache. q [B, Hq, D] -> out [B, Hq, D] (q's dtype)."""
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, "paged_decode")
+    if q.dim() != 3 or q.shape[0] != block_tables.shape[0]:
+        raise ValueError(f"paged_decode: q must be [B={block_tables.shape[0]}, Hq, D], got {tuple(q.shape)}")
+    b, hq, d = q.shape
+    bs, hkv = k_cache.shape[1], k_cache.shape[2]
+    g = hq // hkv
+    sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        num_splits = default_num_splits(b, hkv, max_len, sms, block_n)
+    tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
+    out = torch.empty_like(q)
+    quant = k_cache.dtype == FP8
+    if num_splits > 1:
+        po = torch.empty(b, hq, num_splits, d, dtype=torch.float32, device=q.device)
+        lse = torch.empty(b, hq, num_splits, dtype=torch.float32, device=q.device)
+    else:
+        po = lse = out  # unused
+    paged_decode_kernel[(b, hkv, num_splits)](
+        q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
+        out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
+        sm_scale * LOG2E, tokens_per_split, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d,
+        BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, NUM_SPLITS=num_splits, QUANT=quant,
+        DOT_F32=interpreting() or q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+    if num_splits > 1:
+        paged_decode_reduce_kernel[(b, hq)](po, lse, out, out.stride(0), out.stride(1), HQ=hq, NUM_SPLITS=num_splits,
+                                            SPLITS_PAD=triton.next_power_of_2(num_splits), D=d,
+                                            BLOCK_D=triton.next_power_of_2(d), num_warps=4)
+    return out
+
+
+def gather_kv(cache, scale, block_tables, length: int, dtype) -> torch.Tensor:
+    """Pages -> contiguous: [num_blocks, bs, Hkv, D] x [B, max_blocks] -> [B, Hkv, length, D] (dequantised)."""
+    bs = cache.shape[1]
+    nblk = triton.cdiv(length, bs)
+    idx = block_tables[:, :nblk].long()
+    x = cache[idx].flatten(1, 2)[:, :length]  # [B, length, Hkv, D]
+    x = x.to(dtype) if scale is None else x.to(dtype) * scale[idx].flatten(1, 2)[:, :length, :, None].to(dtype)
+    return x.transpose(1, 2)
+
+
+def paged_decode_ref(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
+                     compute_dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """Gather every sequence's pages into a contiguous [B, Hkv, L, D] tensor, mask the tail, run SDPA.
+
+    With compute_dtype=None it computes in q's dtype: that is the 'gather + SDPA' PyTorch baseline of the benchmark.
+    """
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, "paged_decode_ref")
+    dt = compute_dtype or q.dtype
+    length = int(seq_lens.max())
+    k = gather_kv(k_cache, k_scale, block_tables, length, dt)
+    v = gather_kv(v_cache, v_scale, block_tables, length, dt)
+    mask = torch.arange(length, device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
+    n_rep = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(q[:, :, None].to(dt), repeat_kv(k, n_rep), repeat_kv(v, n_rep),
+                                         attn_mask=mask[:, None, None, :], scale=sm_scale)
+    return out[:, :, 0].to(q.dtype)

@@ -1,0 +1,165 @@
+"""Paged prefill attention: a varlen batch of new tokens, causal, over cached prefix blocks plus themselves.
+
+    q:             [T, Hq, D]   new tokens of all sequences, packed (sequence b owns rows cu_seqlens_q[b]:[b+1])
+    k, v:          [T, Hkv, D]  their keys and values, written into the paged cache first (quantised if FP8)
+    seq_lens:      [B] int32    tokens in the cache per sequence AFTER the write = cached prefix + new tokens
+    block_tables:  [B, max_blocks] int32
+A sequence whose first blocks are already cached (a shared system prompt, a resumed chat) just has seq_lens larger
+than its new-token count: query i of sequence b sits at position seq_lens[b] - q_len[b] + i.
+
+NOTE: the kernel reads every key, the new ones included, back from the paged cache rather than from the k/v
+arguments. One code path then serves "no prefix", "cached prefix" and chunked prefill, and an FP8 cache's prefill
+sees exactly the (quantised) keys that later decode steps will see. Each program owns BLOCK_M queries of one head;
+key tiles left of the causal diagonal take an unmasked loop, only the diagonal tiles pay for the mask.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from common.attention import attention_ref
+from phase3_paged_fp8.cache_write import FP8, write_kv_cache, write_kv_cache_ref
+from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting
+
+
+@triton.jit
+def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d, d_mask,
+          BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
+          MASKED: tl.constexpr):
+    """One online-softmax step over keys n0 .. n0+BLOCK_N (masked: causal and n < hi)."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = n < hi
+    blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
+    slot = blk * BS + n % BS
+    kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
+    k = tl.load(kc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
+    s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+    if QUANT:
+        s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if MASKED:
+        s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if QUANT:
+        p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, lens_ptr, o_ptr,
+                         stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, sm_scale_log2,
+                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         QUANT: tl.constexpr, DOT_F32: tl.constexpr):
+    mt = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    q_start = tl.load(cu_ptr + b)
+    q_len = tl.load(cu_ptr + b + 1) - q_start
+    if mt * BLOCK_M >= q_len:
+        return
+    prefix = tl.load(lens_ptr + b) - q_len
+    kvh = h // G
+    i = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    i_mask = i < q_len
+    d_mask = d < D
+    rows = (q_start + i).to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :],
+                mask=i_mask[:, None] & d_mask[None, :], other=0.0)
+    q = q.to(tl.float32) * sm_scale_log2
+    if DOT_F32:
+        q = q.to(tl.float32)
+    elif QUANT:
+        q = q.to(tl.bfloat16)
+    else:
+        q = q.to(kc_ptr.dtype.element_ty)
+    pos = prefix + i  # absolute positions of the queries
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    lo = ((prefix + mt * BLOCK_M) // BLOCK_N) * BLOCK_N  # keys below lo are visible to every query of the tile
+    hi = prefix + tl.minimum(q_len, (mt + 1) * BLOCK_M)  # keys at or above hi are visible to none
+    for n0 in range(0, lo, BLOCK_N):
+        acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False)
+    for n0 in range(lo, hi, BLOCK_N):
+        acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True)
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + rows[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=i_mask[:, None] & d_mask[None, :])
+
+
+def slot_mapping_for(block_tables: torch.Tensor, seq_lens: torch.Tensor, q_lens: torch.Tensor,
+                     block_size: int) -> torch.Tensor:
+    """Slots of the newest q_lens[b] positions of every sequence, packed: [sum(q_lens)] int64."""
+    starts = (seq_lens - q_lens).long()
+    seq = torch.repeat_interleave(torch.arange(len(q_lens), device=q_lens.device), q_lens.long())  # [T]
+    first = torch.cumsum(q_lens.long(), 0) - q_lens.long()
+    pos = starts[seq] + torch.arange(len(seq), device=q_lens.device) - first[seq]  # [T] absolute positions
+    return block_tables[seq, pos // block_size].long() * block_size + pos % block_size
+
+
+def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale, where):
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, where)
+    if q.dim() != 3 or k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape != v.shape:
+        raise ValueError(f"{where}: q must be [T, Hq, D] and k, v [T, Hkv, D] (packed tokens), got "
+                         f"q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    if cu_seqlens_q.dtype != torch.int32 or cu_seqlens_q.shape != (seq_lens.shape[0] + 1,):
+        raise ValueError(f"{where}: cu_seqlens_q must be int32 [B+1={seq_lens.shape[0] + 1}], got "
+                         f"{cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}")
+
+
+def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
+                  v_scale=None, sm_scale=None, max_q_len: int | None = None, block_m: int = 64, block_n: int = 64,
+                  num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Write k, v into the cache at slot_mapping, then causal attention of q over the cache. -> [T, Hq, D]."""
+    _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
+                   "paged_prefill")
+    write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
+    t, hq, d = q.shape
+    b = seq_lens.shape[0]
+    hkv = k_cache.shape[2]
+    if max_q_len is None:
+        max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if b else 0
+    out = torch.empty_like(q)
+    if t == 0:
+        return out
+    quant = k_cache.dtype == FP8
+    sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    paged_prefill_kernel[(triton.cdiv(max_q_len, block_m), hq, b)](
+        q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables,
+        cu_seqlens_q, seq_lens, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
+        sm_scale * LOG2E, BS=k_cache.shape[1], HKV=hkv, G=hq // hkv, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant, DOT_F32=interpreting() or q.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+def paged_prefill_ref(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
+                      v_scale=None, sm_scale=None) -> torch.Tensor:
+    """Write with the reference writer, then per sequence: gather its pages, causal attention_ref (fp32)."""
+    _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
+                   "paged_prefill_ref")
+    write_kv_cache_ref(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
+    out = torch.empty_like(q)
+    cu = cu_seqlens_q.tolist()
+    for b, n in enumerate(seq_lens.tolist()):
+        qb = q[cu[b]:cu[b + 1]].transpose(0, 1)[None].float()  # [1, Hq, q_len, D]
+        if qb.shape[2] == 0:
+            continue
+        kb = gather_kv(k_cache, k_scale, block_tables[b:b + 1], n, torch.float32)  # [1, Hkv, n, D]
+        vb = gather_kv(v_cache, v_scale, block_tables[b:b + 1], n, torch.float32)
+        o = attention_ref(qb, kb, vb, q_offset=n - qb.shape[2], scale=sm_scale)
+        out[cu[b]:cu[b + 1]] = o[0].transpose(0, 1).to(q.dtype)
+    return out
