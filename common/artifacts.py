@@ -30,6 +30,14 @@ TABLE: dict[str, str] = {
     "engine.stream": "phase0_tinyllama.inference_v1:stream_kv_cache",
     "kernels.cuda_basics": "phase0_tinyllama.cuda_kernels:CudaKernels",
     "roofline.plot": "phase0_tinyllama.roofline:plot_roofline",
+    # phase 1: the KV-cache block manager (Rust crate kv_cache_manager; *_ref = the Python reference, same API)
+    "allocator.block": "phase1_rust_allocator.rust:BlockAllocator",
+    "allocator.block_ref": "phase1_rust_allocator.reference:BlockAllocator",
+    "allocator.buddy": "phase1_rust_allocator.rust:BuddyAllocator",
+    "allocator.buddy_ref": "phase1_rust_allocator.reference:BuddyAllocator",
+    "allocator.block_table": "phase1_rust_allocator.rust:BlockTableManager",
+    "allocator.block_table_ref": "phase1_rust_allocator.reference:BlockTableManager",
+    "allocator.out_of_blocks": "phase1_rust_allocator.errors:OutOfBlocksError",
 }
 
 _cache: dict[str, object] = {}
