@@ -1,0 +1,201 @@
+"""Absorbed-MLA decode attention over a paged latent cache: Triton kernel (split-KV), wrapper, PyTorch reference.
+
+    q_lat [B, H, DC]  (q_nope folded through W_UK: DC = kv_lora_rank = 512 in DeepSeek-V3)
+    q_pe  [B, H, DR]  (the rotated rope part of q: DR = 64)
+    kv_cache [num_blocks, block_size, DC + DR]: per token ONE row [c | k_pe], shared by every head
+    block_table [B, max_blocks] int32 (logical block j of sequence b lives in physical block block_table[b, j])
+    seq_lens [B] int32 (>= 1)           ->  o_lat [B, H, DC] = softmax(scale * (q_lat.c + q_pe.k_pe)) @ c
+
+NOTE (design): this is MQA with a 576-wide key and a 512-wide value that is the first 512 numbers of the key. So one
+program handles BLOCK_H heads of one sequence and reads each cached row ONCE for both the score (q . [c|k_pe]) and the
+value (p @ c): the bytes per token are (DC + DR) * 2, the whole point of MLA. The token range is split across
+NUM_SPLITS programs (flash-decoding) so a small batch still fills the GPU; a second tiny kernel merges the partial
+results by their log-sum-exp. With many heads (128) the work per byte is high (~2 * 128 * (576 + 512) FLOPs per
+1,152 bytes), which is why BLOCK_H matters: the heads of a block share every row loaded.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from common.deepseek import mla_latent_attention_ref
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _mla_tile(q_lat, q_pe, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc,
+              DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr, PAGE: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """One BLOCK_N-token tile of the online softmax: rows read once, used for the score AND the value."""
+    dc = tl.arange(0, BLOCK_DC)
+    dr = tl.arange(0, BLOCK_DR)
+    tok = n0 + tl.arange(0, BLOCK_N)
+    tmask = tok < end
+    page = tl.load(bt_row_ptr + tok // PAGE, mask=tmask, other=0)
+    row = kv_ptr + page.to(tl.int64) * s_blk + (tok % PAGE) * s_tok  # [BLOCK_N] row starts
+    c = tl.load(row[:, None] + dc[None, :], mask=tmask[:, None] & (dc[None, :] < DC), other=0.0)  # [N, BLOCK_DC]
+    pe = tl.load(row[:, None] + DC + dr[None, :], mask=tmask[:, None] & (dr[None, :] < DR), other=0.0)  # [N, DR]
+    s = tl.dot(q_lat, tl.trans(c)) + tl.dot(q_pe, tl.trans(pe))  # [BLOCK_H, BLOCK_N] fp32
+    s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked tile before any token: keep zeros
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
+                      sq_b, sq_h, sp_b, sp_h, s_blk, s_tok, s_bt, so_b, so_h, so_s, sl_b, sl_h,
+                      H, DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr,
+                      PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                      LOOP_ITERS: tl.constexpr):
+    """Stage 1. Grid (B, cdiv(H, BLOCK_H), NUM_SPLITS): partial output [BLOCK_H, DC] and lse of one token range."""
+    b = tl.program_id(0)
+    hb = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = h < H
+    dc = tl.arange(0, BLOCK_DC)
+    dr = tl.arange(0, BLOCK_DR)
+    q_lat = tl.load(q_lat_ptr + b * sq_b + h[:, None] * sq_h + dc[None, :],
+                    mask=hmask[:, None] & (dc[None, :] < DC), other=0.0)  # [BLOCK_H, BLOCK_DC]
+    q_pe = tl.load(q_pe_ptr + b * sp_b + h[:, None] * sp_h + dr[None, :],
+                   mask=hmask[:, None] & (dr[None, :] < DR), other=0.0)  # [BLOCK_H, BLOCK_DR]
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DC], tl.float32)
+    if LOOP_ITERS == 0:  # compiled: a data-dependent trip count
+        for n0 in range(start, end, BLOCK_N):
+            m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i,
+                                      l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N)
+    else:  # Triton's CPU interpreter cannot take a tensor as a loop bound: a fixed count of (masked) tiles
+        for it in range(LOOP_ITERS):
+            m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok,
+                                      scale_log2, m_i, l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N)
+
+    empty = l_i == 0.0  # a split past the end of a short sequence
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(o_ptr + b * so_b + h[:, None] * so_h + split * so_s + dc[None, :], out,
+             mask=hmask[:, None] & (dc[None, :] < DC))
+    tl.store(lse_ptr + b * sl_b + h * sl_h + split, lse, mask=hmask)
+
+
+@triton.jit
+def mla_merge_kernel(o_part_ptr, lse_ptr, out_ptr, so_b, so_h, so_s, sl_b, sl_h, sout_b, sout_h,
+                     DC: tl.constexpr, BLOCK_DC: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Stage 2. Grid (B, H): merge the NUM_SPLITS partial outputs by their log-sum-exp (base 2)."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    sp = tl.arange(0, BLOCK_S)
+    dc = tl.arange(0, BLOCK_DC)
+    lse = tl.load(lse_ptr + b * sl_b + h * sl_h + sp, mask=sp < NUM_SPLITS, other=float("-inf"))  # [BLOCK_S]
+    w = tl.exp2(lse - tl.max(lse, 0))
+    o = tl.load(o_part_ptr + b * so_b + h * so_h + sp[:, None] * so_s + dc[None, :],
+                mask=(sp[:, None] < NUM_SPLITS) & (dc[None, :] < DC), other=0.0)  # [BLOCK_S, BLOCK_DC]
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out_ptr + b * sout_b + h * sout_h + dc, out.to(out_ptr.dtype.element_ty), mask=dc < DC)
+
+
+def check_args(q_lat, q_pe, kv_cache, block_table, seq_lens) -> None:
+    """Raise a ValueError naming the problem for inputs the kernel cannot take."""
+    if q_lat.dim() != 3 or q_pe.dim() != 3 or q_lat.shape[:2] != q_pe.shape[:2]:
+        raise ValueError(f"q_lat must be [B, H, DC] and q_pe [B, H, DR], got {tuple(q_lat.shape)}, {tuple(q_pe.shape)}")
+    if kv_cache.dim() != 3 or kv_cache.shape[2] != q_lat.shape[2] + q_pe.shape[2]:
+        raise ValueError(f"kv_cache must be [num_blocks, block_size, DC + DR = {q_lat.shape[2] + q_pe.shape[2]}], "
+                         f"got {tuple(kv_cache.shape)}")
+    if not (q_lat.dtype == q_pe.dtype == kv_cache.dtype) or q_lat.dtype not in (torch.float32, torch.float16,
+                                                                               torch.bfloat16):
+        raise ValueError(f"q_lat, q_pe, kv_cache must share one float dtype, got {q_lat.dtype}, {q_pe.dtype}, "
+                         f"{kv_cache.dtype}")
+    if q_lat.stride(-1) != 1 or q_pe.stride(-1) != 1 or kv_cache.stride(-1) != 1:
+        raise ValueError("the last dim of q_lat, q_pe and kv_cache must be contiguous")
+    b = q_lat.shape[0]
+    if block_table.dim() != 2 or block_table.shape[0] != b or block_table.dtype != torch.int32:
+        raise ValueError(f"block_table must be int32 [B={b}, max_blocks], got {block_table.dtype} "
+                         f"{tuple(block_table.shape)}")
+    if seq_lens.shape != (b,) or seq_lens.dtype != torch.int32:
+        raise ValueError(f"seq_lens must be int32 [B={b}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+    devs = {t.device for t in (q_lat, q_pe, kv_cache, block_table, seq_lens)}
+    if len(devs) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
+
+
+def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int = 132) -> int:
+    """Enough programs to give every SM about two, without splits shorter than 256 tokens."""
+    want = max(1, math.ceil(2 * num_sms / max(1, batch * head_blocks)))
+    return max(1, min(want, max_len // 256 or 1, 64))
+
+
+def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                     seq_lens: torch.Tensor, scale: float, max_seq_len: int | None = None, num_splits: int | None = None,
+                     block_h: int = 16, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
+                     check: bool = True) -> torch.Tensor:
+    """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count."""
+    if check:
+        check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
+    b, h, dc = q_lat.shape
+    dr, page = q_pe.shape[2], kv_cache.shape[1]
+    if check and int(seq_lens.min()) < 1:
+        raise ValueError("every sequence needs at least one cached token (seq_lens >= 1)")
+    if check and int(seq_lens.max()) > block_table.shape[1] * page:
+        raise ValueError(f"seq_lens up to {int(seq_lens.max())} need more than block_table's "
+                         f"{block_table.shape[1]} blocks of {page} tokens")
+    bh = min(block_h, triton.next_power_of_2(h)) if q_lat.device.type == "cpu" else max(16, block_h)
+    hb = triton.cdiv(h, bh)
+    if num_splits is None:
+        max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
+        sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if q_lat.is_cuda else 4
+        num_splits = default_num_splits(b, hb, max_len, sms)
+    loop_iters = 0
+    if INTERPRETED:
+        max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
+        loop_iters = triton.cdiv(triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n, block_n)
+    o_part = torch.empty(b, h, num_splits, dc, dtype=torch.float32, device=q_lat.device)
+    lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
+    block_dc = triton.next_power_of_2(dc)
+    block_dr = max(16, triton.next_power_of_2(dr))
+    mla_decode_kernel[(b, hb, num_splits)](
+        q_lat, q_pe, kv_cache, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
+        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0), kv_cache.stride(1),
+        block_table.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),
+        h, DC=dc, DR=dr, BLOCK_DC=block_dc, BLOCK_DR=block_dr, PAGE=page, BLOCK_H=bh, BLOCK_N=block_n,
+        NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters, num_warps=num_warps, num_stages=num_stages)
+    out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
+    mla_merge_kernel[(b, h)](o_part, lse, out, o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0),
+                             lse.stride(1), out.stride(0), out.stride(1), DC=dc, BLOCK_DC=block_dc,
+                             NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+    return out
+
+
+def gather_latents(kv_cache: torch.Tensor, block_table: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """The first n cached rows [n, DC + DR] of sequence b, in logical order."""
+    page = kv_cache.shape[1]
+    t = torch.arange(n, device=kv_cache.device)
+    return kv_cache[block_table[b, t // page].long(), t % page]
+
+
+def mla_paged_decode_ref(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float) -> torch.Tensor:
+    """Plain PyTorch: gather each sequence's rows through the block table, attend in latent space (fp32)."""
+    dc = q_lat.shape[2]
+    outs = []
+    for b in range(q_lat.shape[0]):
+        rows = gather_latents(kv_cache, block_table, b, int(seq_lens[b])).float()  # [n, DC + DR]
+        o = mla_latent_attention_ref(q_lat[b, :, None][None].float(), q_pe[b, :, None][None].float(),
+                                     rows[None, :, :dc], rows[None, :, dc:], scale)  # [1, H, 1, DC]
+        outs.append(o[0, :, 0])
+    return torch.stack(outs).to(q_lat.dtype)
