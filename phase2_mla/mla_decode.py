@@ -57,10 +57,11 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
                       H, DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr,
                       PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
                       LOOP_ITERS: tl.constexpr):
-    """Stage 1. Grid (B, cdiv(H, BLOCK_H), NUM_SPLITS): partial output [BLOCK_H, DC] and lse of one token range."""
-    b = tl.program_id(0)
-    hb = tl.program_id(1)
-    split = tl.program_id(2)
+    """Stage 1. Grid (cdiv(H, BLOCK_H), NUM_SPLITS, B): partial output [BLOCK_H, DC] and lse of one token range.
+    The head block varies fastest, so the programs that read the same rows run together and share them in L2."""
+    hb = tl.program_id(0)
+    split = tl.program_id(1)
+    b = tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * per_split
@@ -169,7 +170,7 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
     block_dc = triton.next_power_of_2(dc)
     block_dr = max(16, triton.next_power_of_2(dr))
-    mla_decode_kernel[(b, hb, num_splits)](
+    mla_decode_kernel[(hb, num_splits, b)](
         q_lat, q_pe, kv_cache, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0), kv_cache.stride(1),
         block_table.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),

@@ -20,7 +20,9 @@ from phase2_mla.mla_decode import gather_latents, mla_paged_decode
 class PagedLatentCache:
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, block_size: int = 16,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", use_kernel: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, block_manager=None):
+        """block_manager: None (blocks = a random permutation) or a phase 1 BlockTableManager with room for
+        batch_size * ceil(max_len / block_size) blocks, e.g. artifacts.get("allocator.block_table_ref")(n, bs)."""
         if block_size < 1 or max_len < 1:
             raise ValueError(f"block_size and max_len must be >= 1, got {block_size} and {max_len}")
         self.dc, self.dr, self.block_size = cfg.kv_lora_rank, cfg.qk_rope_head_dim, block_size
@@ -31,6 +33,13 @@ class PagedLatentCache:
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(num_blocks, generator=g).to(torch.int32)
         self.block_table = perm.view(batch_size, blocks_per_seq).to(device)
+        self.manager = block_manager
+        if block_manager is not None:  # phase 1 hands out the blocks as tokens arrive
+            if block_manager.block_size != block_size:
+                raise ValueError(f"block_manager.block_size={block_manager.block_size} != block_size={block_size}")
+            for i in range(batch_size):
+                block_manager.add_sequence(i)
+            self.block_table.zero_()
         self.max_len, self.seq_len, self.use_kernel = max_len, 0, use_kernel
 
     def _write(self, layer: int, c: torch.Tensor, k_pe: torch.Tensor) -> None:
@@ -39,6 +48,11 @@ class PagedLatentCache:
         end = self.seq_len + s
         if end > self.max_len:
             raise RuntimeError(f"paged latent cache full: {end} tokens > max_len={self.max_len}")
+        if self.manager is not None and layer == 0:  # one allocation step per forward, before layer 0 writes
+            ids = list(range(b))
+            self.manager.append_tokens_batch(ids, [s] * b)
+            for i, row in enumerate(self.manager.block_tables(ids)):
+                self.block_table[i, :len(row)] = torch.tensor(row, dtype=torch.int32)
         t = torch.arange(self.seq_len, end, device=c.device)
         pages = self.block_table[:, t // self.block_size].long()  # [B, S]
         self.kv[layer, pages, (t % self.block_size)[None].expand(b, s)] = torch.cat((c, k_pe), -1).to(self.kv.dtype)
