@@ -38,6 +38,17 @@ TABLE: dict[str, str] = {
     "allocator.block_table": "phase1_rust_allocator.rust:BlockTableManager",
     "allocator.block_table_ref": "phase1_rust_allocator.reference:BlockTableManager",
     "allocator.out_of_blocks": "phase1_rust_allocator.errors:OutOfBlocksError",
+    # phase 2: DeepSeek MLA (the reference model lives in common/deepseek.py), RoPE kernels, paged MLA decode
+    "model.deepseek": "common.deepseek:DeepseekV3ForCausalLM",
+    "kv_cache.latent": "common.deepseek:LatentCache",
+    "rope.triton": "phase2_mla.rope:rope_",
+    "rope.cuda": "phase2_mla.rope_cuda:rope_cuda_",
+    "rope.ref": "phase2_mla.rope:rope_ref",
+    "attention.mla_paged_decode": "phase2_mla.mla_decode:mla_paged_decode",
+    "attention.mla_paged_decode_ref": "phase2_mla.mla_decode:mla_paged_decode_ref",
+    "kv_cache.paged_latent": "phase2_mla.paged_latent_cache:PagedLatentCache",
+    "mla.check_vs_hf": "phase2_mla.hf_oracle:check_against_hf",
+    "mla.kv_table": "phase2_mla.kv_arith:kv_table",
 }
 
 _cache: dict[str, object] = {}
