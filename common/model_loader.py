@@ -69,7 +69,8 @@ def resolve_weights(spec: str, random_weights: bool = False, seed: int = 0):
         cfg = get_preset(spec)
         kind, where = PRESET_SOURCES.get(spec, (None, None))
         if random_weights:
-            tok = load_tokenizer_from_gguf(assets.require("smollm2-gguf")) if spec == "smollm2-135m" else None
+            gguf_path = assets.asset_path("smollm2-gguf")  # the tokenizer, where the asset is here
+            tok = load_tokenizer_from_gguf(gguf_path) if spec == "smollm2-135m" and gguf_path.exists() else None
             return cfg, None, tok, f"{spec} (random weights, seed {seed})"
         if kind == "asset":
             return resolve_weights(str(assets.require(where)))

@@ -29,7 +29,7 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
     def chat_ids(self, messages: list[dict] | str, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a chat (a list of {"role", "content"}; a string is one user message)."""

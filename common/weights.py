@@ -13,8 +13,11 @@ import json
 import re
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from common.config import ModelConfig
 from common.errors import ModelNotFoundError, UnsupportedTensorTypeError
@@ -49,7 +52,8 @@ def gguf_config(reader) -> ModelConfig:
     g = lambda k, d=None: _field(reader, f"llama.{k}", d)  # noqa: E731
     n_embd, n_head = int(g("embedding_length")), int(g("attention.head_count"))
     has_output = any(t.name == "output.weight" for t in reader.tensors)
-    vocab = g("vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    vocab = g("vocab_size") or (int(embd.shape[-1]) if embd is not None else None)
     return ModelConfig(
         vocab_size=int(vocab), hidden_size=n_embd, intermediate_size=int(g("feed_forward_length")),
         num_hidden_layers=int(g("block_count")), num_attention_heads=n_head,
@@ -71,15 +75,16 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         raise ModelNotFoundError(f"GGUF file not found: {path}. Check the path, or run `make setup` for the default "
                                  "SmolLM2 model.")
     reader = gguf.GGUFReader(str(path))
+    for t in reader.tensors:  # check every type before any work
+        if t.tensor_type.name not in SUPPORTED_GGUF_TYPES:
+            raise UnsupportedTensorTypeError(
+                f"tensor {t.name!r} in {path.name} has GGUF type {t.tensor_type.name}, which TitanInfer cannot "
+                f"dequantise (supported: {', '.join(sorted(SUPPORTED_GGUF_TYPES))}). Re-export the model with one "
+                "of those types, e.g. llama.cpp's `llama-quantize model.gguf out.gguf Q8_0`.")
     cfg = gguf_config(reader)
     state: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        ttype = t.tensor_type.name
-        if ttype not in SUPPORTED_GGUF_TYPES:
-            raise UnsupportedTensorTypeError(
-                f"tensor {t.name!r} in {path.name} has GGUF type {ttype}, which TitanInfer cannot dequantise "
-                f"(supported: {', '.join(sorted(SUPPORTED_GGUF_TYPES))}). Re-export the model with one of those "
-                "types, e.g. llama.cpp's `llama-quantize model.gguf out.gguf Q8_0`.")
+    for t in tqdm(reader.tensors, desc=f"loading {path.name}", unit="tensor", leave=False,
+                  disable=len(reader.tensors) < 64 or not sys.stderr.isatty()):
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         w = w.reshape([int(x) for x in reversed(t.shape)]) if w.ndim != len(t.shape) else w
         m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)

@@ -1,0 +1,166 @@
+"""`titan`: the command line.
+
+    titan generate --model smollm2-135m --prompt "Once upon a time" --max-tokens 64
+    titan chat --model smollm2-135m                # interactive; --prompt for one turn
+    titan artifacts                                # the seam's table (the course's table of contents)
+Later phases add `titan serve` and `titan bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from common.errors import TitanError
+
+EPILOG = """\
+--model accepts: a preset (smollm2-135m, tinyllama-1.1b), a .gguf file, a local HF checkpoint directory
+(config.json + *.safetensors + tokenizer.json), or an HF repo id found in the local HF cache
+(e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0 after `huggingface-cli download`).
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id "
+                   "(default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    g.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible sampling)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 disables")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 disables")
+    p.add_argument("--stats", action="store_true", help="print tokens/s and timing after the answer")
+
+
+def _load(args):
+    from common.model_loader import load_model
+
+    t0 = time.perf_counter()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights)
+    if lm.tokenizer is None:
+        raise TitanError(f"{lm.source} has no tokenizer, so it cannot take text prompts. Use a model that ships "
+                         "one (a .gguf, or an HF directory with tokenizer.json).")
+    return lm, time.perf_counter() - t0
+
+
+def _stream_text(lm, ids: list[int], args) -> tuple[list[int], float, float]:
+    """Stream decoded text to stdout; returns (tokens, time to first token, total seconds)."""
+    import torch
+
+    from common import artifacts
+    from common.sampling import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, stop_token_ids=lm.tokenizer.stop_token_ids())
+    stream = artifacts.get("engine.stream")
+    out: list[int] = []
+    printed = ""
+    t0 = time.perf_counter()
+    ttft = 0.0
+    for tok in stream(lm.model, torch.tensor([ids], device=lm.device), params):
+        t = int(tok[0])
+        if not out:
+            ttft = time.perf_counter() - t0
+        if t in params.stop_token_ids:
+            break
+        out.append(t)
+        text = lm.tokenizer.decode(out)
+        if not text.endswith("\ufffd"):  # hold back incomplete UTF-8 sequences
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    sys.stdout.write("\n")
+    return out, ttft, time.perf_counter() - t0
+
+
+def _print_stats(lm, n_prompt: int, n_out: int, ttft: float, total: float, load_s: float) -> None:
+    from common.device import describe
+
+    decode = total - ttft
+    rate = (n_out - 1) / decode if n_out > 1 and decode > 0 else float("nan")
+    print(f"[titan] {lm.source} on {describe(lm.device)} ({lm.dtype}); load {load_s:.1f} s | prompt {n_prompt} tok, "
+          f"prefill+first token {ttft * 1e3:.0f} ms | {n_out} tokens in {total:.2f} s | decode {rate:.1f} tokens/s")
+
+
+def cmd_generate(args) -> int:
+    lm, load_s = _load(args)
+    ids = lm.tokenizer.encode(args.prompt, add_special_tokens=True)
+    out, ttft, total = _stream_text(lm, ids, args)
+    if args.stats:
+        _print_stats(lm, len(ids), len(out), ttft, total, load_s)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    lm, load_s = _load(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    prompts = [args.prompt] if args.prompt else None
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            user = prompts.pop(0)
+            print(f">>> {user}")
+        else:
+            try:
+                user = input(">>> ")
+            except EOFError:
+                return 0
+            if user.strip() in ("/exit", "/quit"):
+                return 0
+        messages.append({"role": "user", "content": user})
+        ids = lm.tokenizer.chat_ids(messages)
+        out, ttft, total = _stream_text(lm, ids, args)
+        messages.append({"role": "assistant", "content": lm.tokenizer.decode(out)})
+        if args.stats:
+            _print_stats(lm, len(ids), len(out), ttft, total, load_s)
+
+
+def cmd_artifacts(args) -> int:
+    from common import artifacts
+
+    print(artifacts.table_of_contents())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="titan", description="TitanInfer: an LLM inference engine built phase by phase.",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser("generate", help="complete a raw text prompt", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    _add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="chat with the model (interactive, or one turn with --prompt)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--prompt", help="one user message; without it, an interactive session (/exit to quit)")
+    c.add_argument("--system", default=None, help="system message (default: the chat template's own)")
+    _add_model_args(c)
+    c.set_defaults(func=cmd_chat)
+    a = sub.add_parser("artifacts", help="print the seam's table: every phase's deliverables and where they live")
+    a.set_defaults(func=cmd_artifacts)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "command", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TitanError as e:
+        print(f"titan: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
