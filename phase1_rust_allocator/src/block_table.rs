@@ -7,7 +7,8 @@
 //! copy: new tokens go into new blocks. Every mutating call first computes how many blocks it needs and fails
 //! with OutOfBlocks before touching anything, so the state is never half-updated.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::block_allocator::BlockAllocator;
 use crate::error::{AllocError, Result};
@@ -16,17 +17,40 @@ use crate::error::{AllocError, Result};
 pub struct Sequence {
     pub blocks: Vec<u32>,
     pub num_tokens: usize,
+    batch_stamp: u64, // the last batch that named this sequence (finds duplicates without a set)
 }
+
+/// Sequence ids are small integers chosen by the scheduler, not attacker-controlled keys: a one-multiply hash
+/// (Fibonacci hashing, as rustc's FxHash) is enough and several times cheaper than the default SipHash.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i64(&mut self, x: i64) {
+        self.0 = (x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type SeqMap = HashMap<i64, Sequence, BuildHasherDefault<IdHasher>>;
 
 #[derive(Debug, Clone)]
 pub struct BlockTableManager {
     alloc: BlockAllocator,
-    seqs: HashMap<i64, Sequence>,
+    seqs: SeqMap,
+    batch_epoch: u64,
 }
 
 impl BlockTableManager {
     pub fn new(num_blocks: usize, block_size: usize) -> Result<Self> {
-        Ok(Self { alloc: BlockAllocator::new(num_blocks, block_size)?, seqs: HashMap::new() })
+        Ok(Self { alloc: BlockAllocator::new(num_blocks, block_size)?, seqs: SeqMap::default(), batch_epoch: 0 })
     }
 
     pub fn allocator(&self) -> &BlockAllocator {
@@ -118,11 +142,13 @@ impl BlockTableManager {
         for (&id, &n) in seq_ids.iter().zip(ns) {
             need += self.blocks_needed(self.seq(id)?, n);
         }
-        if seq_ids.len() > 1 {
-            let mut seen = HashSet::with_capacity(seq_ids.len());
-            if let Some(&dup) = seq_ids.iter().find(|id| !seen.insert(**id)) {
-                return Err(AllocError::InvalidArgument(format!("sequence {dup} appears twice in one batch")));
+        self.batch_epoch += 1;
+        for &id in seq_ids {
+            let s = self.seqs.get_mut(&id).unwrap();
+            if s.batch_stamp == self.batch_epoch {
+                return Err(AllocError::InvalidArgument(format!("sequence {id} appears twice in one batch")));
             }
+            s.batch_stamp = self.batch_epoch;
         }
         if !self.alloc.can_allocate(need) {
             return Err(AllocError::OutOfBlocks { requested: need, free: self.alloc.num_free_blocks() });
