@@ -128,7 +128,8 @@ def write_kv_cache_ref(k, v, slot_mapping, k_cache, v_cache, k_scale=None, v_sca
     flat = lambda c: c.view(-1, *c.shape[2:])  # noqa: E731  [num_blocks*block_size, Hkv(, D)]
     if k_cache.dtype == FP8:
         (kq, ks), (vq, vs) = quantize_fp8_ref(k), quantize_fp8_ref(v)
-        flat(k_cache)[slots], flat(v_cache)[slots] = kq, vq
+        byte = lambda c: flat(c).view(torch.uint8)  # noqa: E731  index_put on raw bytes: works for fp8 everywhere
+        byte(k_cache)[slots], byte(v_cache)[slots] = kq.view(torch.uint8), vq.view(torch.uint8)
         flat(k_scale)[slots], flat(v_scale)[slots] = ks, vs
     else:
         flat(k_cache)[slots], flat(v_cache)[slots] = k.to(k_cache.dtype), v.to(v_cache.dtype)

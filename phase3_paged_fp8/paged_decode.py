@@ -37,10 +37,11 @@ def interpreting() -> bool:
 
 @triton.jit
 def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
-                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, tokens_per_split,
+                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, tokens_per_split, num_splits,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-                        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                        QUANT: tl.constexpr, DOT_F32: tl.constexpr):
+                        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+                        QUANT: tl.constexpr, DOT_F32: tl.constexpr,
+                        PREC: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -76,7 +77,7 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         k = k.to(q.dtype)
-        s = tl.dot(q, tl.trans(k))  # [G_PAD, BLOCK_N]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [G_PAD, BLOCK_N]
         if QUANT:
             s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -88,17 +89,17 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
             p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
         v = v.to(q.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
 
     out_mask = g_mask[:, None] & d_mask[None, :]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         out = acc / l_i[:, None]
         tl.store(o_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # partials: po [B, Hq, NUM_SPLITS, D] fp32, lse [B, Hq, NUM_SPLITS] (log2 units; -inf for an empty split)
-        row = (b.to(tl.int64) * (HKV * G) + heads) * NUM_SPLITS + split  # [G_PAD]
+        # partials: po [B, Hq, num_splits, D] fp32, lse [B, Hq, num_splits] (log2 units; -inf for an empty split)
+        row = (b.to(tl.int64) * (HKV * G) + heads) * num_splits + split  # [G_PAD]
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         tl.store(po_ptr + row[:, None] * D + d[None, :], acc / safe_l[:, None], mask=out_mask)
         tl.store(lse_ptr + row, tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf")), mask=g_mask)
@@ -186,9 +187,10 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
-        sm_scale * LOG2E, tokens_per_split, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, NUM_SPLITS=num_splits, QUANT=quant,
-        DOT_F32=interpreting() or q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+        sm_scale * LOG2E, tokens_per_split, num_splits, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
+        D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
+        DOT_F32=interpreting() or q.dtype == torch.float32,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         paged_decode_reduce_kernel[(b, hq)](po, lse, out, out.stride(0), out.stride(1), HQ=hq, NUM_SPLITS=num_splits,
                                             SPLITS_PAD=triton.next_power_of_2(num_splits), D=d,
@@ -201,7 +203,8 @@ def gather_kv(cache, scale, block_tables, length: int, dtype) -> torch.Tensor:
     bs = cache.shape[1]
     nblk = triton.cdiv(length, bs)
     idx = block_tables[:, :nblk].long()
-    x = cache[idx].flatten(1, 2)[:, :length]  # [B, length, Hkv, D]
+    x = cache.view(torch.uint8)[idx].view(FP8) if cache.dtype == FP8 else cache[idx]  # fp8 gathered as raw bytes
+    x = x.flatten(1, 2)[:, :length]  # [B, length, Hkv, D]
     x = x.to(dtype) if scale is None else x.to(dtype) * scale[idx].flatten(1, 2)[:, :length, :, None].to(dtype)
     return x.transpose(1, 2)
 

@@ -28,7 +28,7 @@ from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, 
 @triton.jit
 def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d, d_mask,
           BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
-          MASKED: tl.constexpr):
+          MASKED: tl.constexpr, PREC: tl.constexpr):
     """One online-softmax step over keys n0 .. n0+BLOCK_N (masked: causal and n < hi)."""
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < hi
@@ -36,7 +36,7 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     slot = blk * BS + n % BS
     kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
     k = tl.load(kc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
-    s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if QUANT:
         s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if MASKED:
@@ -48,7 +48,7 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     if QUANT:
         p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
 
 
@@ -57,8 +57,9 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
                          stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, sm_scale_log2,
                          BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         QUANT: tl.constexpr, DOT_F32: tl.constexpr):
-    mt = tl.program_id(0)
+                         QUANT: tl.constexpr, DOT_F32: tl.constexpr,
+                         PREC: tl.constexpr):
+    mt = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (most causal work) query tiles start first
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_start = tl.load(cu_ptr + b)
@@ -91,10 +92,10 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     hi = prefix + tl.minimum(q_len, (mt + 1) * BLOCK_M)  # keys at or above hi are visible to none
     for n0 in range(0, lo, BLOCK_N):
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False)
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC)
     for n0 in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True)
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC)
     out = acc / l_i[:, None]
     tl.store(o_ptr + rows[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
              mask=i_mask[:, None] & d_mask[None, :])
@@ -142,6 +143,7 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
         cu_seqlens_q, seq_lens, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         sm_scale * LOG2E, BS=k_cache.shape[1], HKV=hkv, G=hq // hkv, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant, DOT_F32=interpreting() or q.dtype == torch.float32,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages)
     return out
 

@@ -41,7 +41,7 @@ def test_write_kernel_equals_reference(dtype, shape):
                                else w), "kernel and reference must store bit-identical caches"
     untouched = torch.ones(nb * bs, dtype=torch.bool, device=DEVICE)
     untouched[slots[slots >= 0]] = False
-    assert (got[0].view(nb * bs, h, d)[untouched].float() == 3.0).all()
+    assert (got[0].float().view(nb * bs, h, d)[untouched] == 3.0).all()
 
 
 def test_fp8_round_trip_error():

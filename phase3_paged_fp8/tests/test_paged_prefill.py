@@ -50,7 +50,7 @@ def test_paged_prefill_matches_oracle(impl, dtype, case):
         torch.testing.assert_close(out[cu[b]:cu[b + 1]].transpose(0, 1).float(), want, atol=tol, rtol=tol)
         # and the new tokens really are in the cache at their slots
         s = slots[cu[b]:cu[b + 1]]
-        got_k = kc.view(-1, hkv, d)[s].float()
+        got_k = kc.float().view(-1, hkv, d)[s]
         if ks is not None:
             got_k = got_k * ks.view(-1, hkv)[s].float()[..., None]
         torch.testing.assert_close(got_k, k[cu[b]:cu[b + 1]].float(), atol=0.1, rtol=0.07)
