@@ -53,25 +53,29 @@ def ours_steps(model, input_ids: torch.Tensor, forced: torch.Tensor, cache) -> l
 
 
 def check_against_hf(preset: str = "deepseek-v3-tiny", batch: int = 2, prompt_len: int = 13, max_tokens: int = 6,
-                     seed: int = 0, cfg: ModelConfig | None = None, paged_block_size: int = 5) -> dict:
-    """Max |logit error| per path and whether greedy generation is token-identical to HF's."""
+                     seed: int = 0, cfg: ModelConfig | None = None, paged_block_size: int = 5,
+                     device: str | None = None) -> dict:
+    """Max |logit error| per path and whether greedy generation is token-identical to HF's (fp32; on the GPU when
+    there is one, where the paged cache's decode runs the compiled kernel)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from phase2_mla.paged_latent_cache import PagedLatentCache
 
     cfg = cfg or get_preset(preset)
-    hf, state = make_pair(cfg, seed)
-    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(seed + 2))
+    hf, state = make_pair(cfg, seed, device)
+    g = torch.Generator().manual_seed(seed + 2)
+    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
     with torch.inference_mode():
         ref_prefill = hf(ids).logits.float()
     ref_toks, ref_steps = hf_greedy(hf, ids, max_tokens)
-    out = {"preset": preset, "logit_scale": ref_prefill.abs().max().item()}
+    out = {"preset": preset, "device": device, "logit_scale": ref_prefill.abs().max().item()}
     total = prompt_len + max_tokens
     for form in ("naive", "absorbed"):
-        model = DeepseekV3ForCausalLM.from_state_dict(cfg, state, absorbed=form == "absorbed")
+        model = DeepseekV3ForCausalLM.from_state_dict(cfg, state, absorbed=form == "absorbed", device=device)
         with torch.inference_mode():
             out[f"prefill_err_{form}"] = (model(ids).float() - ref_prefill).abs().max().item()
-        caches = {"latent": lambda: LatentCache(cfg, batch, total)}
+        caches = {"latent": lambda: LatentCache(cfg, batch, total, device=device)}
         if form == "absorbed":
-            caches["paged"] = lambda: PagedLatentCache(cfg, batch, total, block_size=paged_block_size)
+            caches["paged"] = lambda: PagedLatentCache(cfg, batch, total, block_size=paged_block_size, device=device)
         for cname, make in caches.items():
             steps = ours_steps(model, ids, ref_toks, make())
             out[f"decode_err_{form}_{cname}"] = max((a - b).abs().max().item() for a, b in zip(steps, ref_steps))

@@ -30,7 +30,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 @triton.jit
 def _mla_tile(q_lat, q_pe, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc,
               DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr, PAGE: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr, PREC: tl.constexpr):
     """One BLOCK_N-token tile of the online softmax: rows read once, used for the score AND the value."""
     dc = tl.arange(0, BLOCK_DC)
     dr = tl.arange(0, BLOCK_DR)
@@ -40,14 +40,15 @@ def _mla_tile(q_lat, q_pe, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok, scale_log2
     row = kv_ptr + page.to(tl.int64) * s_blk + (tok % PAGE) * s_tok  # [BLOCK_N] row starts
     c = tl.load(row[:, None] + dc[None, :], mask=tmask[:, None] & (dc[None, :] < DC), other=0.0)  # [N, BLOCK_DC]
     pe = tl.load(row[:, None] + DC + dr[None, :], mask=tmask[:, None] & (dr[None, :] < DR), other=0.0)  # [N, DR]
-    s = tl.dot(q_lat, tl.trans(c)) + tl.dot(q_pe, tl.trans(pe))  # [BLOCK_H, BLOCK_N] fp32
+    s = tl.dot(q_lat, tl.trans(c), input_precision=PREC)  # [BLOCK_H, BLOCK_N] fp32
+    s += tl.dot(q_pe, tl.trans(pe), input_precision=PREC)
     s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked tile before any token: keep zeros
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c)
+    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c, input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -56,7 +57,7 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
                       sq_b, sq_h, sp_b, sp_h, s_blk, s_tok, s_bt, so_b, so_h, so_s, sl_b, sl_h,
                       H, DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr,
                       PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                      LOOP_ITERS: tl.constexpr):
+                      LOOP_ITERS: tl.constexpr, PREC: tl.constexpr):
     """Stage 1. Grid (cdiv(H, BLOCK_H), NUM_SPLITS, B): partial output [BLOCK_H, DC] and lse of one token range.
     The head block varies fastest, so the programs that read the same rows run together and share them in L2."""
     hb = tl.program_id(0)
@@ -82,11 +83,11 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
     if LOOP_ITERS == 0:  # compiled: a data-dependent trip count
         for n0 in range(start, end, BLOCK_N):
             m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i,
-                                      l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N)
+                                      l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC)
     else:  # Triton's CPU interpreter cannot take a tensor as a loop bound: a fixed count of (masked) tiles
         for it in range(LOOP_ITERS):
             m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok,
-                                      scale_log2, m_i, l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N)
+                                      scale_log2, m_i, l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC)
 
     empty = l_i == 0.0  # a split past the end of a short sequence
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -175,7 +176,8 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0), kv_cache.stride(1),
         block_table.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),
         h, DC=dc, DR=dr, BLOCK_DC=block_dc, BLOCK_DR=block_dr, PAGE=page, BLOCK_H=bh, BLOCK_N=block_n,
-        NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters, num_warps=num_warps, num_stages=num_stages)
+        NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters,
+        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
     mla_merge_kernel[(b, h)](o_part, lse, out, o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0),
                              lse.stride(1), out.stride(0), out.stride(1), DC=dc, BLOCK_DC=block_dc,
