@@ -197,10 +197,14 @@ def gqa_decode(b: int, hq: int, hkv: int, d: int, ctx: int, page: int = 64) -> d
 
 
 def mla_configs(heads: int) -> list[dict]:
-    cfgs = [dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None)
-            for bh in ((16, 32, 64) if heads >= 64 else (16,)) for bn in (16, 32, 64) for nw in (4, 8)
-            for st in (1, 2)]
-    return [c for c in cfgs if not (c["block_h"] == 64 and c["block_n"] == 64)]
+    """The sweep: head block x token tile x warps (x stages for the big head block); 16 warps for 64/128 heads."""
+    def c(bh, bn, nw, st=2):
+        return dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None)
+    if heads < 64:
+        return [c(16, bn, nw) for bn in (16, 32, 64) for nw in (4, 8)]
+    cfgs = [c(bh, bn, nw) for bh in (16, 32) for bn in (16, 32, 64) for nw in (4, 8)]
+    cfgs += [c(64, bn, nw, st) for bn in (16, 32) for nw in (4, 8) for st in (1, 2)]
+    return cfgs + [c(64, 16, 16), c(64, 32, 16), c(128, 16, 16)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
