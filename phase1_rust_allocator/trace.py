@@ -132,9 +132,10 @@ class BuddyResult:
 
 
 def simulate_buddy(buddy, lengths, block_size: int = 16, rate: float = 2.0, max_batch: int = 128,
-                   seed: int = 0) -> BuddyResult:
+                   seed: int = 0, on_step=None) -> BuddyResult:
     """The same arrivals against a buddy allocator that reserves prompt + output tokens contiguously on admission
-    (it is even told the output length in advance, which a real server is not)."""
+    (it is even told the output length in advance, which a real server is not). `on_step(step, buddy)`, if given,
+    is called after every step (the notebook takes snapshots with it)."""
     res = BuddyResult()
     arrivals = arrival_steps(len(lengths), rate, seed)
     waiting, running, nxt = [], {}, 0  # running: request id -> (start, tokens so far)
@@ -160,5 +161,7 @@ def simulate_buddy(buddy, lengths, block_size: int = 16, rate: float = 2.0, max_
         if reserved:
             res.internal.append((reserved - sum(t for _, t in running.values()), reserved))
         res.batch_sizes.append(len(running))
+        if on_step:
+            on_step(res.steps, buddy)
         res.steps += 1
     return res
