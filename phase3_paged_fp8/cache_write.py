@@ -34,8 +34,20 @@ def quantize_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+_FP8_LUT: dict[torch.device, torch.Tensor] = {}
+
+
+def fp8_to_float(q: torch.Tensor) -> torch.Tensor:
+    """e4m3 -> fp32. On the CPU through a 256-entry table: PyTorch's CPU cast is ~3x slower than the lookup."""
+    if q.device.type != "cpu":
+        return q.float()
+    if q.device not in _FP8_LUT:
+        _FP8_LUT[q.device] = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+    return _FP8_LUT[q.device][q.view(torch.uint8).long()]
+
+
 def dequantize_fp8_ref(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (q.float() * scale.float()[..., None]).to(dtype)
+    return (fp8_to_float(q) * scale.float()[..., None]).to(dtype)
 
 
 @triton.jit

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from common.attention import repeat_kv
-from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE
+from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE, fp8_to_float
 
 LOG2E = 1.4426950408889634
 
@@ -205,7 +205,10 @@ def gather_kv(cache, scale, block_tables, length: int, dtype) -> torch.Tensor:
     idx = block_tables[:, :nblk].long()
     x = cache.view(torch.uint8)[idx].view(FP8) if cache.dtype == FP8 else cache[idx]  # fp8 gathered as raw bytes
     x = x.flatten(1, 2)[:, :length]  # [B, length, Hkv, D]
-    x = x.to(dtype) if scale is None else x.to(dtype) * scale[idx].flatten(1, 2)[:, :length, :, None].to(dtype)
+    if scale is None:
+        x = x.to(dtype)
+    else:
+        x = (fp8_to_float(x) * scale[idx].flatten(1, 2)[:, :length, :, None].float()).to(dtype)
     return x.transpose(1, 2)
 
 
