@@ -1,0 +1,30 @@
+"""`make phase2`'s criteria: the CPU ones pass live, the GPU ones skip (never pass) on CPU and quote the record."""
+import torch
+
+from common.gate import evaluate
+from phase2_mla import gate
+
+
+def test_cpu_criteria_pass_live():
+    for fn in (gate.check_rope_kernels, gate.check_paged_kernel, gate.check_kv_reduction):
+        out = fn()
+        assert out.passed, (fn.__name__, out)
+
+
+def test_gpu_criteria_are_skipped_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu = [c for c in gate.criteria() if c.needs_cuda]
+    assert len(gpu) == 3
+    for c in gpu:
+        out, _ = evaluate(c)
+        assert out.passed is None and out.reason.startswith("skipped (needs CUDA)")
+
+
+def test_recorded_figures_are_quoted_when_a_gpu_run_exists(monkeypatch):
+    fake = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T15:00:00+00:00"},
+            "summary": {"mla_dsv3_tb_s": 1.23, "mla_over_gqa_time": 0.5,
+                        "rope_decode_pct_of_ceiling": {"decode B=1024, x": 0.9}}}
+    monkeypatch.setattr(gate, "_bench", lambda: fake)
+    texts = [c.recorded() for c in gate.criteria() if c.needs_cuda]
+    assert "1.23 TB/s (NVIDIA H100 80GB HBM3, 2026-11-25)" in texts
+    assert any("MLA/GQA time = 0.50" in t for t in texts)
