@@ -23,7 +23,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from common.attention import attention_ref
 from common.config import ModelConfig
