@@ -201,15 +201,15 @@ def mla_configs(heads: int) -> list[dict]:
     def c(bh, bn, nw, st=2):
         return dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None)
     if heads < 64:
-        return [c(16, bn, nw) for bn in (16, 32, 64) for nw in (4, 8)]
-    cfgs = [c(bh, bn, nw) for bh in (16, 32) for bn in (16, 32, 64) for nw in (4, 8)]
-    cfgs += [c(64, bn, nw, st) for bn in (16, 32) for nw in (4, 8) for st in (1, 2)]
+        return [c(16, bn, nw) for bn in (32, 64) for nw in (4, 8)]
+    cfgs = [c(16, bn, nw) for bn in (32, 64) for nw in (4, 8)] + [c(32, bn, nw) for bn in (16, 32) for nw in (4, 8)]
+    cfgs += [c(64, bn, nw) for bn in (16, 32) for nw in (4, 8)] + [c(64, 16, 8, 1)]
     return cfgs + [c(64, 16, 16), c(64, 32, 16), c(128, 16, 16)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
     base = {k: best[k] for k in ("block_h", "block_n", "num_warps", "num_stages")}
-    return sweep_mla(b, h, ctx, [dict(base, num_splits=s) for s in (1, 2, 3, 4, 6, 8)], label)
+    return sweep_mla(b, h, ctx, [dict(base, num_splits=s) for s in (1, 2, 4, 8)], label)
 
 
 def main(argv: list[str] | None = None) -> int:
