@@ -10,13 +10,15 @@ cd "$(dirname "$0")/.."
 CRATE=phase1_rust_allocator
 VENV=${VENV:-.venv}
 
-if [ ! -d /usr/share/cargo/registry/pyo3-0.17.3 ]; then
-  echo "build_rust: installing Debian's librust-pyo3-dev (PyO3 0.17.3, offline crate registry)"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq librust-pyo3-dev >/dev/null
-fi
 command -v cargo >/dev/null || { [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"; }
-command -v cargo >/dev/null || { echo "build_rust: cargo not found; install Rust (rustup or apt-get install cargo)" >&2; exit 1; }
+PKGS=""
+[ -d /usr/share/cargo/registry/pyo3-0.17.3 ] || PKGS="librust-pyo3-dev"
+command -v cargo >/dev/null || PKGS="$PKGS cargo"  # Debian's Rust 1.63 builds this crate too
+if [ -n "$PKGS" ]; then
+  echo "build_rust: installing Debian's$PKGS (PyO3 0.17.3 as an offline crate registry)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $PKGS >/dev/null
+fi
 [ -x "$VENV/bin/maturin" ] || { echo "build_rust: $VENV/bin/maturin missing; run make setup (maturin is in requirements.txt)" >&2; exit 1; }
 
 rm -f "$CRATE"/target/wheels/kv_cache_manager-*.whl

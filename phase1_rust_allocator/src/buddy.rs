@@ -75,7 +75,8 @@ impl BuddyAllocator {
         let order = order_for(n);
         let k = if order <= self.max_order { self.fitting_order(order) } else { None };
         let mut k = k.ok_or(AllocError::OutOfBlocks { requested: 1 << order.min(63), free: self.num_free })?;
-        let start = self.free_lists[k].pop_first().unwrap();
+        let start = *self.free_lists[k].iter().next().unwrap(); // the lowest address of that order
+        self.free_lists[k].remove(&start);
         while k > order {
             k -= 1;
             self.free_lists[k].insert(start + (1u32 << k)); // the upper half stays free
