@@ -6,7 +6,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TIT
 mkdir -p "$TITAN_RESULTS_DIR"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv
 python3 -m phase0_tinyllama.bench_kernels || echo "bench_kernels FAILED"
-ncu --clock-control none --csv --page details -k regex:matmul_tiled_kernel -c 1 \
+ncu --clock-control none --csv --page details -k regex:matmul_tiled -c 1 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
     python3 -m phase0_tinyllama.profile_ncu target > /tmp/ncu_tiled.csv 2>/tmp/ncu.err \
   && python3 -m phase0_tinyllama.profile_ncu parse /tmp/ncu_tiled.csv || { echo "ncu FAILED"; tail -5 /tmp/ncu.err; }

@@ -41,7 +41,7 @@ def test_vector_add_matches_torch(n):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["matmul_naive", "matmul_smem", "matmul_tiled"])
-@pytest.mark.parametrize("m,n,kk", [(1, 1, 1), (17, 33, 65), (128, 128, 8), (129, 255, 77), (513, 1000, 300)])
+@pytest.mark.parametrize("m,n,kk", [(1, 1, 1), (17, 33, 65), (128, 128, 8), (256, 384, 64), (129, 255, 77), (513, 1000, 300)])
 def test_matmul_matches_fp64_reference(impl, m, n, kk):
     k = CudaKernels()
     a, b = torch.randn(m, kk, device="cuda"), torch.randn(kk, n, device="cuda")
