@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 NOTEBOOKS := $(shell ls phase*/*.ipynb 2>/dev/null)
 PHASES := 0 1 2 3 4 5 6 7 8
 

@@ -1,11 +1,4 @@
 import pytest
-import torch
-
-from common import assets
-
-PROMPTS = ["What is the capital of France?",
-           "Write a haiku about the sea.",
-           "Explain in two sentences why the sky is blue."]
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +10,6 @@ def smollm():
 
 @pytest.fixture(scope="session")
 def hf_smollm():
-    from transformers import AutoModelForCausalLM
+    from common.oracle import load_hf_smollm2
 
-    p = assets.require("smollm2-gguf")
-    return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+    return load_hf_smollm2()

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from common.config import get_preset
 from common.model_loader import find_in_hf_cache, load_model
-from common.tests.conftest import PROMPTS
+from common.oracle import CHAT_PROMPTS as PROMPTS
 from common.weights import load_gguf, random_state_dict, save_hf_dir
 from common import assets
 

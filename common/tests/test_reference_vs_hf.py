@@ -1,33 +1,16 @@
 """The correctness oracle: our reference Llama against HF transformers on the same weights."""
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.config import get_preset
 from common.llama import LlamaForCausalLM as Ours
+from common.oracle import CHAT_PROMPTS as PROMPTS, hf_greedy, ours_greedy
 from common.sampling import SamplingParams
-from common.tests.conftest import PROMPTS
 from common.weights import random_state_dict
 from phase0_tinyllama.inference_v1 import generate
 
 N_TOKENS = 64
-
-
-def hf_greedy(hf, ids: torch.Tensor, n: int) -> list[int]:
-    """HF's own greedy generate, told not to stop at EOS (we compare n tokens, EOS or not)."""
-    cfg = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    saved, hf.generation_config.eos_token_id = hf.generation_config.eos_token_id, None
-    try:
-        with torch.no_grad():
-            out = hf.generate(ids, generation_config=cfg)[0, ids.shape[1]:].tolist()
-    finally:
-        hf.generation_config.eos_token_id = saved
-    assert len(out) == n
-    return out
-
-
-def ours_greedy(model, ids: torch.Tensor, n: int) -> list[int]:
-    return generate(model, ids, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))[0].tolist()
 
 
 def test_smollm2_logits_match_hf(smollm, hf_smollm):

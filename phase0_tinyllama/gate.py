@@ -1,0 +1,130 @@
+"""`make phase0`: the acceptance criteria of Phase 0, run live (GPU ones skipped on a CPU machine, quoting the
+recorded H100 run from results/)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common.bench import load_result
+from common.gate import Criterion, passed
+from common.oracle import CHAT_PROMPTS as PROMPTS, hf_greedy, ours_greedy
+
+TITLE = "Phase 0 — Roofline in practice"
+PHASE = "phase0_tinyllama"
+_state: dict = {}
+
+
+def _models():
+    if not _state:
+        from common.model_loader import load_model
+        from common.oracle import load_hf_smollm2
+
+        _state["ours"] = load_model("smollm2-135m", device="cpu")
+        _state["hf"] = load_hf_smollm2()
+    return _state["ours"], _state["hf"]
+
+
+def check_logits():
+    lm, hf = _models()
+    ids = torch.tensor([lm.tokenizer.chat_ids(PROMPTS[0])])
+    with torch.no_grad():
+        diff = (lm.model(ids) - hf(ids).logits).abs().max().item()
+    return passed(f"max |diff| {diff:.2e}", diff <= 1e-4)
+
+
+def check_greedy():
+    lm, hf = _models()
+    same = 0
+    for p in PROMPTS:
+        ids = torch.tensor([lm.tokenizer.chat_ids(p)])
+        same += ours_greedy(lm.model, ids, 64) == hf_greedy(hf, ids, 64)
+    return passed(f"{same}/{len(PROMPTS)} prompts identical", same == len(PROMPTS))
+
+
+def check_paris():
+    from common.sampling import SamplingParams
+    from phase0_tinyllama.inference_v1 import generate
+
+    lm, _ = _models()
+    ids = torch.tensor([lm.tokenizer.chat_ids(PROMPTS[0])])
+    answer = lm.tokenizer.decode(generate(lm.model, ids, SamplingParams(
+        max_tokens=24, temperature=0.0, stop_token_ids=lm.tokenizer.stop_token_ids()))[0])
+    return passed(repr(answer[:40]), "Paris" in answer)
+
+
+def check_v0_lines():
+    from phase0_tinyllama import inference_v0
+
+    n = len(Path(inference_v0.__file__).read_text().splitlines())
+    return passed(f"{n} lines", n <= 100)
+
+
+def check_kv_speedup_cpu():
+    from phase0_tinyllama.bench_kvcache import main as bench
+
+    row = bench(["--device", "cpu", "--tokens", "512", "--name", "kvcache_cpu_gate"])["rows"][0]
+    return passed(f"{row['speedup']:.1f}x ({row['seconds_no_cache']:.0f} s vs {row['seconds_kv_cache']:.0f} s)",
+                  row["speedup"] >= 10)
+
+
+def check_cuda_kernels_compile():
+    from phase0_tinyllama.cuda_kernels import SOURCES, build, nvcc_path
+
+    if nvcc_path() is None:
+        return passed("nvcc missing", False, "install the CUDA toolkit")
+    for src in SOURCES.values():
+        build(src)
+    return passed(f"{len(SOURCES)} .cu files built (sm_90)", True)
+
+
+# --- GPU criteria: live on a GPU, quoting results/ otherwise ------------------------------------------------------
+def _rec(name: str, fmt):
+    def describe():
+        r = load_result(PHASE, name)
+        if r is None:
+            return "no GPU run recorded yet"
+        return f"{fmt(r)} on {r['provenance']['device']} ({r['provenance']['date'][:10]}, results/{name}.json)"
+    return describe
+
+
+def check_tiled_vs_naive():
+    from phase0_tinyllama.bench_kernels import main as bench
+
+    r = bench()
+    return passed(f"{r['tiled_over_naive']:.2f}x ({r['matmul_4096_fp32']['matmul_tiled']['tflops']:.1f} TFLOP/s)",
+                  r["tiled_over_naive"] >= 5)
+
+
+def check_kv_speedup_gpu():
+    from phase0_tinyllama.bench_kvcache import main as bench
+
+    rows = bench(["--device", "cuda", "--random-weights", "--batch", "64", "--name", "kvcache_gpu_gate"])["rows"]
+    return passed(f"{rows[0]['speedup']:.1f}x at B=64", rows[0]["speedup"] >= 10)
+
+
+def check_decode_baseline():
+    from phase0_tinyllama.bench_decode import main as bench
+
+    rows = bench(["--batch", "1", "64"])["rows"]
+    b1 = rows[0]
+    return passed(f"B=1 {b1['ours']['ms_per_step']:.2f} ms/token = {b1['ours_pct_of_roofline']:.0%} of roofline; "
+                  f"HF eager {b1['hf_eager']['ms_per_step']:.2f}", all("hf_eager" in r for r in rows))
+
+
+def criteria():
+    yield Criterion("SmolLM2 logits = HF transformers (fp32)", "max |diff| <= 1e-4", check_logits)
+    yield Criterion("greedy token-identical to HF, 64 tokens", "3/3 chat prompts", check_greedy)
+    yield Criterion("SmolLM2: capital of France", "answer contains 'Paris'", check_paris)
+    yield Criterion("inference_v0.py readable engine", "<= 100 lines", check_v0_lines)
+    yield Criterion("CUDA kernels compile with nvcc", "all 3", check_cuda_kernels_compile)
+    yield Criterion("KV cache speed-up, 512 new tokens, CPU", ">= 10x", check_kv_speedup_cpu)
+    yield Criterion("tiled vs naive matmul 4096^3 (H100)", ">= 5x", check_tiled_vs_naive, needs_cuda=True,
+                    recorded=_rec("kernels_gpu", lambda r: f"{r['tiled_over_naive']:.2f}x"))
+    yield Criterion("KV cache speed-up, 512 new tokens, GPU", ">= 10x", check_kv_speedup_gpu, needs_cuda=True,
+                    recorded=_rec("kvcache_gpu", lambda r: ", ".join(
+                        f"B={x['batch']} {x['speedup']:.1f}x" for x in r["rows"])))
+    yield Criterion("GPU decode baseline beside HF eager", "B=1 and B=64 recorded", check_decode_baseline,
+                    needs_cuda=True, recorded=_rec("decode_gpu", lambda r: ", ".join(
+                        f"B={x['batch']} {x['ours']['ms_per_step']:.1f} ms/step (HF {x['hf_eager']['ms_per_step']:.1f})"
+                        for x in r["rows"])))
