@@ -53,9 +53,10 @@ def test_split_counts_agree():
 
 
 def test_default_num_splits():
-    assert default_num_splits(32, 4, 8192, num_sms=132) == 3  # 128 programs -> 384: ~2 waves of 132 SMs
-    assert default_num_splits(1, 4, 131072, num_sms=132) == 64  # one long sequence: capped at 64 splits
-    assert default_num_splits(64, 8, 100, num_sms=132) == 1  # already many programs, short context
+    assert default_num_splits(32, 4, 8192, num_sms=132) == 9  # 128 (seq, head) pairs -> 1152 programs
+    assert default_num_splits(1, 8, 131072, num_sms=132) == 128  # one long sequence: capped at 128 splits
+    assert default_num_splits(1, 4, 4096, num_sms=132, block_n=32) == 32  # splits of no fewer than 4 tiles
+    assert default_num_splits(64, 8, 100, num_sms=132) == 1  # short context: nothing to split
 
 
 @pytest.mark.parametrize("impl", IMPLS)
