@@ -16,9 +16,9 @@ from common.gate import Criterion, passed
 TITLE = "Phase 2: DeepSeek MLA, RoPE kernels, MLA paged attention"
 ROPE_TARGET = 0.85      # of the measured device-to-device copy bandwidth
 MLA_TB_S_TARGET = 2.4   # MLA decode at DeepSeek-V3 dims (FlashMLA: ~3.0 on H800)
-LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=16, num_warps=8, num_stages=2, num_splits=None),
-                    dict(block_h=32, block_n=32, num_warps=8, num_stages=2, num_splits=None),
-                    dict(block_h=16, block_n=64, num_warps=4, num_stages=2, num_splits=None)]
+LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=32, num_warps=8, num_stages=2, num_splits=1),
+                    dict(block_h=64, block_n=64, num_warps=8, num_stages=2, num_splits=None),
+                    dict(block_h=32, block_n=32, num_warps=4, num_stages=2, num_splits=None)]
 
 
 def _bench():

@@ -62,14 +62,20 @@ def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, q_st, q_sh, k_st, k_sh,
         rows = k_ptr + t * k_st + h[:, None] * k_sh
         hmask = h < HK
     if INTERLEAVED:
-        p1, p2 = rows + 2 * d[None, :], rows + 2 * d[None, :] + 1
+        # load whole rows contiguously (coalesced), split them into (even, odd) pairs in registers
+        r = tl.arange(0, 2 * BLOCK_D)
+        m = hmask[:, None] & (r[None, :] < 2 * HALF)
+        x = tl.load(rows + r[None, :], mask=m, other=0.0).to(tl.float32)  # [BLOCK_H, 2 * BLOCK_D]
+        a, b = tl.split(tl.reshape(x, [BLOCK_H, BLOCK_D, 2]))  # [BLOCK_H, BLOCK_D] each
+        y = tl.reshape(tl.join(a * c - b * s, b * c + a * s), [BLOCK_H, 2 * BLOCK_D])
+        tl.store(rows + r[None, :], y.to(q_ptr.dtype.element_ty), mask=m)
     else:
         p1, p2 = rows + d[None, :], rows + d[None, :] + HALF
-    m = hmask[:, None] & dmask[None, :]
-    a = tl.load(p1, mask=m, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
-    b = tl.load(p2, mask=m, other=0.0).to(tl.float32)
-    tl.store(p1, (a * c - b * s).to(p1.dtype.element_ty), mask=m)
-    tl.store(p2, (b * c + a * s).to(p2.dtype.element_ty), mask=m)
+        m = hmask[:, None] & dmask[None, :]
+        a = tl.load(p1, mask=m, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
+        b = tl.load(p2, mask=m, other=0.0).to(tl.float32)
+        tl.store(p1, (a * c - b * s).to(p1.dtype.element_ty), mask=m)
+        tl.store(p2, (b * c + a * s).to(p2.dtype.element_ty), mask=m)
 
 
 def check_rope_args(q, k, cos, sin, positions, layout, bounds: bool = True) -> None:

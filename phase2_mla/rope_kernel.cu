@@ -32,7 +32,11 @@ __device__ __forceinline__ void rotate_row(T* row, const float* c, const float* 
     float cv[VEC], sv[VEC];
 #pragma unroll
     for (int u = 0; u < VEC; ++u) { cv[u] = c[j + u]; sv[u] = s[j + u]; }
-    if (INTERLEAVED) {
+    if (INTERLEAVED && VEC == 1) {  // no alignment promise at all: two scalar accesses
+      float a = to_f(row[2 * j]), b = to_f(row[2 * j + 1]);
+      row[2 * j] = from_f<T>(a * cv[0] - b * sv[0]);
+      row[2 * j + 1] = from_f<T>(b * cv[0] + a * sv[0]);
+    } else if (INTERLEAVED) {
       Vec<T, 2 * VEC> x = *reinterpret_cast<Vec<T, 2 * VEC>*>(row + 2 * j);
 #pragma unroll
       for (int u = 0; u < VEC; ++u) {
