@@ -116,15 +116,15 @@ def decode_sweep(dtype, configs, b, ctx, hq=32, hkv=4, d=64, bs=16):
     q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
     nbytes = kv_bytes(kc, ks, b, ctx)
     rows = []
-    for bn, warps, stages, splits in configs:
+    for bn, warps, stages, splits, *bits in configs:
+        bits = bool(bits and bits[0])
+        row = {"block_n": bn, "num_warps": warps, "num_stages": stages, "num_splits": splits, "fp8_bits": bits}
         try:
             ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=splits, block_n=bn,
-                                             num_warps=warps, num_stages=stages))
-            rows.append({"block_n": bn, "num_warps": warps, "num_stages": stages, "num_splits": splits, "ms": ms,
-                         "tb_s": nbytes / ms / 1e9})
+                                             num_warps=warps, num_stages=stages, fp8_bits=bits))
+            rows.append({**row, "ms": ms, "tb_s": nbytes / ms / 1e9})
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a data point too
-            rows.append({"block_n": bn, "num_warps": warps, "num_stages": stages, "num_splits": splits,
-                         "error": str(e)[:200]})
+            rows.append({**row, "error": str(e)[:200]})
     ok = [r for r in rows if "ms" in r]
     best = min(ok, key=lambda r: r["ms"])
     print("best", best, flush=True)
@@ -200,7 +200,7 @@ def fp8_vs_bf16(b, ctx, hq=32, hkv=4, d=64, bs=16):
         q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
         ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=cfg["num_splits"],
                                          block_n=cfg["block_n"], num_warps=cfg["num_warps"],
-                                         num_stages=cfg["num_stages"]))  # both timed here, back to back
+                                         num_stages=cfg["num_stages"], fp8_bits=cfg.get("fp8_bits", False)))
         out[name] = {"allocated_bytes": alloc, "kv_bytes": kv_bytes(kc, ks, b, ctx), "ms": ms,
                      "tb_s": kv_bytes(kc, ks, b, ctx) / ms / 1e9, "config": cfg,
                      "max_abs_err_vs_ref": (paged_decode(q, kc, vc, bt, lens, ks, vs).float()
@@ -250,7 +250,6 @@ def prefill(configs, b, s, hq=32, hkv=4, d=64, bs=16, prefix=0):
 
 def ctx_128k(ctx=131072, hq=32, hkv=8, d=128, bs=16, past_2g=True):
     """One decode step at 128K tokens whose blocks sit past element 2^31 of the pool: int64 offsets or garbage."""
-    cfg = best_cfg("decode_sweep")
     nblk = ctx // bs
     first = 2**31 // (bs * hkv * d) if past_2g else 0  # first block whose element offset is >= 2^31
     pool = first + nblk + 64
@@ -275,19 +274,20 @@ def ctx_128k(ctx=131072, hq=32, hkv=8, d=128, bs=16, past_2g=True):
         del kn, vn
         lens = torch.tensor([ctx], dtype=torch.int32, device=DEV)
         q = torch.randn(1, hq, d, device=DEV, dtype=torch.bfloat16, generator=gen)
+        cfg = best_cfg("decode_sweep" if dt != FP8 else "decode_sweep_fp8")
+        kw = dict(block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                  fp8_bits=cfg.get("fp8_bits", False))
         ref = paged_decode_ref(q, kc, vc, bt, lens, ks, vs)
         split_ms = {}
         for sp in (16, 32, 64, 128) if DEV == "cuda" else (2,):
-            split_ms[sp] = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=sp,
-                                                       block_n=cfg["block_n"], num_warps=cfg["num_warps"],
-                                                       num_stages=cfg["num_stages"]), reps=10, rounds=5)
+            split_ms[sp] = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=sp, **kw),
+                                  reps=10, rounds=5)
         sp = min(split_ms, key=split_ms.get)
-        got = paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=sp, block_n=cfg["block_n"],
-                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        got = paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=sp, **kw)
         nbytes = kv_bytes(kc, ks, 1, ctx)
         out[name] = {"max_abs_err_vs_ref": (got.float() - ref.float()).abs().max().item(),
                      "correct": bool(torch.allclose(got.float(), ref.float(), atol=2e-2, rtol=2e-2)),
-                     "splits_ms": split_ms, "best_splits": sp, "ms": split_ms[sp], "kv_bytes": nbytes,
+                     "splits_ms": split_ms, "best_splits": sp, "ms": split_ms[sp], "kv_bytes": nbytes, "config": kw,
                      "tb_s": nbytes / split_ms[sp] / 1e9}
         print(name, out[name], flush=True)
         del kc, vc, ks, vs, ref
@@ -375,13 +375,14 @@ def main(argv=None) -> int:
     section("copy_ceiling", copy_ceiling)
     section("decode_sweep", decode_sweep, torch.bfloat16, dec, b, ctx)
     section("decode_compare", decode_compare, shapes)
+    fp8_cfgs = [(bn, 4, st, sp, bits) for bn in (64, 128) for st in (2, 3) for sp in (4, 8) for bits in (0, 1)] \
+        if DEV == "cuda" else [c + (bits,) for c in dec for bits in (0, 1)]
+    section("decode_sweep_fp8", decode_sweep, FP8, fp8_cfgs, b, ctx)
+    section("fp8_vs_bf16", fp8_vs_bf16, b, ctx)
     if DEV == "cuda":
         section("ctx_128k", ctx_128k)
     else:
         section("ctx_128k", ctx_128k, ctx=96, hq=4, hkv=2, d=16, bs=16, past_2g=False)
-    fp8_cfgs = [c for c in dec if c[0] >= 64 and c[3] in (2, 4, 8)] if DEV == "cuda" else dec
-    section("decode_sweep_fp8", decode_sweep, FP8, fp8_cfgs, b, ctx)
-    section("fp8_vs_bf16", fp8_vs_bf16, b, ctx)
     section("prefill", prefill, pre, 4 if DEV == "cuda" else 2, pre_s)
     best = RESULTS["prefill"].get("best", {})
     section("prefill_prefix", prefill, [tuple(best.get(k, v) for k, v in (("block_m", 64), ("block_n", 64),

@@ -45,9 +45,9 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
+    if QUANT:
+        p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
-    if QUANT:  # dequantise V rows in the dot's dtype
-        v = v * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(q.dtype)[:, None]
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
 
@@ -79,7 +79,7 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     if DOT_F32:
         q = q.to(tl.float32)
     elif QUANT:
-        q = q.to(tl.float16)  # e4m3 -> fp16 is exact and cheap on Hopper
+        q = q.to(tl.bfloat16)
     else:
         q = q.to(kc_ptr.dtype.element_ty)
     pos = prefix + i  # absolute positions of the queries
