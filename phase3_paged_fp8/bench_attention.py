@@ -116,12 +116,11 @@ def decode_sweep(dtype, configs, b, ctx, hq=32, hkv=4, d=64, bs=16):
     q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
     nbytes = kv_bytes(kc, ks, b, ctx)
     rows = []
-    for bn, warps, stages, splits, *bits in configs:
-        bits = bool(bits and bits[0])
-        row = {"block_n": bn, "num_warps": warps, "num_stages": stages, "num_splits": splits, "fp8_bits": bits}
+    for bn, warps, stages, splits in configs:
+        row = {"block_n": bn, "num_warps": warps, "num_stages": stages, "num_splits": splits}
         try:
             ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=splits, block_n=bn,
-                                             num_warps=warps, num_stages=stages, fp8_bits=bits))
+                                             num_warps=warps, num_stages=stages))
             rows.append({**row, "ms": ms, "tb_s": nbytes / ms / 1e9})
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a data point too
             rows.append({**row, "error": str(e)[:200]})
@@ -200,7 +199,7 @@ def fp8_vs_bf16(b, ctx, hq=32, hkv=4, d=64, bs=16):
         q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
         ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=cfg["num_splits"],
                                          block_n=cfg["block_n"], num_warps=cfg["num_warps"],
-                                         num_stages=cfg["num_stages"], fp8_bits=cfg.get("fp8_bits", False)))
+                                         num_stages=cfg["num_stages"]))
         out[name] = {"allocated_bytes": alloc, "kv_bytes": kv_bytes(kc, ks, b, ctx), "ms": ms,
                      "tb_s": kv_bytes(kc, ks, b, ctx) / ms / 1e9, "config": cfg,
                      "max_abs_err_vs_ref": (paged_decode(q, kc, vc, bt, lens, ks, vs).float()
@@ -275,8 +274,7 @@ def ctx_128k(ctx=131072, hq=32, hkv=8, d=128, bs=16, past_2g=True):
         lens = torch.tensor([ctx], dtype=torch.int32, device=DEV)
         q = torch.randn(1, hq, d, device=DEV, dtype=torch.bfloat16, generator=gen)
         cfg = best_cfg("decode_sweep" if dt != FP8 else "decode_sweep_fp8")
-        kw = dict(block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                  fp8_bits=cfg.get("fp8_bits", False))
+        kw = dict(block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         ref = paged_decode_ref(q, kc, vc, bt, lens, ks, vs)
         split_ms = {}
         for sp in (16, 32, 64, 128) if DEV == "cuda" else (2,):
@@ -375,8 +373,7 @@ def main(argv=None) -> int:
     section("copy_ceiling", copy_ceiling)
     section("decode_sweep", decode_sweep, torch.bfloat16, dec, b, ctx)
     section("decode_compare", decode_compare, shapes)
-    fp8_cfgs = [(bn, 4, st, sp, bits) for bn in (64, 128) for st in (2, 3) for sp in (4, 8) for bits in (0, 1)] \
-        if DEV == "cuda" else [c + (bits,) for c in dec for bits in (0, 1)]
+    fp8_cfgs = [c for c in dec if c[0] >= 64 and c[3] in (2, 4, 8)] if DEV == "cuda" else dec
     section("decode_sweep_fp8", decode_sweep, FP8, fp8_cfgs, b, ctx)
     section("fp8_vs_bf16", fp8_vs_bf16, b, ctx)
     if DEV == "cuda":

@@ -36,20 +36,12 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _e4m3_bits_to_fp16(x):
-    """uint8 e4m3 bits -> fp16 equal to value * 2^-8, by moving bits (no conversion instruction): e4m3 and fp16
-    differ only in exponent width and bias (7 vs 15), and subnormals line up too."""
-    x = x.to(tl.int16)
-    return (((x & 0x7F) << 7) | ((x & 0x80) << 8)).to(tl.float16, bitcast=True)
-
-
-@triton.jit
 def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
                         stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, tokens_per_split, num_splits,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                         QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                        PREC: tl.constexpr, FP8_BITS: tl.constexpr):
+                        PREC: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -67,10 +59,8 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     q = (q.to(tl.float32) * sm_scale_log2)  # fold softmax scale and log2(e) into q: scores are in log2 units
     if DOT_F32:
         q = q.to(tl.float32)
-    elif QUANT and FP8_BITS:
-        q = q.to(tl.float16)
     elif QUANT:
-        q = q.to(tl.bfloat16)  # e4m3 -> bf16 is exact: FP8 tiles multiply on the bf16 tensor cores
+        q = q.to(tl.bfloat16)  # e4m3 -> bf16 is exact, so FP8 tiles multiply on the bf16 tensor cores
     else:
         q = q.to(kc_ptr.dtype.element_ty)
 
@@ -85,26 +75,20 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         slot = blk * BS + n % BS  # [BLOCK_N] int64
         kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        if FP8_BITS:  # the cache arrives as uint8: rebuild each e4m3 byte as the fp16 of value * 2^-8 (exact)
-            k = _e4m3_bits_to_fp16(tl.load(kc_ptr + kv_off, mask=kv_mask, other=0)).to(q.dtype)
-        else:
-            k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
+        k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [G_PAD, BLOCK_N]
         if QUANT:
-            k_sc = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-            s = s * (k_sc * 256.0 if FP8_BITS else k_sc)[None, :]
+            s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if QUANT:  # the V scale goes onto p's columns: one multiply per score instead of one per element
-            v_sc = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-            p = p * (v_sc * 256.0 if FP8_BITS else v_sc)[None, :]
-        if FP8_BITS:
-            v = _e4m3_bits_to_fp16(tl.load(vc_ptr + kv_off, mask=kv_mask, other=0)).to(q.dtype)
-        else:
-            v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)
+        if QUANT:
+            p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
 
@@ -172,26 +156,30 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_s
 
 
 def default_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
-    """About 8 programs per SM, rounded down to a power of two (what the H100 sweep preferred at every shape:
-    B=32/8K -> 8 splits, B=8/32K -> 32, B=64/2K -> 4, 128K -> 64-128), never splits shorter than 4 tiles, <= 128."""
+    """About 8 programs per SM, rounded down to a power of two, never splits shorter than 4 tiles, at most 128.
+
+    On the H100 this picks the fastest split count of the sweep at every measured shape (B=1/4K -> 32, B=32/8K -> 8,
+    B=8/32K -> 32, B=64/2K -> 4); the earlier rule (2 waves, no rounding) chose 3-9 splits and ran up to 29% slower.
+    """
     want = max(1, math.ceil(8 * num_sms / (batch * num_kv_heads)))
-    want = 1 << (want.bit_length() - 1)  # a power of two: 5 splits of 2K tokens ran 19% slower than 4 on the H100
+    want = 1 << (want.bit_length() - 1)
     return max(1, min(want, max_len // (4 * block_n), 128))
 
 
 def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
-                 num_splits: int | None = None, max_seq_len: int | None = None, block_n: int = 64,
-                 num_warps: int = 4, num_stages: int = 2, fp8_bits: bool = False) -> torch.Tensor:
+                 num_splits: int | None = None, max_seq_len: int | None = None, block_n: int | None = None,
+                 num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Decode attention over a paged cache. q [B, Hq, D] -> out [B, Hq, D] (q's dtype).
 
-    FP8 caches: by default e4m3 converts to bf16 with the hardware cvt; fp8_bits=True instead rebuilds fp16 from the
-    bits with integer ops (fp16 dots, scales x 256). Which is faster is measured in bench_attention."""
+    Defaults are the H100 sweep's best at B=32, 8K, 32q/4kv, d=64: BLOCK_N 32 (bf16) / 128 (FP8), 4 warps, 2 stages.
+    """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, "paged_decode")
     if q.dim() != 3 or q.shape[0] != block_tables.shape[0]:
         raise ValueError(f"paged_decode: q must be [B={block_tables.shape[0]}, Hq, D], got {tuple(q.shape)}")
     b, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
+    block_n = block_n or (128 if k_cache.dtype == FP8 else 32)
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
     max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
     if num_splits is None:
@@ -205,16 +193,13 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
         lse = torch.empty(b, hq, num_splits, dtype=torch.float32, device=q.device)
     else:
         po = lse = out  # unused
-    bits = quant and fp8_bits
-    kc, vc = (k_cache.view(torch.uint8), v_cache.view(torch.uint8)) if bits else (k_cache, v_cache)
     paged_decode_kernel[(b, hkv, num_splits)](
-        q, kc, vc, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
+        q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         sm_scale * LOG2E, tokens_per_split, num_splits, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
         D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32", FP8_BITS=bits, num_warps=num_warps,
-        num_stages=num_stages)
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         paged_decode_reduce_kernel[(b, hq)](po, lse, out, out.stride(0), out.stride(1), HQ=hq, NUM_SPLITS=num_splits,
                                             SPLITS_PAD=triton.next_power_of_2(num_splits), D=d,

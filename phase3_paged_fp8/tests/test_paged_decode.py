@@ -32,9 +32,6 @@ def test_paged_decode_matches_oracle(impl, dtype, case):
     q = q if dtype == FP8 else q.to(dtype)
     kw = {"num_splits": splits, "block_n": 16} if impl == "triton" else {}
     out = IMPLS[impl](q, kc, vc, bt, seq_lens, ks, vs, **kw)
-    if impl == "triton" and dtype == FP8:  # the bit-moving e4m3 -> fp16 path must agree with the cvt path
-        torch.testing.assert_close(paged_decode(q, kc, vc, bt, seq_lens, ks, vs, fp8_bits=True, **kw).float(),
-                                   out.float(), atol=2e-3, rtol=2e-3)
     assert out.shape == q.shape and out.dtype == q.dtype
     for b, n in enumerate(lens):
         want = naive_paged_attention(q[b, :, None], kc, vc, ks, vs, bt[b].cpu() if DEVICE == "cpu" else bt[b], n,
@@ -59,6 +56,7 @@ def test_default_num_splits():
     assert default_num_splits(32, 4, 8192, num_sms=132) == 8  # 128 (seq, head) pairs -> 1024 programs
     assert default_num_splits(1, 8, 131072, num_sms=132) == 128  # one long sequence: capped at 128 splits
     assert default_num_splits(1, 4, 4096, num_sms=132, block_n=32) == 32  # splits of no fewer than 4 tiles
+    assert default_num_splits(64, 4, 2048, num_sms=132, block_n=32) == 4  # 5 rounded down to a power of two
     assert default_num_splits(64, 8, 100, num_sms=132) == 1  # short context: nothing to split
 
 
