@@ -128,6 +128,18 @@ def check_mla_vs_gqa():
     return passed(f"MLA {best['ms'] * 1e3:.0f} us vs GQA-8 {gqa['ms'] * 1e3:.0f} us", best["ms"] <= gqa["ms"])
 
 
+def _rope_record(r: dict) -> str:
+    """The recorded RoPE rows of the two criterion shapes; rows timed before the cold-L2 method are flagged."""
+    out = []
+    for row in r["rope"]:
+        if row["shape"].startswith(("decode B=1024, Llama", "prefill 16K tokens, L")):
+            pct = max(row["cuda"]["pct_of_copy_ceiling"], row["triton"]["pct_of_copy_ceiling"])
+            l2_resident = "distinct_buffers" not in row and row.get("bytes", 0) / 2 < 100e6  # fits the 50 MB L2
+            hot = " (L2-resident, not an HBM figure)" if l2_resident else ""
+            out.append(f"{row['shape'].split(',')[0]}: {pct:.0%}{hot}")
+    return ", ".join(out)
+
+
 def criteria():
     yield Criterion("RoPE kernels (Triton, CUDA C) match the reference", "max err < 1e-5", check_rope_kernels)
     yield Criterion("MLA naive + absorbed = HF DeepseekV3 (prefill, decode, greedy)", "err < 1e-4, identical",
@@ -136,8 +148,7 @@ def criteria():
     yield Criterion("KV bytes/token: MLA vs GQA-8 at DeepSeek-V3 width", ">= 50% smaller", check_kv_reduction)
     yield Criterion("RoPE bandwidth, decode B=1024 and prefill 16K", f">= {ROPE_TARGET:.0%} of copy",
                     check_rope_bandwidth, needs_cuda=True,
-                    recorded=_recorded(lambda r: ", ".join(f"{k.split(',')[0]}: {v:.0%}" for k, v in
-                                                           r["summary"]["rope_decode_pct_of_ceiling"].items())))
+                    recorded=_recorded(_rope_record))
     yield Criterion("MLA decode bandwidth, 128 heads B=64 ctx 4K", f">= {MLA_TB_S_TARGET} TB/s", check_mla_bandwidth,
                     needs_cuda=True, recorded=_recorded(lambda r: f"{r['summary']['mla_dsv3_tb_s']:.2f} TB/s"))
     yield Criterion("MLA decode time vs our GQA decode (same B, ctx, heads)", "not slower", check_mla_vs_gqa,
