@@ -49,6 +49,15 @@ TABLE: dict[str, str] = {
     "kv_cache.paged_latent": "phase2_mla.paged_latent_cache:PagedLatentCache",
     "mla.check_vs_hf": "phase2_mla.hf_oracle:check_against_hf",
     "mla.kv_table": "phase2_mla.kv_arith:kv_table",
+    # phase 3: Triton PagedAttention (decode, prefill), FP8 KV cache, the paged cache the model runs on
+    "kv_cache.paged": "phase3_paged_fp8.paged_cache:PagedKVCache",
+    "kv_cache.write": "phase3_paged_fp8.cache_write:write_kv_cache",
+    "kv_cache.write_ref": "phase3_paged_fp8.cache_write:write_kv_cache_ref",
+    "kv_cache.fp8_quantize": "phase3_paged_fp8.cache_write:quantize_fp8_ref",
+    "attention.paged_decode": "phase3_paged_fp8.paged_decode:paged_decode",
+    "attention.paged_decode_ref": "phase3_paged_fp8.paged_decode:paged_decode_ref",
+    "attention.paged_prefill": "phase3_paged_fp8.paged_prefill:paged_prefill",
+    "attention.paged_prefill_ref": "phase3_paged_fp8.paged_prefill:paged_prefill_ref",
 }
 
 _cache: dict[str, object] = {}
