@@ -91,6 +91,8 @@ def section(name, fn, *args, **kwargs):
     except Exception as e:  # noqa: BLE001 - record and go on to the next section
         traceback.print_exc()
         RESULTS[name] = {"error": f"{type(e).__name__}: {e}"}
+    if isinstance(RESULTS[name], dict):  # which run measured it (sections are kept across --only reruns)
+        RESULTS[name]["run"] = {"date": provenance()["date"], "commit": provenance()["commit"]}
     write_result(PHASE, RESULT_NAME, RESULTS)
     return RESULTS[name]
 
@@ -364,10 +366,7 @@ def main(argv=None) -> int:
     def section(name, fn, *a, **k):  # noqa: F811 - skip what --only leaves out
         if only and name not in only:
             return RESULTS.get(name)
-        res = plain(name, fn, *a, **k)
-        if isinstance(res, dict):
-            res["run"] = {"date": provenance()["date"], "commit": provenance()["commit"]}
-        return res
+        return plain(name, fn, *a, **k)
 
     # most important first: every section rewrites the JSON, so a run cut short still returns what it measured
     section("copy_ceiling", copy_ceiling)
