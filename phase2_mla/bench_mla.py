@@ -8,6 +8,8 @@
    ("attention.paged_decode") when it is registered, and always SDPA (flash) on a contiguous cache.
 
     PYTHONPATH=. python -m phase2_mla.bench_mla            # writes phase2_mla/results/bench_mla.json
+    PYTHONPATH=. python -m phase2_mla.bench_mla --only mla,gqa   # sections: rope, mla, gqa
+On the GPU machine: `TITAN_RESULTS_DIR=$OUT TITAN_COMMIT=<sha> python3 -m phase2_mla.bench_mla` (no git there).
 
 NOTE (method): short kernels are timed inside a CUDA graph of `inner` back-to-back launches, so the figure is the
 GPU time per launch, not Python's launch overhead; long ones are timed directly with CUDA events. Medians.
@@ -211,19 +213,22 @@ def gqa_decode(b: int, hq: int, hkv: int, d: int, ctx: int, page: int = 64) -> d
 
 
 def mla_configs(heads: int) -> list[dict]:
-    """The sweep: head block x token tile x warps (x stages for the big head block); 16 warps for 64/128 heads."""
-    def c(bh, bn, nw, st=2):
-        return dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None)
+    """The sweep: head block x token tile x warps x stages, and the register-saving variants (value split, q
+    re-read each tile) that `kernel_resources.py` showed to cut spills."""
+    def c(bh, bn, nw, st=2, dv_split=1, reload_q=False):
+        return dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None, dv_split=dv_split,
+                    reload_q=reload_q)
     if heads < 64:
         return [c(16, 32, 4), c(16, 64, 8), c(16, 64, 4, 3), c(16, 128, 4)]
-    # run 1 (16 configs, bn <= 32 with 64 heads) peaked at block_h=64, block_n=32, 8 warps: widen the token tile,
-    # which is the N of the score GEMM and the K of the value GEMM
-    return [c(64, 32, 8), c(64, 64, 8), c(64, 64, 8, 1), c(64, 128, 8, 1), c(32, 32, 4), c(32, 64, 4),
-            c(32, 64, 4, 3), c(32, 128, 4, 1), c(32, 64, 8), c(16, 32, 4)]
+    # run 1 (16 configs, bn <= 32 with 64 heads) peaked at block_h=64, block_n=32, 8 warps (ptxas: 255 registers
+    # and ~650 bytes spilled per thread): widen the token tile and try the spill-reducing variants
+    return [c(64, 32, 8), c(64, 64, 8), c(64, 128, 8, 1), c(32, 32, 4), c(32, 64, 4), c(32, 128, 4, 1),
+            c(64, 32, 8, reload_q=True), c(64, 32, 8, dv_split=2), c(64, 16, 4, dv_split=4),
+            c(64, 64, 8, reload_q=True)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
-    base = {k: best[k] for k in ("block_h", "block_n", "num_warps", "num_stages")}
+    base = {k: best[k] for k in ("block_h", "block_n", "num_warps", "num_stages", "dv_split", "reload_q") if k in best}
     return sweep_mla(b, h, ctx, [dict(base, num_splits=s) for s in (1, 2, 4, 8)], label)
 
 
@@ -246,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"section {name} failed: {res['errors'][name]}")
         write_result("phase2_mla", "bench_mla", res)  # after every section: a killed run still leaves its figures
 
-    section("rope", lambda: bench_rope(ceil))
-    section("mla_dsv3", lambda: sweep_mla(b, 128, ctx, mla_configs(128), "MLA 128 heads B=64 ctx=4K"))
-    if (res.get("mla_dsv3") or {}).get("best"):
-        section("mla_dsv3_splits", lambda: split_sweep(res["mla_dsv3"]["best"], b, 128, ctx, "MLA 128h splits"))
-    section("mla_tp8", lambda: sweep_mla(b, 16, ctx, mla_configs(16), "MLA 16 heads (TP=8) B=64 ctx=4K"))
-    section("gqa_dsv3", lambda: gqa_decode(b, 128, 8, 128, ctx))
-    section("gqa_tp8", lambda: gqa_decode(b, 16, 1, 128, ctx))
+    args = argv if argv is not None else []
+    only = set(args[args.index("--only") + 1].split(",")) if "--only" in args else {"rope", "mla", "gqa"}
+    if "rope" in only:
+        section("rope", lambda: bench_rope(ceil))
+    if "mla" in only:
+        section("mla_dsv3", lambda: sweep_mla(b, 128, ctx, mla_configs(128), "MLA 128 heads B=64 ctx=4K"))
+        if (res.get("mla_dsv3") or {}).get("best"):
+            section("mla_dsv3_splits", lambda: split_sweep(res["mla_dsv3"]["best"], b, 128, ctx, "MLA 128h splits"))
+        section("mla_tp8", lambda: sweep_mla(b, 16, ctx, mla_configs(16), "MLA 16 heads (TP=8) B=64 ctx=4K"))
+    if "gqa" in only:
+        section("gqa_dsv3", lambda: gqa_decode(b, 128, 8, 128, ctx))
+        section("gqa_tp8", lambda: gqa_decode(b, 16, 1, 128, ctx))
     section("summary", lambda: summarize(res, ceil, t0))
     print({k: v for k, v in (res.get("summary") or {}).items() if k != "rope_decode_pct_of_ceiling"})
     write_result("phase2_mla", "bench_mla", res)

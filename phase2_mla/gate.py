@@ -109,7 +109,8 @@ def live_mla_best(heads: int = 128, batch: int = 64, ctx: int = 4096) -> dict:
     from phase2_mla import bench_mla
 
     rec = (_bench() or {}).get("summary", {}).get("mla_dsv3_best")
-    cfgs = ([{k: rec[k] for k in LIVE_MLA_CONFIGS[0]}] if rec else []) + LIVE_MLA_CONFIGS
+    keys = ("block_h", "block_n", "num_warps", "num_stages", "num_splits", "dv_split", "reload_q")
+    cfgs = ([{k: rec[k] for k in keys if k in rec}] if rec else []) + LIVE_MLA_CONFIGS
     return bench_mla.sweep_mla(batch, heads, ctx, cfgs, "live MLA")["best"]
 
 

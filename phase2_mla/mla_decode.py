@@ -28,18 +28,26 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _mla_tile(q_lat, q_pe, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc,
+def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok,
+              scale_log2, m_i, l_i, acc, dv0,
               DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr, PAGE: tl.constexpr,
-              BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+              BLOCK_N: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr, RELOAD_Q: tl.constexpr):
     """One BLOCK_N-token tile of the online softmax: rows read once, used for the score AND the value."""
     dc = tl.arange(0, BLOCK_DC)
     dr = tl.arange(0, BLOCK_DR)
     tok = n0 + tl.arange(0, BLOCK_N)
     tmask = tok < end
-    page = tl.load(bt_row_ptr + tok // PAGE, mask=tmask, other=0)
-    row = kv_ptr + page.to(tl.int64) * s_blk + (tok % PAGE) * s_tok  # [BLOCK_N] row starts
+    if PAGE % BLOCK_N == 0:  # the tile lies inside one page: one block-table read, a strided 2-D tile
+        page = tl.load(bt_row_ptr + n0 // PAGE)
+        row = kv_ptr + page.to(tl.int64) * s_blk + ((n0 % PAGE) + tl.arange(0, BLOCK_N)) * s_tok  # [BLOCK_N]
+    else:  # tokens of the tile may sit on different pages: gather row by row
+        page = tl.load(bt_row_ptr + tok // PAGE, mask=tmask, other=0)
+        row = kv_ptr + page.to(tl.int64) * s_blk + (tok % PAGE) * s_tok  # [BLOCK_N] row starts
     c = tl.load(row[:, None] + dc[None, :], mask=tmask[:, None] & (dc[None, :] < DC), other=0.0)  # [N, BLOCK_DC]
     pe = tl.load(row[:, None] + DC + dr[None, :], mask=tmask[:, None] & (dr[None, :] < DR), other=0.0)  # [N, DR]
+    if RELOAD_Q:  # re-read q (an L2 hit) so it is staged in shared memory, not pinned in registers per warpgroup
+        q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)
+        q_pe = tl.load(q_pe_ptrs, mask=q_pe_mask, other=0.0)
     s = tl.dot(q_lat, tl.trans(c), input_precision=PREC)  # [BLOCK_H, BLOCK_N] fp32
     s += tl.dot(q_pe, tl.trans(pe), input_precision=PREC)
     s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
@@ -48,7 +56,12 @@ def _mla_tile(q_lat, q_pe, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok, scale_log2
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c, input_precision=PREC)
+    if DV_SPLIT == 1:
+        v = c
+    else:  # this program accumulates only its chunk of the 512 value dims: reload that slice (an L1/L2 hit)
+        dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
+        v = tl.load(row[:, None] + dv[None, :], mask=tmask[:, None] & (dv[None, :] < DC), other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), v, input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -57,10 +70,13 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
                       sq_b, sq_h, sp_b, sp_h, s_blk, s_tok, s_bt, so_b, so_h, so_s, sl_b, sl_h,
                       H, DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr,
                       PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                      LOOP_ITERS: tl.constexpr, PREC: tl.constexpr):
-    """Stage 1. Grid (cdiv(H, BLOCK_H), NUM_SPLITS, B): partial output [BLOCK_H, DC] and lse of one token range.
-    The head block varies fastest, so the programs that read the same rows run together and share them in L2."""
-    hb = tl.program_id(0)
+                      LOOP_ITERS: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr,
+                      RELOAD_Q: tl.constexpr):
+    """Stage 1. Grid (cdiv(H, BLOCK_H) * DV_SPLIT, NUM_SPLITS, B): partial output [BLOCK_H, DC / DV_SPLIT] and lse
+    of one token range. The head block (and value chunk) varies fastest, so the programs that read the same rows run
+    together and share them in L2. DV_SPLIT > 1 trades recomputed scores for a smaller accumulator (registers)."""
+    hb = tl.program_id(0) // DV_SPLIT
+    dv0 = (tl.program_id(0) % DV_SPLIT) * (BLOCK_DC // DV_SPLIT)
     split = tl.program_id(1)
     b = tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
@@ -72,28 +88,34 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
     hmask = h < H
     dc = tl.arange(0, BLOCK_DC)
     dr = tl.arange(0, BLOCK_DR)
-    q_lat = tl.load(q_lat_ptr + b * sq_b + h[:, None] * sq_h + dc[None, :],
-                    mask=hmask[:, None] & (dc[None, :] < DC), other=0.0)  # [BLOCK_H, BLOCK_DC]
-    q_pe = tl.load(q_pe_ptr + b * sp_b + h[:, None] * sp_h + dr[None, :],
-                   mask=hmask[:, None] & (dr[None, :] < DR), other=0.0)  # [BLOCK_H, BLOCK_DR]
+    q_lat_ptrs = q_lat_ptr + b * sq_b + h[:, None] * sq_h + dc[None, :]
+    q_lat_mask = hmask[:, None] & (dc[None, :] < DC)
+    q_pe_ptrs = q_pe_ptr + b * sp_b + h[:, None] * sp_h + dr[None, :]
+    q_pe_mask = hmask[:, None] & (dr[None, :] < DR)
+    q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)  # [BLOCK_H, BLOCK_DC]
+    q_pe = tl.load(q_pe_ptrs, mask=q_pe_mask, other=0.0)  # [BLOCK_H, BLOCK_DR]
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_DC], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DC // DV_SPLIT], tl.float32)
     if LOOP_ITERS == 0:  # compiled: a data-dependent trip count
         for n0 in range(start, end, BLOCK_N):
-            m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i,
-                                      l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC)
+            m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
+                                      bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc, dv0, DC,
+                                      DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT, RELOAD_Q)
     else:  # Triton's CPU interpreter cannot take a tensor as a loop bound: a fixed count of (masked) tiles
         for it in range(LOOP_ITERS):
-            m_i, l_i, acc = _mla_tile(q_lat, q_pe, kv_ptr, bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok,
-                                      scale_log2, m_i, l_i, acc, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC)
+            m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
+                                      bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok, scale_log2, m_i,
+                                      l_i, acc, dv0, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT,
+                                      RELOAD_Q)
 
     empty = l_i == 0.0  # a split past the end of a short sequence
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-    tl.store(o_ptr + b * so_b + h[:, None] * so_h + split * so_s + dc[None, :], out,
-             mask=hmask[:, None] & (dc[None, :] < DC))
+    dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
+    tl.store(o_ptr + b * so_b + h[:, None] * so_h + split * so_s + dv[None, :], out,
+             mask=hmask[:, None] & (dv[None, :] < DC))
     tl.store(lse_ptr + b * sl_b + h * sl_h + split, lse, mask=hmask)
 
 
@@ -144,9 +166,10 @@ def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int 
 
 
 def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
-                     seq_lens: torch.Tensor, scale: float, max_seq_len: int | None = None, num_splits: int | None = None,
+                     seq_lens: torch.Tensor, scale: float, max_seq_len: int | None = None,
+                     num_splits: int | None = None,
                      block_h: int = 16, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
-                     check: bool = True) -> torch.Tensor:
+                     dv_split: int = 1, reload_q: bool = False, check: bool = True) -> torch.Tensor:
     """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
@@ -162,7 +185,7 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     if num_splits is None:
         max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if q_lat.is_cuda else 4
-        num_splits = default_num_splits(b, hb, max_len, sms)
+        num_splits = default_num_splits(b, hb * dv_split, max_len, sms)
     loop_iters = 0
     if INTERPRETED:
         max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
@@ -171,13 +194,16 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
     block_dc = triton.next_power_of_2(dc)
     block_dr = max(16, triton.next_power_of_2(dr))
-    mla_decode_kernel[(hb, num_splits, b)](
+    if dv_split not in (1, 2, 4) or triton.next_power_of_2(dc) // dv_split < 16:
+        raise ValueError(f"dv_split must be 1, 2 or 4 and leave value chunks of >= 16, got {dv_split} for DC={dc}")
+    mla_decode_kernel[(hb * dv_split, num_splits, b)](
         q_lat, q_pe, kv_cache, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0), kv_cache.stride(1),
         block_table.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),
         h, DC=dc, DR=dr, BLOCK_DC=block_dc, BLOCK_DR=block_dr, PAGE=page, BLOCK_H=bh, BLOCK_N=block_n,
         NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters,
-        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q,
+        num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
     mla_merge_kernel[(b, h)](o_part, lse, out, o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0),
                              lse.stride(1), out.stride(0), out.stride(1), DC=dc, BLOCK_DC=block_dc,

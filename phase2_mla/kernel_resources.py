@@ -1,0 +1,78 @@
+"""What the MLA decode kernel costs in registers, spills and shared memory on Hopper — measured on a CPU machine.
+
+Triton compiles for a GPU it does not have: `triton.compile(..., target=GPUTarget("cuda", 90, 32))` lowers the
+kernel to PTX, and the ptxas bundled with Triton reports registers per thread, spill stores and the kernel's
+instructions (wgmma = Hopper tensor cores, mma.sync = the older path). This is how the slow configurations of the
+H100 sweep were explained without another GPU run.
+
+    python -m phase2_mla.kernel_resources      # writes phase2_mla/results/kernel_resources.json
+
+NOTE: run it without TRITON_INTERPRET (the interpreter never compiles); `main` refuses to run under it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 13
+
+
+def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_split: int = 1, reload_q: bool = False,
+              page: int = 64, dc: int = 512, dr: int = 64) -> dict:
+    """Compile mla_decode_kernel for sm_90a at DeepSeek-V3 dims; ptxas -v's registers / spills, smem, MMA kind."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from phase2_mla.mla_decode import mla_decode_kernel
+
+    consts = dict(DC=dc, DR=dr, BLOCK_DC=dc, BLOCK_DR=dr, PAGE=page, BLOCK_H=block_h, BLOCK_N=block_n, NUM_SPLITS=1,
+                  LOOP_ITERS=0, PREC="tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q)
+    runtime = [n for n in mla_decode_kernel.arg_names if n not in consts]
+    sig = {**dict(zip(runtime, ARGS)), **{k: "constexpr" for k in consts}}
+    k = triton.compile(ASTSource(fn=mla_decode_kernel, signature=sig, constexprs=consts),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    ptx = k.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        r = subprocess.run([str(ptxas), "-v", "--gpu-name=sm_90a", str(src), "-o", str(src.with_suffix(".o"))],
+                           capture_output=True, text=True)
+    regs = re.findall(r"Used (\d+) registers", r.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    return {"block_h": block_h, "block_n": block_n, "num_warps": num_warps, "num_stages": num_stages,
+            "dv_split": dv_split, "reload_q": reload_q, "registers": int(regs[0]) if regs else None,
+            "spill_store_bytes": int(spills[0]) if spills else None, "shared_bytes": k.metadata.shared,
+            "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+            "ptxas_error": r.stderr[-300:] if r.returncode else ""}
+
+
+CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 32, 8, 2, 1, True),
+           (64, 32, 8, 2, 2), (64, 16, 4, 2, 4)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: the interpreter does not compile kernels")
+        return 1
+    from common.bench import write_result
+
+    rows = []
+    for cfg in CONFIGS:
+        row = resources(*cfg)
+        rows.append(row)
+        print(f"block_h={row['block_h']:3} block_n={row['block_n']:3} warps={row['num_warps']:2} "
+              f"dv_split={row['dv_split']} reload_q={row['reload_q']!s:5}: {row['registers']} regs, "
+              f"{row['spill_store_bytes']} B spilled, {row['shared_bytes'] // 1024} KiB smem, "
+              f"{'wgmma' if row['wgmma'] else 'mma.sync'}", flush=True)
+    write_result("phase2_mla", "kernel_resources", {"target": "sm_90a (compiled on CPU)", "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
