@@ -11,7 +11,9 @@ program handles BLOCK_H heads of one sequence and reads each cached row ONCE for
 value (p @ c): the bytes per token are (DC + DR) * 2, the whole point of MLA. The token range is split across
 NUM_SPLITS programs (flash-decoding) so a small batch still fills the GPU; a second tiny kernel merges the partial
 results by their log-sum-exp. With many heads (128) the work per byte is high (~2 * 128 * (576 + 512) FLOPs per
-1,152 bytes), which is why BLOCK_H matters: the heads of a block share every row loaded.
+1,152 bytes), which is why BLOCK_H matters: the heads of a block share every row loaded. Knobs for the register
+budget (see kernel_resources.py): `dv_split` (each program accumulates 1/dv_split of the value dims, recomputing
+the scores) and `reload_q` (q re-read per tile instead of pinned in registers).
 """
 from __future__ import annotations
 
