@@ -11,111 +11,22 @@ Timings replay a CUDA graph of one call (launch overhead excluded, as in a servi
 from __future__ import annotations
 
 import argparse
-import statistics
-import traceback
 
 import torch
 import torch.nn.functional as F
 
-from common.bench import load_result, provenance, write_result
+from common.bench import load_result
+from phase3_paged_fp8 import bench_utils as U
+from phase3_paged_fp8.bench_utils import (PHASE, RESULTS, best_cfg, copy_ceiling, gather_sdpa, gpu_ms, kv_bytes,
+                                          make_paged, section)
 from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE
 from phase3_paged_fp8.paged_decode import default_num_splits, gather_kv, paged_decode, paged_decode_ref
 from phase3_paged_fp8.paged_prefill import paged_prefill, slot_mapping_for
 
-PHASE = "phase3_paged_fp8"
-RESULTS: dict = {}
-DEV = "cuda"  # --smoke runs the same code on the CPU under TRITON_INTERPRET=1 at toy sizes
-
-
-def gpu_ms(fn, reps: int = 20, rounds: int = 7) -> float:
-    """Median ms per call of fn, replayed from a CUDA graph (falls back to an eager loop if capture fails)."""
-    if DEV == "cpu":
-        import time
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    run = fn
-    try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        run = g.replay
-    except Exception:  # noqa: BLE001 - eager timing is still a timing
-        torch.cuda.synchronize()
-    out = []
-    for _ in range(rounds):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            run()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) / reps)
-    return statistics.median(out)
-
-
-def make_paged(b, ctx, hkv, d, bs, dtype, extra_blocks=0, seed=0):
-    """A pool with exactly the blocks the batch needs (+extra), handed out in a random permutation."""
-    gen = torch.Generator(device=DEV).manual_seed(seed)
-    nblk = -(-ctx // bs)
-    n = b * nblk + extra_blocks
-    kc = torch.randn(n, bs, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-    vc = torch.randn(n, bs, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-    ks = vs = None
-    if dtype == FP8:
-        ks = (kc.float().abs().amax(-1) / 448).to(SCALE_DTYPE)
-        vs = (vc.float().abs().amax(-1) / 448).to(SCALE_DTYPE)
-        kc = (kc.float() / ks.float()[..., None]).to(FP8)
-        vc = (vc.float() / vs.float()[..., None]).to(FP8)
-    bt = torch.randperm(n, device=DEV, generator=gen)[:b * nblk].view(b, nblk).to(torch.int32)
-    lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
-    return kc, vc, ks, vs, bt, lens
-
-
-def kv_bytes(kc, ks, b, ctx):
-    per_tok = kc.shape[2] * kc.shape[3] * kc.element_size() + (kc.shape[2] * 2 if ks is not None else 0)
-    return 2 * b * ctx * per_tok
-
-
-def section(name, fn, *args, **kwargs):
-    """Run one benchmark section, record its result (or its error) and rewrite the JSON."""
-    print(f"== {name}", flush=True)
-    try:
-        RESULTS[name] = fn(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - record and go on to the next section
-        traceback.print_exc()
-        RESULTS[name] = {"error": f"{type(e).__name__}: {e}"}
-    if isinstance(RESULTS[name], dict):  # which run measured it (sections are kept across --only reruns)
-        RESULTS[name]["run"] = {"date": provenance()["date"], "commit": provenance()["commit"]}
-    write_result(PHASE, RESULT_NAME, RESULTS)
-    return RESULTS[name]
-
-
-def copy_ceiling():
-    """Device-to-device copy (bytes read + written) several ways, and a read-only reduction; the max is the ceiling."""
-    out = {}
-    for mib in ((256, 1024, 4096) if DEV == "cuda" else (1,)):
-        x = torch.randn(mib * 2**19, device=DEV, dtype=torch.bfloat16)  # mib MiB
-        y = torch.empty_like(x)
-        nb = 2 * x.numel() * 2
-        out[f"memcpy_{mib}MiB_graph"] = nb / gpu_ms(lambda: y.copy_(x), reps=10) / 1e9
-        out[f"elementwise_{mib}MiB_graph"] = nb / gpu_ms(lambda: torch.mul(x, 1.0, out=y), reps=10) / 1e9
-        out[f"read_only_sum_{mib}MiB_graph"] = nb / 2 / gpu_ms(lambda: x.sum(dtype=torch.float32), reps=10) / 1e9
-        del x, y
-    copy = max(v for k, v in out.items() if not k.startswith("read_only"))
-    return {"tb_s_by_method": out, "tb_s": copy, "read_only_tb_s": max(v for k, v in out.items()
-                                                                      if k.startswith("read_only"))}
-
 
 def decode_sweep(dtype, configs, b, ctx, hq=32, hkv=4, d=64, bs=16):
     kc, vc, ks, vs, bt, lens = make_paged(b, ctx, hkv, d, bs, dtype)
-    q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+    q = torch.randn(b, hq, d, device=U.DEV, dtype=torch.bfloat16)
     nbytes = kv_bytes(kc, ks, b, ctx)
     rows = []
     for bn, warps, stages, splits in configs:
@@ -133,26 +44,15 @@ def decode_sweep(dtype, configs, b, ctx, hq=32, hkv=4, d=64, bs=16):
             "configs": rows, "best": best}
 
 
-def gather_sdpa(q, kc, vc, ks, vs, bt, ctx):
-    """The PyTorch paged baseline: gather pages into contiguous K/V, then SDPA (GQA without copying heads)."""
-    k = gather_kv(kc, ks, bt, ctx, q.dtype)
-    v = gather_kv(vc, vs, bt, ctx, q.dtype)
-    return F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)[:, :, 0]
-
-
-def best_cfg(key):
-    return RESULTS[key]["best"]
-
-
 def decode_compare(shapes, hq=32, hkv=4, d=64, bs=16):
     """Triton (best bn/warps/stages, split count: heuristic and best of a few) vs gather+SDPA vs contiguous SDPA."""
     cfg = best_cfg("decode_sweep")
     rows = []
     for b, ctx in shapes:
         kc, vc, ks, vs, bt, lens = make_paged(b, ctx, hkv, d, bs, torch.bfloat16, seed=b + ctx)
-        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+        q = torch.randn(b, hq, d, device=U.DEV, dtype=torch.bfloat16)
         nbytes = kv_bytes(kc, ks, b, ctx)
-        sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 4
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if U.DEV == "cuda" else 4
         heur = default_num_splits(b, hkv, ctx, sms, cfg["block_n"])
         split_ms = {}
         for sp in sorted({1, 2, 4, 8, 16, 32, heur}):
@@ -184,7 +84,7 @@ def block_size_sweep(sizes, b, ctx, hq=32, hkv=4, d=64):
     rows = []
     for bs in sizes:
         kc, vc, ks, vs, bt, lens = make_paged(b, ctx, hkv, d, bs, torch.bfloat16)
-        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+        q = torch.randn(b, hq, d, device=U.DEV, dtype=torch.bfloat16)
         ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, num_splits=cfg["num_splits"], block_n=cfg["block_n"],
                                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
         rows.append({"block_size": bs, "ms": ms, "tb_s": kv_bytes(kc, ks, b, ctx) / ms / 1e9})
@@ -198,7 +98,7 @@ def fp8_vs_bf16(b, ctx, hq=32, hkv=4, d=64, bs=16):
         kc, vc, ks, vs, bt, lens = make_paged(b, ctx, hkv, d, bs, dt)
         alloc = sum(t.untyped_storage().nbytes() for t in (kc, vc, ks, vs) if t is not None)  # the pool, as allocated
         cfg = best_cfg(key)
-        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+        q = torch.randn(b, hq, d, device=U.DEV, dtype=torch.bfloat16)
         ms = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=cfg["num_splits"],
                                          block_n=cfg["block_n"], num_warps=cfg["num_warps"],
                                          num_stages=cfg["num_stages"]))
@@ -214,14 +114,14 @@ def fp8_vs_bf16(b, ctx, hq=32, hkv=4, d=64, bs=16):
 
 
 def prefill(configs, b, s, hq=32, hkv=4, d=64, bs=16, prefix=0):
-    gen = torch.Generator(device=DEV).manual_seed(0)
+    gen = torch.Generator(device=U.DEV).manual_seed(0)
     ctx = prefix + s
     kc, vc, ks, vs, bt, lens = make_paged(b, ctx, hkv, d, bs, torch.bfloat16)
-    q = torch.randn(b * s, hq, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-    k = torch.randn(b * s, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-    v = torch.randn(b * s, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-    ql = torch.full((b,), s, dtype=torch.int32, device=DEV)
-    cu = torch.arange(0, b * s + 1, s, dtype=torch.int32, device=DEV)
+    q = torch.randn(b * s, hq, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(b * s, hkv, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(b * s, hkv, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
+    ql = torch.full((b,), s, dtype=torch.int32, device=U.DEV)
+    cu = torch.arange(0, b * s + 1, s, dtype=torch.int32, device=U.DEV)
     slots = slot_mapping_for(bt, lens, ql, bs)
     flops = 4 * b * hq * d * (s * prefix + s * (s + 1) / 2)  # QK^T and PV over the visible keys
     rows = []
@@ -241,7 +141,7 @@ def prefill(configs, b, s, hq=32, hkv=4, d=64, bs=16, prefix=0):
     if prefix == 0:
         sdpa_ms = gpu_ms(lambda: F.scaled_dot_product_attention(qs, kk, vv, is_causal=True), reps=5, rounds=5)
     else:
-        mask = torch.ones(s, ctx, dtype=torch.bool, device=DEV).tril(prefix)  # query i sees keys <= prefix + i
+        mask = torch.ones(s, ctx, dtype=torch.bool, device=U.DEV).tril(prefix)  # query i sees keys <= prefix + i
         sdpa_ms = gpu_ms(lambda: F.scaled_dot_product_attention(qs, kk, vv, attn_mask=mask), reps=5, rounds=5)
     print("prefill best", best, "sdpa", sdpa_ms, flush=True)
     return {"shape": dict(b=b, new_tokens=s, prefix=prefix, hq=hq, hkv=hkv, d=d, block_size=bs), "flops": flops,
@@ -255,17 +155,17 @@ def ctx_128k(ctx=131072, hq=32, hkv=8, d=128, bs=16, past_2g=True):
     first = 2**31 // (bs * hkv * d) if past_2g else 0  # first block whose element offset is >= 2^31
     pool = first + nblk + 64
     out = {"ctx": ctx, "hq": hq, "hkv": hkv, "d": d, "pool_blocks": pool, "pool_elements": pool * bs * hkv * d}
-    gen = torch.Generator(device=DEV).manual_seed(7)
+    gen = torch.Generator(device=U.DEV).manual_seed(7)
     for name, dt in (("bf16", torch.bfloat16), ("fp8", FP8)):
-        kc = torch.empty(pool, bs, hkv, d, device=DEV, dtype=dt)
+        kc = torch.empty(pool, bs, hkv, d, device=U.DEV, dtype=dt)
         vc = torch.empty_like(kc)
         ks = vs = None
-        ids = first + torch.randperm(pool - first, device=DEV, generator=gen)[:nblk]
+        ids = first + torch.randperm(pool - first, device=U.DEV, generator=gen)[:nblk]
         bt = ids.view(1, nblk).to(torch.int32)
-        kn = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
-        vn = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16, generator=gen)
+        kn = torch.randn(nblk, bs, hkv, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
+        vn = torch.randn(nblk, bs, hkv, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
         if dt == FP8:
-            ks = torch.ones(pool, bs, hkv, device=DEV, dtype=SCALE_DTYPE)
+            ks = torch.ones(pool, bs, hkv, device=U.DEV, dtype=SCALE_DTYPE)
             vs = torch.ones_like(ks)
             ks[ids] = (kn.float().abs().amax(-1) / 448).to(SCALE_DTYPE)
             vs[ids] = (vn.float().abs().amax(-1) / 448).to(SCALE_DTYPE)
@@ -273,13 +173,13 @@ def ctx_128k(ctx=131072, hq=32, hkv=8, d=128, bs=16, past_2g=True):
         bits = (lambda t: t.view(torch.uint8)) if dt == FP8 else (lambda t: t)  # noqa: E731 index_put on raw bytes
         bits(kc)[ids], bits(vc)[ids] = bits(kn.to(dt)), bits(vn.to(dt))
         del kn, vn
-        lens = torch.tensor([ctx], dtype=torch.int32, device=DEV)
-        q = torch.randn(1, hq, d, device=DEV, dtype=torch.bfloat16, generator=gen)
+        lens = torch.tensor([ctx], dtype=torch.int32, device=U.DEV)
+        q = torch.randn(1, hq, d, device=U.DEV, dtype=torch.bfloat16, generator=gen)
         cfg = best_cfg("decode_sweep" if dt != FP8 else "decode_sweep_fp8")
         kw = dict(block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         ref = paged_decode_ref(q, kc, vc, bt, lens, ks, vs)
         split_ms = {}
-        for sp in (16, 32, 64, 128) if DEV == "cuda" else (2,):
+        for sp in (16, 32, 64, 128) if U.DEV == "cuda" else (2,):
             split_ms[sp] = gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs, num_splits=sp, **kw),
                                   reps=10, rounds=5)
         sp = min(split_ms, key=split_ms.get)
@@ -300,20 +200,20 @@ def engine(steps=48, batch=4, prompt=64, num_layers=None):
     from common.kv_cache import ContiguousKVCache
     from common.model_loader import load_model
     from phase3_paged_fp8.paged_cache import PagedKVCache, greedy_generate
-    lm = load_model("smollm2-135m", random_weights=True, device=DEV, dtype="bf16" if DEV == "cuda" else "fp32",
+    lm = load_model("smollm2-135m", random_weights=True, device=U.DEV, dtype="bf16" if U.DEV == "cuda" else "fp32",
                     num_layers=num_layers)
-    ids = torch.randint(0, lm.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0)).to(DEV)
+    ids = torch.randint(0, lm.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0)).to(U.DEV)
     n = prompt + steps + 1
-    want = greedy_generate(lm.model, ids, steps, ContiguousKVCache(lm.config, batch, n, lm.dtype, DEV))
+    want = greedy_generate(lm.model, ids, steps, ContiguousKVCache(lm.config, batch, n, lm.dtype, U.DEV))
     out = {"note": "random weights: near-tied logits, so bf16 rounding differences flip argmaxes; the fp32 model "
                    "(ieee dots) is the exactness check, prefill_logits_* size the bf16 difference"}
     with torch.no_grad():
-        ref_logits = lm.model(ids, cache=ContiguousKVCache(lm.config, batch, n, lm.dtype, DEV)).float()
+        ref_logits = lm.model(ids, cache=ContiguousKVCache(lm.config, batch, n, lm.dtype, U.DEV)).float()
     for dt in ("bf16", "fp8"):
-        cache = PagedKVCache(lm.config, batch, n, block_size=16, dtype=dt, device=DEV, backend="triton")
+        cache = PagedKVCache(lm.config, batch, n, block_size=16, dtype=dt, device=U.DEV, backend="triton")
         got = greedy_generate(lm.model, ids, steps, cache)
         with torch.no_grad():
-            lg = lm.model(ids, cache=PagedKVCache(lm.config, batch, n, dtype=dt, device=DEV, backend="triton")).float()
+            lg = lm.model(ids, cache=PagedKVCache(lm.config, batch, n, dtype=dt, device=U.DEV, backend="triton")).float()
         out[dt] = {"token_agreement": (got == want).float().mean().item(), "identical": bool(torch.equal(got, want)),
                    "first_divergence": [int((r != w).nonzero()[0]) if (r != w).any() else None
                                         for r, w in zip(got, want)], "tables": cache.tables_source,
@@ -321,16 +221,15 @@ def engine(steps=48, batch=4, prompt=64, num_layers=None):
                    "prefill_logits_std": ref_logits.std().item(),
                    "prefill_argmax_agreement": (lg.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()}
     del lm
-    if DEV == "cuda":  # the same model in fp32: paged (Triton, ieee fp32 dots) must equal contiguous token for token
-        lm = load_model("smollm2-135m", random_weights=True, device=DEV, dtype="fp32", num_layers=num_layers)
-        want = greedy_generate(lm.model, ids, steps, ContiguousKVCache(lm.config, batch, n, lm.dtype, DEV))
-        got = greedy_generate(lm.model, ids, steps, PagedKVCache(lm.config, batch, n, dtype="fp32", device=DEV))
+    if U.DEV == "cuda":  # the same model in fp32: paged (Triton, ieee fp32 dots) must equal contiguous token for token
+        lm = load_model("smollm2-135m", random_weights=True, device=U.DEV, dtype="fp32", num_layers=num_layers)
+        want = greedy_generate(lm.model, ids, steps, ContiguousKVCache(lm.config, batch, n, lm.dtype, U.DEV))
+        got = greedy_generate(lm.model, ids, steps, PagedKVCache(lm.config, batch, n, dtype="fp32", device=U.DEV))
         out["fp32"] = {"identical": bool(torch.equal(got, want)), "token_agreement": (got == want).float().mean().item()}
     return out
 
 
 def main(argv=None) -> int:
-    global DEV, RESULT_NAME
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated sections to (re)run; the others are kept from the "
                     "committed results/attention_h100.json (each section records the run that measured it)")
@@ -338,7 +237,7 @@ def main(argv=None) -> int:
                     "script itself; its numbers mean nothing and go to attention_smoke.json)")
     args = ap.parse_args(argv)
     if args.smoke:
-        DEV, RESULT_NAME = "cpu", "attention_smoke"
+        U.DEV, U.RESULT_NAME = "cpu", "attention_smoke"
         b, ctx, sweep_splits, shapes, pre_s = 2, 64, (1, 2), [(2, 64)], 32
         dec = [(16, 4, 2, sp) for sp in sweep_splits]
         pre = [(16, 16, 4, 2)]
@@ -351,50 +250,44 @@ def main(argv=None) -> int:
         dec = [(bn, w, st, sp) for bn in (32, 64, 128) for w in warps[bn] for st in (2, 3) for sp in (1, 2, 4, 8, 16)]
         pre = [(bm, bn, w, st) for bm in (64, 128) for bn in ((32, 64) if bm == 64 else (32, 64, 128))
                for w in ((4,) if bm == 64 else (4, 8)) for st in (2, 3)]
-    RESULTS["device"] = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (interpreter smoke test)"
+    RESULTS["device"] = torch.cuda.get_device_name(0) if U.DEV == "cuda" else "cpu (interpreter smoke test)"
     only = set(filter(None, args.only.split(",")))
     if only:
-        old = load_result(PHASE, RESULT_NAME) or {}
+        old = load_result(PHASE, U.RESULT_NAME) or {}
         for k, v in old.items():
             if k not in ("provenance", "device"):
                 RESULTS[k] = v
                 if isinstance(v, dict) and "run" not in v:
                     v["run"] = {"date": old["provenance"]["date"], "commit": old["provenance"]["commit"]}
-    global section
-    plain = section
 
-    def section(name, fn, *a, **k):  # noqa: F811 - skip what --only leaves out
-        if only and name not in only:
-            return RESULTS.get(name)
-        return plain(name, fn, *a, **k)
+    def sec(name, fn, *a, **k):  # a section, unless --only leaves it out
+        return RESULTS.get(name) if only and name not in only else section(name, fn, *a, **k)
 
     # most important first: every section rewrites the JSON, so a run cut short still returns what it measured
-    section("copy_ceiling", copy_ceiling)
-    section("decode_sweep", decode_sweep, torch.bfloat16, dec, b, ctx)
-    section("decode_compare", decode_compare, shapes)
-    fp8_cfgs = [c for c in dec if c[0] >= 64 and c[3] in (2, 4, 8)] if DEV == "cuda" else dec
-    section("decode_sweep_fp8", decode_sweep, FP8, fp8_cfgs, b, ctx)
-    section("fp8_vs_bf16", fp8_vs_bf16, b, ctx)
-    if DEV == "cuda":
-        section("ctx_128k", ctx_128k)
+    sec("copy_ceiling", copy_ceiling)
+    sec("decode_sweep", decode_sweep, torch.bfloat16, dec, b, ctx)
+    sec("decode_compare", decode_compare, shapes)
+    fp8_cfgs = [c for c in dec if c[0] >= 64 and c[3] in (2, 4, 8)] if U.DEV == "cuda" else dec
+    sec("decode_sweep_fp8", decode_sweep, FP8, fp8_cfgs, b, ctx)
+    sec("fp8_vs_bf16", fp8_vs_bf16, b, ctx)
+    if U.DEV == "cuda":
+        sec("ctx_128k", ctx_128k)
     else:
-        section("ctx_128k", ctx_128k, ctx=96, hq=4, hkv=2, d=16, bs=16, past_2g=False)
-    section("prefill", prefill, pre, 4 if DEV == "cuda" else 2, pre_s)
+        sec("ctx_128k", ctx_128k, ctx=96, hq=4, hkv=2, d=16, bs=16, past_2g=False)
+    sec("prefill", prefill, pre, 4 if U.DEV == "cuda" else 2, pre_s)
     best = RESULTS["prefill"].get("best", {})
-    section("prefill_prefix", prefill, [tuple(best.get(k, v) for k, v in (("block_m", 64), ("block_n", 64),
+    sec("prefill_prefix", prefill, [tuple(best.get(k, v) for k, v in (("block_m", 64), ("block_n", 64),
                                                                           ("num_warps", 4), ("num_stages", 2)))],
-            4 if DEV == "cuda" else 2, pre_s // 2, prefix=pre_s // 2)
-    if DEV == "cuda":
-        section("engine", engine)
+            4 if U.DEV == "cuda" else 2, pre_s // 2, prefix=pre_s // 2)
+    if U.DEV == "cuda":
+        sec("engine", engine)
     else:
-        section("engine", engine, steps=3, batch=2, prompt=5, num_layers=1)
-    section("block_size", block_size_sweep, [8, 16, 32] if DEV == "cuda" else [8], b, ctx)
+        sec("engine", engine, steps=3, batch=2, prompt=5, num_layers=1)
+    sec("block_size", block_size_sweep, [8, 16, 32] if U.DEV == "cuda" else [8], b, ctx)
     errors = [k for k, v in RESULTS.items() if isinstance(v, dict) and "error" in v]
     print("sections with errors:", errors or "none")
     return 1 if errors else 0
 
-
-RESULT_NAME = "attention_h100"
 
 if __name__ == "__main__":
     raise SystemExit(main())

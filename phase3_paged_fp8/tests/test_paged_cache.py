@@ -5,6 +5,7 @@ import torch
 from common import artifacts
 from common.kv_cache import ContiguousKVCache
 from phase3_paged_fp8.paged_cache import PagedKVCache, greedy_generate
+from phase3_paged_fp8.tests.helpers import DEVICE
 
 ENTRIES = ["kv_cache.paged", "kv_cache.write", "kv_cache.write_ref", "kv_cache.fp8_quantize",
            "attention.paged_decode", "attention.paged_decode_ref", "attention.paged_prefill",
@@ -43,10 +44,10 @@ def test_triton_backend_in_the_model(smollm2):
     cfg = smollm2.config.replace(num_hidden_layers=2)
     state = {k: v for k, v in smollm2.model.state_dict().items()
              if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
-    model = LlamaForCausalLM.from_state_dict(cfg, state)
-    ids = _prompts(smollm2)
-    want = greedy_generate(model, ids, 3, ContiguousKVCache(cfg, 2, 16))
-    cache = PagedKVCache(cfg, 2, 16, block_size=4, backend="triton")
+    model = LlamaForCausalLM.from_state_dict(cfg, state, device=DEVICE)
+    ids = _prompts(smollm2).to(DEVICE)
+    want = greedy_generate(model, ids, 3, ContiguousKVCache(cfg, 2, 16, device=DEVICE))
+    cache = PagedKVCache(cfg, 2, 16, block_size=4, backend="triton", device=DEVICE)
     assert torch.equal(greedy_generate(model, ids, 3, cache), want)
     assert cache.seq_len == ids.shape[1] + 3
 
