@@ -1,8 +1,17 @@
-"""Reference attention in plain PyTorch: the oracle every attention kernel is checked against."""
+"""Reference attention in plain PyTorch: the oracle every attention kernel is checked against.
+
+NOTE: on CUDA, PyTorch's SDPA may pick cuDNN attention, which builds an execution plan for every new sequence
+length. In decode the length grows by one each step, so every step paid a fresh plan: measured on the H100, 76 ms
+per TinyLlama decode step instead of ~30 ms (phase0_tinyllama/profile_decode.py). We therefore let SDPA choose
+among flash, memory-efficient and math kernels only.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -25,8 +34,9 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: i
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     sq, skv = q.shape[2], k.shape[2]
-    if sq == 1 or (sq == skv and q_offset == 0):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=sq > 1, scale=scale)
-    rows = torch.arange(sq, device=q.device)[:, None] + q_offset
-    mask = torch.arange(skv, device=q.device)[None, :] <= rows  # [Sq, Skv]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    with sdpa_kernel(SDPA_BACKENDS):
+        if sq == 1 or (sq == skv and q_offset == 0):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=sq > 1, scale=scale)
+        rows = torch.arange(sq, device=q.device)[:, None] + q_offset
+        mask = torch.arange(skv, device=q.device)[None, :] <= rows  # [Sq, Skv]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

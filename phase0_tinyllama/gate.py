@@ -99,7 +99,8 @@ def check_tiled_vs_naive():
 def check_kv_speedup_gpu():
     from phase0_tinyllama.bench_kvcache import main as bench
 
-    rows = bench(["--device", "cuda", "--random-weights", "--batch", "64", "--name", "kvcache_gpu_gate"])["rows"]
+    rows = bench(["--device", "cuda", "--model", "tinyllama-1.1b", "--random-weights", "--prompt-len", "128",
+                  "--batch", "64", "--name", "kvcache_gpu_gate"])["rows"]
     return passed(f"{rows[0]['speedup']:.1f}x at B=64", rows[0]["speedup"] >= 10)
 
 

@@ -16,5 +16,5 @@ has ncu && { ncu --clock-control none --csv --page details -k regex:matmul_tiled
 has profile && { python3 -m phase0_tinyllama.profile_decode || echo "profile_decode FAILED"; }
 has decode && { python3 -m phase0_tinyllama.bench_decode --batch 1 64 || echo "bench_decode FAILED"; }
 has kvcache && { python3 -m phase0_tinyllama.bench_kvcache --device cuda --model tinyllama-1.1b --random-weights \
-    --prompt-len 128 --batch 1 64 256 --name kvcache_gpu || echo "bench_kvcache FAILED"; }
+    --prompt-len 128 --batch 1 64 --name kvcache_gpu || echo "bench_kvcache FAILED"; }
 has tests && python3 -m pytest -q -m gpu -p no:cacheprovider common phase0_tinyllama 2>&1 | tail -3

@@ -2,57 +2,67 @@
 
     python -m phase0_tinyllama.profile_decode      # on the GPU machine; writes results/profile_decode_gpu.json
 
-Variants of the phase-0 engine's decode step (TinyLlama-1.1B shapes, random bf16 weights, B=1):
-inference_mode vs no_grad, and the GPU-busy time per step, so the report can say how far the eager engine is from
-being GPU-bound and why.
+Variants of the phase-0 engine's decode step (TinyLlama-1.1B shapes, random bf16 weights, B=1), each over
+sequence lengths it has not seen before in the process (a new prompt length per variant):
+- SDPA allowed to use cuDNN attention (which builds a plan per new shape), then the same lengths again;
+- SDPA without cuDNN (the engine's setting), under no_grad and under inference_mode;
+plus a profiler table of CPU and GPU time per operator.
 """
 from __future__ import annotations
 
 import time
 
 import torch
+from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile
 
+from common import attention
 from common.bench import write_result
-from common.kv_cache import ContiguousKVCache
 from common.model_loader import load_model
+from common.sampling import SamplingParams
+from phase0_tinyllama.inference_v1 import stream_kv_cache
+
+STEPS = 40
 
 
-def step_loop(model, cfg, steps: int, grad_mode) -> float:
-    ids = torch.randint(100, 31000, (1, 128), device="cuda")
-    cache = ContiguousKVCache(cfg, 1, 128 + steps + 1, dtype=torch.bfloat16, device="cuda")
+def engine_ms_per_step(model, prompt_len: int, grad_mode=torch.no_grad) -> float:
+    ids = torch.randint(100, 31000, (1, prompt_len), device="cuda")
     with grad_mode():
-        logits = model(ids, cache=cache, last_only=True)
-        tok = logits[:, -1].argmax(-1)
+        it = stream_kv_cache(model, ids, SamplingParams(max_tokens=STEPS + 1, temperature=0.0, ignore_eos=True))
+        next(it)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            tok = model(tok[:, None], cache=cache)[:, -1].argmax(-1)
+        for _ in it:
+            pass
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps * 1e3
+    return (time.perf_counter() - t0) / STEPS * 1e3
 
 
 def main() -> dict:
     lm = load_model("tinyllama-1.1b", device="cuda", dtype="bf16", random_weights=True)
-    m, cfg = lm.model, lm.config
+    m = lm.model
+    engine_ms_per_step(m, 64)  # warm-up: kernels, allocator, cuBLAS handles
+    default = list(attention.SDPA_BACKENDS)
     out = {}
-    for name, mode in (("inference_mode", torch.inference_mode), ("no_grad", torch.no_grad)):
-        step_loop(m, cfg, 5, mode)
-        out[f"ms_per_step_{name}"] = step_loop(m, cfg, 50, mode)
+    attention.SDPA_BACKENDS = default + [SDPBackend.CUDNN_ATTENTION]
+    out["ms_sdpa_with_cudnn_new_lengths"] = engine_ms_per_step(m, 128)
+    out["ms_sdpa_with_cudnn_seen_lengths"] = engine_ms_per_step(m, 128)
+    attention.SDPA_BACKENDS = default
+    out["ms_sdpa_without_cudnn_no_grad"] = engine_ms_per_step(m, 256)
+    out["ms_sdpa_without_cudnn_inference_mode"] = engine_ms_per_step(m, 384, torch.inference_mode)
     print(out)
-    ids = torch.randint(100, 31000, (1, 128), device="cuda")
-    cache = ContiguousKVCache(cfg, 1, 200, dtype=torch.bfloat16, device="cuda")
-    with torch.inference_mode():
-        tok = m(ids, cache=cache, last_only=True)[:, -1].argmax(-1)
+    ids = torch.randint(100, 31000, (1, 512), device="cuda")
+    it = stream_kv_cache(m, ids, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
+    next(it)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in it:
+            pass
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                tok = m(tok[:, None], cache=cache)[:, -1].argmax(-1)
-            torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:20]
     out["top_self_cpu"] = [{"name": e.key, "count": e.count // 5, "self_cpu_us_per_step": e.self_cpu_time_total / 5,
                             "device_us_per_step": e.device_time_total / 5} for e in rows]
-    for r in out["top_self_cpu"][:12]:
+    for r in out["top_self_cpu"][:10]:
         print(f"{r['name'][:60]:<60} x{r['count']:<5} cpu {r['self_cpu_us_per_step']:9.0f} us  "
               f"gpu {r['device_us_per_step']:8.0f} us")
     write_result("phase0_tinyllama", "profile_decode_gpu", out)
