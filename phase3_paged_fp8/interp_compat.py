@@ -21,9 +21,15 @@ def apply() -> bool:
     if getattr(original, "_titan_fixed", False):
         return True
 
+    def index(self):
+        data = self.handle.data
+        if data.size != 1:  # a block used as an index stays an error, as on the GPU
+            raise TypeError(f"only scalars can be used as an index, got a block of shape {data.shape}")
+        return int(data.reshape(-1)[0].item())
+
     def patched(tensor, scope):
         original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0].item()))
+        scope.set_attr(tensor, "__index__", index)
 
     patched._titan_fixed = True
     interpreter._patch_lang_tensor = patched
