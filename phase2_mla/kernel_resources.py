@@ -22,19 +22,24 @@ ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + [
 
 
 def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_split: int = 1, reload_q: bool = False,
-              page: int = 64, dc: int = 512, dr: int = 64) -> dict:
-    """Compile mla_decode_kernel for sm_90a at DeepSeek-V3 dims; ptxas -v's registers / spills, smem, MMA kind."""
+              page: int = 64, dc: int = 512, dr: int = 64, kernel=None) -> dict:
+    """Compile mla_decode_kernel for sm_90a at DeepSeek-V3 dims; ptxas -v's registers / spills, smem, MMA kind.
+    Pointers and integer arguments are declared 16-divisible, as Triton specializes them at a real launch with
+    these shapes (only the lse split stride, 1 when num_splits=1, is not)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from phase2_mla.mla_decode import mla_decode_kernel
+    kernel = kernel or mla_decode_kernel
 
     consts = dict(DC=dc, DR=dr, BLOCK_DC=dc, BLOCK_DR=dr, PAGE=page, BLOCK_H=block_h, BLOCK_N=block_n, NUM_SPLITS=1,
                   LOOP_ITERS=0, PREC="tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q)
-    runtime = [n for n in mla_decode_kernel.arg_names if n not in consts]
+    runtime = [n for n in kernel.arg_names if n not in consts]
     sig = {**dict(zip(runtime, ARGS)), **{k: "constexpr" for k in consts}}
-    k = triton.compile(ASTSource(fn=mla_decode_kernel, signature=sig, constexprs=consts),
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in runtime
+             if n not in ("scale_log2", "sl_h")}
+    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     ptx = k.asm["ptx"]
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -52,8 +57,8 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
             "ptxas_error": r.stderr[-300:] if r.returncode else ""}
 
 
-CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 32, 8, 2, 1, True),
-           (64, 32, 8, 2, 2), (64, 16, 4, 2, 4)]
+CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 16, 2),
+           (64, 32, 8, 2, 1, True), (64, 32, 8, 2, 2), (64, 16, 4, 2, 4)]
 
 
 def main(argv: list[str] | None = None) -> int:

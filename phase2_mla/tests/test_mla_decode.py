@@ -41,6 +41,22 @@ def test_value_split_matches_reference(dv_split):
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, dv_split=3)
 
 
+@pytest.mark.parametrize("dc, dr", [(64, 16), (48, 8)], ids=["pow2-dims", "padded-dims"])
+def test_unwritten_slots_full_of_nan_are_never_read(dc, dr):
+    """Slots past each sequence's end (and unused blocks) hold NaN, as fresh torch.empty memory may: a kernel that
+    lets one of them into the value sum returns NaN."""
+    lens, page = [13, 32, 5], 8
+    q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=4, dc=dc, dr=dr, seed=21)
+    valid = torch.zeros(kv.shape[:2], dtype=torch.bool, device=kv.device)
+    for b, n in enumerate(lens):
+        t = torch.arange(n, device=kv.device)
+        valid[bt[b, t // page].long(), t % page] = True
+    kv[~valid] = float("nan")
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=2, block_n=8)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.1), atol=2e-5, rtol=1e-4)
+
+
 def test_kernel_uses_the_block_table():
     q_lat, q_pe, kv, bt, sl = make_case([30, 30], 4, seed=9)
     out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.2, num_splits=2, block_n=8)
