@@ -213,15 +213,15 @@ def gqa_decode(b: int, hq: int, hkv: int, d: int, ctx: int, page: int = 64) -> d
 
 
 def mla_configs(heads: int) -> list[dict]:
-    """The sweep: head block x token tile x warps x stages, and the register-saving variants (value split, q
-    re-read each tile) that `kernel_resources.py` showed to cut spills."""
+    """The sweep: head block x token tile x warps x stages, and two variants that trade work for registers and
+    shared memory (value split, q re-read each tile; see kernel_resources.py)."""
     def c(bh, bn, nw, st=2, dv_split=1, reload_q=False):
         return dict(block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=None, dv_split=dv_split,
                     reload_q=reload_q)
     if heads < 64:
         return [c(16, 32, 4), c(16, 64, 8), c(16, 64, 4, 3), c(16, 128, 4)]
-    # run 1 (16 configs, bn <= 32 with 64 heads) peaked at block_h=64, block_n=32, 8 warps (ptxas: 255 registers
-    # and ~650 bytes spilled per thread): widen the token tile and try the spill-reducing variants
+    # run 1 (16 configs, bn <= 32 with 64 heads) peaked at block_h=64, block_n=32, 8 warps (216 registers, 144 KB
+    # of shared memory: one program per SM): widen the token tile and try the variants
     return [c(64, 32, 8), c(64, 64, 8), c(64, 128, 8, 1), c(32, 32, 4), c(32, 64, 4), c(32, 128, 4, 1),
             c(64, 32, 8, reload_q=True), c(64, 32, 8, dv_split=2), c(64, 16, 4, dv_split=4),
             c(64, 64, 8, reload_q=True)]
