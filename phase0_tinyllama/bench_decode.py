@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
                "ours_achieved_tb_s": nbytes / (ours["ms_per_step"] * 1e-3) / 1e12,
                "ours_pct_of_roofline": ROOFLINE_MS_B1 / ours["ms_per_step"] if b == 1 else None}
         if hf is not None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 row["hf_eager"] = time_hf(hf, ids, args.tokens)
             row["speedup_vs_hf"] = row["hf_eager"]["ms_per_step"] / ours["ms_per_step"]
         if b == 1:

@@ -16,7 +16,7 @@ import torch
 from common.sampling import SamplingParams, check_prompt_fits, make_generator, sample
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream_no_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield one token per sequence per step ([B]); input_ids: [B, S]. Callers decide when to stop."""
     check_prompt_fits(input_ids.shape[1], params.max_tokens, model.config.max_position_embeddings)

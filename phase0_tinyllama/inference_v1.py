@@ -17,7 +17,7 @@ from common.sampling import SamplingParams, check_prompt_fits, make_generator, s
 from phase0_tinyllama import inference_v0
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield one token per sequence per step ([B]); input_ids: [B, S]."""
     b, s = input_ids.shape
