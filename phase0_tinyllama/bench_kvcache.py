@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: fp32 on CPU, bf16 on CUDA")
     ap.add_argument("--tokens", type=int, default=512, help="new tokens to generate (default: %(default)s)")
-    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default: %(default)s, as in the GPU runs)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--name", default=None, help="results file stem (default: kvcache_<device>)")
