@@ -243,6 +243,9 @@ class DeepseekV3ForCausalLM(nn.Module):
             cache.advance(s)
         return self.lm_head(self.model.norm(h[:, -1:] if last_only else h))
 
+    def make_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> LatentCache:
+        return LatentCache(self.config, batch_size, max_len, dtype=dtype, device=device)
+
     @classmethod
     def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor], absorbed: bool = False,
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

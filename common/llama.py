@@ -155,6 +155,12 @@ class LlamaForCausalLM(nn.Module):
         h = self.model.norm(h[:, -1:] if last_only else h)
         return F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
+    def make_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> "ContiguousKVCache":
+        """The KV cache this model family uses (the engine asks the model, so MLA models get a latent cache)."""
+        from common.kv_cache import ContiguousKVCache
+
+        return ContiguousKVCache(self.config, batch_size, max_len, dtype=dtype, device=device)
+
     @classmethod
     def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "LlamaForCausalLM":

@@ -41,6 +41,17 @@ class LoadedModel:
                 f"device={self.device}, dtype={self.dtype})")
 
 
+def model_class(cfg: ModelConfig):
+    """The reference model class for a config: DeepSeek-V3 (MLA) or Llama."""
+    if cfg.model_type == "deepseek_v3":
+        from common.deepseek import DeepseekV3ForCausalLM
+
+        return DeepseekV3ForCausalLM
+    from common.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM
+
+
 def hf_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
@@ -107,8 +118,6 @@ def resolve_weights(spec: str, random_weights: bool = False, seed: int = 0):
 def load_model(spec: str, device: str | None = "auto", dtype: str | torch.dtype | None = None,
                random_weights: bool = False, seed: int = 0, num_layers: int | None = None) -> LoadedModel:
     """Load a model by preset / path / repo id onto a device; `num_layers` truncates (for quick CPU tests)."""
-    from common.llama import LlamaForCausalLM
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     cfg, state, tok, desc = resolve_weights(spec, random_weights=random_weights, seed=seed)
@@ -119,5 +128,5 @@ def load_model(spec: str, device: str | None = "auto", dtype: str | torch.dtype 
     elif num_layers is not None:
         state = {k: v for k, v in state.items()
                  if not (m := re.match(r"model\.layers\.(\d+)\.", k)) or int(m.group(1)) < num_layers}
-    model = LlamaForCausalLM.from_state_dict(cfg, state, dtype=dt, device=dev)
+    model = model_class(cfg).from_state_dict(cfg, state, dtype=dt, device=dev)
     return LoadedModel(cfg, model, tok, desc, dev, dt)

@@ -17,7 +17,7 @@ import jinja2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Missing(jinja2.Undefined):
+class _Missing(jinja2.ChainableUndefined):
     def __str__(self) -> str:
         return "*not measured yet*"
 

@@ -138,12 +138,12 @@ def save_hf_dir(cfg: ModelConfig, state: dict[str, torch.Tensor], path: str | Pa
 def random_state_dict(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32,
                       device: str | torch.device = "cpu", std: float = 0.02) -> dict[str, torch.Tensor]:
     """Random weights with the config's shapes (normal(0, std) matrices, norms near 1)."""
-    from common.llama import LlamaForCausalLM  # the model defines the shapes
+    from common.model_loader import model_class  # the model defines the shapes
 
     device = torch.device(device)
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in model_class(cfg)(cfg).state_dict().items()}
     out = {}
     for k, shape in shapes.items():  # generated on the target device: 1.1B numbers in well under a second on a GPU
         t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import torch
 
-from common.kv_cache import ContiguousKVCache
 from common.sampling import SamplingParams, check_prompt_fits, make_generator, sample
 from phase0_tinyllama import inference_v0
 
@@ -23,7 +22,7 @@ def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> I
     b, s = input_ids.shape
     check_prompt_fits(s, params.max_tokens, model.config.max_position_embeddings)
     dtype = next(model.parameters()).dtype
-    cache = ContiguousKVCache(model.config, b, s + params.max_tokens, dtype=dtype, device=input_ids.device)
+    cache = model.make_cache(b, s + params.max_tokens, dtype=dtype, device=input_ids.device)  # contiguous / latent
     gen = make_generator(params, input_ids.device)
     logits = model(input_ids, cache=cache, last_only=True)[:, -1]  # prefill: [B, V]
     for i in range(params.max_tokens):

@@ -74,3 +74,19 @@ def test_random_init_has_preset_shapes_and_is_seeded():
 def test_num_params_matches_tinyllama_1_1b():
     assert abs(get_preset("tinyllama-1.1b").num_params() - 1_100_048_384) < 1e6
     assert abs(get_preset("smollm2-135m").num_params() - 134_515_008) < 1e5
+
+
+def test_deepseek_preset_loads_mla_model_and_generates():
+    """model_type deepseek_v3 dispatches to the MLA reference; the phase-0 engine drives it via model.make_cache."""
+    from common.deepseek import DeepseekV3ForCausalLM, LatentCache
+    from common.sampling import SamplingParams
+    from phase0_tinyllama.inference_v1 import generate
+
+    lm = load_model("deepseek-v3-tiny", random_weights=True, device="cpu")
+    assert isinstance(lm.model, DeepseekV3ForCausalLM)
+    assert isinstance(lm.model.make_cache(1, 8, torch.float32, "cpu"), LatentCache)
+    ids = torch.randint(0, lm.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
+    out = generate(lm.model, ids, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
+    with torch.no_grad():
+        first = lm.model(ids)[:, -1].argmax(-1)
+    assert out.shape == (1, 6) and int(out[0, 0]) == int(first)
