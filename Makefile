@@ -39,6 +39,7 @@ serve: setup  ## titan serve (OpenAI-compatible API; phase 4)
 
 bench: setup  ## the CPU benchmarks of every phase (GPU ones run on the GPU machine: see each phase README)
 	$(PY) -m phase0_tinyllama.bench_kvcache --device cpu
+	$(PY) -m phase1_rust_allocator.bench_allocator
 
 report: setup  ## regenerate every phase's REPORT.md from its results/*.json
 	$(PY) -m common.report --all

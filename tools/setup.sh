@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-stamp_src=$(cat pyproject.toml requirements.txt constraints.txt tools/setup.sh $(ls phase1_rust_allocator/Cargo.toml phase1_rust_allocator/src/*.rs 2>/dev/null) | sha256sum | cut -c1-16)
+stamp_src=$(cat pyproject.toml requirements.txt constraints.txt tools/setup.sh tools/build_rust.sh $(ls phase1_rust_allocator/Cargo.toml phase1_rust_allocator/Cargo.lock phase1_rust_allocator/.cargo/config.toml phase1_rust_allocator/src/*.rs 2>/dev/null) | sha256sum | cut -c1-16)
 STAMP="$VENV/.titan-setup-$stamp_src"
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -m common.assets check >/dev/null 2>&1; then
