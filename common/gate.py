@@ -41,6 +41,21 @@ class Criterion:
     recorded: Callable[[], str | None] | None = None  # describes a recorded GPU result, shown when skipped
 
 
+def recorded_result(phase: str, name: str, describe: Callable[[dict], str],
+                    meets: Callable[[dict], bool] | None = None) -> Callable[[], str]:
+    """A `recorded=` callable: quotes results/<name>.json (what, device, date) and whether it met the threshold."""
+    from common.bench import load_result
+
+    def text() -> str:
+        r = load_result(phase, name)
+        if r is None:
+            return "no GPU run recorded yet"
+        verdict = "" if meets is None else (" — meets the threshold" if meets(r) else " — MISSES the threshold")
+        return (f"{describe(r)} on {r['provenance']['device']} ({r['provenance']['date'][:10]}, "
+                f"results/{name}.json){verdict}")
+    return text
+
+
 def cuda_skip_reason(recorded: str | None = None) -> str:
     msg = "skipped (needs CUDA)"
     return f"{msg}; recorded: {recorded}" if recorded else msg

@@ -45,3 +45,20 @@ def test_gate_fails_skips_and_passes(capsys, monkeypatch):
     assert run_gate("t", [Criterion("bad", ">= 1", lambda: passed(0, False))]) == 1
     assert run_gate("t", [Criterion("crash", "-", lambda: 1 / 0)]) == 1
     assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_recorded_result_quotes_file_and_verdict(tmp_path, monkeypatch):
+    import json
+
+    from common import bench
+    from common.gate import recorded_result
+
+    monkeypatch.setattr(bench, "REPO_ROOT", tmp_path)
+    (tmp_path / "ph" / "results").mkdir(parents=True)
+    prov = {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T10:00:00+00:00"}
+    (tmp_path / "ph" / "results" / "x.json").write_text(json.dumps({"provenance": prov, "v": 3.0}))
+    ok = recorded_result("ph", "x", lambda r: f"{r['v']}x", lambda r: r["v"] >= 2)()
+    bad = recorded_result("ph", "x", lambda r: f"{r['v']}x", lambda r: r["v"] >= 5)()
+    assert ok.startswith("3.0x on NVIDIA H100") and "meets the threshold" in ok
+    assert "MISSES the threshold" in bad
+    assert recorded_result("ph", "absent", str)() == "no GPU run recorded yet"
