@@ -58,8 +58,15 @@ class ModelConfig:
         e = self.eos_token_id
         return [] if e is None else ([e] if isinstance(e, int) else list(e))
 
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
     def num_params(self) -> int:
-        """Parameter count of a Llama-family model with this config."""
+        """Parameter count of a Llama-family model with this config (MLA models: count the model's parameters)."""
+        if self.is_mla:
+            raise NotImplementedError("num_params() counts Llama-family layouts; for an MLA model use "
+                                      "sum(p.numel() for p in model.parameters())")
         d, f, L, v = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
@@ -67,7 +74,9 @@ class ModelConfig:
         return v * d * (1 if self.tie_word_embeddings else 2) + L * per_layer + d
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """KV-cache bytes one token occupies across all layers (K and V)."""
+        """KV-cache bytes one token occupies across all layers: K and V per KV head, or MLA's latent + rope key."""
+        if self.is_mla:
+            return self.num_hidden_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
 
     def replace(self, **changes: Any) -> "ModelConfig":

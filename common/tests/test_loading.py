@@ -90,3 +90,11 @@ def test_deepseek_preset_loads_mla_model_and_generates():
     with torch.no_grad():
         first = lm.model(ids)[:, -1].argmax(-1)
     assert out.shape == (1, 6) and int(out[0, 0]) == int(first)
+
+
+def test_kv_bytes_per_token_gqa_and_mla():
+    assert get_preset("tinyllama-1.1b").kv_bytes_per_token(2) == 2 * 22 * 4 * 64 * 2
+    ds = get_preset("deepseek-v3-tiny")
+    assert ds.kv_bytes_per_token(2) == ds.num_hidden_layers * (ds.kv_lora_rank + ds.qk_rope_head_dim) * 2
+    with pytest.raises(NotImplementedError):
+        ds.num_params()
