@@ -34,8 +34,9 @@ test-gpu:  ## the GPU suite (run on the GPU machine)
 lab: setup  ## JupyterLab on the notebooks
 	.venv/bin/jupyter lab --notebook-dir=$(CURDIR)
 
-serve: setup  ## titan serve (OpenAI-compatible API; phase 4)
-	$(PY) -m common.cli serve --model smollm2-135m
+serve: setup  ## titan serve (OpenAI-compatible API; arrives with phase 4)
+	@if $(PY) -m common.cli serve --help >/dev/null 2>&1; then $(PY) -m common.cli serve --model smollm2-135m; \
+	else echo "titan serve is built in phase 4 (phase4_scheduler), which does not exist yet"; exit 1; fi
 
 bench: setup  ## the CPU benchmarks of every phase (GPU ones run on the GPU machine: see each phase README)
 	$(PY) -m phase0_tinyllama.bench_kvcache --device cpu

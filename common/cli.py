@@ -14,7 +14,7 @@ import time
 from common.errors import TitanError
 
 EPILOG = """\
---model accepts: a preset (smollm2-135m, tinyllama-1.1b), a .gguf file, a local HF checkpoint directory
+--model accepts: a preset (smollm2-135m, tinyllama-1.1b, deepseek-v3-tiny, ...), a .gguf file, a local HF checkpoint directory
 (config.json + *.safetensors + tokenizer.json), or an HF repo id found in the local HF cache
 (e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0 after `huggingface-cli download`).
 """
