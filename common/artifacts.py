@@ -58,6 +58,13 @@ TABLE: dict[str, str] = {
     "attention.paged_decode_ref": "phase3_paged_fp8.paged_decode:paged_decode_ref",
     "attention.paged_prefill": "phase3_paged_fp8.paged_prefill:paged_prefill",
     "attention.paged_prefill_ref": "phase3_paged_fp8.paged_prefill:paged_prefill_ref",
+    # phase 4: the serving engine (scheduler, KV-cache manager, model runner, offline and async front ends)
+    "engine.llm": "phase4_scheduler.llm:LLM",
+    "engine.async": "phase4_scheduler.async_engine:AsyncEngine",
+    "engine.core": "phase4_scheduler.engine:LLMEngine",
+    "engine.scheduler": "phase4_scheduler.scheduler:Scheduler",
+    "engine.kv_cache_manager": "phase4_scheduler.kv_cache_manager:KVCacheManager",
+    "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
 }
 
 _cache: dict[str, object] = {}

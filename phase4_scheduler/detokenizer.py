@@ -1,0 +1,61 @@
+"""Incremental detokenisation: text deltas token by token, never a broken UTF-8 character, stop strings cut off.
+
+Decoding a single token is wrong in general: byte-level BPE splits one character (an emoji, a CJK ideograph) over
+several tokens, and a token's leading space depends on what precedes it. So we decode a short window twice — the
+tokens already turned into text (`prefix_offset:read_offset`) and the same window plus the new tokens — and emit the
+difference, but only once it does not end in U+FFFD (an incomplete byte sequence: wait for the next token).
+
+NOTE (stop strings): while a request runs, the last `max(len(stop)) - 1` characters are held back, since they might
+be the start of a stop string that the next token completes; a stop string found in the text ends the request and
+is removed together with everything after it, as OpenAI's API does.
+"""
+from __future__ import annotations
+
+CONTEXT_TOKENS = 5  # prompt tokens decoded as left context (for the first output token's spacing)
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer, prompt_token_ids: list[int], stop: list[str] | None = None,
+                 skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.stop = list(stop or [])
+        self.skip_special_tokens = skip_special_tokens
+        self.tokens = list(prompt_token_ids[-CONTEXT_TOKENS:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.tokens)
+        self.text = ""  # decoded output text so far (cut at a stop string once one is found)
+        self.num_emitted_chars = 0
+        self.holdback = max((len(s) for s in self.stop), default=1) - 1
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def add_token(self, token_id: int) -> str | None:
+        """Append one token; returns the stop string it completed, if any (the text is then cut before it)."""
+        self.tokens.append(token_id)
+        prefix_text = self._decode(self.tokens[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.tokens[self.prefix_offset:])
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            return None  # nothing printable yet (special token, or half of a multi-byte character)
+        start = max(0, len(self.text) - self.holdback)  # a stop string may straddle earlier text
+        self.text += new_text[len(prefix_text):]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        return self._find_stop(start)
+
+    def _find_stop(self, start: int) -> str | None:
+        hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return None
+        i, s = min(hits)
+        self.text = self.text[:i]
+        return s
+
+    def delta(self, finished: bool) -> str:
+        """New text since the last call (holding back a possible stop-string prefix unless finished)."""
+        end = len(self.text) if finished else max(self.num_emitted_chars, len(self.text) - self.holdback)
+        out = self.text[self.num_emitted_chars:end]
+        self.num_emitted_chars = end
+        return out
+
+    def __repr__(self) -> str:
+        return f"IncrementalDetokenizer(tokens={len(self.tokens)}, text={self.text!r:.40}, stop={self.stop})"

@@ -1,0 +1,50 @@
+"""The Sampler: one next token per request from the batch's logits, each with its own sampling parameters.
+
+NOTE: greedy rows (temperature 0, the common case in benchmarks) are one batched argmax; the other rows go through
+common.sampling.sample one by one with the request's own generator, so a seeded request draws the same tokens
+whatever else shares its batch (its generator is created once and advanced only by its own samples).
+"""
+from __future__ import annotations
+
+import torch
+
+from common.sampling import SamplingParams, make_generator, sample
+from phase4_scheduler.request import Request, RequestStatus
+
+
+def validate_params(params: SamplingParams) -> None:
+    """Errors SamplingParams' own checks do not catch (clear messages; the server turns them into 400s)."""
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"sampling params must be a common.sampling.SamplingParams, got {type(params).__name__}")
+    if params.seed is not None and not isinstance(params.seed, int):
+        raise ValueError(f"seed must be an integer or None, got {params.seed!r}")
+    if any(not isinstance(t, int) or t < 0 for t in params.stop_token_ids):
+        raise ValueError(f"stop_token_ids must be non-negative integers, got {params.stop_token_ids!r}")
+    if any(not isinstance(s, str) or not s for s in params.stop):
+        raise ValueError(f"stop strings must be non-empty strings, got {params.stop!r}")
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
+        """logits [B, V] (row i belongs to requests[i]) -> B token ids."""
+        if logits.shape[0] != len(requests):
+            raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
+        tokens = logits.argmax(-1).tolist()  # [B]: right for every greedy row
+        for i, req in enumerate(requests):
+            if req.params.greedy:
+                continue
+            if req.params.seed is not None and req.generator is None:
+                req.generator = make_generator(req.params, logits.device)
+            tokens[i] = int(sample(logits[i:i + 1], req.params, req.generator)[0])
+        return tokens
+
+
+def check_stop(req: Request, token: int, eos_token_ids: set[int], max_model_len: int) -> RequestStatus | None:
+    """After `token` was appended: the finished status it causes (stop token, max_tokens, context full) or None."""
+    p = req.params
+    if token in p.stop_token_ids or (not p.ignore_eos and token in eos_token_ids):
+        req.stop_reason = token
+        return RequestStatus.FINISHED_STOPPED
+    if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= max_model_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None

@@ -1,0 +1,124 @@
+"""The iteration-level scheduler: continuous batching under a token budget, chunked prefill, preemption.
+
+Every step it decides, for each request, how many of its missing tokens run through the model:
+
+    budget = max_num_batched_tokens
+    1. running requests, oldest first (decodes take 1 token; a chunked prefill takes what is left of its prompt);
+       when KV blocks run out, preempt the NEWEST running request (free its blocks, recompute it later) and retry
+    2. then waiting requests, strictly first come first served, while budget, seats (max_num_seqs) and blocks last;
+       a prompt longer than the remaining budget is cut into chunks (chunked prefill)
+
+NOTE (why no starvation): preempted requests go back to the FRONT of the waiting queue in their arrival order, and
+the waiting queue is served strictly in order (the head blocks everything behind it), so a long request cannot be
+overtaken forever by short ones; and no waiting request is admitted in a step that had to preempt, so a request is
+never admitted just to evict an older one.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from phase4_scheduler.kv_cache_manager import KVCacheManager
+from phase4_scheduler.request import Request, RequestStatus
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's plan: (request, number of tokens to compute) in batch order, plus who was preempted."""
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{r.request_id}:{n}" for r, n in self.scheduled)
+        return f"SchedulerOutput([{items}], tokens={self.num_batched_tokens}, preempted={len(self.preempted)})"
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
+                 enable_chunked_prefill: bool = True):
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_seqs and max_num_batched_tokens must be >= 1, got {max_num_seqs}, "
+                             f"{max_num_batched_tokens}")
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order: the last one is the newest (first to preempt)
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def _preempt(self, req: Request) -> None:
+        self.kv.free(req.request_id)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _admit_more(self, out: SchedulerOutput) -> bool:
+        """Whether step 2 may admit waiting requests (the static-batching baseline overrides this)."""
+        return not out.preempted
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_missing_tokens, budget)
+            while not self.kv.can_allocate(req.request_id, n):
+                victim = self.running.pop()  # the newest running request
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    break
+            else:
+                self.kv.allocate(req.request_id, n)
+                out.scheduled.append((req, n))
+                budget -= n
+                i += 1
+        # preempted requests sit at the front of `waiting`, oldest first (each appendleft put a newer one behind)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and self._admit_more(out):
+            req = self.waiting[0]
+            n = min(req.num_missing_tokens, budget)
+            if n < req.num_missing_tokens and not self.enable_chunked_prefill:
+                break
+            if not self.kv.can_allocate(req.request_id, n):
+                break  # FCFS: the head of the queue waits for blocks, nobody overtakes it
+            self.waiting.popleft()
+            self.kv.allocate(req.request_id, n)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            out.scheduled.append((req, n))
+            budget -= n
+        return out
+
+    def finish(self, req: Request, status: RequestStatus) -> None:
+        """Take a request out (finished or aborted) and free its blocks."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.kv.free(req.request_id)
+        req.status = status
+
+    def __repr__(self) -> str:
+        return (f"Scheduler(running={len(self.running)}, waiting={len(self.waiting)}, max_num_seqs={self.max_num_seqs}, "
+                f"token_budget={self.max_num_batched_tokens}, chunked_prefill={self.enable_chunked_prefill}, "
+                f"preemptions={self.num_preemptions}, {self.kv})")
