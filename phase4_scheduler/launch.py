@@ -1,0 +1,54 @@
+"""Running the server: `serve()` (what `titan serve` calls) and `BackgroundServer` (uvicorn in a thread, for tests
+and notebooks)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from phase4_scheduler.server import create_app
+
+log = logging.getLogger("titan.server")
+
+
+class BackgroundServer:
+    """uvicorn in a background thread, for tests and notebooks:
+
+        with BackgroundServer(create_app(engine)) as base_url:      # e.g. http://127.0.0.1:54321
+            OpenAI(base_url=base_url + "/v1", api_key="x").completions.create(...)
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, name="titan-server", daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start (see the log above)")
+            time.sleep(0.01)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
+          kv_memory=None, api_key: str | None = None, device: str = "auto", log_level: str = "info",
+          **engine_kwargs) -> None:
+    """Load the model into an AsyncEngine and serve it until Ctrl-C (what `titan serve` runs)."""
+    import uvicorn
+
+    from phase4_scheduler.async_engine import AsyncEngine
+
+    engine = AsyncEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
+                                    **engine_kwargs)
+    log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", engine.model_name, engine.max_model_len,
+                host, port, " (API key required)" if api_key else "")
+    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level)

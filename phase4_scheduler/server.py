@@ -1,0 +1,305 @@
+"""The OpenAI-compatible HTTP server: FastAPI over the AsyncEngine.
+
+    app = create_app(AsyncEngine.from_model("smollm2-135m"), api_key=None)
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # or: titan serve --model smollm2-135m
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both stream by SSE with `"stream": true`),
+GET /v1/models, GET /health, GET /metrics (Prometheus text).
+
+NOTE: the server never decides *when* a request runs: it turns HTTP into (prompt ids, SamplingParams) and hands
+them to the engine, whose scheduler queues what does not fit. So overload means waiting, not 5xx. What the server
+owns is the edge: validation (every refusal is a 4xx with OpenAI's error JSON, decided before a byte of a stream
+is sent), the SSE framing, metrics, and aborting a request whose client left (see sse.py) so its KV blocks return.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from contextlib import aclosing, asynccontextmanager
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import PromptTooLongError
+from common.sampling import SamplingParams, check_prompt_fits
+from phase4_scheduler import protocol as P
+from phase4_scheduler.metrics import CONTENT_TYPE, ServerMetrics
+from phase4_scheduler.sse import DONE, EventStream, sse
+
+log = logging.getLogger("titan.server")
+
+
+class Server:
+    """Request handling shared by both endpoints; one per app."""
+
+    def __init__(self, engine, api_key: str | None = None):
+        self.engine, self.api_key = engine, api_key
+        self.metrics = ServerMetrics()
+
+    # ---- checks ------------------------------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise P.OpenAIError("Incorrect or missing API key: send `Authorization: Bearer <key>` with the key the "
+                                "server was started with (--api-key).", 401, code="invalid_api_key")
+
+    def check_model(self, name: str) -> None:
+        if name != self.engine.model_name:
+            raise P.OpenAIError(f"The model `{name}` does not exist. This server serves `{self.engine.model_name}` "
+                                "(see GET /v1/models).", 404, param="model", code="model_not_found")
+
+    def sampling_params(self, req: P._SamplingFields, n_prompt: int, max_tokens: int | None, param: str) -> SamplingParams:
+        """SamplingParams for a request, after checking that prompt + max_tokens fit the context window."""
+        if max_tokens is None:  # chat without a limit: the rest of the context window
+            max_tokens = max(1, self.engine.max_model_len - n_prompt)
+        try:
+            check_prompt_fits(n_prompt, max_tokens, self.engine.max_model_len)
+        except PromptTooLongError as e:
+            raise P.OpenAIError(str(e), 400, param=param, code="context_length_exceeded") from None
+        stop_ids = list(req.stop_token_ids)
+        if not req.ignore_eos:
+            stop_ids += [t for t in self.engine.tokenizer.stop_token_ids() if t not in stop_ids]
+        try:
+            return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k,
+                                  top_p=req.top_p, seed=req.seed, stop_token_ids=stop_ids, stop=list(req.stop or []),
+                                  ignore_eos=req.ignore_eos)
+        except ValueError as e:
+            raise P.OpenAIError(str(e), 400) from None
+
+    def validate(self, prompt_ids: list[int], params: SamplingParams, param: str) -> None:
+        """The engine's own admission checks (e.g. prompt + max_tokens larger than the whole KV pool), run before
+        the response starts so that a refusal is a 400 rather than an error event inside a 200 stream."""
+        check = getattr(self.engine, "validate", None) or getattr(getattr(self.engine, "engine", None), "validate",
+                                                                     None)
+        if check is None:
+            return
+        try:
+            check(prompt_ids, params)
+        except PromptTooLongError as e:
+            raise P.OpenAIError(str(e), 400, param=param, code="context_length_exceeded") from None
+        except (ValueError, TypeError) as e:
+            raise P.OpenAIError(str(e), 400, param=param) from None
+
+    def prompt_ids(self, prompt) -> list[int]:
+        tok = self.engine.tokenizer
+        if isinstance(prompt, str):
+            return tok.encode(prompt, add_special_tokens=True)
+        bad = [t for t in prompt if not 0 <= t < tok.vocab_size]
+        if bad:
+            raise P.OpenAIError(f"token ids {bad[:5]} are outside the vocabulary [0, {tok.vocab_size})", 400,
+                                param="prompt")
+        return list(prompt)
+
+    # ---- generation --------------------------------------------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, rid: str):
+        """engine.generate with latency metrics; if the consumer stops early, the request is aborted."""
+        t0 = last = time.perf_counter()
+        n_seen, finished, failed = 0, False, False
+        self.metrics.prompt_tokens.inc(len(prompt_ids))
+        outputs = self.engine.generate(prompt_ids, params, rid)
+        try:
+            async for out in outputs:
+                now, k = time.perf_counter(), len(out.new_token_ids)
+                if k and n_seen == 0:
+                    self.metrics.ttft.observe(now - t0)
+                elif k:
+                    for _ in range(k):
+                        self.metrics.itl.observe((now - last) / k)
+                if k:
+                    last, n_seen = now, n_seen + k
+                    self.metrics.generation_tokens.inc(k)
+                if out.finished:
+                    finished = True
+                    self.metrics.e2e.observe(now - t0)
+                    self.metrics.requests.inc(label_value=out.finish_reason or "stop")
+                yield out
+        except Exception:
+            failed = True
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):  # runs to the end even when the client's task is cancelled
+                if not finished and not failed:  # (a failed request is no longer in the engine)
+                    self.metrics.requests.inc(label_value="abort")
+                    try:
+                        await self.engine.abort(rid)
+                    except Exception:  # noqa: BLE001 - an abort must never mask the original error
+                        log.exception("abort of %s failed", rid)
+                await outputs.aclose()
+
+    async def collect(self, request: Request, gen):
+        """Run a non-streamed request to its end; abort it if the client disconnects meanwhile."""
+        final = None
+
+        async def consume():
+            nonlocal final
+            async with aclosing(gen):
+                async for out in gen:
+                    final = out
+
+        task = asyncio.ensure_future(consume())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()  # consume() closes the generator, whose finally aborts the request
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return None
+            task.result()  # re-raises what the engine raised
+            return final
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def stream(self, gen, rid: str, model: str, chat: bool, n_prompt: int, include_usage: bool):
+        """The SSE events of one streamed request, in OpenAI's chunk format."""
+        created, n_out = int(time.time()), 0
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(text: str, finish_reason: str | None, first: bool = False) -> bytes:
+            if chat:
+                delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+                return sse({**P.chat_chunk(rid, model, created, delta, finish_reason), **extra})
+            return sse({**P.completion_chunk(rid, model, created, text, finish_reason), **extra})
+
+        async with aclosing(gen):
+            try:
+                if chat:
+                    yield chunk("", None, first=True)
+                async for out in gen:
+                    n_out = len(out.output_token_ids)
+                    if out.finished and not chat:
+                        yield chunk(out.text_delta, out.finish_reason)
+                        continue
+                    if out.text_delta:
+                        yield chunk(out.text_delta, None)
+                    if out.finished:
+                        yield chunk("", out.finish_reason)
+                if include_usage:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    yield sse(P.usage_chunk(rid, model, created, obj, n_prompt, n_out))
+            except PromptTooLongError as e:
+                yield sse(P.error_body(str(e), code="context_length_exceeded"))
+            except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
+                log.exception("stream %s failed", rid)
+                yield sse(P.error_body(f"internal error: {e}", type="server_error"))
+        yield DONE
+
+    async def respond(self, request: Request, req, prompt_ids: list[int], chat: bool):
+        max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
+        param = "messages" if chat else "prompt"
+        params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
+        self.validate(prompt_ids, params, param)
+        rid = P.new_id("chatcmpl" if chat else "cmpl")
+        gen = self.generate(prompt_ids, params, rid)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventStream(self.stream(gen, rid, req.model, chat, len(prompt_ids), include_usage))
+        try:
+            out = await self.collect(request, gen)
+        except PromptTooLongError as e:
+            raise P.OpenAIError(str(e), 400, param="prompt", code="context_length_exceeded") from None
+        if out is None:  # the client left; nobody reads this
+            return JSONResponse(P.error_body("client disconnected"), status_code=499)
+        make = P.chat_response if chat else P.completion_response
+        return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids))
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    msgs, param = [], None
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            return f"Malformed JSON body: {err.get('msg', '')} (send a JSON object).", None
+        msg = re.sub(r"^Value error, ", "", str(err.get("msg", "")))
+        param = param or (loc[0] if loc else None)
+        msgs.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "; ".join(msgs) or "invalid request", param
+
+
+def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -> FastAPI:
+    """The FastAPI app over an engine; with manage_engine the app's lifespan starts and shuts the engine down."""
+    server = Server(engine, api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await engine.shutdown()
+
+    app = FastAPI(title="TitanInfer", summary="OpenAI-compatible LLM server", lifespan=lifespan)
+    app.state.server = server
+    auth = [Depends(server.check_auth)]
+
+    def error(status: int, body: dict) -> JSONResponse:
+        server.metrics.errors.inc(label_value=str(status))
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(P.OpenAIError)
+    async def _openai_error(request: Request, exc: P.OpenAIError):
+        return error(exc.status, exc.body())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        msg, param = _validation_message(exc)
+        return error(400, P.error_body(msg, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error(exc.status_code, P.error_body(f"{exc.detail}: {request.method} {request.url.path}", code=code))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error(500, P.error_body(f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(req: P.CompletionRequest, request: Request):
+        server.check_model(req.model)
+        return await server.respond(request, req, server.prompt_ids(req.prompt), chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(req: P.ChatCompletionRequest, request: Request):
+        server.check_model(req.model)
+        return await server.respond(request, req, engine.tokenizer.chat_ids(req.chat()), chat=True)
+
+    def model_card() -> dict:
+        return {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "titaninfer",
+                "max_model_len": engine.max_model_len}
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}", dependencies=auth)
+    async def model(name: str):
+        server.check_model(name)
+        return model_card()
+
+    @app.get("/health")
+    async def health():
+        stats = engine.stats()
+        return {"status": "ok", "model": engine.model_name, "num_running": stats.get("num_running", 0),
+                "num_waiting": stats.get("num_waiting", 0)}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(server.metrics.render(engine.stats(), engine.model_name), media_type=CONTENT_TYPE)
+
+    return app
+

@@ -1,0 +1,56 @@
+"""Server-sent events that abort their request when the client goes away.
+
+    return EventStream(events())        # events(): an async generator of b"data: {...}\\n\\n" chunks
+
+NOTE: a streamed request holds KV-cache blocks until it finishes, so a client that hangs up must free them at
+once, not when the model would have stopped. Starlette's StreamingResponse notices a disconnect only when a
+write fails (ASGI >= 2.4), i.e. at the next token, and leaves closing the generator to the garbage collector.
+This response listens for `http.disconnect` the whole time (also while the request still waits in the queue
+and nothing is written) and always closes the event generator, shielded from cancellation, so that the
+generator's `finally` (which calls `engine.abort`) runs exactly once, right away.
+"""
+from __future__ import annotations
+
+import json
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+
+def sse(payload: dict | str) -> bytes:
+    """One event: `data: <json>` and a blank line (`data: [DONE]` for the terminator)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+DONE = sse("[DONE]")
+
+
+class EventStream(StreamingResponse):
+    """A text/event-stream response over an async generator of encoded events."""
+
+    def __init__(self, events) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()  # interrupts the loop below wherever it waits
+
+            tg.start_soon(watch_disconnect)
+            try:
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:  # the connection broke while we wrote (ASGI 2.4 servers raise it)
+                pass
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.body_iterator.aclose()
+                tg.cancel_scope.cancel()

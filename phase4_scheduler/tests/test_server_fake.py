@@ -1,0 +1,319 @@
+"""The HTTP server against a fake engine (fast): wire format, every error path, auth, metrics, disconnects, load.
+
+The server runs under uvicorn in a background thread; clients are the official `openai` package and raw httpx.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from phase4_scheduler.launch import BackgroundServer
+from phase4_scheduler.server import create_app
+from phase4_scheduler.tests.fake_engine import FakeEngine, expected_text
+
+MODEL = FakeEngine.model_name
+
+
+@pytest.fixture(scope="module")
+def served():
+    engine = FakeEngine(step_s=0.001)
+    with BackgroundServer(create_app(engine)) as url:
+        yield engine, url
+
+
+@pytest.fixture()
+def client(served):
+    return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def sse_events(resp: httpx.Response) -> list[str]:
+    """The data payloads of an SSE body, checking the framing (`data: ...` lines separated by blank lines)."""
+    body = resp.text
+    assert body.endswith("\n\n")
+    events = body.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events), events[:3]
+    return [e[len("data: "):] for e in events]
+
+
+# ---- the happy paths ----------------------------------------------------------------------------------------------
+
+def test_completion_non_streaming(client):
+    prompt = "Hello"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=7)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.model == MODEL
+    assert r.choices[0].text == expected_text(len(prompt), 7)
+    assert r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (5, 7, 12)
+
+
+def test_completion_streaming_with_usage(client, served):
+    prompt = "abc"
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=9, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == expected_text(3, 9)
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "text_completion" for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 9
+    assert chunks[-1].usage.prompt_tokens == 3 and chunks[-1].usage.total_tokens == 12
+    # the raw stream: OpenAI's chunk shape, then [DONE]
+    r = httpx.post(served[1] + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 3,
+                                                        "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    first = json.loads(events[0])
+    assert set(first) == {"id", "object", "created", "model", "choices"}
+    assert set(first["choices"][0]) == {"index", "text", "logprobs", "finish_reason"}
+
+
+def test_chat_non_streaming_and_streaming(client):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    n_prompt = len("<system>be brief\n<user>hi\n<assistant>")
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_completion_tokens=5)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == expected_text(n_prompt, 5)
+    assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 5
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_text(n_prompt, 6)
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].choices[0].delta.content is None
+
+
+def test_stop_strings_and_eos(client):
+    prompt = "xy"  # generates "cdefgh..."
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, stop=["fg", "zz"])
+    assert r.choices[0].text == "cde" and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, stop="e")
+    assert r.choices[0].text == "cd"
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, stop="f", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "cde"
+
+
+def test_eos_stops_unless_ignored():
+    engine = FakeEngine(eos_after=3)
+    with BackgroundServer(create_app(engine)) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        r = c.completions.create(model=MODEL, prompt="ab", max_tokens=10)
+        assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == 4 and r.choices[0].text == "cde"
+        r = c.completions.create(model=MODEL, prompt="ab", max_tokens=10, extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
+    assert engine.started == 1 and engine.shut_down == 1  # the app's lifespan owns the engine
+
+
+def test_models_and_health(client, served):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    h = httpx.get(served[1] + "/health")
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+
+
+# ---- errors: status code + OpenAI error JSON ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, param, code, words", [
+    ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n", None, "n=2 is not supported"),
+    ({"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "temperature", None, "less than or equal to 2"),
+    ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p", None, "greater than 0"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens", None, "greater than or equal to 1"),
+    ({"model": MODEL, "prompt": "hi", "top_k": -5}, 400, "top_k", None, "greater than or equal to -1"),
+    ({"model": MODEL, "prompt": "hi", "stop": ["ok", ""]}, 400, "stop", None, "non-empty"),
+    ({"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", None, "batch of 2 prompts"),
+    ({"model": MODEL, "prompt": ""}, 400, "prompt", None, "empty"),
+    ({"model": MODEL, "prompt": [5, 300]}, 400, "prompt", None, "outside the vocabulary"),
+    ({"model": MODEL, "prompt": "hi", "logprobs": 2}, 400, "logprobs", None, "not supported"),
+    ({"prompt": "hi"}, 400, "model", None, "Field required"),
+    ({"model": "gpt-4", "prompt": "hi"}, 404, "model", "model_not_found", "`gpt-4` does not exist"),
+    ({"model": MODEL, "prompt": "x" * 300}, 400, "prompt", "context_length_exceeded", "300 tokens"),
+    ({"model": MODEL, "prompt": "x" * 200, "max_tokens": 100}, 400, "prompt", "context_length_exceeded",
+     "at most 56 new tokens"),
+])
+def test_completion_errors(served, body, status, param, code, words):
+    for stream in (False, True):
+        r = httpx.post(served[1] + "/v1/completions", json={**body, "stream": stream})
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error" and err["param"] == param and err["code"] == code
+        assert words in err["message"], err["message"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"model": MODEL, "messages": []}, "at least 1 item"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "text-only"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+     "tool calling"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10_000},
+     "exceeds the context of 256 tokens"),
+])
+def test_chat_errors(served, body, words):
+    r = httpx.post(served[1] + "/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_malformed_json_and_unknown_route(served):
+    r = httpx.post(served[1] + "/v1/completions", content=b'{"model": "x", "prompt": ',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
+    r = httpx.post(served[1] + "/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.get(served[1] + "/v1/engines")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_openai_client_raises_typed_errors(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="hi")
+    assert e.value.code == "model_not_found" and e.value.status_code == 404
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3)
+    assert e.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="z" * 400, stream=True)
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_api_key():
+    engine = FakeEngine()
+    with BackgroundServer(create_app(engine, api_key="s3cret")) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi"}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(url + "/v1/models").status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert good.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+        assert httpx.get(url + "/health").status_code == 200  # probes need no key
+        assert httpx.get(url + "/metrics").status_code == 200
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------------
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """`name{labels}` -> value; also checks that every sample line has a TYPE-declared family."""
+    samples, types = {}, {}
+    for line in text.strip().splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            types[name] = kind
+        elif not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            family = key.split("{")[0]
+            assert any(family == n or family.startswith(n + "_") for n in types), line
+            samples[key] = float(value)
+    return samples
+
+
+def test_metrics_exposition():
+    engine = FakeEngine()
+    with BackgroundServer(create_app(engine)) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        for _ in range(3):
+            c.completions.create(model=MODEL, prompt="hello", max_tokens=4)
+        list(c.completions.create(model=MODEL, prompt="hello", max_tokens=4, stream=True))
+        httpx.post(url + "/v1/completions", json={"model": "nope", "prompt": "hi"})
+        r = httpx.get(url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    m = parse_metrics(r.text)
+    lab = f'{{model_name="{MODEL}"}}'
+    assert m[f"titan:num_requests_running{lab}"] == 0 and m[f"titan:num_requests_waiting{lab}"] == 0
+    assert m[f"titan:kv_cache_usage_perc{lab}"] == 0
+    assert m['titan:request_success_total{finished_reason="length"}'] == 4
+    assert m['titan:request_errors_total{status="404"}'] == 1
+    assert m["titan:generation_tokens_total"] == 16 and m["titan:prompt_tokens_total"] == 20
+    for name, count in (("time_to_first_token_seconds", 4), ("e2e_request_latency_seconds", 4),
+                        ("inter_token_latency_seconds", 12)):
+        buckets = [v for k, v in m.items() if k.startswith(f"titan:{name}_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == count == m[f"titan:{name}_count"]
+        assert m[f"titan:{name}_sum"] > 0
+    parser = pytest.importorskip("prometheus_client.parser")  # an independent parser agrees, where installed
+    families = {f.name: f for f in parser.text_string_to_metric_families(r.text)}
+    assert families["titan:e2e_request_latency_seconds"].type == "histogram"
+
+
+# ---- disconnects and load -----------------------------------------------------------------------------------------
+
+def test_disconnect_mid_stream_aborts(served):
+    engine, url = served
+    with httpx.Client() as h:
+        with h.stream("POST", url + "/v1/completions",
+                      json={"model": MODEL, "prompt": "abc", "max_tokens": 200, "stream": True}) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            rid = json.loads(first[6:])["id"]
+    assert wait_until(lambda: rid in engine.abort_calls), "the server did not abort the request"
+    assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks)
+
+
+def test_disconnect_while_queued_and_non_streaming():
+    engine = FakeEngine(num_blocks=10, block_size=4, step_s=0.02)  # room for one 40-token request
+    with BackgroundServer(create_app(engine)) as url:
+        async def main():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as h:
+                body = {"model": MODEL, "prompt": "ab", "max_tokens": 30}
+                hog = asyncio.create_task(h.post("/v1/completions", json=body))
+                assert await asyncio.to_thread(wait_until, lambda: engine.running)
+                queued = asyncio.create_task(h.post("/v1/completions", json={**body, "stream": True}))
+                assert await asyncio.to_thread(wait_until, lambda: engine.waiting)
+                queued.cancel()  # leaves while waiting for admission: nothing was streamed yet
+                hog.cancel()  # a non-streamed request whose client leaves mid-generation
+                assert await asyncio.to_thread(wait_until, lambda: len(engine.abort_calls) == 2)
+        asyncio.run(main())
+        assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks and not engine.waiting)
+        assert engine.counters["num_finished"] == 0
+
+
+async def _stream_one(client: openai.AsyncOpenAI, model: str, i: int, max_tokens: int, abort_after: int | None):
+    stream = await client.completions.create(model=model, prompt=f"request {i}", max_tokens=max_tokens, stream=True,
+                                             stream_options={"include_usage": True}, temperature=0,
+                                             extra_body={"ignore_eos": True})
+    n_chunks, usage, reason = 0, None, None
+    async for chunk in stream:
+        if chunk.choices:
+            n_chunks += 1
+            reason = chunk.choices[0].finish_reason or reason
+        if chunk.usage:
+            usage = chunk.usage
+        if abort_after is not None and n_chunks >= abort_after:
+            await stream.close()
+            return None
+    return usage, reason
+
+
+async def run_concurrent(base_url: str, model: str, num: int = 100, max_tokens: int = 12, abort_every: int = 10):
+    """`num` concurrent streams, every `abort_every`-th closed after 2 chunks; the others' (usage, finish_reason)."""
+    async with openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=120) as client:
+        return await asyncio.gather(*(_stream_one(client, model, i, max_tokens, 2 if i % abort_every == 0 else None)
+                                      for i in range(num)))
+
+
+def test_100_concurrent_streams_10pct_aborted_fake():
+    engine = FakeEngine(num_blocks=150, step_s=0.003)  # 150 blocks of 4: ~25 requests at once, the rest queue
+    with BackgroundServer(create_app(engine)) as url:
+        results = asyncio.run(run_concurrent(url, MODEL))
+        assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks, 10)
+    done = [r for r in results if r is not None]
+    assert len(done) == 90
+    assert all(u.completion_tokens == 12 and reason == "length" for u, reason in done)
+    assert engine.counters["max_waiting"] > 10  # overload queued rather than failed
+    assert engine.counters["num_finished"] == 90 and len(set(engine.abort_calls)) == 10
