@@ -1,0 +1,195 @@
+"""LLMEngine on a tiny random Llama: batching/chunking/preemption leave greedy tokens unchanged, aborts free blocks,
+per-request sampling, stop conditions, bad input."""
+import random
+
+import pytest
+import torch
+
+from common.errors import PromptTooLongError
+from common.sampling import SamplingParams
+from phase0_tinyllama.inference_v1 import generate as generate_single
+from phase4_scheduler.engine import LLMEngine, parse_memory
+from phase4_scheduler.llm import LLM
+from phase4_scheduler.static_batching import static_engine
+
+GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+
+
+def prompts(n, seed=0, lo=3, hi=40):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+
+
+def run(engine, ps, params):
+    return [o.output_token_ids for o in LLM(engine=engine).generate(ps, params)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """Greedy tokens of each prompt alone, from phase 0's single-request engine (contiguous cache)."""
+    ps = prompts(6)
+    return ps, [generate_single(tiny.model, torch.tensor([p]), GREEDY)[0].tolist() for p in ps]
+
+
+def test_batched_equals_single_request_engine(tiny, reference):
+    ps, ref = reference
+    assert run(LLMEngine(tiny, num_blocks=64, block_size=16), ps, GREEDY) == ref
+
+
+def test_chunked_prefill_equals_reference(tiny, reference):
+    ps, ref = reference
+    eng = LLMEngine(tiny, num_blocks=64, block_size=16, max_num_batched_tokens=7)  # every prompt is chunked
+    assert run(eng, ps, GREEDY) == ref
+    assert eng.counters["num_steps"] > 30
+
+
+def test_preemption_under_tiny_pool_gives_same_tokens(tiny, reference):
+    ps, ref = reference
+    eng = LLMEngine(tiny, num_blocks=7, block_size=8)  # 56 slots for 6 requests of up to 50 tokens
+    assert run(eng, ps, GREEDY) == ref
+    assert eng.scheduler.num_preemptions > 0
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
+
+
+def test_static_batching_same_tokens_more_steps(tiny, reference):
+    ps, ref = reference
+    params = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True) for m in (10, 2, 10, 2, 10, 2)]
+    cont = LLMEngine(tiny, num_blocks=64, max_num_seqs=2)
+    stat = static_engine(tiny, batch_size=2, num_blocks=64)
+    out_c, out_s = run(cont, ps, params), run(stat, ps, params)
+    assert out_c == out_s == [r[:p.max_tokens] for r, p in zip(ref, params)]
+    assert stat.counters["num_steps"] > cont.counters["num_steps"]  # seats freed early stay empty
+
+
+def test_abort_frees_blocks(tiny):
+    eng = LLMEngine(tiny, num_blocks=32, block_size=4)
+    for i, p in enumerate(prompts(4, seed=1)):
+        eng.add_request(f"r{i}", p, GREEDY)
+    eng.step()
+    used = eng.kv.num_total_blocks - eng.kv.num_free_blocks
+    assert used > 0
+    out = eng.abort_request("r1")
+    assert out.finished and out.finish_reason == "abort"
+    assert eng.abort_request("r1") is None and eng.abort_request("never") is None
+    while eng.has_unfinished():
+        eng.step()
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
+
+
+def test_mixed_workload_leaks_no_blocks(tiny):
+    rng = random.Random(3)
+    eng = LLMEngine(tiny, num_blocks=12, block_size=8, max_num_batched_tokens=32)
+    ps = prompts(12, seed=2, hi=30)
+    live, n, done, asked = [], 0, {}, {}
+    for step in range(400):
+        if n < len(ps) and rng.random() < 0.5:
+            asked[f"q{n}"] = rng.randrange(1, 15)
+            eng.add_request(f"q{n}", ps[n], SamplingParams(max_tokens=asked[f"q{n}"], temperature=0.8,
+                                                           seed=n, ignore_eos=True))
+            live.append(f"q{n}")
+            n += 1
+        if live and rng.random() < 0.1:
+            eng.abort_request(live.pop(rng.randrange(len(live))))
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o
+        if n == len(ps) and not eng.has_unfinished():
+            break
+    assert n == len(ps) and not eng.has_unfinished()
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
+    for rid, o in done.items():  # the ones not aborted got exactly what they asked for
+        assert o.finish_reason == "length" and len(o.output_token_ids) == asked[rid]
+    assert 0 < len(done) < len(ps)
+    assert eng.counters["num_aborted"] + eng.counters["num_finished"] == len(ps)
+
+
+def test_per_request_sampling(tiny):
+    p = prompts(1, seed=5)[0]
+    seeded = SamplingParams(max_tokens=8, temperature=1.0, top_k=50, seed=123, ignore_eos=True)
+    alone = run(LLMEngine(tiny, num_blocks=32), [p], seeded)[0]
+    others = [SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, seed=s, ignore_eos=True) for s in (1, 2)]
+    batched = run(LLMEngine(tiny, num_blocks=32), [p, p, p], [others[0], seeded, others[1]])
+    assert batched[1] == alone  # a seeded request draws the same tokens whatever shares its batch
+    assert batched[0] != batched[2]  # different seeds, different samples
+    top1 = SamplingParams(max_tokens=8, temperature=1.5, top_k=1, ignore_eos=True)
+    assert run(LLMEngine(tiny, num_blocks=32), [p], top1)[0] == run(LLMEngine(tiny, num_blocks=32), [p], GREEDY)[0][:8]
+
+
+def test_stop_token_and_max_tokens(tiny, reference):
+    ps, ref = reference
+    stop_tok = ref[0][3]
+    first = ref[0].index(stop_tok)
+    outs = LLM(engine=LLMEngine(tiny, num_blocks=64)).generate(
+        [ps[0], ps[1]], [SamplingParams(max_tokens=10, temperature=0, stop_token_ids=[stop_tok]), GREEDY])
+    assert outs[0].output_token_ids == ref[0][:first + 1]
+    assert outs[0].finish_reason == "stop" and outs[0].stop_reason == stop_tok
+    assert outs[1].finish_reason == "length" and len(outs[1].output_token_ids) == 10
+
+
+def test_eos_stops_unless_ignored(tiny, reference):
+    ps, ref = reference
+    eng = LLMEngine(tiny, num_blocks=64)
+    eng.eos_token_ids = {ref[1][2]}  # pretend the model's EOS is the third greedy token
+    out = LLM(engine=eng).generate([ps[1]], SamplingParams(max_tokens=10, temperature=0))[0]
+    assert out.output_token_ids == ref[1][:ref[1].index(ref[1][2]) + 1] and out.finish_reason == "stop"
+    out = LLM(engine=eng).generate([ps[1]], GREEDY)[0]
+    assert out.output_token_ids == ref[1]
+
+
+def test_stop_string(tiny, reference):
+    if tiny.tokenizer is None:
+        pytest.skip("needs the SmolLM2 tokenizer")
+    ps, ref = reference
+    full = tiny.tokenizer.decode(ref[2])
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop and stop in full
+    out = LLM(engine=LLMEngine(tiny, num_blocks=64)).generate(
+        [ps[2]], SamplingParams(max_tokens=10, temperature=0, stop=[stop], ignore_eos=True))[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.text == full[:full.index(stop)]
+    n = len(out.output_token_ids)  # it stopped at the token that completed the stop string
+    assert out.output_token_ids == ref[2][:n]
+    assert stop in tiny.tokenizer.decode(ref[2][:n]) and stop not in tiny.tokenizer.decode(ref[2][:n - 1])
+
+
+def test_bad_input_gives_clear_errors(tiny, tiny_no_tok):
+    eng = LLMEngine(tiny, num_blocks=8, block_size=16, max_model_len=100)
+    with pytest.raises(ValueError, match="empty"):
+        eng.add_request("a", [], GREEDY)
+    with pytest.raises(ValueError, match="vocabulary"):
+        eng.add_request("a", [49152], GREEDY)
+    with pytest.raises(PromptTooLongError, match="context"):
+        eng.add_request("a", [5] * 100, GREEDY)
+    with pytest.raises(PromptTooLongError, match="at most 10 new tokens"):
+        eng.add_request("a", [5] * 90, SamplingParams(max_tokens=20))
+    small = LLMEngine(tiny, num_blocks=2, block_size=16)
+    with pytest.raises(PromptTooLongError, match="KV pool"):
+        small.add_request("a", [5] * 30, SamplingParams(max_tokens=5))
+    with pytest.raises(TypeError, match="SamplingParams"):
+        eng.add_request("a", [5], {"max_tokens": 3})
+    with pytest.raises(ValueError, match="stop strings"):
+        eng.add_request("a", [5], SamplingParams(stop=[""]))
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    eng.add_request("a", [5], GREEDY)
+    with pytest.raises(ValueError, match="already in use"):
+        eng.add_request("a", [6], GREEDY)
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        LLMEngine(tiny_no_tok, num_blocks=8).add_request("b", [5], SamplingParams(stop=["x"]))
+    with pytest.raises(ValueError, match="one per prompt"):
+        LLM(engine=LLMEngine(tiny, num_blocks=8)).generate([[5], [6]], [GREEDY])
+    with pytest.raises(ValueError, match="kv_memory"):
+        parse_memory("lots", torch.device("cpu"))
+    assert parse_memory("2MiB", torch.device("cpu")) == 2 * 2**20
+    with pytest.raises(ValueError, match="no block"):
+        LLMEngine(tiny, kv_memory=100)
+
+
+def test_stats_and_repr(tiny):
+    eng = LLMEngine(tiny, kv_memory="1MiB", block_size=16)
+    eng.add_request("a", [5, 6, 7], GREEDY)
+    eng.step()
+    s = eng.stats()
+    assert s["num_running"] == 1 and s["num_waiting"] == 0 and 0 < s["kv_usage"] <= 1
+    assert s["num_total_blocks"] == 2**20 // (16 * tiny.config.kv_bytes_per_token(4))
+    assert "Scheduler" in repr(eng) and "ModelRunner" in repr(eng)
