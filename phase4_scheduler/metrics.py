@@ -127,10 +127,13 @@ class ServerMetrics:
         for key, help in (("num_free_blocks", "Free KV-cache blocks."), ("num_total_blocks", "KV-cache blocks.")):
             if key in stats:
                 lines += gauge(key, help, stats[key], label)
-        for key, v in sorted((stats.get("counters") or {}).items()):
+        shown = {"num_running", "num_waiting", "kv_usage", "num_free_blocks", "num_total_blocks", "counters"}
+        extra = {k: v for k, v in stats.items() if k not in shown}
+        extra.update(stats.get("counters") or {})  # engines may nest their counters or list them flat
+        for key, v in sorted(extra.items()):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 name = re.sub(r"[^a-zA-Z0-9_]", "_", str(key))
-                lines += gauge(f"engine_{name}", f"Engine counter {key} (engine.stats()['counters']).", v, label)
+                lines += gauge(f"engine_{name}", f"Engine statistic {key} (from engine.stats()).", v, label)
         for metric in (self.requests, self.errors, self.prompt_tokens, self.generation_tokens,
                        self.ttft, self.itl, self.e2e):
             lines += metric.render()

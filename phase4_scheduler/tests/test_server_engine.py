@@ -1,0 +1,117 @@
+"""The server over the real AsyncEngine, driven by the official `openai` client (CPU, a 2-layer random-weights
+SmolLM2 with its real tokenizer, so it is fast and never stops early by chance when `ignore_eos` is set).
+
+The acceptance test of the issue: 100 concurrent streamed requests, 10% closed mid-stream by their clients; the
+other 90 get exactly their token counts, and afterwards no KV block is in use.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from phase4_scheduler.async_engine import AsyncEngine
+from phase4_scheduler.launch import BackgroundServer
+from phase4_scheduler.server import create_app
+from phase4_scheduler.tests.test_server_fake import parse_metrics, run_concurrent, wait_until
+
+MODEL = "smollm2-135m"
+NUM_BLOCKS = 40  # x 16 tokens: fewer than 100 requests need, so requests queue (and may be preempted)
+
+
+@pytest.fixture(scope="module")
+def served():
+    engine = AsyncEngine.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
+                                    num_blocks=NUM_BLOCKS, max_num_seqs=32)
+    if engine.tokenizer is None:
+        pytest.skip("the SmolLM2 tokenizer asset is missing (run `make setup`)")
+    with BackgroundServer(create_app(engine)) as url:
+        yield engine, url
+
+
+@pytest.fixture()
+def client(served):
+    return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def greedy(**kw) -> dict:
+    return dict(temperature=0, extra_body={"ignore_eos": True}, **kw)
+
+
+def test_completion_stream_matches_non_stream(client, served):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10, **greedy())
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
+    assert r.usage.prompt_tokens == len(served[0].tokenizer.encode("The capital of France is", add_special_tokens=True))
+    chunks = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10,
+                                            stream=True, stream_options={"include_usage": True}, **greedy()))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    assert chunks[-1].usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == \
+        r.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+
+
+def test_chat_uses_the_chat_template(client, served):
+    engine = served[0]
+    msgs = [{"role": "user", "content": "Say hi"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, **greedy())
+    assert r.usage.prompt_tokens == len(engine.tokenizer.chat_ids(msgs)) and r.usage.completion_tokens == 6
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, stream=True, **greedy()))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+
+
+def test_stop_string_and_seed(client):
+    full = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, **greedy()).choices[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop.strip(), full  # random weights still make printable text
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, stop=[stop], **greedy())
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].text == full[:full.index(stop)]
+    a, b = (client.completions.create(model=MODEL, prompt="Once", max_tokens=8, temperature=1.0, seed=7,
+                                      extra_body={"ignore_eos": True}).choices[0].text for _ in range(2))
+    assert a == b
+
+
+def test_prompt_too_long_and_unknown_model(client, served):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
+    assert e.value.code == "context_length_exceeded" and "256" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1000,
+                                       stream=True)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="tinyllama-1.1b", prompt="hi")
+    assert e.value.code == "model_not_found"
+
+
+def test_100_concurrent_streams_10pct_aborted(served):
+    engine, url = served
+    peak_waiting, stop = [0], threading.Event()
+
+    def watch():  # the overload must queue (and KV exhaustion preempt), never fail
+        while not stop.is_set():
+            peak_waiting[0] = max(peak_waiting[0], engine.stats()["num_waiting"])
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        results = asyncio.run(run_concurrent(url, MODEL, num=100, max_tokens=28, abort_every=10))
+    finally:
+        stop.set()
+        watcher.join()
+    done = [r for r in results if r is not None]
+    assert len(done) == 90
+    assert [u.completion_tokens for u, _ in done] == [28] * 90 and {reason for _, reason in done} == {"length"}
+    assert wait_until(lambda: engine.stats()["num_free_blocks"] == NUM_BLOCKS, 10), engine.stats()
+    s = engine.stats()
+    assert s["num_running"] == 0 and s["num_waiting"] == 0 and s["kv_usage"] == 0
+    assert peak_waiting[0] > 0 and s.get("num_preemptions", 1) > 0, (peak_waiting, s)
+    m = parse_metrics(httpx.get(url + "/metrics").text)
+    lab = f'{{model_name="{MODEL}"}}'
+    assert m[f"titan:num_requests_running{lab}"] == 0 and m[f"titan:num_free_blocks{lab}"] == NUM_BLOCKS
+    assert m['titan:request_success_total{finished_reason="abort"}'] >= 1
+    assert m["titan:time_to_first_token_seconds_count"] >= 100
