@@ -261,13 +261,12 @@ class DeepseekV3ForCausalLM(nn.Module):
 
 @torch.inference_mode()
 def generate_greedy(model: DeepseekV3ForCausalLM, input_ids: torch.Tensor, max_tokens: int, cache) -> torch.Tensor:
-    """Greedy decoding with a cache: prefill once, then one token per step. Returns [B, max_tokens]."""
-    out, logits = [], model(input_ids, cache=cache, last_only=True)[:, -1]
-    for _ in range(max_tokens):
-        out.append(logits.argmax(-1))
-        if len(out) < max_tokens:
-            logits = model(out[-1][:, None], cache=cache)[:, -1]
-    return torch.stack(out, dim=1)
+    """Greedy decoding into a given (empty) cache through the engine (the seam's "engine.generate"). [B, max_tokens]"""
+    from common import artifacts
+    from common.sampling import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    return artifacts.get("engine.generate")(model, input_ids, params, cache=cache)
 
 
 def mla_kv_elements_per_token_layer(cfg: ModelConfig) -> int:

@@ -8,6 +8,7 @@ phase 4's scheduler takes over (it is the "engine.generate" entry of common/arti
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -17,12 +18,14 @@ from phase0_tinyllama import inference_v0
 
 
 @torch.inference_mode()
-def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
-    """Yield one token per sequence per step ([B]); input_ids: [B, S]."""
+def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams, cache=None) -> Iterator[torch.Tensor]:
+    """Yield one token per sequence per step ([B]); input_ids: [B, S]. `cache`: an empty cache to fill (e.g. a paged
+    one); by default the model makes its own (contiguous KV for Llama, latent for MLA)."""
     b, s = input_ids.shape
     check_prompt_fits(s, params.max_tokens, model.config.max_position_embeddings)
-    dtype = next(model.parameters()).dtype
-    cache = model.make_cache(b, s + params.max_tokens, dtype=dtype, device=input_ids.device)  # contiguous / latent
+    if cache is None:
+        dtype = next(model.parameters()).dtype
+        cache = model.make_cache(b, s + params.max_tokens, dtype=dtype, device=input_ids.device)
     gen = make_generator(params, input_ids.device)
     logits = model(input_ids, cache=cache, last_only=True)[:, -1]  # prefill: [B, V]
     for i in range(params.max_tokens):
@@ -32,8 +35,9 @@ def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams) -> I
             logits = model(tok[:, None], cache=cache)[:, -1]  # decode: one token per sequence
 
 
-def generate(model, input_ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    return inference_v0.generate(model, input_ids, params, stream=stream_kv_cache)
+def generate(model, input_ids: torch.Tensor, params: SamplingParams, cache=None) -> torch.Tensor:
+    stream = stream_kv_cache if cache is None else functools.partial(stream_kv_cache, cache=cache)
+    return inference_v0.generate(model, input_ids, params, stream=stream)
 
 
 if __name__ == "__main__":
