@@ -3,11 +3,13 @@
     titan generate --model smollm2-135m --prompt "Once upon a time" --max-tokens 64
     titan chat --model smollm2-135m                # interactive; --prompt for one turn
     titan artifacts                                # the seam's table (the course's table of contents)
-Later phases add `titan serve` and `titan bench`.
+    titan serve --model smollm2-135m --port 8000   # OpenAI-compatible HTTP server (phase 4)
+Later phases add `titan bench`.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -127,6 +129,36 @@ def cmd_artifacts(args) -> int:
     return 0
 
 
+def _kv_memory(spec: str):
+    """'512MiB' / '2GiB' / bytes stay strings for the engine to parse; '0.9' is a fraction of free GPU memory."""
+    try:
+        value = float(spec)
+    except ValueError:
+        return spec
+    return value if 0 < value < 1 else spec
+
+
+def cmd_serve(args) -> int:
+    from phase4_scheduler.launch import serve
+
+    extra = {"num_layers": args.num_layers} if args.num_layers else {}
+    serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
+          api_key=args.api_key, device=args.device, log_level=args.log_level, dtype=None if args.dtype == "auto"
+          else args.dtype, random_weights=args.random_weights, **extra)
+    return 0
+
+
+SERVE_EPILOG = EPILOG + """
+Then talk to it with any OpenAI client:
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 32}'
+  python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); \\
+             print(c.chat.completions.create(model='smollm2-135m', messages=[{'role': 'user', 'content': 'Hi'}]))"
+Endpoints: /v1/completions, /v1/chat/completions (both stream with "stream": true), /v1/models, /health, /metrics.
+Extensions in the request body: top_k, ignore_eos, stop_token_ids.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="titan", description="TitanInfer: an LLM inference engine built phase by phase.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system message (default: the chat template's own)")
     _add_model_args(c)
     c.set_defaults(func=cmd_chat)
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, SSE streaming, /metrics)",
+                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = sv.add_argument_group("model")
+    m.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id; clients send "
+                   "this name as `model` (default: %(default)s)")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    m.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    m.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
+    m.add_argument("--num-layers", type=int, default=None, help=argparse.SUPPRESS)  # quick CPU experiments
+    e = sv.add_argument_group("engine")
+    e.add_argument("--max-model-len", type=int, default=None,
+                   help="context window in tokens, prompt + output (default: the model's)")
+    e.add_argument("--kv-memory", type=_kv_memory, default=None,
+                   help="KV-cache memory: '512MiB', '4GiB', bytes, or a fraction of free GPU memory such as 0.9 "
+                        "(default: 256MiB on CPU, 0.5 on CUDA)")
+    h = sv.add_argument_group("http")
+    h.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network, "
+                   "so set --api-key then (default: %(default)s)")
+    h.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    h.add_argument("--api-key", default=os.environ.get("TITAN_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1/* (default: $TITAN_API_KEY, else no key)")
+    h.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: %(default)s)")
+    sv.set_defaults(func=cmd_serve)
     a = sub.add_parser("artifacts", help="print the seam's table: every phase's deliverables and where they live")
     a.set_defaults(func=cmd_artifacts)
     return ap

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from common.errors import TitanError
 from phase4_scheduler.server import create_app
 
 log = logging.getLogger("titan.server")
@@ -47,8 +48,14 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
 
     from phase4_scheduler.async_engine import AsyncEngine
 
-    engine = AsyncEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
-                                    **engine_kwargs)
+    try:
+        engine = AsyncEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
+                                        **engine_kwargs)
+    except (ValueError, TypeError) as e:  # e.g. --kv-memory that holds no block: say so without a traceback
+        raise TitanError(f"cannot start the engine: {e}") from e
+    if engine.tokenizer is None:
+        raise TitanError(f"{model} has no tokenizer, so it cannot serve text. Use a model that ships one (a .gguf, "
+                         "or an HF directory with tokenizer.json).")
     log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", engine.model_name, engine.max_model_len,
                 host, port, " (API key required)" if api_key else "")
     uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level)

@@ -1,0 +1,69 @@
+"""`titan serve` as a user runs it: a separate process, its --help, its errors, and one request through it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TITAN_API_KEY": ""}
+
+
+def titan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_help_names_every_option():
+    r = titan("serve", "--help")
+    assert r.returncode == 0
+    for opt in ("--model", "--host", "--port", "--max-model-len", "--kv-memory", "--api-key", "127.0.0.1"):
+        assert opt in r.stdout, opt
+
+
+def test_serve_refuses_bad_setup_with_a_clear_error():
+    r = titan("serve", "--model", "/nowhere/model.gguf")
+    assert r.returncode == 1 and "titan: error: GGUF file not found" in r.stderr and "Traceback" not in r.stderr
+    r = titan("serve", "--random-weights", "--num-layers", "1", "--device", "cpu", "--kv-memory", "1KiB")
+    assert r.returncode == 1 and "holds no block" in r.stderr and "--kv-memory" not in r.stdout
+
+
+def test_serve_answers_with_api_key():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--random-weights", "--num-layers", "2",
+                             "--device", "cpu", "--port", str(port), "--max-model-len", "128", "--kv-memory", "4MiB",
+                             "--api-key", "k3y", "--log-level", "warning"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "titan serve did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+        assert client.models.retrieve("smollm2-135m").model_dump()["max_model_len"] == 128
+        r = client.completions.create(model="smollm2-135m", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 3
+        assert httpx.get(url + "/v1/models").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
