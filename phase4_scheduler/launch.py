@@ -58,4 +58,5 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
                          "or an HF directory with tokenizer.json).")
     log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", engine.model_name, engine.max_model_len,
                 host, port, " (API key required)" if api_key else "")
-    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=10)  # Ctrl-C: open streams get 10 s, then are cut (and aborted)

@@ -7,6 +7,7 @@ client passes them with `extra_body={...}`.
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -54,6 +55,22 @@ class _SamplingFields(BaseModel):
     user: str | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, v):
+        if v:
+            raise ValueError("logit_bias is not supported by this engine")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v):
+        if v and v.get("type", "text") != "text":
+            raise ValueError(f"response_format {v.get('type')!r} is not supported (only plain text)")
+        return v
 
     @field_validator("n")
     @classmethod
@@ -172,6 +189,19 @@ class ChatCompletionRequest(_SamplingFields):
     def chat(self) -> list[dict]:
         """Messages as the chat template takes them ("developer" is OpenAI's new name for "system")."""
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) for pydantic/FastAPI validation errors, as one OpenAI error."""
+    msgs, param = [], None
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            return f"Malformed JSON body: {err.get('msg', '')} (send a JSON object).", None
+        msg = re.sub(r"^Value error, ", "", str(err.get("msg", "")))
+        param = param or (loc[0] if loc else None)
+        msgs.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "; ".join(msgs) or "invalid request", param
 
 
 # ---- responses ---------------------------------------------------------------------------------------------------

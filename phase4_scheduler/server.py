@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
 from contextlib import aclosing, asynccontextmanager
@@ -215,18 +214,6 @@ class Server:
         return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids))
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    msgs, param = [], None
-    for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        if err.get("type") == "json_invalid":
-            return f"Malformed JSON body: {err.get('msg', '')} (send a JSON object).", None
-        msg = re.sub(r"^Value error, ", "", str(err.get("msg", "")))
-        param = param or (loc[0] if loc else None)
-        msgs.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return "; ".join(msgs) or "invalid request", param
-
-
 def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -> FastAPI:
     """The FastAPI app over an engine; with manage_engine the app's lifespan starts and shuts the engine down."""
     server = Server(engine, api_key)
@@ -255,7 +242,7 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        msg, param = _validation_message(exc)
+        msg, param = P.validation_message(exc.errors())
         return error(400, P.error_body(msg, param=param))
 
     @app.exception_handler(StarletteHTTPException)

@@ -96,6 +96,17 @@ def test_chat_non_streaming_and_streaming(client):
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].choices[0].delta.content is None
 
 
+def test_token_id_prompt_and_text_parts(client):
+    r = client.completions.create(model=MODEL, prompt=[104, 105], max_tokens=3)  # the bytes of "hi"
+    assert r.choices[0].text == expected_text(2, 3) and r.usage.prompt_tokens == 2
+    r = client.completions.create(model=MODEL, prompt=["hi"], max_tokens=3)  # a batch of one
+    assert r.choices[0].text == expected_text(2, 3)
+    parts = [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]
+    a = client.chat.completions.create(model=MODEL, messages=[{"role": "developer", "content": parts}], max_tokens=4)
+    b = client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "hi"}], max_tokens=4)
+    assert a.choices[0].message.content == b.choices[0].message.content == expected_text(len("<system>hi\n<assistant>"), 4)
+
+
 def test_stop_strings_and_eos(client):
     prompt = "xy"  # generates "cdefgh..."
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, stop=["fg", "zz"])
@@ -138,6 +149,10 @@ def test_models_and_health(client, served):
     ({"model": MODEL, "prompt": ""}, 400, "prompt", None, "empty"),
     ({"model": MODEL, "prompt": [5, 300]}, 400, "prompt", None, "outside the vocabulary"),
     ({"model": MODEL, "prompt": "hi", "logprobs": 2}, 400, "logprobs", None, "not supported"),
+    ({"model": MODEL, "prompt": "hi", "logit_bias": {"5": 1}}, 400, "logit_bias", None, "not supported"),
+    ({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format", None,
+     "only plain text"),
+    ({"model": MODEL, "prompt": "hi", "temperature": "warm"}, 400, "temperature", None, "valid number"),
     ({"prompt": "hi"}, 400, "model", None, "Field required"),
     ({"model": "gpt-4", "prompt": "hi"}, 404, "model", "model_not_found", "`gpt-4` does not exist"),
     ({"model": MODEL, "prompt": "x" * 300}, 400, "prompt", "context_length_exceeded", "300 tokens"),
