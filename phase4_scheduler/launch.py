@@ -56,6 +56,8 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
     if engine.tokenizer is None:
         raise TitanError(f"{model} has no tokenizer, so it cannot serve text. Use a model that ships one (a .gguf, "
                          "or an HF directory with tokenizer.json).")
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
     log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", engine.model_name, engine.max_model_len,
                 host, port, " (API key required)" if api_key else "")
     uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level,

@@ -99,7 +99,8 @@ def test_100_concurrent_streams_10pct_aborted(served):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        results = asyncio.run(run_concurrent(url, MODEL, num=100, max_tokens=28, abort_every=10))
+        results = asyncio.run(run_concurrent(url, MODEL, num=100, max_tokens=28, abort_every=10,
+                                                abort_max_tokens=200))
     finally:
         stop.set()
         watcher.join()
@@ -113,5 +114,5 @@ def test_100_concurrent_streams_10pct_aborted(served):
     m = parse_metrics(httpx.get(url + "/metrics").text)
     lab = f'{{model_name="{MODEL}"}}'
     assert m[f"titan:num_requests_running{lab}"] == 0 and m[f"titan:num_free_blocks{lab}"] == NUM_BLOCKS
-    assert m['titan:request_success_total{finished_reason="abort"}'] >= 1
+    assert m['titan:request_success_total{finished_reason="abort"}'] == 10
     assert m["titan:time_to_first_token_seconds_count"] >= 100

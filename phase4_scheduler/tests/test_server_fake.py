@@ -315,11 +315,15 @@ async def _stream_one(client: openai.AsyncOpenAI, model: str, i: int, max_tokens
     return usage, reason
 
 
-async def run_concurrent(base_url: str, model: str, num: int = 100, max_tokens: int = 12, abort_every: int = 10):
-    """`num` concurrent streams, every `abort_every`-th closed after 2 chunks; the others' (usage, finish_reason)."""
+async def run_concurrent(base_url: str, model: str, num: int = 100, max_tokens: int = 12, abort_every: int = 10,
+                         abort_max_tokens: int = 200):
+    """`num` concurrent streams, every `abort_every`-th closed by its client after 2 chunks (these ask for
+    `abort_max_tokens`, so they cannot finish first however slowly the client reads); returns the others'
+    (usage, finish_reason) and None for the closed ones."""
     async with openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=120) as client:
-        return await asyncio.gather(*(_stream_one(client, model, i, max_tokens, 2 if i % abort_every == 0 else None)
-                                      for i in range(num)))
+        return await asyncio.gather(*(
+            _stream_one(client, model, i, abort_max_tokens, 2) if i % abort_every == 0
+            else _stream_one(client, model, i, max_tokens, None) for i in range(num)))
 
 
 def test_100_concurrent_streams_10pct_aborted_fake():
