@@ -143,8 +143,8 @@ def cmd_serve(args) -> int:
 
     extra = {"num_layers": args.num_layers} if args.num_layers else {}
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
-          api_key=args.api_key, device=args.device, log_level=args.log_level, dtype=None if args.dtype == "auto"
-          else args.dtype, random_weights=args.random_weights, **extra)
+          api_key=args.api_key, device=args.device, log_level=args.log_level, served_model_name=args.served_model_name,
+          dtype=None if args.dtype == "auto" else args.dtype, random_weights=args.random_weights, **extra)
     return 0
 
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
     m.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
     m.add_argument("--num-layers", type=int, default=None, help=argparse.SUPPRESS)  # quick CPU experiments
+    m.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model)")
     e = sv.add_argument_group("engine")
     e.add_argument("--max-model-len", type=int, default=None,
                    help="context window in tokens, prompt + output (default: the model's)")

@@ -42,7 +42,7 @@ class BackgroundServer:
 
 def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
           kv_memory=None, api_key: str | None = None, device: str = "auto", log_level: str = "info",
-          **engine_kwargs) -> None:
+          served_model_name: str | None = None, **engine_kwargs) -> None:
     """Load the model into an AsyncEngine and serve it until Ctrl-C (what `titan serve` runs)."""
     import uvicorn
 
@@ -58,7 +58,8 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
                          "or an HF directory with tokenizer.json).")
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
-    log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", engine.model_name, engine.max_model_len,
-                host, port, " (API key required)" if api_key else "")
-    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level,
+    app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
+    log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", app.state.server.model_name,
+                engine.max_model_len, host, port, " (API key required)" if api_key else "")
+    uvicorn.run(app, host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=10)  # Ctrl-C: open streams get 10 s, then are cut (and aborted)

@@ -38,8 +38,9 @@ log = logging.getLogger("titan.server")
 class Server:
     """Request handling shared by both endpoints; one per app."""
 
-    def __init__(self, engine, api_key: str | None = None):
+    def __init__(self, engine, api_key: str | None = None, model_name: str | None = None):
         self.engine, self.api_key = engine, api_key
+        self.model_name = model_name or engine.model_name
         self.metrics = ServerMetrics()
 
     # ---- checks ------------------------------------------------------------------------------------------------
@@ -53,11 +54,12 @@ class Server:
                                 "server was started with (--api-key).", 401, code="invalid_api_key")
 
     def check_model(self, name: str) -> None:
-        if name != self.engine.model_name:
-            raise P.OpenAIError(f"The model `{name}` does not exist. This server serves `{self.engine.model_name}` "
+        if name != self.model_name:
+            raise P.OpenAIError(f"The model `{name}` does not exist. This server serves `{self.model_name}` "
                                 "(see GET /v1/models).", 404, param="model", code="model_not_found")
 
-    def sampling_params(self, req: P._SamplingFields, n_prompt: int, max_tokens: int | None, param: str) -> SamplingParams:
+    def sampling_params(self, req: P._SamplingFields, n_prompt: int, max_tokens: int | None,
+                        param: str) -> SamplingParams:
         """SamplingParams for a request, after checking that prompt + max_tokens fit the context window."""
         if max_tokens is None:  # chat without a limit: the rest of the context window
             max_tokens = max(1, self.engine.max_model_len - n_prompt)
@@ -214,9 +216,11 @@ class Server:
         return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids))
 
 
-def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -> FastAPI:
-    """The FastAPI app over an engine; with manage_engine the app's lifespan starts and shuts the engine down."""
-    server = Server(engine, api_key)
+def create_app(engine, api_key: str | None = None, manage_engine: bool = True,
+               served_model_name: str | None = None) -> FastAPI:
+    """The FastAPI app over an engine; with manage_engine the app's lifespan starts and shuts the engine down.
+    Clients name the model `served_model_name` (default: engine.model_name, the --model string)."""
+    server = Server(engine, api_key, served_model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -266,7 +270,7 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -
         return await server.respond(request, req, engine.tokenizer.chat_ids(req.chat()), chat=True)
 
     def model_card() -> dict:
-        return {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "titaninfer",
+        return {"id": server.model_name, "object": "model", "created": int(time.time()), "owned_by": "titaninfer",
                 "max_model_len": engine.max_model_len}
 
     @app.get("/v1/models", dependencies=auth)
@@ -281,12 +285,12 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True) -
     @app.get("/health")
     async def health():
         stats = engine.stats()
-        return {"status": "ok", "model": engine.model_name, "num_running": stats.get("num_running", 0),
+        return {"status": "ok", "model": server.model_name, "num_running": stats.get("num_running", 0),
                 "num_waiting": stats.get("num_waiting", 0)}
 
     @app.get("/metrics")
     async def metrics():
-        return PlainTextResponse(server.metrics.render(engine.stats(), engine.model_name), media_type=CONTENT_TYPE)
+        return PlainTextResponse(server.metrics.render(engine.stats(), server.model_name), media_type=CONTENT_TYPE)
 
     return app
 

@@ -44,7 +44,8 @@ def test_serve_answers_with_api_key():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--random-weights", "--num-layers", "2",
                              "--device", "cpu", "--port", str(port), "--max-model-len", "128", "--kv-memory", "4MiB",
-                             "--api-key", "k3y", "--log-level", "warning"], cwd=ROOT, env=ENV,
+                             "--api-key", "k3y", "--served-model-name", "tiny",
+                             "--log-level", "warning"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -59,9 +60,9 @@ def test_serve_answers_with_api_key():
             assert time.monotonic() < deadline, "titan serve did not come up"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
-        assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
-        assert client.models.retrieve("smollm2-135m").model_dump()["max_model_len"] == 128
-        r = client.completions.create(model="smollm2-135m", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        assert client.models.retrieve("tiny").model_dump()["max_model_len"] == 128
+        r = client.completions.create(model="tiny", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
         assert r.usage.completion_tokens == 3
         assert httpx.get(url + "/v1/models").status_code == 401
     finally:

@@ -104,7 +104,8 @@ def test_token_id_prompt_and_text_parts(client):
     parts = [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]
     a = client.chat.completions.create(model=MODEL, messages=[{"role": "developer", "content": parts}], max_tokens=4)
     b = client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "hi"}], max_tokens=4)
-    assert a.choices[0].message.content == b.choices[0].message.content == expected_text(len("<system>hi\n<assistant>"), 4)
+    n_prompt = len("<system>hi\n<assistant>")
+    assert a.choices[0].message.content == b.choices[0].message.content == expected_text(n_prompt, 4)
 
 
 def test_stop_strings_and_eos(client):
@@ -126,6 +127,15 @@ def test_eos_stops_unless_ignored():
         r = c.completions.create(model=MODEL, prompt="ab", max_tokens=10, extra_body={"ignore_eos": True})
         assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
     assert engine.started == 1 and engine.shut_down == 1  # the app's lifespan owns the engine
+
+
+def test_served_model_name():
+    with BackgroundServer(create_app(FakeEngine(), served_model_name="my-llm")) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["my-llm"]
+        assert c.completions.create(model="my-llm", prompt="a", max_tokens=1).model == "my-llm"
+        with pytest.raises(openai.NotFoundError):
+            c.completions.create(model=MODEL, prompt="a", max_tokens=1)
 
 
 def test_models_and_health(client, served):
