@@ -64,7 +64,7 @@ def plot_roofline(points: list[Point] = (), devices=("H100", "RTX 4090"), ax=Non
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 5.5))
+        _, ax = plt.subplots(figsize=(12, 5.5), layout="constrained")
     x = np.logspace(-1, 4, 400)
     colors = {"H100": "tab:green", "RTX 4090": "tab:purple", "H200": "tab:blue", "A100": "tab:orange"}
     for name in devices:
@@ -79,16 +79,51 @@ def plot_roofline(points: list[Point] = (), devices=("H100", "RTX 4090"), ax=Non
     for p in points:
         if p.ms is None:
             ax.axvline(p.intensity, color="gray", lw=0.8, ls=":")
-            ax.text(p.intensity, 0.15, p.label, rotation=90, fontsize=7, va="bottom", ha="right")
+            ax.text(p.intensity, 0.015, p.label, rotation=90, fontsize=7, va="bottom", ha="right")
         else:
             ax.scatter([p.intensity], [p.tflops], marker=next(markers, "o"), s=50, zorder=5,
                        label=f"{p.label}: {p.tflops:.1f} TFLOP/s, {p.tb_s:.2f} TB/s")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(0.1, 3000)
+    ax.set_ylim(0.01, 3000)
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("TFLOP/s")
     ax.set_title(title or "Roofline")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax
+
+
+def points_from_results(results_dir) -> list[Point]:
+    """Measured points from results/kernels_gpu.json and results/decode_gpu.json (whatever is there)."""
+    import json
+    from pathlib import Path
+
+    def load(name):
+        p = Path(results_dir) / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    pts = []
+    k = load("kernels_gpu")
+    if k:
+        pts += [Point(name, r["flops"], r["bytes"], r["median_ms"]) for name, r in k["roofline_points"].items()]
+        for name in ("matmul_naive", "matmul_tiled"):
+            r = k["matmul_4096_fp32"][name]
+            pts.append(Point(f"{name} fp32 4096 (fp32 roof is ~67 TFLOP/s)", r["flops"], r["bytes"], r["median_ms"]))
+    d = load("decode_gpu")
+    if d:
+        pts += [Point(f"phase-0 decode step B={r['batch']}", r["step_flops"], r["step_min_bytes"],
+                      r["ours"]["ms_per_step"]) for r in d["rows"]]
+    return pts
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(__file__).parent / "results"
+    ax = plot_roofline(points_from_results(out), title="H100 and RTX 4090 rooflines, points measured on the H100")
+    ax.figure.savefig(out / "roofline.png", dpi=110)
+    print(f"wrote {out / 'roofline.png'}")
