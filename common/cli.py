@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network, "
                    "so set --api-key then (default: %(default)s)")
     h.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    h.add_argument("--api-key", default=os.environ.get("TITAN_API_KEY"),
+    h.add_argument("--api-key", default=os.environ.get("TITAN_API_KEY") or None,
                    help="require `Authorization: Bearer KEY` on /v1/* (default: $TITAN_API_KEY, else no key)")
     h.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: %(default)s)")

@@ -39,7 +39,7 @@ class Server:
     """Request handling shared by both endpoints; one per app."""
 
     def __init__(self, engine, api_key: str | None = None, model_name: str | None = None):
-        self.engine, self.api_key = engine, api_key
+        self.engine, self.api_key = engine, api_key or None  # "" (an unset env var) means no key
         self.model_name = model_name or engine.model_name
         self.metrics = ServerMetrics()
 

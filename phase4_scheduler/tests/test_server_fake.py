@@ -230,6 +230,8 @@ def test_api_key():
         assert good.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
         assert httpx.get(url + "/health").status_code == 200  # probes need no key
         assert httpx.get(url + "/metrics").status_code == 200
+    with BackgroundServer(create_app(FakeEngine(), api_key="")) as url:  # an empty key (unset env var) is no key
+        assert httpx.get(url + "/v1/models").status_code == 200
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------------
