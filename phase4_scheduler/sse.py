@@ -3,11 +3,14 @@
     return EventStream(events())        # events(): an async generator of b"data: {...}\\n\\n" chunks
 
 NOTE: a streamed request holds KV-cache blocks until it finishes, so a client that hangs up must free them at
-once, not when the model would have stopped. Starlette's StreamingResponse notices a disconnect only when a
-write fails (ASGI >= 2.4), i.e. at the next token, and leaves closing the generator to the garbage collector.
-This response listens for `http.disconnect` the whole time (also while the request still waits in the queue
-and nothing is written) and always closes the event generator, shielded from cancellation, so that the
-generator's `finally` (which calls `engine.abort`) runs exactly once, right away.
+once, not when the model would have stopped. Starlette's StreamingResponse listens for `http.disconnect` only
+on servers that speak ASGI < 2.4 (uvicorn says 2.3); on 2.4 servers it notices a hang-up only when a write fails,
+which never happens while the request waits in the queue, and a server may also drop writes to a closed socket
+silently (uvicorn does), so the request would run to max_tokens with nobody reading. Either way it leaves
+closing the generator to the garbage collector. This response listens for `http.disconnect` the whole time,
+whatever the server, and always closes the event generator, shielded from cancellation, so that the generator's
+`finally` (which calls `engine.abort`) runs exactly once, right away. tests/test_server_fake.py checks both
+ASGI versions.
 """
 from __future__ import annotations
 

@@ -292,9 +292,22 @@ def test_disconnect_mid_stream_aborts(served):
     assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks)
 
 
-def test_disconnect_while_queued_and_non_streaming():
+def with_asgi_spec(app, version: str | None):
+    """The app as served by a server speaking ASGI `version` (uvicorn says 2.3; 2.4 servers raise on a dead send)."""
+    if version is None:
+        return app
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": version}}
+        await app(scope, receive, send)
+    return wrapped
+
+
+@pytest.mark.parametrize("spec", [None, "2.4"])
+def test_disconnect_while_queued_and_non_streaming(spec):
     engine = FakeEngine(num_blocks=10, block_size=4, step_s=0.02)  # room for one 40-token request
-    with BackgroundServer(create_app(engine)) as url:
+    with BackgroundServer(with_asgi_spec(create_app(engine), spec)) as url:
         async def main():
             async with httpx.AsyncClient(base_url=url, timeout=30) as h:
                 body = {"model": MODEL, "prompt": "ab", "max_tokens": 30}
