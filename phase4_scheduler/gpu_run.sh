@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Phase 4's GPU measurements in one device call (not yet run: the first session's device time was spent on
+# phases 0-3). Writes JSON + plots to $OUT; copy them into phase4_scheduler/results/. Run the vLLM peer
+# (../shared/peers/vllm: bench_offline.py, serve_on_device.sh) on the same machine for the side-by-side ratios.
+#   bash phase4_scheduler/gpu_run.sh [offline] [static] [serve]
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=/tmp/titan_cache
+mkdir -p "$TITAN_RESULTS_DIR"
+parts=${*:-offline static serve}
+has() { [[ " $parts " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+# B=1 decode and 1024 x (128 in, 128 out), TinyLlama-1.1B shapes, random bf16 weights (the issue's targets)
+has offline && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
+    --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 256 --name offline_gpu
+has offline && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
+    --num-prompts 1 --input-len 128 --output-len 256 --max-num-seqs 1 --name b1_gpu
+# continuous vs static on ShareGPT lengths
+has static && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
+    --workload sharegpt --num-prompts 1000 --compare-static --max-num-seqs 256 --name sharegpt_static_vs_continuous_gpu
+# serving: ShareGPT, Poisson 16 req/s. Needs ShareGPT and SmolLM2's tokenizer there: carry a ShareGPT slice and
+# .cache/tokenizers (the 98 MB GGUF itself does not fit a call), and point TITAN_CACHE at them
+has serve && python3 -m phase4_scheduler.bench_serve --launch --model smollm2-135m --random-weights --device cuda \
+    --num-prompts 1000 --request-rate 16 --name serve_rate16_gpu
