@@ -78,8 +78,7 @@ class AsyncEngine:
         self._task = None
         with self._lock:
             self._pending_aborts.extend(self._queues)
-        self._apply_pending()
-        self._deliver([])
+        self._deliver(self._apply_pending())
 
     # -- requests ----------------------------------------------------------------------------------------------------
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
