@@ -193,3 +193,15 @@ def test_stats_and_repr(tiny):
     assert s["num_running"] == 1 and s["num_waiting"] == 0 and 0 < s["kv_usage"] <= 1
     assert s["num_total_blocks"] == 2**20 // (16 * tiny.config.kv_bytes_per_token(4))
     assert "Scheduler" in repr(eng) and "ModelRunner" in repr(eng)
+
+
+def test_triton_path_under_interpreter_matches_reference(tiny, reference):
+    """The GPU path (phase 3's Triton write / prefill / decode kernels) run by the Triton CPU interpreter."""
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU)")
+    ps, ref = reference
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    eng = LLMEngine(tiny, num_blocks=16, block_size=16, backend="triton", max_num_batched_tokens=24)
+    assert eng.runner.decode_fn is not None
+    assert run(eng, ps[:2], params) == [r[:3] for r in ref[:2]]
