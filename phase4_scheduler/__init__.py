@@ -1,1 +1,1 @@
-"""phase4_scheduler: not built yet (see its issue)."""
+"""phase4_scheduler: the serving engine — scheduler, KV-cache manager, model runner, LLM / AsyncEngine, server."""
