@@ -53,7 +53,10 @@ class LLMEngine:
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
-        self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
+            raise ValueError(f"max_model_len={max_model_len} is outside 2..{cfg.max_position_embeddings}, the context "
+                             "this model was trained for: pick a value in that range (or leave it unset)")
+        self.max_model_len = max_model_len or cfg.max_position_embeddings
         if num_blocks is None:
             spec = kv_memory if kv_memory is not None else DEFAULT_KV_MEMORY[loaded.device.type]
             per_block = block_size * cfg.kv_bytes_per_token(torch.empty(0, dtype=loaded.dtype).element_size())

@@ -181,6 +181,8 @@ def test_bad_input_gives_clear_errors(tiny, tiny_no_tok):
     with pytest.raises(ValueError, match="kv_memory"):
         parse_memory("lots", torch.device("cpu"))
     assert parse_memory("2MiB", torch.device("cpu")) == 2 * 2**20
+    with pytest.raises(ValueError, match="max_model_len=4096 is outside"):
+        LLMEngine(tiny, num_blocks=8, max_model_len=4096)
     with pytest.raises(ValueError, match="no block"):
         LLMEngine(tiny, kv_memory=100)
 
