@@ -63,7 +63,7 @@ TABLE: dict[str, str] = {
     "engine.async": "phase4_scheduler.async_engine:AsyncEngine",
     "engine.core": "phase4_scheduler.engine:LLMEngine",
     "engine.scheduler": "phase4_scheduler.scheduler:Scheduler",
-    "engine.kv_cache_manager": "phase4_scheduler.kv_cache_manager:KVCacheManager",
+    "engine.kv_cache_manager": "phase4_scheduler.kv_manager:KVCacheManager",
     "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
 }
 

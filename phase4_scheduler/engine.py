@@ -19,7 +19,7 @@ import torch
 from common.errors import PromptTooLongError
 from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler.detokenizer import IncrementalDetokenizer
-from phase4_scheduler.kv_cache_manager import KVCacheManager
+from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.model_runner import ModelRunner
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.request import Request, RequestStatus

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from phase4_scheduler.kv_cache_manager import KVCacheManager
+from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.request import Request, RequestStatus
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from common.sampling import SamplingParams
-from phase4_scheduler.kv_cache_manager import KVCacheManager
+from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.scheduler import Scheduler
 
