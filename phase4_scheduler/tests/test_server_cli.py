@@ -10,6 +10,9 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
+
+pytestmark = pytest.mark.timeout(180)  # a hung server fails with a traceback, never blocks the suite
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TITAN_API_KEY": ""}

@@ -19,6 +19,8 @@ from phase4_scheduler.launch import BackgroundServer
 from phase4_scheduler.server import create_app
 from phase4_scheduler.tests.test_server_fake import parse_metrics, run_concurrent, wait_until
 
+pytestmark = pytest.mark.timeout(180)  # a hung server fails with a traceback, never blocks the suite
+
 MODEL = "smollm2-135m"
 NUM_BLOCKS = 40  # x 16 tokens: fewer than 100 requests need, so requests queue (and may be preempted)
 

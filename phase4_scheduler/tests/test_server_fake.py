@@ -16,6 +16,8 @@ from phase4_scheduler.launch import BackgroundServer
 from phase4_scheduler.server import create_app
 from phase4_scheduler.tests.fake_engine import FakeEngine, expected_text
 
+pytestmark = pytest.mark.timeout(180)  # a hung server fails with a traceback, never blocks the suite
+
 MODEL = FakeEngine.model_name
 
 

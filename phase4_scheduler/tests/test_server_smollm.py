@@ -1,6 +1,7 @@
 """The server with SmolLM2's real weights: a chat answer through the chat template stops at the end-of-turn token,
 and its text equals phase 0's single-request engine on the same template ids (greedy), streamed or not."""
 import openai
+import pytest
 import torch
 
 from common import artifacts
@@ -9,6 +10,8 @@ from phase4_scheduler.async_engine import AsyncEngine
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.launch import BackgroundServer
 from phase4_scheduler.server import create_app
+
+pytestmark = pytest.mark.timeout(180)  # a hung server fails with a traceback, never blocks the suite
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
