@@ -60,6 +60,10 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
     app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
+    capacity = app.state.server.token_capacity()
+    if capacity < engine.max_model_len:
+        log.warning("the KV cache holds %d tokens, fewer than max_model_len %d: longer requests get a 400 "
+                    "(raise --kv-memory or lower --max-model-len)", capacity, engine.max_model_len)
     log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", app.state.server.model_name,
                 engine.max_model_len, host, port, " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level=log_level,

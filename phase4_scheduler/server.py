@@ -61,8 +61,8 @@ class Server:
     def sampling_params(self, req: P._SamplingFields, n_prompt: int, max_tokens: int | None,
                         param: str) -> SamplingParams:
         """SamplingParams for a request, after checking that prompt + max_tokens fit the context window."""
-        if max_tokens is None:  # chat without a limit: the rest of the context window
-            max_tokens = max(1, self.engine.max_model_len - n_prompt)
+        if max_tokens is None:  # chat without a limit: the rest of what one request can hold
+            max_tokens = max(1, self.token_capacity() - n_prompt)
         try:
             check_prompt_fits(n_prompt, max_tokens, self.engine.max_model_len)
         except PromptTooLongError as e:
@@ -76,6 +76,13 @@ class Server:
                                   ignore_eos=req.ignore_eos)
         except ValueError as e:
             raise P.OpenAIError(str(e), 400) from None
+
+    def token_capacity(self) -> int:
+        """Tokens one request can hold: the context window, or the whole KV pool where that is smaller (a small
+        --kv-memory on CPU), so that a chat request without max_tokens is never refused for a limit it did not set."""
+        kv = getattr(getattr(self.engine, "engine", None), "kv", None)
+        cap = getattr(kv, "num_tokens_capacity", None)
+        return min(self.engine.max_model_len, cap) if isinstance(cap, int) else self.engine.max_model_len
 
     def validate(self, prompt_ids: list[int], params: SamplingParams, param: str) -> None:
         """The engine's own admission checks (e.g. prompt + max_tokens larger than the whole KV pool), run before

@@ -76,6 +76,18 @@ def test_stop_string_and_seed(client):
     assert a == b
 
 
+def test_chat_without_max_tokens_fits_a_small_kv_pool():
+    engine = AsyncEngine.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
+                                    num_blocks=5)  # 80 tokens of KV: less than the 256-token context
+    with BackgroundServer(create_app(engine)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **greedy())
+        assert r.choices[0].finish_reason == "length" and r.usage.total_tokens == 80
+        with pytest.raises(openai.BadRequestError) as e:  # an explicit limit over the pool is the user's to fix
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=100)
+        assert "KV pool" in e.value.message and "--kv-memory" in e.value.message
+
+
 def test_prompt_too_long_and_unknown_model(client, served):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
