@@ -17,7 +17,7 @@ import pytest
 from phase4_scheduler.async_engine import AsyncEngine
 from phase4_scheduler.launch import BackgroundServer
 from phase4_scheduler.server import create_app
-from phase4_scheduler.tests.test_server_fake import parse_metrics, run_concurrent, wait_until
+from phase4_scheduler.tests.server_helpers import parse_metrics, run_concurrent, wait_until
 
 pytestmark = pytest.mark.timeout(180)  # a hung server fails with a traceback, never blocks the suite
 
