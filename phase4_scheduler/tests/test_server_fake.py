@@ -229,7 +229,9 @@ def test_api_key():
 
 # ---- metrics ------------------------------------------------------------------------------------------------------
 
-def test_metrics_exposition():
+@pytest.fixture(scope="module")
+def scraped():
+    """/metrics after 3 plain + 1 streamed request and one 404."""
     engine = FakeEngine()
     with BackgroundServer(create_app(engine)) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
@@ -237,7 +239,11 @@ def test_metrics_exposition():
             c.completions.create(model=MODEL, prompt="hello", max_tokens=4)
         list(c.completions.create(model=MODEL, prompt="hello", max_tokens=4, stream=True))
         httpx.post(url + "/v1/completions", json={"model": "nope", "prompt": "hi"})
-        r = httpx.get(url + "/metrics")
+        return httpx.get(url + "/metrics")
+
+
+def test_metrics_exposition(scraped):
+    r = scraped
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     m = parse_metrics(r.text)
     lab = f'{{model_name="{MODEL}"}}'
@@ -251,9 +257,14 @@ def test_metrics_exposition():
         buckets = [v for k, v in m.items() if k.startswith(f"titan:{name}_bucket")]
         assert buckets == sorted(buckets) and buckets[-1] == count == m[f"titan:{name}_count"]
         assert m[f"titan:{name}_sum"] > 0
-    parser = pytest.importorskip("prometheus_client.parser")  # an independent parser agrees, where installed
-    families = {f.name: f for f in parser.text_string_to_metric_families(r.text)}
+
+
+def test_metrics_parse_with_prometheus_client(scraped):
+    parser = pytest.importorskip("prometheus_client.parser")  # an independent parser, where it is installed
+    families = {f.name: f for f in parser.text_string_to_metric_families(scraped.text)}
     assert families["titan:e2e_request_latency_seconds"].type == "histogram"
+    assert families["titan:request_success"].type == "counter"
+    assert families["titan:num_requests_running"].type == "gauge"
 
 
 # ---- disconnects and load -----------------------------------------------------------------------------------------
