@@ -64,6 +64,9 @@ TABLE: dict[str, str] = {
     "engine.core": "phase4_scheduler.engine:LLMEngine",
     "engine.scheduler": "phase4_scheduler.scheduler:Scheduler",
     "engine.kv_cache_manager": "phase4_scheduler.kv_manager:KVCacheManager",
+    "server.app": "phase4_scheduler.server:create_app",
+    "bench.offline": "phase4_scheduler.bench_offline:main",
+    "bench.serve": "phase4_scheduler.bench_serve:main",
     "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
 }
 

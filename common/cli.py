@@ -122,6 +122,15 @@ def cmd_chat(args) -> int:
             _print_stats(lm, len(ids), len(out), ttft, total, load_s)
 
 
+def cmd_bench(args) -> int:
+    """Hand the rest of the command line to phase 4's benchmark scripts (they own their options and --help)."""
+    from common import artifacts
+
+    main_fn = artifacts.get("bench.offline" if args.which == "offline" else "bench.serve")
+    main_fn(args.rest)
+    return 0
+
+
 def cmd_artifacts(args) -> int:
     from common import artifacts
 
@@ -199,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: %(default)s)")
     sv.set_defaults(func=cmd_serve)
+    b = sub.add_parser("bench", help="benchmarks: `titan bench offline ...` or `titan bench serve ...` (--help on each)",
+                       add_help=False)
+    b.add_argument("which", choices=["offline", "serve"], help="offline: LLM.generate throughput (vs static "
+                   "batching); serve: ShareGPT + Poisson arrivals against an OpenAI-compatible server")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    b.set_defaults(func=cmd_bench)
     a = sub.add_parser("artifacts", help="print the seam's table: every phase's deliverables and where they live")
     a.set_defaults(func=cmd_artifacts)
     return ap

@@ -1,3 +1,5 @@
+# NOTE: not named kv_cache_manager.py: run from this folder (a notebook's cwd), that name would shadow phase 1's Rust
+# extension module `kv_cache_manager`.
 """KVCacheManager: the scheduler's view of KV memory, over phase 1's block-table manager.
 
 The scheduler asks `can_allocate(request, n)` before it schedules n more tokens of a request, then `allocate` grows

@@ -22,3 +22,16 @@ def test_serve_summary_percentiles():
     assert s["completed"] == 4 and s["failed"] == 1 and s["errors"] == ["HTTP 400: x"]
     assert np.isclose(s["ttft_ms"]["p50"], 250.0) and np.isclose(s["tpot_ms"]["p99"], 100.0)
     assert np.isclose(s["output_token_throughput"], 44 / 2.0) and s["total_input_tokens"] == 25
+
+
+def test_titan_bench_dispatches_to_the_scripts(capsys):
+    import pytest
+
+    from common.cli import main as titan
+
+    with pytest.raises(SystemExit) as e:
+        titan(["bench", "serve", "--help"])
+    assert e.value.code == 0 and "--request-rate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        titan(["bench", "offline", "--help"])
+    assert e.value.code == 0 and "--compare-static" in capsys.readouterr().out
