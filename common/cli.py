@@ -22,13 +22,19 @@ EPILOG = """\
 """
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_group(p: argparse.ArgumentParser, model_help: str = "") -> argparse._ArgumentGroup:
+    """--model, --device, --dtype, --random-weights: what every command that loads a model takes."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id "
-                   "(default: %(default)s)")
+    g.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id"
+                   f"{model_help} (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
     g.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
+    return g
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = _add_model_group(p)
     g.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible sampling)")
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
@@ -185,12 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_chat)
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, SSE streaming, /metrics)",
                         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = sv.add_argument_group("model")
-    m.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id; clients send "
-                   "this name as `model` (default: %(default)s)")
-    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    m.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
-    m.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
+    m = _add_model_group(sv, "; clients send this name as `model`")
     m.add_argument("--num-layers", type=int, default=None, help=argparse.SUPPRESS)  # quick CPU experiments
     m.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model)")
     e = sv.add_argument_group("engine")
