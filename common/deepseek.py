@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from common.attention import attention_ref
 from common.config import ModelConfig
-from common.llama import MLP, RMSNorm
+from common.llama import DecoderLayer as LlamaDecoderLayer
+from common.llama import RMSNorm
 
 
 def _mscale(scale: float, mscale: float = 1.0) -> float:
@@ -188,21 +189,15 @@ class MLAttention(nn.Module):
         return torch.einsum("bhsc,hvc->bhsv", o_lat, w_uv)  # [B, H, S, dv]
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(LlamaDecoderLayer):
+    """The Llama block with MLA as its attention (dense MLP; MoE layers arrive in phase 6)."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int, absorbed: bool):
-        super().__init__()
         if layer_idx >= cfg.extra.get("first_k_dense_replace", cfg.num_hidden_layers):
             raise NotImplementedError(f"layer {layer_idx} is an MoE layer (first_k_dense_replace="
                                       f"{cfg.extra['first_k_dense_replace']}); MoE arrives in phase 6. Use a config "
                                       "whose first_k_dense_replace >= num_hidden_layers.")
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = MLAttention(cfg, layer_idx, absorbed)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        super().__init__(cfg, layer_idx, self_attn=MLAttention(cfg, layer_idx, absorbed))
 
 
 class DeepseekV3Model(nn.Module):
