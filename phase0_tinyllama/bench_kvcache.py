@@ -1,7 +1,11 @@
 """Benchmark: generation with and without the KV cache (inference_v1 vs inference_v0) at 512 new tokens.
 
     python -m phase0_tinyllama.bench_kvcache --device cpu                  # real SmolLM2 weights
-    python -m phase0_tinyllama.bench_kvcache --device cuda --batch 1 16 64 --random-weights
+    python -m phase0_tinyllama.bench_kvcache --device cuda --batch 1 64 --random-weights --model tinyllama-1.1b
+
+On CUDA the KV-cache run is timed twice: eager (one Python-launched forward per token) and with the decode step
+captured in a CUDA graph (common/cuda_graph.py; the capture happens inside the timed region). The no-cache run
+cannot be captured: its input grows every step.
 
 Without a cache, step t re-runs the whole sequence (prompt + t tokens): the work grows as O(n^2). With it each step
 runs one token. Both produce the same tokens (checked here: greedy, ignore_eos).
@@ -9,6 +13,7 @@ runs one token. Both produce the same tokens (checked here: greedy, ignore_eos).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -22,6 +27,7 @@ from phase0_tinyllama.inference_v1 import stream_kv_cache
 
 
 def timed_generation(stream, model, ids: torch.Tensor, n: int, desc: str) -> tuple[float, list[list[int]]]:
+    """Wall time of one whole generation of n tokens (prefill included), and its tokens [B][n]."""
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     sync()
@@ -40,25 +46,37 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default: %(default)s, as in the GPU runs)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, skip the CUDA-graph KV-cache run")
     ap.add_argument("--name", default=None, help="results file stem (default: kvcache_<device>)")
     args = ap.parse_args(argv)
     lm = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights)
     rows = []
+    graphs = lm.device.type == "cuda" and not args.no_cuda_graph
     for b in args.batch:
         ids = torch.randint(100, lm.config.vocab_size - 100, (b, args.prompt_len),
                             generator=torch.Generator().manual_seed(b)).to(lm.device)
         timed_generation(stream_kv_cache, lm.model, ids, 8, "warm-up")  # kernels, allocator, caches
-        t_cache, out_cache = timed_generation(stream_kv_cache, lm.model, ids, args.tokens, f"B={b} KV cache")
+        t_eager, out_cache = timed_generation(stream_kv_cache, lm.model, ids, args.tokens, f"B={b} KV cache")
         t_none, out_none = timed_generation(stream_no_cache, lm.model, ids, args.tokens, f"B={b} no cache")
         agree = sum(x == y for r1, r2 in zip(out_cache, out_none) for x, y in zip(r1, r2)) / (b * args.tokens)
         row = {"batch": b, "prompt_len": args.prompt_len, "new_tokens": args.tokens,
-               "seconds_kv_cache": t_cache, "seconds_no_cache": t_none, "speedup": t_none / t_cache,
-               "tokens_per_s_kv_cache": b * args.tokens / t_cache, "tokens_per_s_no_cache": b * args.tokens / t_none,
-               "greedy_agreement": agree}
+               "seconds_kv_cache_eager": t_eager, "seconds_no_cache": t_none, "speedup_eager": t_none / t_eager,
+               "tokens_per_s_no_cache": b * args.tokens / t_none, "greedy_agreement": agree}
+        t_cache = t_eager
+        if graphs:
+            graphed = functools.partial(stream_kv_cache, cuda_graph=True)
+            timed_generation(graphed, lm.model, ids, 8, "warm-up (graph)")
+            t_cache, out_graph = timed_generation(graphed, lm.model, ids, args.tokens, f"B={b} KV cache + graph")
+            row["seconds_kv_cache_graph"] = t_cache
+            row["speedup_graph"] = t_none / t_cache
+            row["greedy_agreement_graph"] = sum(x == y for r1, r2 in zip(out_graph, out_none)
+                                                for x, y in zip(r1, r2)) / (b * args.tokens)
+        row.update(seconds_kv_cache=t_cache, speedup=t_none / t_cache, tokens_per_s_kv_cache=b * args.tokens / t_cache)
         rows.append(row)
-        print(f"B={b}: KV cache {t_cache:.2f} s, no cache {t_none:.2f} s -> {row['speedup']:.1f}x "
+        extra = f", with CUDA graph {t_cache:.2f} s" if graphs else ""
+        print(f"B={b}: KV cache {t_eager:.2f} s{extra}, no cache {t_none:.2f} s -> {row['speedup']:.1f}x "
               f"(greedy agreement {agree:.3f})")
-    payload = {"model": lm.source, "dtype": str(lm.dtype), "rows": rows}
+    payload = {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs, "rows": rows}
     write_result("phase0_tinyllama", args.name or f"kvcache_{lm.device.type}", payload)
     return payload
 
