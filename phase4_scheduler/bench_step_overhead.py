@@ -1,0 +1,205 @@
+"""Host overhead of LLMEngine.step: decode-only steps over B requests with the model forward stubbed out.
+
+    python -m phase4_scheduler.bench_step_overhead                      # B = 64, 256, 1024; vocab 32000; no tokenizer
+    python -m phase4_scheduler.bench_step_overhead --tokenizer          # + SmolLM2's tokenizer (detokenising)
+    python -m phase4_scheduler.bench_step_overhead --label before --name step_overhead_cpu_before
+
+At 100k output tokens/s with 1024 sequences a decode step has ~10 ms in all, GPU forward included, so whatever
+Python does around the forward (scheduling, block tables, slot mapping, tensors, sampling, bookkeeping, outputs)
+must stay at a few ms. This script builds a real engine on a 1-layer random Llama, replaces `runner.execute` by a
+stub returning fixed random logits [B, V] (no model is computed), runs the requests into steady decode, then times
+steps and splits each into parts by wrapping the engine's collaborators:
+
+    schedule   Scheduler.schedule (block allocation included)
+    inputs     from the end of schedule to the call of runner.execute (token ids, positions, block tables, slots)
+    sampler    the Sampler call (on CPU this includes the argmax over [B, V]: device work on a GPU, host here)
+    detok      IncrementalDetokenizer.add_token / delta (only with --tokenizer)
+    outputs    building the RequestOutputs
+    update     the rest after the forward (per-request bookkeeping, stop checks)
+
+NOTE: the wrappers cost ~1 us per call, which the per-part times include; the `total` column is measured without
+wrappers in a separate pass and is the number to quote.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common.bench import load_result, write_result
+from common.config import ModelConfig
+from common.llama import LlamaForCausalLM
+from common.model_loader import LoadedModel
+from common.sampling import SamplingParams
+from common.weights import random_state_dict
+from phase4_scheduler.detokenizer import IncrementalDetokenizer
+from phase4_scheduler.engine import LLMEngine
+
+PARTS = ["schedule", "inputs", "sampler", "detok", "outputs", "update"]
+
+
+def tiny_loaded(vocab: int, tokenizer=None) -> LoadedModel:
+    """A 1-layer random Llama with the given vocabulary (its forward is never run: the runner is stubbed)."""
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM.from_state_dict(cfg, random_state_dict(cfg, seed=0))
+    return LoadedModel(cfg, model, tokenizer, "stub", torch.device("cpu"), torch.float32)
+
+
+class StubForward:
+    """Stands in for ModelRunner.execute: returns rows of a fixed random [B_max, V] logits tensor."""
+
+    def __init__(self, max_batch: int, vocab: int):
+        self.logits = torch.randn(max_batch, vocab, generator=torch.Generator().manual_seed(0))  # [B_max, V]
+        self.calls = 0
+
+    def __call__(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping):
+        self.calls += 1
+        return self.logits[:len(q_lens)]  # [B, V]
+
+
+class PartTimer:
+    """Wraps the engine's collaborators to split each step into PARTS (seconds per step, summed over calls)."""
+
+    def __init__(self, engine: LLMEngine):
+        self.acc = dict.fromkeys(PARTS, 0.0)
+        self.marks: dict[str, float] = {}
+        self.engine = engine
+        sched, runner = engine.scheduler, engine.runner
+        orig_schedule, orig_execute, orig_sampler = sched.schedule, runner.execute, engine.sampler
+        orig_output = engine._output
+
+        def schedule():
+            t = time.perf_counter()
+            out = orig_schedule()
+            self.marks["sched_end"] = time.perf_counter()
+            self.acc["schedule"] += self.marks["sched_end"] - t
+            return out
+
+        def execute(*a, **k):
+            self.acc["inputs"] += time.perf_counter() - self.marks["sched_end"]
+            return orig_execute(*a, **k)
+
+        def sampler(*a, **k):
+            t = time.perf_counter()
+            out = orig_sampler(*a, **k)
+            self.acc["sampler"] += time.perf_counter() - t
+            return out
+
+        def output(*a, **k):
+            t = time.perf_counter()
+            out = orig_output(*a, **k)
+            self.acc["outputs"] += time.perf_counter() - t
+            return out
+
+        sched.schedule, runner.execute, engine.sampler, engine._output = schedule, execute, sampler, output
+        self._restore = lambda: (delattr(sched, "schedule"), setattr(runner, "execute", orig_execute),
+                                 setattr(engine, "sampler", orig_sampler), delattr(engine, "_output"))
+        self._det = {name: getattr(IncrementalDetokenizer, name) for name in ("add_token", "delta")}
+        for name, fn in self._det.items():
+            setattr(IncrementalDetokenizer, name, self._timed_det(fn))
+
+    def _timed_det(self, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            self.acc["detok"] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    def step(self) -> float:
+        t = time.perf_counter()
+        self.engine.step()
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self._restore()
+        for name, fn in self._det.items():
+            setattr(IncrementalDetokenizer, name, fn)
+
+
+def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int) -> LLMEngine:
+    """An engine with `batch` requests, prefilled (one step) and decoding, its forward stubbed."""
+    loaded = tiny_loaded(vocab, tokenizer)
+    blocks = batch * (-(-(prompt_len + 2 * steps + 40) // 16))
+    eng = LLMEngine(loaded, max_num_seqs=batch, max_num_batched_tokens=batch * prompt_len, num_blocks=blocks,
+                    block_size=16)
+    eng.runner.execute = StubForward(batch, vocab)
+    g = torch.Generator().manual_seed(1)
+    params = SamplingParams(max_tokens=2 * steps + 30, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        eng.add_request(f"r{i}", torch.randint(3, vocab, (prompt_len,), generator=g).tolist(), params)
+    eng.step()  # the whole batch's prefill in one step
+    assert all(r.num_computed_tokens == r.num_tokens - 1 for r in eng.requests.values()), "not all in decode"
+    return eng
+
+
+def measure(batch: int, vocab: int, tokenizer, prompt_len: int = 128, steps: int = 20, warmup: int = 3) -> dict:
+    eng = decode_engine(batch, vocab, tokenizer, prompt_len, steps)
+    for _ in range(warmup):
+        eng.step()
+    totals = []
+    for _ in range(steps):  # plain steps, nothing wrapped: the figure to quote
+        t = time.perf_counter()
+        eng.step()
+        totals.append(time.perf_counter() - t)
+    timer = PartTimer(eng)
+    try:
+        wrapped = [timer.step() for _ in range(steps)]
+    finally:
+        timer.close()
+    parts = {k: v / steps * 1e3 for k, v in timer.acc.items()}
+    parts["update"] = max(0.0, statistics.median(wrapped) * 1e3 - sum(parts.values()))
+    assert all(r.num_computed_tokens == r.num_tokens - 1 for r in eng.requests.values())
+    row = {"batch": batch, "vocab": vocab, "tokenizer": tokenizer is not None, "steps": steps,
+           "step_ms_median": statistics.median(totals) * 1e3, "step_ms_min": min(totals) * 1e3,
+           "us_per_request": statistics.median(totals) * 1e6 / batch, "parts_ms": parts}
+    return row
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--tokenizer", action="store_true", help="also measure with SmolLM2's tokenizer (detokenising)")
+    ap.add_argument("--label", default="after", help="what code this measures (before/after a change)")
+    ap.add_argument("--name", default="step_overhead_cpu")
+    ap.add_argument("--compare", default="step_overhead_cpu_before", help="a results JSON to print a ratio against")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    configs = [(b, args.vocab, None) for b in args.batch]
+    if args.tokenizer:
+        from common.model_loader import resolve_weights
+        tok = resolve_weights("smollm2-135m", random_weights=True)[2]
+        if tok is None:
+            raise SystemExit("--tokenizer needs the SmolLM2 GGUF (make setup)")
+        configs += [(b, tok.vocab_size, tok) for b in args.batch]
+    rows = []
+    for b, v, tok in configs:
+        row = measure(b, v, tok, steps=args.steps)
+        rows.append(row)
+        p = row["parts_ms"]
+        print(f"B={b:5d} vocab={v} tok={row['tokenizer']!s:5}: step {row['step_ms_median']:7.2f} ms "
+              f"({row['us_per_request']:.1f} us/request)  " + "  ".join(f"{k} {p[k]:.2f}" for k in PARTS))
+    payload = {"label": args.label, "threads": torch.get_num_threads(), "rows": rows}
+    before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
+    if before is not None:
+        payload["before"] = {"label": before.get("label"), "rows": before["rows"],
+                             "commit": before.get("provenance", {}).get("git_commit")}
+        old = {(r["batch"], r["vocab"], r["tokenizer"]): r["step_ms_median"] for r in before["rows"]}
+        for r in rows:
+            key = (r["batch"], r["vocab"], r["tokenizer"])
+            if key in old:
+                r["speedup_vs_before"] = old[key] / r["step_ms_median"]
+                print(f"B={key[0]:5d} tok={key[2]!s:5}: {old[key]:7.2f} ms -> {r['step_ms_median']:7.2f} ms "
+                      f"({r['speedup_vs_before']:.1f}x)")
+    write_result("phase4_scheduler", args.name, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
