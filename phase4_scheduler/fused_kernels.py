@@ -286,8 +286,9 @@ def linear_small_m_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Dispatch: x [..., K] with at most SKINNY_MAX_M rows on CUDA -> skinny kernel; otherwise F.linear (cuBLAS)."""
+    """Dispatch: x [..., K] with at most SKINNY_MAX_M rows on CUDA (or under the interpreter) -> skinny kernel;
+    otherwise F.linear (cuBLAS on the GPU)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.is_cuda and 1 <= rows <= SKINNY_MAX_M and x.dtype == w.dtype:
+    if (x.is_cuda or interpreting()) and 1 <= rows <= SKINNY_MAX_M and x.dtype == w.dtype and x.stride(-1) == 1:
         return linear_small_m(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
     return F.linear(x, w)

@@ -1,0 +1,172 @@
+"""The fused Llama forward: packed qkv and gate_up weights, fused add+RMSNorm, in-place RoPE, SiLU-and-mul, and the
+skinny GEMM for decode-sized steps. Same numbers as common/llama.py (fp32: to rounding), ~9 launches per layer.
+
+CONTRACT (what the model runner calls):
+
+    fused = fuse_model(loaded.model)          # consumes the reference model: its layers move into `fused`
+    loaded.model = fused                      # the reference's projection weights are freed, not copied
+
+    h = fused.forward_tokens(input_ids, positions, ctx)  # ids, positions [T] (long/int32) -> hidden [T, hidden],
+                                                         # final norm applied; `select=` [B] long rows it keeps first
+    logits = fused.compute_logits(h)                     # [B, hidden] -> [B, V] in the model dtype (lm_head or tied)
+
+  `ctx` is the runner's attention context. forward_tokens calls `ctx.attend_packed(layer, q [T, Hq, D],
+  k [T, Hkv, D], v [T, Hkv, D]) -> [T, Hq, D]` when ctx has that method (no transposes: q, k, v are strided views
+  of the qkv buffer, last dim contiguous), else `ctx.attend(layer, q [1, Hq, T, D], k, v) -> [1, Hq, T, D]` exactly
+  as common/llama.py does; it never calls ctx.advance. `fused(input_ids [B, S], positions=None, cache=None,
+  last_only=False)` keeps LlamaForCausalLM's call (logits [B, S, V]; cache.advance(S) at the end), so a
+  ContiguousKVCache or no cache works too.
+
+CUDA graphs: no host syncs, no data-dependent shapes; positions are read on the device from a cos/sin table of
+`max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes at its first call per
+(N, K, M==1 or not): run one eager step with T=1 and one with 2 <= T <= 16 BEFORE capturing (`fused.warmup()`).
+
+NOTE (the residual stream): each layer returns (h, residual) un-added; the next norm adds them while it normalises
+(vLLM's fused_add_rms_norm), so the residual add costs no launch and no extra pass over memory.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.attention import attention_ref
+from phase4_scheduler import fused_kernels as fk
+
+OPS = {  # backend -> (rms_norm, silu_mul, rope_qk, linear)
+    "triton": (fk.rms_norm, fk.silu_mul, fk.rope_qk, fk.linear),
+    "ref": (fk.rms_norm_ref, fk.silu_mul_ref, fk.rope_qk_ref, F.linear),
+}
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach(), requires_grad=False)
+
+
+class FusedDecoderLayer(nn.Module):
+    def __init__(self, layer, cfg, idx: int):
+        super().__init__()
+        a, mlp = layer.self_attn, layer.mlp
+        self.idx, self.eps = idx, cfg.rms_norm_eps
+        self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.input_norm = _frozen(layer.input_layernorm.weight)
+        self.post_norm = _frozen(layer.post_attention_layernorm.weight)
+        self.qkv = _frozen(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))  # [(Hq+2Hkv)D, H]
+        del a.q_proj, a.k_proj, a.v_proj  # free the originals now: peak memory is one extra layer, not a model
+        self.o = _frozen(a.o_proj.weight)  # [H, Hq*D]
+        self.gate_up = _frozen(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))  # [2I, H]
+        del mlp.gate_proj, mlp.up_proj
+        self.down = _frozen(mlp.down_proj.weight)  # [H, I]
+
+    def forward(self, h, residual, positions, cos_sin, ctx, b: int, s: int, ops):
+        """h, residual [T, H] (residual None in layer 0) -> (mlp output, residual stream) [T, H], not yet added."""
+        rms_norm, silu_mul, rope_qk, linear = ops
+        if residual is None:
+            x, residual = rms_norm(h, self.input_norm, self.eps), h
+        else:
+            x, residual = rms_norm(h, self.input_norm, self.eps, residual)
+        qkv = rope_qk(linear(x, self.qkv), positions, cos_sin, self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D]
+        t, nq, nk = qkv.shape[0], self.hq * self.d, self.hkv * self.d
+        q = qkv[:, :nq].view(t, self.hq, self.d)  # [T, Hq, D] strided views of the packed buffer
+        k = qkv[:, nq:nq + nk].view(t, self.hkv, self.d)
+        v = qkv[:, nq + nk:].view(t, self.hkv, self.d)
+        attn = self._attend(q, k, v, ctx, b, s).reshape(t, nq)  # [T, Hq*D]
+        h, residual = rms_norm(linear(attn, self.o), self.post_norm, self.eps, residual)
+        return linear(silu_mul(linear(h, self.gate_up)), self.down), residual
+
+    def _attend(self, q, k, v, ctx, b, s):
+        if hasattr(ctx, "attend_packed"):
+            return ctx.attend_packed(self.idx, q, k, v)  # [T, Hq, D]
+        q4, k4, v4 = (x.view(b, s, x.shape[1], self.d).transpose(1, 2) for x in (q, k, v))  # [B, H, S, D]
+        out = attention_ref(q4, k4, v4) if ctx is None else ctx.attend(self.idx, q4, k4, v4)
+        return out.transpose(1, 2)  # [B, S, Hq, D]
+
+
+class FusedLlamaForCausalLM(nn.Module):
+    def __init__(self, model, backend: str = "auto", max_positions: int | None = None):
+        super().__init__()
+        from common.llama import Attention, LlamaForCausalLM
+
+        if not isinstance(model, LlamaForCausalLM) or any(not isinstance(l.self_attn, Attention)
+                                                           for l in model.model.layers):
+            raise TypeError(f"fuse_model takes a common.llama.LlamaForCausalLM with Llama attention, "
+                            f"got {type(model).__name__}")
+        if not len(model.model.layers):
+            raise ValueError("fuse_model: the model has no layers (was it fused already?)")
+        if backend not in ("auto", "triton", "ref"):
+            raise ValueError(f"backend must be 'auto', 'triton' or 'ref', got {backend!r}")
+        cfg = self.config = model.config
+        m = model.model
+        dev = m.embed_tokens.weight.device
+        self.backend = ("triton" if dev.type == "cuda" else "ref") if backend == "auto" else backend
+        self.embed = _frozen(m.embed_tokens.weight)  # [V, H]
+        self.layers = nn.ModuleList(FusedDecoderLayer(l, cfg, i) for i, l in enumerate(m.layers))
+        m.layers = nn.ModuleList()  # the reference model is consumed: its layers live here now
+        self.norm = _frozen(m.norm.weight)
+        self.lm_head = None if model.lm_head is None else _frozen(model.lm_head.weight)  # [V, H]; None: tied
+        self.register_buffer("cos_sin", fk.make_cos_sin_cache(cfg, max_positions or cfg.max_position_embeddings,
+                                                              dev), persistent=False)  # [P, D] fp32
+
+    @property
+    def ops(self):
+        return OPS[self.backend]
+
+    def forward_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx=None,
+                       select: torch.Tensor | None = None, batch_shape: tuple[int, int] | None = None):
+        """input_ids, positions [T] -> final-normed hidden [T, H] (or [len(select), H] rows `select` of it)."""
+        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+            raise ValueError(f"forward_tokens wants input_ids and positions [T], got {tuple(input_ids.shape)} and "
+                             f"{tuple(positions.shape)}")
+        b, s = batch_shape or (1, input_ids.shape[0])
+        h, residual = F.embedding(input_ids, self.embed), None  # [T, H]
+        for layer in self.layers:
+            h, residual = layer(h, residual, positions, self.cos_sin, ctx, b, s, self.ops)
+        if select is not None:
+            h, residual = h[select], residual[select]
+        return self.ops[0](h, self.norm, self.config.rms_norm_eps, residual)[0]
+
+    def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, H] -> logits [N, V] (model dtype): the skinny GEMM for small N, cuBLAS otherwise."""
+        return self.ops[3](h, self.embed if self.lm_head is None else self.lm_head)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                last_only: bool = False) -> torch.Tensor:
+        """LlamaForCausalLM's call: input_ids [B, S] -> logits [B, S, V] ([B, 1, V] with last_only)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        b, s = input_ids.shape
+        if positions is None:
+            start = cache.seq_len if cache is not None else 0
+            positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+        select = torch.arange(b, device=input_ids.device) * s + s - 1 if last_only else None
+        h = self.forward_tokens(input_ids.reshape(-1), positions.reshape(-1), cache, select, (b, s))
+        if cache is not None:
+            cache.advance(s)
+        return self.compute_logits(h).view(b, 1 if last_only else s, -1)
+
+    @torch.inference_mode()
+    def warmup(self, max_tokens: int = fk.SKINNY_MAX_M) -> None:
+        """Run the projections at T=1 and T=max_tokens once, so autotuning is over before a CUDA graph is captured."""
+        dev = self.embed.device
+        for t in sorted({1, max_tokens}):
+            h = torch.randn(t, self.config.hidden_size, device=dev, dtype=self.embed.dtype)
+            for layer in self.layers[:1]:
+                for w in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                    self.ops[3](torch.randn(t, w.shape[1], device=dev, dtype=w.dtype), w)
+            self.compute_logits(h)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"FusedLlamaForCausalLM(backend={self.backend}, layers={len(self.layers)}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}q/{c.num_key_value_heads}kv x {c.head_dim}, "
+                f"qkv {tuple(self.layers[0].qkv.shape)}, gate_up {tuple(self.layers[0].gate_up.shape)}, "
+                f"{'tied' if self.lm_head is None else 'untied'} lm_head, rope table {tuple(self.cos_sin.shape)})")
+
+
+def fuse_model(model, backend: str = "auto", max_positions: int | None = None) -> FusedLlamaForCausalLM:
+    """Turn a reference LlamaForCausalLM into the fused model (weights moved, not copied; `model` is consumed).
+
+    backend: "triton" (kernels; on CPU only under TRITON_INTERPRET=1), "ref" (PyTorch references), "auto" (triton on
+    CUDA, ref elsewhere). max_positions: rows of the RoPE table (default: the config's max_position_embeddings).
+    """
+    return FusedLlamaForCausalLM(model, backend, max_positions).eval()
