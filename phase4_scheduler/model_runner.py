@@ -8,8 +8,8 @@ that from a `BatchAttention` context (cu_seqlens, seq_lens, block tables, slot m
 
 NOTE (paths): on CUDA, phase 3's Triton kernels through the seam ("kv_cache.write" + "attention.paged_decode" for
 decode-only steps, "attention.paged_prefill" for anything with a prefill); on CPU their plain-PyTorch references
-("*_ref": gather each sequence's pages, SDPA), exact in fp32. The per-step metadata are the only inputs besides the
-token ids, so a decode step's tensors can later live in static buffers for CUDA-graph capture (not done yet).
+("*_ref": gather each sequence's pages, SDPA), exact in fp32. Decode-only steps on CUDA replay a CUDA graph
+captured for the next larger batch size (phase4_scheduler/cuda_graphs.py); mixed steps run eagerly.
 """
 from __future__ import annotations
 
@@ -19,29 +19,36 @@ import torch.nn.functional as F
 from common import artifacts
 
 
-class BatchAttention:
-    """The attention context of one packed step: `attend(layer, q, k, v)` over the paged pool."""
+def as_cpu_tensor(x, dtype: torch.dtype) -> torch.Tensor:
+    """A Python list or a CPU tensor -> a CPU tensor of `dtype` (the engine may hand over either)."""
+    return x.to(dtype) if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=dtype)
 
-    def __init__(self, runner: "ModelRunner", q_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],
-                 slot_mapping: list[int]):
-        dev = runner.device
-        width = max(map(len, block_tables))
+
+def pad_tables(tables, width: int | None = None) -> torch.Tensor:
+    """Block tables as a list of lists (ragged) or a [B, W] tensor -> int32 [B, max(W, width)], padded with 0."""
+    if isinstance(tables, torch.Tensor):
+        t = tables.to(torch.int32)
+        return t if width is None or t.shape[1] >= width else F.pad(t, (0, width - t.shape[1]))
+    w = max(max(map(len, tables)), width or 0)
+    return torch.tensor([list(t) + [0] * (w - len(t)) for t in tables], dtype=torch.int32)
+
+
+class BatchAttention:
+    """The attention context of one packed step: `attend(layer, q, k, v)` over the paged pool (device tensors)."""
+
+    def __init__(self, runner: "ModelRunner", block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                 slot_mapping: torch.Tensor, cu_seqlens: torch.Tensor | None = None, max_q_len: int = 1):
         self.runner = runner
-        self.decode_only = all(n == 1 for n in q_lens)
-        self.block_tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32,
-                                         device=dev)  # [B, max_blocks]
-        self.seq_lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)  # [B] tokens cached after this step
-        cu = [0]
-        for n in q_lens:
-            cu.append(cu[-1] + n)
-        self.cu_seqlens = torch.tensor(cu, dtype=torch.int32, device=dev)  # [B+1]
-        self.slot_mapping = torch.tensor(slot_mapping, dtype=torch.int64, device=dev)  # [T]
-        self.max_q_len = max(q_lens)
+        self.block_tables = block_tables  # [B, max_blocks] int32
+        self.seq_lens = seq_lens  # [B] int32: tokens cached after this step
+        self.slot_mapping = slot_mapping  # [T] int64: where each new token's K/V goes
+        self.cu_seqlens = cu_seqlens  # [B+1] int32, None for a decode-only step (one token per sequence)
+        self.max_q_len = max_q_len
+        self.decode_only = max_q_len == 1
         self.seq_len = 0  # unused: the runner passes positions explicitly
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: [1, Hq, T, D]; k, v: [1, Hkv, T, D] for the T packed tokens. Returns [1, Hq, T, D]."""
-        _, hq, t, d = q.shape
         r = self.runner
         kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
         qp = q[0].transpose(0, 1).contiguous()  # [T, Hq, D]
@@ -51,9 +58,12 @@ class BatchAttention:
             r.write_fn(kp, vp, self.slot_mapping, kc, vc)
             out = r.decode_fn(qp, kc, vc, self.block_tables, self.seq_lens)  # [B=T, Hq, D]
         else:
+            cu = self.cu_seqlens
+            if cu is None:  # decode-only on the reference path: every sequence has one token
+                cu = torch.arange(qp.shape[0] + 1, dtype=torch.int32, device=qp.device)
             extra = {"max_q_len": self.max_q_len} if r.backend == "triton" else {}
-            out = r.prefill_fn(qp, kp, vp, self.cu_seqlens, self.seq_lens, self.block_tables, kc, vc,
-                               self.slot_mapping, **extra)  # [T, Hq, D]
+            out = r.prefill_fn(qp, kp, vp, cu, self.seq_lens, self.block_tables, kc, vc, self.slot_mapping,
+                               **extra)  # [T, Hq, D]
         return out.transpose(0, 1)[None]
 
     def advance(self, num_tokens: int) -> None:
@@ -61,8 +71,10 @@ class BatchAttention:
 
 
 class ModelRunner:
-    def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto"):
-        """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto"."""
+    def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto",
+                 cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None):
+        """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto".
+        `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton)."""
         cfg = loaded.config
         if cfg.is_mla:
             raise NotImplementedError("the phase-4 engine runs Llama-family models; MLA models need a latent paged "
@@ -72,37 +84,67 @@ class ModelRunner:
         self.model, self.config, self.device, self.dtype = loaded.model, cfg, loaded.device, loaded.dtype
         self.backend = ("triton" if self.device.type == "cuda" else "ref") if backend == "auto" else backend
         self.block_size, self.num_blocks = block_size, num_blocks
-        shape = (cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # [L, N, bs, Hkv, D]
+        # one extra block at index num_blocks: the scratch page that padded graph rows write to and read from
+        shape = (cfg.num_hidden_layers, num_blocks + 1, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # [L, N+1, bs, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         suffix = "" if self.backend == "triton" else "_ref"
         self.write_fn = artifacts.get("kv_cache.write" + suffix)
         self.prefill_fn = artifacts.get("attention.paged_prefill" + suffix)
         # the reference prefill handles decode rows exactly; the Triton decode kernel is faster for decode-only steps
         self.decode_fn = artifacts.get("attention.paged_decode") if self.backend == "triton" else None
+        self.max_model_len = max_model_len or cfg.max_position_embeddings
+        self.graphs = None
+        want = (self.device.type == "cuda" and self.backend == "triton") if cuda_graph is None else cuda_graph
+        if want:
+            from phase4_scheduler.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self, max_num_seqs, self.max_model_len)
+
+    @property
+    def null_block(self) -> int:
+        return self.num_blocks
 
     def nbytes(self) -> int:
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
+        """Bytes of the usable pool (the scratch block excluded)."""
+        return 2 * self.k_cache[:, :self.num_blocks].numel() * self.k_cache.element_size()
 
-    @torch.inference_mode()
-    def execute(self, token_ids: list[int], positions: list[int], q_lens: list[int], seq_lens: list[int],
-                block_tables: list[list[int]], slot_mapping: list[int]) -> torch.Tensor:
-        """One packed forward. Returns the logits of each sequence's LAST scheduled token: [B, V] (float32)."""
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, ctx: BatchAttention,
+                last: torch.Tensor | None) -> torch.Tensor:
+        """ids, pos: [T] on the device; `last`: [B] row of each sequence's last token (None: every row).
+        Returns float32 logits [B, V]. Capturable: no host syncs, shapes fixed by T and B."""
         m = self.model.model
-        ctx = BatchAttention(self, q_lens, seq_lens, block_tables, slot_mapping)
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)[None]  # [1, T]
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)[None]  # [1, T]
-        h = m.embed_tokens(ids)  # [1, T, hidden]
-        cos, sin = m.rotary_emb(pos, h.dtype)
+        h = m.embed_tokens(ids[None])  # [1, T, hidden]
+        cos, sin = m.rotary_emb(pos[None], h.dtype)
         for layer in m.layers:
             h = layer(h, cos, sin, ctx)
-        last = ctx.cu_seqlens[1:].long() - 1  # [B] index of each sequence's last token
-        h = m.norm(h[0, last])  # [B, hidden]
+        h = m.norm(h[0] if last is None else h[0, last])  # [B, hidden]
         head = self.model.lm_head
         logits = F.linear(h, m.embed_tokens.weight) if head is None else head(h)
         return logits.float()  # [B, V]
 
+    @torch.inference_mode()
+    def execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping) -> torch.Tensor:
+        """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
+        [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32)."""
+        q_lens_t = as_cpu_tensor(q_lens, torch.int32)
+        b = q_lens_t.shape[0]
+        decode_only = int(q_lens_t.max()) == 1
+        if decode_only and self.graphs is not None and self.graphs.fits(b):
+            return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping)
+        dev = self.device
+        cu = torch.zeros(b + 1, dtype=torch.int32)
+        torch.cumsum(q_lens_t, 0, out=cu[1:])
+        ctx = BatchAttention(self, pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev),
+                             as_cpu_tensor(slot_mapping, torch.int64).to(dev),
+                             None if decode_only else cu.to(dev), int(q_lens_t.max()))
+        ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
+        pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
+        last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
+        return self.forward(ids, pos, ctx, last)
+
     def __repr__(self) -> str:
         L, N, bs, H, D = self.k_cache.shape
-        return (f"ModelRunner(backend={self.backend}, device={self.device}, dtype={self.dtype}, KV pool {N} blocks x "
-                f"{bs} tokens x {L} layers, {self.nbytes() / 2**20:.1f} MiB)")
+        g = f", {self.graphs}" if self.graphs is not None else ""
+        return (f"ModelRunner(backend={self.backend}, device={self.device}, dtype={self.dtype}, KV pool {N - 1} "
+                f"blocks x {bs} tokens x {L} layers, {self.nbytes() / 2**20:.1f} MiB{g})")
