@@ -1,0 +1,120 @@
+"""The fused kernels (Triton, under the CPU interpreter here) and their references against common/llama.py's math."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.config import ModelConfig
+from common.llama import RMSNorm, RotaryEmbedding, apply_rope
+from phase4_scheduler import fused_kernels as fk
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def tol(dtype):  # the interpreter rounds to bf16 differently from torch (1 ulp); fp32 must agree to rounding
+    return {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+
+
+@pytest.mark.parametrize("impl", [fk.rms_norm, fk.rms_norm_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t,h", [(1, 64), (5, 100)])
+def test_rms_norm_matches_llama_rmsnorm(impl, dtype, t, h):
+    g = torch.Generator().manual_seed(t * h)
+    x, res = (torch.randn(t, h, generator=g).to(dtype) for _ in range(2))
+    norm = RMSNorm(h, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(h, generator=g) + 1)
+        torch.testing.assert_close(impl(x, norm.weight, 1e-5), norm(x), **tol(dtype))
+        y, r = impl(x, norm.weight, 1e-5, residual=res)
+        torch.testing.assert_close(r, x + res, **tol(dtype))
+        torch.testing.assert_close(y, norm(x + res), **tol(dtype))
+
+
+@pytest.mark.parametrize("impl", [fk.silu_mul, fk.silu_mul_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t,i", [(1, 8), (3, 1100)])  # 1100: two programs per row, the second one masked
+def test_silu_mul(impl, dtype, t, i):
+    gu = (torch.randn(t, 2 * i, generator=torch.Generator().manual_seed(i)) * 3).to(dtype)
+    torch.testing.assert_close(impl(gu), F.silu(gu[:, :i]) * gu[:, i:], **tol(dtype))
+
+
+@pytest.mark.parametrize("impl", [fk.rope_qk, fk.rope_qk_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}])
+def test_rope_qk_matches_rotary_embedding(impl, dtype, scaling):
+    cfg = ModelConfig(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, rope_scaling=scaling,
+                      rope_theta=500.0)  # D=16, 6 q + 2 k heads: not a power of two
+    hq, hkv, d, t = 6, 2, 16, 5
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=g).to(dtype)
+    pos = torch.tensor([0, 7, 3, 299, 150])  # arbitrary order, as in a packed batch
+    cache = fk.make_cos_sin_cache(cfg, 300)
+    out = impl(qkv.clone(), pos, cache, hq, hkv, d)
+    cos, sin = RotaryEmbedding(cfg)(pos[None], dtype)  # [1, T, D]
+    q = qkv[:, :hq * d].view(t, hq, d).transpose(0, 1)[None]  # [1, Hq, T, D]
+    k = qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d).transpose(0, 1)[None]
+    torch.testing.assert_close(out[:, :hq * d], apply_rope(q, cos, sin)[0].transpose(0, 1).reshape(t, -1), **tol(dtype))
+    torch.testing.assert_close(out[:, hq * d:(hq + hkv) * d], apply_rope(k, cos, sin)[0].transpose(0, 1).reshape(t, -1),
+                               **tol(dtype))
+    assert torch.equal(out[:, (hq + hkv) * d:], qkv[:, (hq + hkv) * d:]), "v must be left alone"
+
+
+def test_rope_qk_is_in_place():
+    cfg = ModelConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1)
+    qkv = torch.randn(3, 4 * 16)
+    before = qkv.clone()
+    out = fk.rope_qk(qkv, torch.tensor([1, 2, 3]), fk.make_cos_sin_cache(cfg, 8), 2, 1, 16)
+    assert out.data_ptr() == qkv.data_ptr() and not torch.equal(qkv, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 37, 100), (1, 8, 64), (3, 37, 100), (16, 20, 48)])
+def test_linear_small_m(dtype, m, n, k):
+    g = torch.Generator().manual_seed(m * n + k)
+    x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
+    want = F.linear(x.float(), w.float())
+    got = fk.linear_small_m(x, w)
+    assert got.shape == (m, n) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else
+                                                     {"rtol": 2e-2, "atol": 1e-1}))
+    torch.testing.assert_close(fk.linear_small_m_ref(x, w).float(), want, **tol(dtype) | {"atol": 1e-1}
+                               if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-4})
+
+
+def test_linear_dispatch_small_m_and_large_m():
+    w = torch.randn(24, 40)
+    for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
+        x = torch.randn(*shape)
+        torch.testing.assert_close(fk.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    with pytest.raises(ValueError, match="x \\[T, H\\]"):
+        fk.rms_norm(x[0], w, 1e-5)
+    with pytest.raises(ValueError, match="residual"):
+        fk.rms_norm(x, w, 1e-5, residual=torch.randn(3, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        fk.rms_norm(x.double(), w.double(), 1e-5)
+    with pytest.raises(ValueError, match="contiguous"):
+        fk.silu_mul(torch.randn(8, 4).t())
+    with pytest.raises(ValueError, match="even width"):
+        fk.silu_mul(torch.randn(2, 5))
+    cache = fk.make_cos_sin_cache(ModelConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1), 8)
+    with pytest.raises(ValueError, match="qkv \\[T"):
+        fk.rope_qk(torch.randn(2, 60), torch.tensor([0, 1]), cache, 2, 1, 16)
+    with pytest.raises(ValueError, match="positions"):
+        fk.rope_qk(torch.randn(2, 64), torch.tensor([0.0, 1.0]), cache, 2, 1, 16)
+    with pytest.raises(ValueError, match="1..16"):
+        fk.linear_small_m(torch.randn(17, 8), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="nn.Linear layout"):
+        fk.linear_small_m(torch.randn(1, 8), torch.randn(8, 4))
+    with pytest.raises(ValueError, match="cast"):
+        fk.linear_small_m(torch.randn(1, 8), torch.randn(4, 8).half())
+
+
+def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA"):
+        fk.silu_mul(torch.randn(2, 8))
