@@ -49,11 +49,15 @@ class BatchAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: [1, Hq, T, D]; k, v: [1, Hkv, T, D] for the T packed tokens. Returns [1, Hq, T, D]."""
-        r = self.runner
-        kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
         qp = q[0].transpose(0, 1).contiguous()  # [T, Hq, D]
         kp = k[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
         vp = v[0].transpose(0, 1).contiguous()
+        return self.attend_packed(layer, qp, kp, vp).transpose(0, 1)[None]
+
+    def attend_packed(self, layer: int, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
+        """qp: [T, Hq, D]; kp, vp: [T, Hkv, D] (strided views are fine: unit stride in D). Returns [T, Hq, D]."""
+        r = self.runner
+        kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
         if self.decode_only and r.decode_fn is not None:
             r.write_fn(kp, vp, self.slot_mapping, kc, vc)
             out = r.decode_fn(qp, kc, vc, self.block_tables, self.seq_lens)  # [B=T, Hq, D]
@@ -64,7 +68,7 @@ class BatchAttention:
             extra = {"max_q_len": self.max_q_len} if r.backend == "triton" else {}
             out = r.prefill_fn(qp, kp, vp, cu, self.seq_lens, self.block_tables, kc, vc, self.slot_mapping,
                                **extra)  # [T, Hq, D]
-        return out.transpose(0, 1)[None]
+        return out
 
     def advance(self, num_tokens: int) -> None:
         pass
@@ -72,9 +76,11 @@ class BatchAttention:
 
 class ModelRunner:
     def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto",
-                 cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None):
+                 cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None,
+                 fuse: bool = False):
         """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto".
-        `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton)."""
+        `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton).
+        `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model)."""
         cfg = loaded.config
         if cfg.is_mla:
             raise NotImplementedError("the phase-4 engine runs Llama-family models; MLA models need a latent paged "
@@ -94,6 +100,12 @@ class ModelRunner:
         # the reference prefill handles decode rows exactly; the Triton decode kernel is faster for decode-only steps
         self.decode_fn = artifacts.get("attention.paged_decode") if self.backend == "triton" else None
         self.max_model_len = max_model_len or cfg.max_position_embeddings
+        if fuse:
+            from phase4_scheduler.fused_model import fuse_model
+
+            self.model = loaded.model = fuse_model(loaded.model, backend=self.backend)
+            if self.device.type == "cuda":
+                self.model.warmup()  # autotuning must be over before any capture
         self.graphs = None
         want = (self.device.type == "cuda" and self.backend == "triton") if cuda_graph is None else cuda_graph
         if want:
@@ -113,6 +125,9 @@ class ModelRunner:
                 last: torch.Tensor | None) -> torch.Tensor:
         """ids, pos: [T] on the device; `last`: [B] row of each sequence's last token (None: every row).
         Returns float32 logits [B, V]. Capturable: no host syncs, shapes fixed by T and B."""
+        if hasattr(self.model, "forward_tokens"):  # the fused model (phase4_scheduler/fused_model.py)
+            h = self.model.forward_tokens(ids, pos, ctx, select=last)  # [B, hidden], final norm applied
+            return self.model.compute_logits(h).float()
         m = self.model.model
         h = m.embed_tokens(ids[None])  # [1, T, hidden]
         cos, sin = m.rotary_emb(pos[None], h.dtype)

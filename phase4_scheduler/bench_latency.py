@@ -1,0 +1,135 @@
+"""B=1 decode latency of the engine: ms per output token after a 128-token prompt, against the bandwidth roofline.
+
+    python -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights          # GPU
+    python -m phase4_scheduler.bench_latency --variants eager graph graph+fused
+
+Each variant builds an LLMEngine on the same weights and generates 256 tokens (ignore_eos) for one request, twice
+(the first run warms up). Two figures per variant:
+- engine ms/token: wall time between the first and the last token / 255: everything the user waits for (scheduler,
+  block tables, host->device copies, the forward, sampling, detokenisation);
+- forward ms: CUDA-event time of the runner's decode call alone (graph replay or eager forward), median over steps.
+The roofline is the weight bytes read per token / the copy bandwidth measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from common.bench import write_result
+from common.model_loader import load_model
+from common.sampling import SamplingParams
+
+
+def copy_tb_s(nbytes: int = 2 * 2**30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written), median of 10."""
+    a = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(12):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return nbytes / statistics.median(times[2:]) / 1e9
+
+
+class TimedRunner:
+    """Wraps runner.execute: CUDA-event time of each decode-only call."""
+
+    def __init__(self, runner):
+        self.runner, self.inner, self.ms = runner, runner.execute, []
+
+    def __call__(self, token_ids, positions, q_lens, *rest):
+        if len(q_lens) != 1 or (q_lens[0] if isinstance(q_lens, list) else int(q_lens[0])) != 1:
+            return self.inner(token_ids, positions, q_lens, *rest)
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        out = self.inner(token_ids, positions, q_lens, *rest)
+        e.record()
+        e.synchronize()
+        self.ms.append(s.elapsed_time(e))
+        return out
+
+
+def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
+    from phase4_scheduler.engine import LLMEngine
+
+    from phase4_scheduler.model_runner import ModelRunner
+
+    graph, fuse = "graph" in variant, "fused" in variant
+    t0 = time.perf_counter()
+    eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB")
+    # rebuild the runner with this variant's options (the engine's default may differ)
+    eng.runner = None
+    torch.cuda.empty_cache()
+    eng.runner = ModelRunner(loaded, eng.kv.num_total_blocks, eng.kv.block_size, cuda_graph=graph, max_num_seqs=8,
+                             max_model_len=eng.max_model_len, fuse=fuse)
+    setup_s = time.perf_counter() - t0
+    timer = TimedRunner(eng.runner)
+    eng.runner.execute = timer
+    prompt = torch.randint(100, loaded.config.vocab_size - 100, (prompt_len,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    rows = []
+    for rep in range(2):
+        timer.ms.clear()
+        eng.add_request(f"{variant}-{rep}", prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0,
+                                                                     ignore_eos=True))
+        stamps, tokens = [], []
+        while eng.has_unfinished():
+            for out in eng.step():
+                stamps.append(time.perf_counter())
+                tokens += out.new_token_ids
+        rows.append({"ms_per_token": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3,
+                     "forward_ms_median": statistics.median(timer.ms), "tokens": tokens})
+    best = rows[1]
+    return {"variant": variant, "setup_s": setup_s, "engine_ms_per_token": best["ms_per_token"],
+            "forward_ms_median": best["forward_ms_median"], "tokens_first_16": best["tokens"][:16],
+            "tokens": best["tokens"]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tinyllama-1.1b")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--variants", nargs="+", default=["eager", "graph"],
+                    help="any of eager, graph, fused, graph+fused (fused ones need phase4_scheduler.fused_model)")
+    ap.add_argument("--name", default="latency_gpu")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_latency needs a CUDA GPU (it measures ms/token against the H100 roofline)")
+        raise SystemExit(1)
+    ceiling = copy_tb_s()
+    res = {"model": args.model, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+           "copy_tb_s": ceiling, "variants": []}
+    for v in tqdm(args.variants, desc="variants"):
+        loaded = load_model(args.model, device="cuda", dtype=torch.bfloat16, random_weights=args.random_weights)
+        weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        try:
+            r = measure(loaded, v, args.prompt_len, args.new_tokens)
+        except Exception as e:  # one broken variant must not cost the others
+            r = {"variant": v, "error": f"{type(e).__name__}: {e}"}
+        else:
+            r["roofline_ms"] = weight_bytes / ceiling / 1e9
+            r["pct_of_roofline"] = r["roofline_ms"] / r["engine_ms_per_token"]
+        res["variants"].append(r)
+        print({k: (round(x, 3) if isinstance(x, float) else x) for k, x in r.items() if k != "tokens"})
+        write_result("phase4_scheduler", args.name, res)
+        del loaded
+        torch.cuda.empty_cache()
+    ok = [r for r in res["variants"] if "tokens" in r]
+    res["tokens_agree_with_first"] = [sum(a == b for a, b in zip(ok[0]["tokens"], r["tokens"])) / len(r["tokens"])
+                                      for r in ok]
+    write_result("phase4_scheduler", args.name, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
