@@ -18,14 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 13
+ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 12
 
 
 def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_split: int = 1, reload_q: bool = False,
-              page: int = 64, dc: int = 512, dr: int = 64, kernel=None) -> dict:
+              swap_ab: bool = False, page: int = 64, dc: int = 512, dr: int = 64, kernel=None) -> dict:
     """Compile mla_decode_kernel for sm_90a at DeepSeek-V3 dims; ptxas -v's registers / spills, smem, MMA kind.
     Pointers and integer arguments are declared 16-divisible, as Triton specializes them at a real launch with
-    these shapes (only the lse split stride, 1 when num_splits=1, is not)."""
+    these shapes; the strides that are 1 here (lse's split stride, the output's value stride) are constants, as Triton
+    specializes an integer argument equal to 1."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -34,11 +35,11 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
     kernel = kernel or mla_decode_kernel
 
     consts = dict(DC=dc, DR=dr, BLOCK_DC=dc, BLOCK_DR=dr, PAGE=page, BLOCK_H=block_h, BLOCK_N=block_n, NUM_SPLITS=1,
-                  LOOP_ITERS=0, PREC="tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q)
+                  LOOP_ITERS=0, PREC="tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q, SWAP_AB=swap_ab, sl_h=1, so_d=1)
     runtime = [n for n in kernel.arg_names if n not in consts]
     sig = {**dict(zip(runtime, ARGS)), **{k: "constexpr" for k in consts}}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in runtime
-             if n not in ("scale_log2", "sl_h")}
+             if n != "scale_log2"}
     k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     ptx = k.asm["ptx"]

@@ -33,8 +33,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok,
               scale_log2, m_i, l_i, acc, dv0,
               DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr, PAGE: tl.constexpr,
-              BLOCK_N: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr, RELOAD_Q: tl.constexpr):
-    """One BLOCK_N-token tile of the online softmax: rows read once, used for the score AND the value."""
+              BLOCK_N: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr, RELOAD_Q: tl.constexpr,
+              SWAP_AB: tl.constexpr):
+    """One BLOCK_N-token tile of the online softmax: rows read once, used for the score AND the value.
+    SWAP_AB computes the transposes (tokens and value dims on the MMA's M side, heads on N): see the module NOTE."""
     dc = tl.arange(0, BLOCK_DC)
     dr = tl.arange(0, BLOCK_DR)
     tok = n0 + tl.arange(0, BLOCK_N)
@@ -50,30 +52,41 @@ def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
     if RELOAD_Q:  # re-read q (an L2 hit) so it is staged in shared memory, not pinned in registers per warpgroup
         q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)
         q_pe = tl.load(q_pe_ptrs, mask=q_pe_mask, other=0.0)
-    s = tl.dot(q_lat, tl.trans(c), input_precision=PREC)  # [BLOCK_H, BLOCK_N] fp32
-    s += tl.dot(q_pe, tl.trans(pe), input_precision=PREC)
-    s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked tile before any token: keep zeros
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if DV_SPLIT == 1:
-        v = c
-    else:  # this program accumulates only its chunk of the 512 value dims: reload that slice (an L1/L2 hit)
-        dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
-        v = tl.load(row[:, None] + dv[None, :], mask=tmask[:, None] & (dv[None, :] < DC), other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), v, input_precision=PREC)
+    if SWAP_AB:  # s^T [BLOCK_N, BLOCK_H] = [c | pe] . [q_lat | q_pe]^T: one accumulator, 576-deep
+        s = tl.dot(c, tl.trans(q_lat), input_precision=PREC)
+        s = tl.dot(pe, tl.trans(q_pe), s, input_precision=PREC)
+        s = tl.where(tmask[:, None], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked tile before any token: keep zeros
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[None, :])
+        l_i = l_i * alpha + tl.sum(p, 0)
+        acc = tl.dot(tl.trans(c), p.to(c.dtype), acc * alpha[None, :], input_precision=PREC)  # [BLOCK_DC, BLOCK_H]
+    else:  # s [BLOCK_H, BLOCK_N] = [q_lat | q_pe] . [c | pe]^T
+        s = tl.dot(q_lat, tl.trans(c), input_precision=PREC)
+        s = tl.dot(q_pe, tl.trans(pe), s, input_precision=PREC)
+        s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DV_SPLIT == 1:
+            v = c
+        else:  # this program accumulates only its chunk of the 512 value dims: reload that slice (an L1/L2 hit)
+            dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
+            v = tl.load(row[:, None] + dv[None, :], mask=tmask[:, None] & (dv[None, :] < DC), other=0.0)
+        acc = tl.dot(p.to(c.dtype), v, acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i, acc
 
 
 @triton.jit
 def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
-                      sq_b, sq_h, sp_b, sp_h, s_blk, s_tok, s_bt, so_b, so_h, so_s, sl_b, sl_h,
+                      sq_b, sq_h, sp_b, sp_h, s_blk, s_tok, s_bt, so_b, so_h, so_s, so_d, sl_b, sl_h,
                       H, DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr,
                       PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
                       LOOP_ITERS: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr,
-                      RELOAD_Q: tl.constexpr):
+                      RELOAD_Q: tl.constexpr, SWAP_AB: tl.constexpr):
     """Stage 1. Grid (cdiv(H, BLOCK_H) * DV_SPLIT, NUM_SPLITS, B): partial output [BLOCK_H, DC / DV_SPLIT] and lse
     of one token range. The head block (and value chunk) varies fastest, so the programs that read the same rows run
     together and share them in L2. DV_SPLIT > 1 trades recomputed scores for a smaller accumulator (registers)."""
@@ -99,30 +112,38 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_DC // DV_SPLIT], tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_DC, BLOCK_H], tl.float32)  # o^T
+    else:
+        acc = tl.zeros([BLOCK_H, BLOCK_DC // DV_SPLIT], tl.float32)
     if LOOP_ITERS == 0:  # compiled: a data-dependent trip count
         for n0 in range(start, end, BLOCK_N):
             m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
                                       bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc, dv0, DC,
-                                      DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT, RELOAD_Q)
+                                      DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT, RELOAD_Q, SWAP_AB)
     else:  # Triton's CPU interpreter cannot take a tensor as a loop bound: a fixed count of (masked) tiles
         for it in range(LOOP_ITERS):
             m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
                                       bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok, scale_log2, m_i,
                                       l_i, acc, dv0, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT,
-                                      RELOAD_Q)
+                                      RELOAD_Q, SWAP_AB)
 
     empty = l_i == 0.0  # a split past the end of a short sequence
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    inv_l = 1.0 / tl.where(empty, 1.0, l_i)
     lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-    dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
-    tl.store(o_ptr + b * so_b + h[:, None] * so_h + split * so_s + dv[None, :], out,
-             mask=hmask[:, None] & (dv[None, :] < DC))
+    o_dt = o_ptr.dtype.element_ty  # fp32 partials, or the output dtype itself when NUM_SPLITS == 1
+    if SWAP_AB:  # o^T [BLOCK_DC, BLOCK_H] is stored as it lies (no register transpose)
+        tl.store(o_ptr + b * so_b + h[None, :] * so_h + split * so_s + dc[:, None] * so_d,
+                 (acc * inv_l[None, :]).to(o_dt), mask=hmask[None, :] & (dc[:, None] < DC))
+    else:
+        dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
+        tl.store(o_ptr + b * so_b + h[:, None] * so_h + split * so_s + dv[None, :] * so_d,
+                 (acc * inv_l[:, None]).to(o_dt), mask=hmask[:, None] & (dv[None, :] < DC))
     tl.store(lse_ptr + b * sl_b + h * sl_h + split, lse, mask=hmask)
 
 
 @triton.jit
-def mla_merge_kernel(o_part_ptr, lse_ptr, out_ptr, so_b, so_h, so_s, sl_b, sl_h, sout_b, sout_h,
+def mla_merge_kernel(o_part_ptr, lse_ptr, out_ptr, so_b, so_h, so_s, so_d, sl_b, sl_h, sout_b, sout_h,
                      DC: tl.constexpr, BLOCK_DC: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
     """Stage 2. Grid (B, H): merge the NUM_SPLITS partial outputs by their log-sum-exp (base 2)."""
     b = tl.program_id(0)
@@ -131,7 +152,7 @@ def mla_merge_kernel(o_part_ptr, lse_ptr, out_ptr, so_b, so_h, so_s, sl_b, sl_h,
     dc = tl.arange(0, BLOCK_DC)
     lse = tl.load(lse_ptr + b * sl_b + h * sl_h + sp, mask=sp < NUM_SPLITS, other=float("-inf"))  # [BLOCK_S]
     w = tl.exp2(lse - tl.max(lse, 0))
-    o = tl.load(o_part_ptr + b * so_b + h * so_h + sp[:, None] * so_s + dc[None, :],
+    o = tl.load(o_part_ptr + b * so_b + h * so_h + sp[:, None] * so_s + dc[None, :] * so_d,
                 mask=(sp[:, None] < NUM_SPLITS) & (dc[None, :] < DC), other=0.0)  # [BLOCK_S, BLOCK_DC]
     out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + b * sout_b + h * sout_h + dc, out.to(out_ptr.dtype.element_ty), mask=dc < DC)
@@ -171,8 +192,10 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
                      seq_lens: torch.Tensor, scale: float, max_seq_len: int | None = None,
                      num_splits: int | None = None,
                      block_h: int = 16, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
-                     dv_split: int = 1, reload_q: bool = False, check: bool = True) -> torch.Tensor:
-    """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count."""
+                     dv_split: int = 1, reload_q: bool = False, swap_ab: bool = False,
+                     check: bool = True) -> torch.Tensor:
+    """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count. `swap_ab`
+    computes s^T and o^T (tokens / value dims as the MMA's rows; see the module NOTE); it takes no dv_split."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
     b, h, dc = q_lat.shape
@@ -192,24 +215,32 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     if INTERPRETED:
         max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
         loop_iters = triton.cdiv(triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n, block_n)
-    o_part = torch.empty(b, h, num_splits, dc, dtype=torch.float32, device=q_lat.device)
-    lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
     block_dc = triton.next_power_of_2(dc)
     block_dr = max(16, triton.next_power_of_2(dr))
     if dv_split not in (1, 2, 4) or triton.next_power_of_2(dc) // dv_split < 16:
         raise ValueError(f"dv_split must be 1, 2 or 4 and leave value chunks of >= 16, got {dv_split} for DC={dc}")
+    if swap_ab and dv_split != 1:
+        raise ValueError("swap_ab keeps every value dim in one program: use dv_split=1 with it")
+    out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
+    lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
+    if num_splits == 1:  # one range per sequence: stage 1 writes the normalised output itself, no merge
+        o_part = out.view(b, h, 1, dc)
+    elif swap_ab:  # [B, H, S, DC] with heads fastest, the order in which o^T is stored
+        o_part = torch.empty(b, num_splits, dc, h, dtype=torch.float32, device=q_lat.device).permute(0, 3, 1, 2)
+    else:
+        o_part = torch.empty(b, h, num_splits, dc, dtype=torch.float32, device=q_lat.device)
+    so = o_part.stride()
     mla_decode_kernel[(hb * dv_split, num_splits, b)](
         q_lat, q_pe, kv_cache, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0), kv_cache.stride(1),
-        block_table.stride(0), o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),
+        block_table.stride(0), so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
         h, DC=dc, DR=dr, BLOCK_DC=block_dc, BLOCK_DR=block_dr, PAGE=page, BLOCK_H=bh, BLOCK_N=block_n,
-        NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters,
-        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q,
-        num_warps=num_warps, num_stages=num_stages)
-    out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
-    mla_merge_kernel[(b, h)](o_part, lse, out, o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0),
-                             lse.stride(1), out.stride(0), out.stride(1), DC=dc, BLOCK_DC=block_dc,
-                             NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+        NUM_SPLITS=num_splits, LOOP_ITERS=loop_iters, PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
+        DV_SPLIT=dv_split, RELOAD_Q=reload_q, SWAP_AB=swap_ab, num_warps=num_warps, num_stages=num_stages)
+    if num_splits > 1:
+        mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
+                                 out.stride(0), out.stride(1), DC=dc, BLOCK_DC=block_dc, NUM_SPLITS=num_splits,
+                                 BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
     return out
 
 

@@ -25,9 +25,10 @@ def make_case(lens, page, h=5, dc=64, dr=16, dtype=torch.float32, seed=0, device
 @pytest.mark.parametrize("lens, page", [([1, 23, 50], 7), ([16, 16], 16), ([3, 65], 1), ([40], 64)],
                          ids=["awkward-page-7", "exact-pages", "page-of-1", "one-partial-page"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-def test_kernel_matches_reference(lens, page, num_splits):
+@pytest.mark.parametrize("swap_ab", [False, True], ids=["heads-x-tokens", "swap-ab"])
+def test_kernel_matches_reference(lens, page, num_splits, swap_ab):
     q_lat, q_pe, kv, bt, sl = make_case(lens, page, seed=len(lens) + page)
-    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, num_splits=num_splits, block_n=8)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, num_splits=num_splits, block_n=8, swap_ab=swap_ab)
     ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.13)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
@@ -39,10 +40,13 @@ def test_value_split_matches_reference(dv_split):
     torch.testing.assert_close(out, mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.13), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="dv_split"):
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, dv_split=3)
+    with pytest.raises(ValueError, match="swap_ab"):
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, dv_split=dv_split, swap_ab=True)
 
 
 @pytest.mark.parametrize("dc, dr", [(64, 16), (48, 8)], ids=["pow2-dims", "padded-dims"])
-def test_unwritten_slots_full_of_nan_are_never_read(dc, dr):
+@pytest.mark.parametrize("swap_ab", [False, True], ids=["heads-x-tokens", "swap-ab"])
+def test_unwritten_slots_full_of_nan_are_never_read(dc, dr, swap_ab):
     """Slots past each sequence's end (and unused blocks) hold NaN, as fresh torch.empty memory may: a kernel that
     lets one of them into the value sum returns NaN."""
     lens, page = [13, 32, 5], 8
@@ -52,7 +56,7 @@ def test_unwritten_slots_full_of_nan_are_never_read(dc, dr):
         t = torch.arange(n, device=kv.device)
         valid[bt[b, t // page].long(), t % page] = True
     kv[~valid] = float("nan")
-    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=2, block_n=8)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=2, block_n=8, swap_ab=swap_ab)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.1), atol=2e-5, rtol=1e-4)
 
@@ -65,9 +69,13 @@ def test_kernel_uses_the_block_table():
     assert (out - wrong).abs().max() > 1e-3
 
 
-def test_odd_head_count_and_dims():
+@pytest.mark.parametrize("swap_ab", [False, True], ids=["heads-x-tokens", "swap-ab"])
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_odd_head_count_and_dims(swap_ab, num_splits):
+    """3 heads in a block of 4 and 48 + 8 dims padded to 64 + 16: the masked rows / columns are never stored."""
     q_lat, q_pe, kv, bt, sl = make_case([11, 5], 3, h=3, dc=48, dr=8, seed=4)
-    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=2, block_n=4)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=num_splits, block_n=4, swap_ab=swap_ab,
+                           block_h=2)  # two head blocks, the second half empty
     torch.testing.assert_close(out, mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.1), atol=2e-5, rtol=1e-4)
 
 
@@ -124,9 +132,12 @@ def test_paged_cache_errors():
 def test_kernel_bf16_at_deepseek_dims(lens, page):
     q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=128, dc=512, dr=64, dtype=torch.bfloat16, seed=7)
     ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5)
-    for cfg in (dict(block_h=64, block_n=16, num_warps=8), dict(block_h=32, block_n=32, num_splits=5)):
+    for cfg in (dict(block_h=64, block_n=16, num_warps=8), dict(block_h=32, block_n=32, num_splits=5),
+                dict(block_h=64, block_n=64, num_warps=8, swap_ab=True), dict(block_h=32, block_n=64, num_warps=8,
+                                                                              swap_ab=True, num_splits=3),
+                dict(block_h=64, block_n=32, num_warps=8, dv_split=2, num_splits=1)):
         out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5, **cfg)
-        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2, msg=lambda m: f"{cfg}: {m}")
 
 
 @pytest.mark.slow
