@@ -253,8 +253,9 @@ skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K"], do_bench=_ben
 skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "M_PAD"], do_bench=_bench)(skinny_gemm_kernel)
 
 
-def linear_small_m(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [M, K] (M <= 16) @ w [N, K]^T -> [M, N] in x's dtype, fp32 accumulation. Autotunes on first use per shape."""
+def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
+    """x [M, K] (M <= 16) @ w [N, K]^T -> [M, N] in x's dtype, fp32 accumulation. Autotunes on first use per
+    (N, K, dtype, path) unless tune=False (one fixed tile: for one-off shapes, where tuning costs more than it saves)."""
     _check("linear_small_m", x, w)
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear_small_m: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
@@ -267,8 +268,9 @@ def linear_small_m(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     if m == 1:
-        if interpreting():
-            skinny_gemv_kernel[grid](x, w, out, n, w.stride(0), K=k, BLOCK_N=4, BLOCK_K=32)
+        if interpreting() or not tune:
+            bn, bk = (4, 32) if interpreting() else (8, 512)
+            skinny_gemv_kernel[grid](x, w, out, n, w.stride(0), K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
         else:
             skinny_gemv_tuned[grid](x, w, out, n, w.stride(0), K=k)
         return out
@@ -276,6 +278,9 @@ def linear_small_m(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
     if interpreting():
         skinny_gemm_kernel[grid](*args, K=k, BLOCK_N=16, BLOCK_K=32, M_PAD=16, DOT_F32=True, PREC="ieee")
+    elif not tune:
+        skinny_gemm_kernel[grid](*args, K=k, BLOCK_N=32, BLOCK_K=256, M_PAD=16, DOT_F32=False, PREC=prec,
+                                 num_warps=4, num_stages=3)
     else:
         skinny_gemm_tuned[grid](*args, K=k, M_PAD=16, DOT_F32=False, PREC=prec)
     return out
