@@ -30,7 +30,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok,
+def _mla_tile(q_lat, q_b, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr, bt_row_ptr, n0, end, s_blk, s_tok,
               scale_log2, m_i, l_i, acc, dv0,
               DC: tl.constexpr, DR: tl.constexpr, BLOCK_DC: tl.constexpr, BLOCK_DR: tl.constexpr, PAGE: tl.constexpr,
               BLOCK_N: tl.constexpr, PREC: tl.constexpr, DV_SPLIT: tl.constexpr, RELOAD_Q: tl.constexpr,
@@ -47,7 +47,13 @@ def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
     else:  # tokens of the tile may sit on different pages: gather row by row
         page = tl.load(bt_row_ptr + tok // PAGE, mask=tmask, other=0)
         row = kv_ptr + page.to(tl.int64) * s_blk + (tok % PAGE) * s_tok  # [BLOCK_N] row starts
-    c = tl.load(row[:, None] + dc[None, :], mask=tmask[:, None] & (dc[None, :] < DC), other=0.0)  # [N, BLOCK_DC]
+    if DV_SPLIT == 2:  # c = this program's value half of the latent, c_b the other half (scores only)
+        da = dv0 + tl.arange(0, BLOCK_DC // 2)
+        db = (dv0 + BLOCK_DC // 2) % BLOCK_DC + tl.arange(0, BLOCK_DC // 2)
+        c = tl.load(row[:, None] + da[None, :], mask=tmask[:, None] & (da[None, :] < DC), other=0.0)
+        c_b = tl.load(row[:, None] + db[None, :], mask=tmask[:, None] & (db[None, :] < DC), other=0.0)
+    else:
+        c = tl.load(row[:, None] + dc[None, :], mask=tmask[:, None] & (dc[None, :] < DC), other=0.0)  # [N, BLOCK_DC]
     pe = tl.load(row[:, None] + DC + dr[None, :], mask=tmask[:, None] & (dr[None, :] < DR), other=0.0)  # [N, DR]
     if RELOAD_Q:  # re-read q (an L2 hit) so it is staged in shared memory, not pinned in registers per warpgroup
         q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)
@@ -64,6 +70,8 @@ def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
         acc = tl.dot(tl.trans(c), p.to(c.dtype), acc * alpha[None, :], input_precision=PREC)  # [BLOCK_DC, BLOCK_H]
     else:  # s [BLOCK_H, BLOCK_N] = [q_lat | q_pe] . [c | pe]^T
         s = tl.dot(q_lat, tl.trans(c), input_precision=PREC)
+        if DV_SPLIT == 2:
+            s = tl.dot(q_b, tl.trans(c_b), s, input_precision=PREC)
         s = tl.dot(q_pe, tl.trans(pe), s, input_precision=PREC)
         s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -71,7 +79,7 @@ def _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if DV_SPLIT == 1:
+        if DV_SPLIT <= 2:
             v = c
         else:  # this program accumulates only its chunk of the 512 value dims: reload that slice (an L1/L2 hit)
             dv = dv0 + tl.arange(0, BLOCK_DC // DV_SPLIT)
@@ -103,11 +111,20 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
     hmask = h < H
     dc = tl.arange(0, BLOCK_DC)
     dr = tl.arange(0, BLOCK_DR)
-    q_lat_ptrs = q_lat_ptr + b * sq_b + h[:, None] * sq_h + dc[None, :]
-    q_lat_mask = hmask[:, None] & (dc[None, :] < DC)
+    q_b = tl.zeros([BLOCK_H, BLOCK_DC // 2], q_lat_ptr.dtype.element_ty)  # unused unless DV_SPLIT == 2
+    if DV_SPLIT == 2:  # q's columns split like the latent's: this program's value half first
+        da = dv0 + tl.arange(0, BLOCK_DC // 2)
+        db = (dv0 + BLOCK_DC // 2) % BLOCK_DC + tl.arange(0, BLOCK_DC // 2)
+        q_lat_ptrs = q_lat_ptr + b * sq_b + h[:, None] * sq_h + da[None, :]
+        q_lat_mask = hmask[:, None] & (da[None, :] < DC)
+        q_b = tl.load(q_lat_ptr + b * sq_b + h[:, None] * sq_h + db[None, :],
+                      mask=hmask[:, None] & (db[None, :] < DC), other=0.0)
+    else:
+        q_lat_ptrs = q_lat_ptr + b * sq_b + h[:, None] * sq_h + dc[None, :]
+        q_lat_mask = hmask[:, None] & (dc[None, :] < DC)
     q_pe_ptrs = q_pe_ptr + b * sp_b + h[:, None] * sp_h + dr[None, :]
     q_pe_mask = hmask[:, None] & (dr[None, :] < DR)
-    q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)  # [BLOCK_H, BLOCK_DC]
+    q_lat = tl.load(q_lat_ptrs, mask=q_lat_mask, other=0.0)  # [BLOCK_H, BLOCK_DC (/ 2 when DV_SPLIT == 2)]
     q_pe = tl.load(q_pe_ptrs, mask=q_pe_mask, other=0.0)  # [BLOCK_H, BLOCK_DR]
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -118,12 +135,12 @@ def mla_decode_kernel(q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, lens_ptr, o_ptr, lse_
         acc = tl.zeros([BLOCK_H, BLOCK_DC // DV_SPLIT], tl.float32)
     if LOOP_ITERS == 0:  # compiled: a data-dependent trip count
         for n0 in range(start, end, BLOCK_N):
-            m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
+            m_i, l_i, acc = _mla_tile(q_lat, q_b, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
                                       bt_ptr + b * s_bt, n0, end, s_blk, s_tok, scale_log2, m_i, l_i, acc, dv0, DC,
                                       DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT, RELOAD_Q, SWAP_AB)
     else:  # Triton's CPU interpreter cannot take a tensor as a loop bound: a fixed count of (masked) tiles
         for it in range(LOOP_ITERS):
-            m_i, l_i, acc = _mla_tile(q_lat, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
+            m_i, l_i, acc = _mla_tile(q_lat, q_b, q_pe, q_lat_ptrs, q_pe_ptrs, q_lat_mask, q_pe_mask, kv_ptr,
                                       bt_ptr + b * s_bt, start + it * BLOCK_N, end, s_blk, s_tok, scale_log2, m_i,
                                       l_i, acc, dv0, DC, DR, BLOCK_DC, BLOCK_DR, PAGE, BLOCK_N, PREC, DV_SPLIT,
                                       RELOAD_Q, SWAP_AB)
