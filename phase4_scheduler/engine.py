@@ -8,12 +8,20 @@
 NOTE (layering, as vLLM v1): Scheduler (who runs, how many tokens) -> KVCacheManager (blocks, phase 1's allocator)
 -> ModelRunner (one packed forward, phase 3's paged attention) -> Sampler -> detokenizer. The engine only glues
 them: it owns the requests and turns each step's sampled tokens into RequestOutputs.
+
+NOTE (host cost per step): at 100k tokens/s over 1024 sequences a whole decode step has ~10 ms, so the Python around
+the forward must be O(B) with a tiny constant. The KV manager keeps block tables in a persistent int32 array (no
+allocator call unless a request needs a new block), `_prepare` gathers a few ints per request and does the rest
+in numpy (positions, slot mapping, the [B, W] block-table gather) and hands the runner CPU tensors, the sampler
+does one argmax + one `.tolist()` for greedy batches, finished requests leave the running list in one pass, and
+`step(final_only=True)` (LLM.generate) builds no per-token RequestOutputs. bench_step_overhead.py measures it.
 """
 from __future__ import annotations
 
 import re
 import time
 
+import numpy as np
 import torch
 
 from common.errors import PromptTooLongError
@@ -49,8 +57,12 @@ class LLMEngine:
     def __init__(self, loaded, *, max_model_len: int | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, block_size: int = 16, num_blocks: int | None = None,
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
-                 backend: str = "auto", scheduler_cls=Scheduler):
-        """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default."""
+                 backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
+                 cuda_graph: bool | None = None, fuse: bool = False):
+        """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
+        `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
+        `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
+        `cuda_graph`, `fuse`: the ModelRunner's options (decode CUDA graphs up to max_num_seqs; fused kernels)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -67,7 +79,10 @@ class LLMEngine:
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,
                                        max_num_batched_tokens=max_num_batched_tokens,
                                        enable_chunked_prefill=enable_chunked_prefill)
-        self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend)
+        self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
+                                  max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse)
+        self.runner_tensors = runner_tensors
+        self.detokenize = detokenize and self.tokenizer is not None
         self.sampler = Sampler()
         self.eos_token_ids = set(cfg.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -102,13 +117,15 @@ class LLMEngine:
                 "tokens): lower max_tokens or give the engine more KV memory (--kv-memory)")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model was loaded without one")
+        if params.stop and not self.detokenize:
+            raise ValueError("stop strings need detokenisation, and this engine was built with detokenize=False")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.validate(prompt_token_ids, params)
         req = Request(request_id, list(prompt_token_ids), params)
-        if self.tokenizer is not None:
+        if self.detokenize:
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, params.stop)
         self.requests[request_id] = req
         self.scheduler.add(req)
@@ -129,49 +146,82 @@ class LLMEngine:
         return bool(self.requests)
 
     # -- the step ----------------------------------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Schedule, run one forward, sample, update requests. Outputs for every request that got a token."""
+    def step(self, final_only: bool = False) -> list[RequestOutput]:
+        """Schedule, run one forward, sample, update requests. Outputs for every request that got a token (only for
+        those that finished with `final_only`, as LLM.generate asks: no per-token output objects)."""
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return []
-        token_ids, positions, q_lens, seq_lens, tables = [], [], [], [], []
-        for req, n in plan.scheduled:
-            c = req.num_computed_tokens
-            token_ids += req.all_token_ids[c:c + n]
-            positions += range(c, c + n)
-            q_lens.append(n)
-            seq_lens.append(c + n)
-            tables.append(self.kv.block_table(req.request_id))
-        slots = self.kv.slot_mapping([r.request_id for r, _ in plan.scheduled], q_lens)
-        logits = self.runner.execute(token_ids, positions, q_lens, seq_lens, tables, slots)  # [B, V]
+        scheduled = plan.scheduled
+        logits = self.runner.execute(*self._prepare(plan))  # [B, V]
         self.counters["num_steps"] += 1
-        self.counters["num_batched_tokens"] += len(token_ids)
+        self.counters["num_batched_tokens"] += plan.num_batched_tokens
         rows, ready = [], []
-        for i, (req, n) in enumerate(plan.scheduled):
+        for i, (req, n) in enumerate(scheduled):
             req.num_computed_tokens += n
             if req.num_computed_tokens == req.num_tokens:  # all its tokens are cached: it samples now
                 rows.append(i)
                 ready.append(req)
         if not ready:
             return []
-        tokens = self.sampler(logits[rows], ready)
+        if len(ready) < len(scheduled):  # some rows were mid-prompt chunks: they sample nothing
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        return self._update(ready, self.sampler(logits, ready), final_only)
+
+    def _prepare(self, plan) -> tuple:
+        """The runner's inputs for a plan: token_ids [T], positions [T], q_lens [B], seq_lens [B], block_tables
+        [B, W] (int32, zero-padded) and slot_mapping [T], as CPU torch tensors (or lists for a list-only runner).
+        Vectorised with numpy: the only per-request Python is gathering a few ints from each request."""
+        scheduled, kv = plan.scheduled, self.kv
+        b, rows_of = len(scheduled), kv.rows
+        rows = np.fromiter([rows_of[r.request_id] for r, _ in scheduled], np.int64, b)  # [B]
+        starts = np.fromiter([r.num_computed_tokens for r, _ in scheduled], np.int64, b)  # [B] first new position
+        if plan.decode_only:  # one token each: positions are the starts
+            token_ids = [r.token_at(c) for (r, _), c in zip(scheduled, starts.tolist())]
+            q_lens, positions, slots = np.ones(b, np.int64), starts, kv.slots(rows, starts)
+        else:
+            token_ids = []
+            for req, n in scheduled:
+                c = req.num_computed_tokens
+                token_ids += req.token_slice(c, c + n)
+            q_lens = np.fromiter([n for _, n in scheduled], np.int64, b)  # [B]
+            cu = np.cumsum(q_lens)  # [B]
+            positions = np.arange(cu[-1]) - np.repeat(cu - q_lens - starts, q_lens)  # [T]
+            slots = kv.slots(np.repeat(rows, q_lens), positions)  # [T]
+        seq_lens = starts + q_lens  # [B] tokens cached after this step
+        tables = kv.block_tables(rows, -(-int(seq_lens.max()) // kv.block_size))  # [B, W]
+        if not self.runner_tensors:
+            return token_ids, positions.tolist(), q_lens.tolist(), seq_lens.tolist(), tables.tolist(), slots.tolist()
+        t = torch.from_numpy
+        return (torch.tensor(token_ids, dtype=torch.int64), t(positions), t(q_lens.astype(np.int32)),
+                t(seq_lens.astype(np.int32)), t(tables), t(slots))
+
+    def _update(self, ready: list[Request], tokens: list[int], final_only: bool) -> list[RequestOutput]:
+        """Append each sampled token, check stop conditions, detokenise; finish and free the finished requests."""
         now = time.monotonic()
-        outputs = []
+        eos, max_len = self.eos_token_ids, self.max_model_len
+        emit, finished = [], []
         for req, tok in zip(ready, tokens):
             req.output_token_ids.append(tok)
-            req.first_token_time = req.first_token_time or now
-            self.counters["num_generation_tokens"] += 1
-            status = check_stop(req, tok, self.eos_token_ids, self.max_model_len)
+            if req.first_token_time is None:
+                req.first_token_time = now
+            status = check_stop(req, tok, eos, max_len)
             if req.detokenizer is not None:
                 hit = req.detokenizer.add_token(tok)
                 if hit is not None and status in (None, RequestStatus.FINISHED_LENGTH):
                     req.stop_reason, status = hit, RequestStatus.FINISHED_STOPPED
             if status is not None:
-                self.scheduler.finish(req, status)
+                finished.append((req, status))
+                emit.append(req)
+            elif not final_only:
+                emit.append(req)
+        self.counters["num_generation_tokens"] += len(ready)
+        if finished:
+            self.scheduler.finish_running(finished)
+            for req, _ in finished:
                 self.requests.pop(req.request_id, None)
-                self.counters["num_finished"] += 1
-            outputs.append(self._output(req))
-        return outputs
+            self.counters["num_finished"] += len(finished)
+        return [self._output(req) for req in emit]
 
     def _output(self, req: Request) -> RequestOutput:
         new = req.output_token_ids[req.num_returned_tokens:]

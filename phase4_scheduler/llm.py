@@ -54,7 +54,7 @@ class LLM:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(rids), desc="generate")
         while self.engine.has_unfinished():
-            for out in self.engine.step():
+            for out in self.engine.step(final_only=True):  # no per-token outputs: only finished ones come back
                 if out.finished:
                     final[out.request_id] = out
                     if bar is not None:

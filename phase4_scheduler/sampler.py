@@ -1,8 +1,10 @@
 """The Sampler: one next token per request from the batch's logits, each with its own sampling parameters.
 
-NOTE: greedy rows (temperature 0, the common case in benchmarks) are one batched argmax; the other rows go through
-common.sampling.sample one by one with the request's own generator, so a seeded request draws the same tokens
-whatever else shares its batch (its generator is created once and advanced only by its own samples).
+NOTE: greedy rows (temperature 0, the common case in benchmarks) are one batched argmax and one `.tolist()` (the
+step's only device->host copy: B ints); an all-greedy batch does nothing else. Unseeded sampled rows are grouped by
+identical (temperature, top_k, top_p) and each group is one batched common.sampling.sample call; seeded rows go one
+by one with the request's own generator, so a seeded request draws the same tokens whatever else shares its batch
+(its generator is created once and advanced only by its own samples).
 """
 from __future__ import annotations
 
@@ -30,12 +32,23 @@ class Sampler:
         if logits.shape[0] != len(requests):
             raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
         tokens = logits.argmax(-1).tolist()  # [B]: right for every greedy row
-        for i, req in enumerate(requests):
-            if req.params.greedy:
+        sampled = [i for i, r in enumerate(requests) if r.params.temperature != 0.0]
+        if not sampled:
+            return tokens
+        groups: dict[tuple, list[int]] = {}
+        for i in sampled:
+            req = requests[i]
+            p = req.params
+            if p.seed is None:
+                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
                 continue
-            if req.params.seed is not None and req.generator is None:
-                req.generator = make_generator(req.params, logits.device)
-            tokens[i] = int(sample(logits[i:i + 1], req.params, req.generator)[0])
+            if req.generator is None:
+                req.generator = make_generator(p, logits.device)
+            tokens[i] = int(sample(logits[i:i + 1], p, req.generator)[0])
+        for rows in groups.values():
+            idx = torch.tensor(rows, device=logits.device)
+            for i, t in zip(rows, sample(logits[idx], requests[rows[0]].params).tolist()):
+                tokens[i] = t
         return tokens
 
 

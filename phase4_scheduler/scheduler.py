@@ -27,10 +27,16 @@ class SchedulerOutput:
     """One step's plan: (request, number of tokens to compute) in batch order, plus who was preempted."""
     scheduled: list[tuple[Request, int]] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    num_batched_tokens: int = 0  # sum of the n's (kept by `add`, so the engine can tell a decode-only step in O(1))
+
+    def add(self, req: Request, n: int) -> None:
+        self.scheduled.append((req, n))
+        self.num_batched_tokens += n
 
     @property
-    def num_batched_tokens(self) -> int:
-        return sum(n for _, n in self.scheduled)
+    def decode_only(self) -> bool:
+        """Every scheduled request computes exactly one token (n >= 1 each, so the sum tells)."""
+        return self.num_batched_tokens == len(self.scheduled)
 
     @property
     def is_empty(self) -> bool:
@@ -78,19 +84,19 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        running, try_allocate = self.running, self.kv.try_allocate
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        while i < len(running) and budget > 0:
+            req = running[i]
             n = min(req.num_missing_tokens, budget)
-            while not self.kv.can_allocate(req.request_id, n):
-                victim = self.running.pop()  # the newest running request
+            while not try_allocate(req.request_id, n):
+                victim = running.pop()  # the newest running request
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is req:
                     break
             else:
-                self.kv.allocate(req.request_id, n)
-                out.scheduled.append((req, n))
+                out.add(req, n)
                 budget -= n
                 i += 1
         # preempted requests sit at the front of `waiting`, oldest first (each appendleft put a newer one behind)
@@ -99,13 +105,12 @@ class Scheduler:
             n = min(req.num_missing_tokens, budget)
             if n < req.num_missing_tokens and not self.enable_chunked_prefill:
                 break
-            if not self.kv.can_allocate(req.request_id, n):
+            if not self.kv.try_allocate(req.request_id, n):
                 break  # FCFS: the head of the queue waits for blocks, nobody overtakes it
             self.waiting.popleft()
-            self.kv.allocate(req.request_id, n)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            out.scheduled.append((req, n))
+            out.add(req, n)
             budget -= n
         return out
 
@@ -117,6 +122,17 @@ class Scheduler:
             self.waiting.remove(req)
         self.kv.free(req.request_id)
         req.status = status
+
+    def finish_running(self, finished: list[tuple[Request, RequestStatus]]) -> None:
+        """finish() for many running requests at once: one pass over `running` instead of a list.remove each (a
+        step where 1024 requests end together would otherwise cost ~1M comparisons)."""
+        if not finished:
+            return
+        for req, status in finished:
+            self.kv.free(req.request_id)
+            req.status = status
+        gone = {id(r) for r, _ in finished}
+        self.running = [r for r in self.running if id(r) not in gone]
 
     def __repr__(self) -> str:
         return (f"Scheduler(running={len(self.running)}, waiting={len(self.waiting)}, max_num_seqs={self.max_num_seqs}, "
