@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+WGMMA_SHAPE = r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\."  # per-thread wgmma count by shape: a warpgroup's share
 ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 12
 
 
@@ -55,11 +56,16 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
             "dv_split": dv_split, "reload_q": reload_q, "registers": int(regs[0]) if regs else None,
             "spill_store_bytes": int(spills[0]) if spills else None, "shared_bytes": k.metadata.shared,
             "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+            "wgmma_shapes": {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(WGMMA_SHAPE, ptx)))},
+            "swap_ab": swap_ab,
             "ptxas_error": r.stderr[-300:] if r.returncode else ""}
 
 
 CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 16, 2),
-           (64, 32, 8, 2, 1, True), (64, 32, 8, 2, 2), (64, 16, 4, 2, 4)]
+           (64, 32, 8, 2, 1, True), (64, 32, 8, 2, 2), (64, 16, 4, 2, 4),
+           # block_h, block_n, warps, stages, dv_split, reload_q, swap_ab: run 2's candidates
+           (128, 32, 8, 2, 2), (128, 16, 8, 2, 2), (128, 64, 8, 2, 2), (64, 64, 8, 2, 2),
+           (64, 64, 8, 2, 1, False, True), (32, 64, 8, 2, 1, False, True), (64, 128, 8, 1, 1, False, True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         row = resources(*cfg)
         rows.append(row)
         print(f"block_h={row['block_h']:3} block_n={row['block_n']:3} warps={row['num_warps']:2} "
-              f"dv_split={row['dv_split']} reload_q={row['reload_q']!s:5}: {row['registers']} regs, "
-              f"{row['spill_store_bytes']} B spilled, {row['shared_bytes'] // 1024} KiB smem, "
-              f"{'wgmma' if row['wgmma'] else 'mma.sync'}", flush=True)
+              f"dv_split={row['dv_split']} reload_q={row['reload_q']!s:5} swap_ab={row['swap_ab']!s:5}: "
+              f"{row['registers']} regs, {row['spill_store_bytes']} B spilled, {row['shared_bytes'] // 1024} KiB smem, "
+              f"{row['wgmma_shapes'] or 'mma.sync'}", flush=True)
     write_result("phase2_mla", "kernel_resources", {"target": "sm_90a (compiled on CPU)", "rows": rows})
     return 0
 

@@ -10,10 +10,19 @@ NOTE (design): this is MQA with a 576-wide key and a 512-wide value that is the 
 program handles BLOCK_H heads of one sequence and reads each cached row ONCE for both the score (q . [c|k_pe]) and the
 value (p @ c): the bytes per token are (DC + DR) * 2, the whole point of MLA. The token range is split across
 NUM_SPLITS programs (flash-decoding) so a small batch still fills the GPU; a second tiny kernel merges the partial
-results by their log-sum-exp. With many heads (128) the work per byte is high (~2 * 128 * (576 + 512) FLOPs per
-1,152 bytes), which is why BLOCK_H matters: the heads of a block share every row loaded. Knobs for the register
-budget (see kernel_resources.py): `dv_split` (each program accumulates 1/dv_split of the value dims, recomputing
-the scores) and `reload_q` (q re-read per tile instead of pinned in registers).
+results by their log-sum-exp (with one split, stage 1 writes the output itself). With many heads (128) the work
+per byte is high (~2 * 128 * (576 + 512) FLOPs per 1,152 bytes), which is why BLOCK_H matters: the heads of a block
+share every row loaded. The two GEMMs per tile are s = q . [c|k_pe]^T (two tl.dots chained into one accumulator: one
+576-deep product) and acc += p . c, and both read the same shared-memory copy of the tile.
+Layout knobs (see kernel_resources.py, which compiles them for sm_90a offline):
+- Triton lays the score GEMM of this chained pair out with every warp along M, so with 8 warps a 64-head block has
+  both warpgroups compute the SAME 64 x BLOCK_N scores (narrow m64n16 wgmmas at BLOCK_N 32).
+- `dv_split=2` with `block_h=128`: each program keeps half of the 512 value dims (a 128 x 256 fp32 accumulator);
+  the latent is loaded as its value half plus the other half, so nothing is read twice, and each warpgroup owns 64
+  heads of the score GEMM. The two programs of a head block both compute the scores. (`dv_split=4` re-reads its
+  quarter.) `reload_q` re-reads q per tile instead of keeping it resident.
+- `swap_ab`: s^T = [c|k_pe] . q^T and o^T += c^T . p^T, putting tokens / value dims on the MMA's M side (the
+  "swap AB" trick for a small M); per-head vectors (max, sum) then cost 8x the registers.
 """
 from __future__ import annotations
 

@@ -33,10 +33,13 @@ def test_kernel_matches_reference(lens, page, num_splits, swap_ab):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dv_split", [2, 4])
-def test_value_split_matches_reference(dv_split):
-    q_lat, q_pe, kv, bt, sl = make_case([19, 6], 4, h=3, seed=11)
-    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, num_splits=2, block_n=8, dv_split=dv_split)
+@pytest.mark.parametrize("dv_split, dc", [(2, 64), (2, 48), (4, 64)], ids=["halves", "halves-padded", "quarters"])
+def test_value_split_matches_reference(dv_split, dc):
+    """dv_split=2 splits the latent into this program's value half and the other half (48 = 32 + 16 padded);
+    4 re-reads its quarter. Both at 2 head blocks."""
+    q_lat, q_pe, kv, bt, sl = make_case([19, 6], 4, h=3, dc=dc, seed=11)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, num_splits=2, block_n=8, dv_split=dv_split,
+                           block_h=2)
     torch.testing.assert_close(out, mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.13), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="dv_split"):
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.13, dv_split=3)
