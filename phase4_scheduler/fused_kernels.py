@@ -198,42 +198,92 @@ def make_cos_sin_cache(cfg, max_positions: int, device=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- (d) skinny GEMM: out [M, N] = x [M, K] @ w[N, K]^T
+# MODE 0: x as is. MODE 1: x <- rms_norm(x + res) * nw (norm_linear; program 0 also writes x + res). MODE 2: x <- the
+# SiLU-and-mul of a [M, 2K] gate_up input (silu_mul_linear). The prologue repeats the unfused ops' roundings.
 @triton.jit
-def skinny_gemv_kernel(x_ptr, w_ptr, out_ptr, N, stride_wn, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+def _activation(x_ptr, r_ptr, nw_ptr, offs, kk, mask, inv, K, MODE: tl.constexpr, HAS_RES: tl.constexpr):
+    """The GEMM input at element offsets `offs` (columns kk), as fp32 values rounded to the activation dtype."""
+    dt = x_ptr.dtype.element_ty
+    if MODE == 2:
+        g = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + offs + K, mask=mask, other=0.0).to(tl.float32)
+        x = ((g * tl.sigmoid(g)).to(dt).to(tl.float32) * u).to(dt).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if MODE == 1:
+            if HAS_RES:
+                x = (x + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
+            nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            x = ((x * inv).to(dt).to(tl.float32) * nw).to(dt).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _squares(x_ptr, r_ptr, ro_ptr, offs, mask, write, HAS_RES: tl.constexpr):
+    """One K tile of norm_linear's first pass: (x + res)^2 in fp32; program 0 (write) also stores x + res."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = (x + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(ro_ptr.dtype.element_ty)
+        tl.store(ro_ptr + offs, r, mask=mask & write)
+        x = r.to(tl.float32)
+    return x * x
+
+
+@triton.jit
+def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, N, stride_wn, eps, K: tl.constexpr,
+                       MODE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once."""
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = n < N
+    pid = tl.program_id(0)
     k = tl.arange(0, BLOCK_K)
+    inv = 1.0
+    if MODE == 1:  # pass 1 over the (L2-resident) input row: its rms
+        ss = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
+        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
         k_mask = kk < K
-        xv = tl.load(x_ptr + kk, mask=k_mask, other=0.0).to(tl.float32)  # [BLOCK_K], from L2 after the first program
-        wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        xv = _activation(x_ptr, r_ptr, nw_ptr, kk, kk, k_mask, inv, K, MODE, HAS_RES)  # [BLOCK_K]
+        wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                     eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
         acc += wv.to(tl.float32) * xv[None, :]
     tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
-def skinny_gemm_kernel(x_ptr, w_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, K: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
+def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, eps,
+                       K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
     """2 <= M <= M_PAD: acc^T [BLOCK_N, M_PAD] += w [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, M_PAD] on the tensor cores."""
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
     m = tl.arange(0, M_PAD)
     k = tl.arange(0, BLOCK_K)
-    n_mask, m_mask = n < N, m < M
+    m_mask = m < M
+    inv = tl.full([1, M_PAD], 1.0, tl.float32)
+    if MODE == 1:
+        ss = tl.zeros([BLOCK_K, M_PAD], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + k
+            ss += _squares(x_ptr, r_ptr, ro_ptr, m[None, :] * stride_xm + kk[:, None],
+                           m_mask[None, :] & (kk < K)[:, None], pid == 0, HAS_RES)
+        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)[None, :]  # [1, M_PAD]
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, M_PAD], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
         k_mask = kk < K
         wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
-        xt = tl.load(x_ptr + m[None, :] * stride_xm + kk[:, None], mask=m_mask[None, :] & k_mask[:, None],
-                     other=0.0)  # [BLOCK_K, M_PAD]
+        xt = _activation(x_ptr, r_ptr, nw_ptr, m[None, :] * stride_xm + kk[:, None], kk[:, None],
+                         m_mask[None, :] & k_mask[:, None], inv, K, MODE, HAS_RES)  # [BLOCK_K, M_PAD] fp32
         if DOT_F32:
-            wv, xt = wv.to(tl.float32), xt.to(tl.float32)
+            wv = wv.to(tl.float32)
         acc = tl.dot(wv, xt.to(wv.dtype), acc, input_precision=PREC)
     tl.store(out_ptr + m[None, :] * stride_om + n[:, None], acc.to(out_ptr.dtype.element_ty),
              mask=m_mask[None, :] & n_mask[:, None])
@@ -245,49 +295,90 @@ def _bench(fn, quantiles):  # autotuning timer: short, L2 flushed between runs (
 
 _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
                  for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (4, 2048, 8), (8, 256, 4), (8, 512, 4),
-                                   (8, 1024, 8), (16, 256, 4), (16, 512, 8), (32, 256, 8)]]
+                                   (8, 1024, 8), (16, 512, 8)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                  for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3),
-                                      (32, 512, 8, 3), (64, 128, 4, 4), (64, 256, 8, 3)]]
-skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K"], do_bench=_bench)(skinny_gemv_kernel)
-skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "M_PAD"], do_bench=_bench)(skinny_gemm_kernel)
+                                      (64, 128, 4, 4)]]
+# HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
+skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE"], do_bench=_bench)(skinny_gemv_kernel)
+skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "MODE", "M_PAD"], do_bench=_bench)(skinny_gemm_kernel)
+
+
+def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True):
+    """Checks shared by the three entry points, then one launch. Returns (out [M, N], x + residual or None)."""
+    _check(name, *(t for t in (x, w, residual, norm_w) if t is not None))
+    if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
+        raise ValueError(f"{name}: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
+                         f"w{tuple(w.shape)}")
+    if not 1 <= x.shape[0] <= SKINNY_MAX_M:
+        raise ValueError(f"{name}: M={x.shape[0]} rows; the skinny kernel takes 1..{SKINNY_MAX_M} (use linear())")
+    if any(t is not None and t.dtype != x.dtype for t in (w, residual, norm_w)):
+        raise ValueError(f"{name}: x, w (and residual, norm weight) must share one dtype; cast them")
+    if mode and not x.is_contiguous():
+        raise ValueError(f"{name}: x must be contiguous (call .contiguous())")
+    m, n = x.shape[0], w.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    r_out = torch.empty_like(x) if residual is not None else None
+    ptrs = (x, residual if residual is not None else x, norm_w if norm_w is not None else x,
+            r_out if r_out is not None else x, w, out)
+    flags = dict(K=k, MODE=mode, HAS_RES=residual is not None)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    if m == 1:
+        if interpreting() or not tune:
+            bn, bk = (4, 32) if interpreting() else (8, 512)
+            skinny_gemv_kernel[grid](*ptrs, n, w.stride(0), eps, **flags, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+        else:
+            skinny_gemv_tuned[grid](*ptrs, n, w.stride(0), eps, **flags)
+        return out, r_out
+    args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps)
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
+    if interpreting():
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=16, BLOCK_K=32, M_PAD=16, DOT_F32=True, PREC="ieee")
+    elif not tune:
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=32, BLOCK_K=256, M_PAD=16, DOT_F32=False, PREC=prec,
+                                 num_warps=4, num_stages=3)
+    else:
+        skinny_gemm_tuned[grid](*args, **flags, M_PAD=16, DOT_F32=False, PREC=prec)
+    return out, r_out
 
 
 def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
     """x [M, K] (M <= 16) @ w [N, K]^T -> [M, N] in x's dtype, fp32 accumulation. Autotunes on first use per
     (N, K, dtype, path) unless tune=False (one fixed tile: for one-off shapes, where tuning costs more than it saves)."""
-    _check("linear_small_m", x, w)
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"linear_small_m: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
-                         f"w{tuple(w.shape)}")
-    if not 1 <= x.shape[0] <= SKINNY_MAX_M:
-        raise ValueError(f"linear_small_m: M={x.shape[0]} rows; the skinny kernel takes 1..{SKINNY_MAX_M} (use linear())")
-    if x.dtype != w.dtype:
-        raise ValueError(f"linear_small_m: x is {x.dtype} but w is {w.dtype}; cast one of them")
-    (m, k), n = x.shape, w.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    if m == 1:
-        if interpreting() or not tune:
-            bn, bk = (4, 32) if interpreting() else (8, 512)
-            skinny_gemv_kernel[grid](x, w, out, n, w.stride(0), K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
-        else:
-            skinny_gemv_tuned[grid](x, w, out, n, w.stride(0), K=k)
-        return out
-    args = (x, w, out, m, n, x.stride(0), w.stride(0), out.stride(0))
-    prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
-    if interpreting():
-        skinny_gemm_kernel[grid](*args, K=k, BLOCK_N=16, BLOCK_K=32, M_PAD=16, DOT_F32=True, PREC="ieee")
-    elif not tune:
-        skinny_gemm_kernel[grid](*args, K=k, BLOCK_N=32, BLOCK_K=256, M_PAD=16, DOT_F32=False, PREC=prec,
-                                 num_warps=4, num_stages=3)
-    else:
-        skinny_gemm_tuned[grid](*args, K=k, M_PAD=16, DOT_F32=False, PREC=prec)
-    return out
+    return _skinny("linear_small_m", x, w, 0, x.shape[-1], tune=tune)[0]
 
 
 def linear_small_m_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
+
+
+def norm_linear(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor,
+                residual: torch.Tensor | None = None, tune: bool = True):
+    """rms_norm(x [+ residual]) * norm_w @ w^T in one kernel (M <= 16). Returns (out [M, N], x + residual), the
+    second being x itself when residual is None."""
+    if norm_w.shape != (x.shape[-1],) or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"norm_linear: want norm_w [K] and residual like x {tuple(x.shape)}, got "
+                         f"{tuple(norm_w.shape)} and {None if residual is None else tuple(residual.shape)}")
+    out, r = _skinny("norm_linear", x, w, 1, x.shape[-1], residual, norm_w, eps, tune)
+    return out, (x if r is None else r)
+
+
+def norm_linear_ref(x, norm_w, eps, w, residual=None):
+    if residual is None:
+        return F.linear(rms_norm_ref(x, norm_w, eps), w), x
+    y, r = rms_norm_ref(x, norm_w, eps, residual)
+    return F.linear(y, w), r
+
+
+def silu_mul_linear(gate_up: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
+    """silu(gate) * up @ w^T in one kernel: gate_up [M, 2K] (M <= 16), w [N, K] -> [M, N]."""
+    if gate_up.dim() != 2 or gate_up.shape[-1] % 2:
+        raise ValueError(f"silu_mul_linear: want gate_up [M, 2K] with an even width, got {tuple(gate_up.shape)}")
+    return _skinny("silu_mul_linear", gate_up, w, 2, gate_up.shape[-1] // 2, tune=tune)[0]
+
+
+def silu_mul_linear_ref(gate_up: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(silu_mul_ref(gate_up), w)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,34 @@ import torch.nn.functional as F
 from common.attention import attention_ref
 from phase4_scheduler import fused_kernels as fk
 
-OPS = {  # backend -> (rms_norm, silu_mul, rope_qk, linear)
-    "triton": (fk.rms_norm, fk.silu_mul, fk.rope_qk, fk.linear),
-    "ref": (fk.rms_norm_ref, fk.silu_mul_ref, fk.rope_qk_ref, F.linear),
-}
+class Ops:
+    """The five operations a fused layer uses, for one backend: 'ref' (PyTorch) or 'triton' (the kernels). With
+    `prologues` the Triton path folds the norm into the next GEMM and SiLU-and-mul into the down projection whenever
+    the step is skinny (T <= fk.SKINNY_MAX_M, decode); larger steps run norm, silu_mul and cuBLAS separately."""
+
+    def __init__(self, backend: str, prologues: bool = True):
+        self.backend, self.prologues = backend, prologues
+        ref = backend == "ref"
+        self.rms_norm = fk.rms_norm_ref if ref else fk.rms_norm
+        self.silu_mul = fk.silu_mul_ref if ref else fk.silu_mul
+        self.rope_qk = fk.rope_qk_ref if ref else fk.rope_qk
+        self.linear = F.linear if ref else fk.linear
+
+    def _skinny(self, x: torch.Tensor) -> bool:
+        return (self.backend == "triton" and self.prologues and (x.is_cuda or fk.interpreting())
+                and 1 <= x.shape[0] <= fk.SKINNY_MAX_M)
+
+    def norm_linear(self, h, norm_w, eps, w, residual):
+        """(linear(rms_norm(h + residual) * norm_w, w), h + residual); residual None means h is the stream."""
+        if self._skinny(h):
+            return fk.norm_linear(h, norm_w, eps, w, residual)
+        if residual is None:
+            return self.linear(self.rms_norm(h, norm_w, eps), w), h
+        x, residual = self.rms_norm(h, norm_w, eps, residual)
+        return self.linear(x, w), residual
+
+    def silu_mul_linear(self, gate_up, w):
+        return fk.silu_mul_linear(gate_up, w) if self._skinny(gate_up) else self.linear(self.silu_mul(gate_up), w)
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -60,19 +84,15 @@ class FusedDecoderLayer(nn.Module):
 
     def forward(self, h, residual, positions, cos_sin, ctx, b: int, s: int, ops):
         """h, residual [T, H] (residual None in layer 0) -> (mlp output, residual stream) [T, H], not yet added."""
-        rms_norm, silu_mul, rope_qk, linear = ops
-        if residual is None:
-            x, residual = rms_norm(h, self.input_norm, self.eps), h
-        else:
-            x, residual = rms_norm(h, self.input_norm, self.eps, residual)
-        qkv = rope_qk(linear(x, self.qkv), positions, cos_sin, self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D]
+        qkv, residual = ops.norm_linear(h, self.input_norm, self.eps, self.qkv, residual)  # [T, (Hq+2Hkv)D]
+        qkv = ops.rope_qk(qkv, positions, cos_sin, self.hq, self.hkv, self.d)
         t, nq, nk = qkv.shape[0], self.hq * self.d, self.hkv * self.d
         q = qkv[:, :nq].view(t, self.hq, self.d)  # [T, Hq, D] strided views of the packed buffer
         k = qkv[:, nq:nq + nk].view(t, self.hkv, self.d)
         v = qkv[:, nq + nk:].view(t, self.hkv, self.d)
         attn = self._attend(q, k, v, ctx, b, s).reshape(t, nq)  # [T, Hq*D]
-        h, residual = rms_norm(linear(attn, self.o), self.post_norm, self.eps, residual)
-        return linear(silu_mul(linear(h, self.gate_up)), self.down), residual
+        gate_up, residual = ops.norm_linear(ops.linear(attn, self.o), self.post_norm, self.eps, self.gate_up, residual)
+        return ops.silu_mul_linear(gate_up, self.down), residual
 
     def _attend(self, q, k, v, ctx, b, s):
         if hasattr(ctx, "attend_packed"):
@@ -83,7 +103,7 @@ class FusedDecoderLayer(nn.Module):
 
 
 class FusedLlamaForCausalLM(nn.Module):
-    def __init__(self, model, backend: str = "auto", max_positions: int | None = None):
+    def __init__(self, model, backend: str = "auto", max_positions: int | None = None, prologues: bool = True):
         super().__init__()
         from common.llama import Attention, LlamaForCausalLM
 
@@ -99,6 +119,7 @@ class FusedLlamaForCausalLM(nn.Module):
         m = model.model
         dev = m.embed_tokens.weight.device
         self.backend = ("triton" if dev.type == "cuda" else "ref") if backend == "auto" else backend
+        self.ops = Ops(self.backend, prologues)
         self.embed = _frozen(m.embed_tokens.weight)  # [V, H]
         self.layers = nn.ModuleList(FusedDecoderLayer(l, cfg, i) for i, l in enumerate(m.layers))
         m.layers = nn.ModuleList()  # the reference model is consumed: its layers live here now
@@ -106,10 +127,6 @@ class FusedLlamaForCausalLM(nn.Module):
         self.lm_head = None if model.lm_head is None else _frozen(model.lm_head.weight)  # [V, H]; None: tied
         self.register_buffer("cos_sin", fk.make_cos_sin_cache(cfg, max_positions or cfg.max_position_embeddings,
                                                               dev), persistent=False)  # [P, D] fp32
-
-    @property
-    def ops(self):
-        return OPS[self.backend]
 
     def forward_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx=None,
                        select: torch.Tensor | None = None, batch_shape: tuple[int, int] | None = None):
@@ -123,11 +140,11 @@ class FusedLlamaForCausalLM(nn.Module):
             h, residual = layer(h, residual, positions, self.cos_sin, ctx, b, s, self.ops)
         if select is not None:
             h, residual = h[select], residual[select]
-        return self.ops[0](h, self.norm, self.config.rms_norm_eps, residual)[0]
+        return self.ops.rms_norm(h, self.norm, self.config.rms_norm_eps, residual)[0]
 
     def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, H] -> logits [N, V] (model dtype): the skinny GEMM for small N, cuBLAS otherwise."""
-        return self.ops[3](h, self.embed if self.lm_head is None else self.lm_head)
+        return self.ops.linear(h, self.embed if self.lm_head is None else self.lm_head)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 last_only: bool = False) -> torch.Tensor:
@@ -146,27 +163,26 @@ class FusedLlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def warmup(self, max_tokens: int = fk.SKINNY_MAX_M) -> None:
-        """Run the projections at T=1 and T=max_tokens once, so autotuning is over before a CUDA graph is captured."""
+        """One forward at T=1 and one at T=max_tokens (no cache), so Triton's autotuning is over before a CUDA graph
+        is captured."""
         dev = self.embed.device
         for t in sorted({1, max_tokens}):
-            h = torch.randn(t, self.config.hidden_size, device=dev, dtype=self.embed.dtype)
-            for layer in self.layers[:1]:
-                for w in (layer.qkv, layer.o, layer.gate_up, layer.down):
-                    self.ops[3](torch.randn(t, w.shape[1], device=dev, dtype=w.dtype), w)
-            self.compute_logits(h)
+            self.forward_tokens(torch.zeros(t, dtype=torch.long, device=dev), torch.arange(t, device=dev))
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"FusedLlamaForCausalLM(backend={self.backend}, layers={len(self.layers)}, hidden={c.hidden_size}, "
+        return (f"FusedLlamaForCausalLM(backend={self.backend}, prologues={self.ops.prologues}, layers={len(self.layers)}, hidden={c.hidden_size}, "
                 f"heads={c.num_attention_heads}q/{c.num_key_value_heads}kv x {c.head_dim}, "
                 f"qkv {tuple(self.layers[0].qkv.shape)}, gate_up {tuple(self.layers[0].gate_up.shape)}, "
                 f"{'tied' if self.lm_head is None else 'untied'} lm_head, rope table {tuple(self.cos_sin.shape)})")
 
 
-def fuse_model(model, backend: str = "auto", max_positions: int | None = None) -> FusedLlamaForCausalLM:
+def fuse_model(model, backend: str = "auto", max_positions: int | None = None,
+               prologues: bool = True) -> FusedLlamaForCausalLM:
     """Turn a reference LlamaForCausalLM into the fused model (weights moved, not copied; `model` is consumed).
 
     backend: "triton" (kernels; on CPU only under TRITON_INTERPRET=1), "ref" (PyTorch references), "auto" (triton on
     CUDA, ref elsewhere). max_positions: rows of the RoPE table (default: the config's max_position_embeddings).
+    prologues: fold norm and SiLU-and-mul into the skinny GEMMs at decode sizes (False: separate kernels).
     """
-    return FusedLlamaForCausalLM(model, backend, max_positions).eval()
+    return FusedLlamaForCausalLM(model, backend, max_positions, prologues).eval()

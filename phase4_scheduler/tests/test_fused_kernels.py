@@ -82,6 +82,35 @@ def test_linear_small_m(dtype, m, n, k):
                                if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-4})
 
 
+@pytest.mark.parametrize("impl", [fk.norm_linear, fk.norm_linear_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,with_res", [(1, True), (1, False), (5, True)])
+def test_norm_linear_equals_norm_then_linear(impl, dtype, m, with_res):
+    g = torch.Generator().manual_seed(m)
+    x, res = torch.randn(m, 100, generator=g).to(dtype), torch.randn(m, 100, generator=g).to(dtype)
+    norm = RMSNorm(100, 1e-5).to(dtype)
+    w = (torch.randn(37, 100, generator=g) / 10).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(100, generator=g) + 1)
+        out, r = impl(x, norm.weight, 1e-5, w, res if with_res else None)
+        stream = x + res if with_res else x
+        want = F.linear(norm(stream).float(), w.float())
+    torch.testing.assert_close(r, stream, **tol(dtype))
+    torch.testing.assert_close(out.float(), want, **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else
+                                                     {"rtol": 5e-2, "atol": 5e-2}))
+
+
+@pytest.mark.parametrize("impl", [fk.silu_mul_linear, fk.silu_mul_linear_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 4])
+def test_silu_mul_linear_equals_silu_mul_then_linear(impl, dtype, m):
+    g = torch.Generator().manual_seed(10 + m)
+    gu, w = torch.randn(m, 2 * 72, generator=g).to(dtype), (torch.randn(20, 72, generator=g) / 8).to(dtype)
+    want = F.linear((F.silu(gu[:, :72]) * gu[:, 72:]).float(), w.float())
+    torch.testing.assert_close(impl(gu, w).float(), want, **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32
+                                                             else {"rtol": 5e-2, "atol": 5e-2}))
+
+
 def test_linear_dispatch_small_m_and_large_m():
     w = torch.randn(24, 40)
     for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
@@ -110,8 +139,16 @@ def test_bad_inputs_raise_clear_errors():
         fk.linear_small_m(torch.randn(17, 8), torch.randn(4, 8))
     with pytest.raises(ValueError, match="nn.Linear layout"):
         fk.linear_small_m(torch.randn(1, 8), torch.randn(8, 4))
-    with pytest.raises(ValueError, match="cast"):
+    with pytest.raises(ValueError, match="dtype"):
         fk.linear_small_m(torch.randn(1, 8), torch.randn(4, 8).half())
+    with pytest.raises(ValueError, match="norm_w \\[K\\]"):
+        fk.norm_linear(torch.randn(1, 8), torch.randn(7), 1e-5, torch.randn(4, 8))
+    with pytest.raises(ValueError, match="contiguous"):
+        fk.norm_linear(torch.randn(8, 2).t(), torch.randn(8), 1e-5, torch.randn(4, 8))
+    with pytest.raises(ValueError, match="even width"):
+        fk.silu_mul_linear(torch.randn(1, 7), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="nn.Linear layout"):
+        fk.silu_mul_linear(torch.randn(1, 8), torch.randn(4, 8))  # w must be [N, K] with K = 8 / 2
 
 
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
