@@ -85,6 +85,12 @@ class StaticKVCache(ContiguousKVCache):
         self.v[layer].index_copy_(2, idx, v)
         mask = self.slots[None, :] <= idx[:, None]  # [S, max_len]: key j is visible to query i iff j <= pos + i
         n_rep = q.shape[1] // k.shape[1]
+        if s == 1:  # decode: grouped attention, no repeat_kv copy of the whole buffer
+            b, hkv, _, d = k.shape
+            qg = q.view(b, hkv, n_rep, d)  # [B, Hkv, G, D]: the G query heads of each KV head
+            scores = torch.matmul(qg, self.k[layer].transpose(-1, -2)) * d ** -0.5  # [B, Hkv, G, max_len]
+            p = scores.float().masked_fill(~mask, float("-inf")).softmax(-1).to(q.dtype)
+            return torch.matmul(p, self.v[layer]).view(b, hkv * n_rep, 1, d)  # [B, Hq, 1, D]
         with sdpa_kernel(SDPA_BACKENDS):
             return F.scaled_dot_product_attention(q, repeat_kv(self.k[layer], n_rep), repeat_kv(self.v[layer], n_rep),
                                                   attn_mask=mask)
