@@ -12,6 +12,8 @@ def test_capture_sizes_ladder():
     assert capture_sizes(20) == [1, 2, 4, 8, 16, 20]
     s = capture_sizes(256)
     assert s[:5] == [1, 2, 4, 8, 16] and s[-1] == 256 and all(b % 8 == 0 for b in s[3:])
+    big = capture_sizes(1000)
+    assert big[-1] == 1000 and 960 in big and 264 not in big and len(big) < 50
 
 
 def test_inputs_as_lists_or_tensors():
