@@ -30,6 +30,7 @@ HIDDEN, INTER, HQ, HKV, D = (CFG.hidden_size, CFG.intermediate_size, CFG.num_att
 SHAPES = {"qkv": ((HQ + 2 * HKV) * D, HIDDEN), "o": (HIDDEN, HQ * D), "gate_up": (2 * INTER, HIDDEN),
           "down": (HIDDEN, INTER), "lm_head": (CFG.vocab_size, HIDDEN)}  # name: (N, K) = 2560x2048, ..., 32000x2048
 DEV = "cuda"
+BATCHES = (1, 16, 64)  # 16: the largest step the skinny GEMM takes (tensor-core path); 64: cuBLAS
 L2_BYTES = 256 * 2**20  # rotate through at least this many bytes of weights per timed pass
 
 
@@ -83,6 +84,22 @@ def check_kernels(fk, out: dict) -> None:
             got, want = fk.linear_small_m(x, w).float(), F.linear(x.float(), w.float())
             torch.testing.assert_close(got, want, rtol=2e-2, atol=3e-2)
             out[f"linear_{name}_M{m}"] = (got - want).abs().max().item()
+    for name, mode in (("qkv", "norm"), ("gate_up", "norm"), ("down", "silu")):
+        n, k = SHAPES[name]
+        w = torch.randn(n, k, device=dev, dtype=bf) / math.sqrt(k)
+        nw = torch.randn(k, device=dev, dtype=bf) + 1
+        for m in (1, 4):
+            if mode == "norm":
+                x, r = torch.randn(m, k, device=dev, dtype=bf), torch.randn(m, k, device=dev, dtype=bf)
+                got, rr = fk.norm_linear(x, nw, 1e-5, w, r)
+                y, rr_want = fk.rms_norm_ref(x, nw, 1e-5, r)
+                torch.testing.assert_close(rr, rr_want, rtol=1e-2, atol=1e-2)
+                want = F.linear(y.float(), w.float())
+            else:
+                gu = torch.randn(m, 2 * k, device=dev, dtype=bf)
+                got, want = fk.silu_mul_linear(gu, w), F.linear(fk.silu_mul_ref(gu).float(), w.float())
+            torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
+            out[f"{mode}_linear_{name}_M{m}"] = (got.float() - want).abs().max().item()
     for dt in (torch.float32, torch.float16):  # other dtypes: one shape, fixed tiles (no tuning run)
         w, x1, x8 = (torch.randn(*s, device=dev, dtype=dt) for s in ((512, 2048), (1, 2048), (8, 2048)))
         for x in (x1, x8):
@@ -108,6 +125,25 @@ def time_kernels(fk, res: dict) -> None:
                                    "skinny_TBps": nbytes / t_sk / 1e9, "cublas_TBps": nbytes / t_cb / 1e9}
             print(f"  {name:8s} M={m:2d}  skinny {t_sk * 1e3:7.1f} us ({nbytes / t_sk / 1e9:4.2f} TB/s)   "
                   f"cuBLAS {t_cb * 1e3:7.1f} us ({nbytes / t_cb / 1e9:4.2f} TB/s)")
+        del ws
+    for name, mode in (("qkv", "norm"), ("gate_up", "norm"), ("down", "silu")):
+        n, k = SHAPES[name]
+        ws = [torch.randn(n, k, device=dev, dtype=bf) for _ in range(max(2, math.ceil(L2_BYTES / (n * k * 2))))]
+        nw = torch.randn(k, device=dev, dtype=bf)
+        x, r, gu = (torch.randn(1, c, device=dev, dtype=bf) for c in (k, k, 2 * k))
+        if mode == "norm":
+            variants = {"one_kernel": lambda w: fk.norm_linear(x, nw, 1e-5, w, r),
+                        "two_kernels": lambda w: fk.linear_small_m(fk.rms_norm(x, nw, 1e-5, r)[0], w),
+                        "torch": lambda w: F.linear(fk.rms_norm_ref(x, nw, 1e-5, r)[0], w)}
+        else:
+            variants = {"one_kernel": lambda w: fk.silu_mul_linear(gu, w),
+                        "two_kernels": lambda w: fk.linear_small_m(fk.silu_mul(gu), w),
+                        "torch": lambda w: F.linear(fk.silu_mul_ref(gu), w)}
+        row = res[f"{mode}+{name}_M1"] = {}
+        for label, fn in variants.items():
+            fn(ws[0])
+            row[f"{label}_us"] = graph_ms([lambda w=w, fn=fn: fn(w) for w in ws]) * 1e3
+        print(f"  {mode}+{name:8s} M=1  " + "   ".join(f"{k_} {v:6.1f} us" for k_, v in row.items()))
         del ws
     cache = fk.make_cos_sin_cache(CFG, 2048, dev)
     for t in (1, 64):
@@ -160,7 +196,7 @@ def time_steps(fk, res: dict) -> None:
     model = loaded.model
     wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
     res["weight_bytes_per_token"] = wbytes
-    ctxs = {b: KVStub(CFG.num_hidden_layers, b, 256, dev, torch.bfloat16) for b in (1, 64)}
+    ctxs = {b: KVStub(CFG.num_hidden_layers, b, 256, dev, torch.bfloat16) for b in BATCHES}
     for c in ctxs.values():
         c.pos.fill_(200)
 
@@ -174,7 +210,7 @@ def time_steps(fk, res: dict) -> None:
         res[f"{label}_B{b}_ms"] = ms
         print(f"  {label:22s} B={b:2d}: {ms:.3f} ms/step  (weights at {wbytes / ms / 1e9:.2f} TB/s)")
 
-    for b in (1, 64):
+    for b in BATCHES:
         record("reference", b, step_ms(model, b))
     with torch.inference_mode():
         ids = torch.randint(0, CFG.vocab_size, (1, 5), device=dev)
@@ -186,14 +222,19 @@ def time_steps(fk, res: dict) -> None:
         err = (fused(ids).float() - ref_logits).abs().max().item()
     res["fused_vs_reference_max_abs_logit_diff"] = err
     print(f"  fused vs reference logits (bf16, 5-token prefill): max |diff| {err:.3g}")
+    for b in BATCHES:
+        record("fused", b, step_ms(fused, b))
     saved = fk.SKINNY_MAX_M
     try:
-        fk.SKINNY_MAX_M = 0  # every projection through cuBLAS: the gain of fusion alone
+        fk.SKINNY_MAX_M = 0  # every projection through cuBLAS: the gain of the elementwise fusions alone
         record("fused_cublas", 1, step_ms(fused, 1))
     finally:
         fk.SKINNY_MAX_M = saved
-    for b in (1, 64):
-        record("fused", b, step_ms(fused, b))
+    fused.ops.prologues = False  # skinny GEMMs, but norm and silu_mul as their own kernels
+    try:
+        record("fused_no_prologues", 1, step_ms(fused, 1))
+    finally:
+        fused.ops.prologues = True
     try:
         res["kernels_per_step_B1"] = count_kernels(fused, ctxs[1])
     except Exception as e:  # the profiler is a nicety: its failure must not cost the timings
@@ -236,7 +277,7 @@ def main() -> int:
     print("== summary")
     print(f"  sections failed: {failed or 'none'}")
     k = results.get("kernels", {})
-    for key in [s for s in k if s.endswith(("_M1", "_M16"))]:
+    for key in [s for s in k if s.endswith(("_M1", "_M16")) and "skinny_TBps" in k[s]]:
         print(f"  {key:12s} skinny {k[key]['skinny_TBps']:.2f} TB/s vs cuBLAS {k[key]['cublas_TBps']:.2f} TB/s")
     d = results.get("decode_step", {})
     for key in [s for s in d if s.endswith("_ms")]:
