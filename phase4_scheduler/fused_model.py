@@ -1,5 +1,6 @@
 """The fused Llama forward: packed qkv and gate_up weights, fused add+RMSNorm, in-place RoPE, SiLU-and-mul, and the
-skinny GEMM for decode-sized steps. Same numbers as common/llama.py (fp32: to rounding), ~9 launches per layer.
+skinny GEMM for decode-sized steps with the norm and SiLU folded into it. Same numbers as common/llama.py (fp32: to
+rounding); a decode layer is 5 launches + attention (norm+qkv, rope, o, norm+gate_up, silu+down). See FUSED.md.
 
 CONTRACT (what the model runner calls):
 
@@ -18,8 +19,10 @@ CONTRACT (what the model runner calls):
   ContiguousKVCache or no cache works too.
 
 CUDA graphs: no host syncs, no data-dependent shapes; positions are read on the device from a cos/sin table of
-`max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes at its first call per
-(N, K, M==1 or not): run one eager step with T=1 and one with 2 <= T <= 16 BEFORE capturing (`fused.warmup()`).
+`max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes (~1 min on an H100, once per
+process) at its first call per (N, K, M == 1 or not, prologue): call `fused.warmup()` BEFORE capturing graphs.
+Which path a step takes is decided on the host from T alone (T <= fk.SKINNY_MAX_M = 16: skinny GEMMs), so one
+captured graph per T stays valid.
 
 NOTE (the residual stream): each layer returns (h, residual) un-added; the next norm adds them while it normalises
 (vLLM's fused_add_rms_norm), so the residual add costs no launch and no extra pass over memory.
