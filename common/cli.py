@@ -30,6 +30,8 @@ def _add_model_group(p: argparse.ArgumentParser, model_help: str = "") -> argpar
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
     g.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
+    g.add_argument("--tokenizer", default=None, help="a directory with tokenizer.json (or a .gguf) to use instead of "
+                   "the model's own, e.g. with --random-weights where the model file is absent")
     return g
 
 
@@ -48,7 +50,8 @@ def _load(args):
     from common.model_loader import load_model
 
     t0 = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
+                    tokenizer=args.tokenizer)
     if lm.tokenizer is None:
         raise TitanError(f"{lm.source} has no tokenizer, so it cannot take text prompts. Use a model that ships "
                          "one (a .gguf, or an HF directory with tokenizer.json).")
@@ -157,6 +160,8 @@ def cmd_serve(args) -> int:
     from phase4_scheduler.launch import serve
 
     extra = {"num_layers": args.num_layers} if args.num_layers else {}
+    if args.tokenizer:
+        extra["tokenizer"] = args.tokenizer
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
           api_key=args.api_key, device=args.device, log_level=args.log_level, served_model_name=args.served_model_name,
           dtype=None if args.dtype == "auto" else args.dtype, random_weights=args.random_weights, **extra)

@@ -116,11 +116,21 @@ def resolve_weights(spec: str, random_weights: bool = False, seed: int = 0):
 
 
 def load_model(spec: str, device: str | None = "auto", dtype: str | torch.dtype | None = None,
-               random_weights: bool = False, seed: int = 0, num_layers: int | None = None) -> LoadedModel:
-    """Load a model by preset / path / repo id onto a device; `num_layers` truncates (for quick CPU tests)."""
+               random_weights: bool = False, seed: int = 0, num_layers: int | None = None,
+               tokenizer: str | None = None) -> LoadedModel:
+    """Load a model by preset / path / repo id onto a device; `num_layers` truncates (for quick CPU tests);
+    `tokenizer`: a directory with tokenizer.json (or a .gguf) to use instead of the model's own."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     cfg, state, tok, desc = resolve_weights(spec, random_weights=random_weights, seed=seed)
+    if tokenizer is not None:
+        tpath = Path(tokenizer).expanduser()
+        if tpath.suffix == ".gguf" and tpath.is_file():
+            tok = load_tokenizer_from_gguf(tpath)
+        elif (tpath / "tokenizer.json").is_file():
+            tok = load_tokenizer_from_dir(tpath)
+        else:
+            raise ModelNotFoundError(f"tokenizer {tokenizer!r}: expected a directory with tokenizer.json or a .gguf file")
     if num_layers is not None:
         cfg = cfg.replace(num_hidden_layers=num_layers)
     if state is None:

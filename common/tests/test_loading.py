@@ -98,3 +98,17 @@ def test_kv_bytes_per_token_gqa_and_mla():
     assert ds.kv_bytes_per_token(2) == ds.num_hidden_layers * (ds.kv_lora_rank + ds.qk_rope_head_dim) * 2
     with pytest.raises(NotImplementedError):
         ds.num_params()
+
+
+def test_tokenizer_override(tmp_path):
+    from common.errors import ModelNotFoundError
+    from common.model_loader import load_model
+
+    with pytest.raises(ModelNotFoundError, match="tokenizer.json"):
+        load_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1, tokenizer=str(tmp_path))
+    src = load_model("smollm2-135m", device="cpu", random_weights=True, num_layers=1).tokenizer
+    if src is None:
+        pytest.skip("the SmolLM2 GGUF (tokenizer source) is not set up here")
+    src.hf.save_pretrained(str(tmp_path))
+    lm = load_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1, tokenizer=str(tmp_path))
+    assert lm.tokenizer is not None and lm.tokenizer.encode("Paris") == src.encode("Paris")
