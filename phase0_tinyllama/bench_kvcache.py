@@ -82,6 +82,9 @@ def main(argv=None) -> dict:
         extra = f", best with CUDA graph {t_cache:.2f} s" if graphs else ""
         print(f"B={b}: KV cache {t_eager:.2f} s{extra}, no cache {t_none:.2f} s -> {row['speedup']:.1f}x "
               f"(greedy agreement {agree:.3f})")
+        write_result("phase0_tinyllama", args.name or f"kvcache_{lm.device.type}",  # a killed run keeps its rows
+                     {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs,
+                      "compile": graphs and args.compile, "rows": rows})
     payload = {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs, "compile": graphs and args.compile,
                "rows": rows}
     write_result("phase0_tinyllama", args.name or f"kvcache_{lm.device.type}", payload)
