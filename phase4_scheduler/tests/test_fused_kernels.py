@@ -155,3 +155,40 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA"):
         fk.silu_mul(torch.randn(2, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(2560, 2048), (2048, 5632), (32000, 2048), (1000, 200)])
+@pytest.mark.parametrize("m", [1, 7, 16])
+def test_gpu_skinny_gemms_at_model_shapes(n, k, m):
+    g = torch.Generator(device="cuda").manual_seed(m + n)
+    dev, bf = "cuda", torch.bfloat16
+    w = (torch.randn(n, k, device=dev, generator=g) / k ** 0.5).to(bf)
+    x, res = (torch.randn(m, k, device=dev, generator=g).to(bf) for _ in range(2))
+    nw = (torch.randn(k, device=dev, generator=g) + 1).to(bf)
+    torch.testing.assert_close(fk.linear_small_m(x, w).float(), F.linear(x.float(), w.float()), rtol=2e-2, atol=3e-2)
+    out, r = fk.norm_linear(x, nw, 1e-5, w, res)
+    y, r_want = fk.rms_norm_ref(x, nw, 1e-5, res)
+    assert torch.equal(r, r_want)  # on the GPU the residual add rounds exactly as torch's does
+    torch.testing.assert_close(out.float(), F.linear(y.float(), w.float()), rtol=2e-2, atol=3e-2)
+    if n <= 2048:  # w as the down projection: K is the intermediate size
+        gu = torch.randn(m, 2 * k, device=dev, generator=g).to(bf)
+        torch.testing.assert_close(fk.silu_mul_linear(gu, w).float(), F.linear(fk.silu_mul_ref(gu).float(), w.float()),
+                                   rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 5, 64])
+def test_gpu_elementwise_kernels_at_model_shapes(t):
+    dev, bf = "cuda", torch.bfloat16
+    x, res = torch.randn(t, 2048, device=dev, dtype=bf), torch.randn(t, 2048, device=dev, dtype=bf)
+    w = torch.randn(2048, device=dev, dtype=bf)
+    (y, r), (y_ref, r_ref) = fk.rms_norm(x, w, 1e-5, res), fk.rms_norm_ref(x, w, 1e-5, res)
+    assert torch.equal(r, r_ref)
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+    gu = torch.randn(t, 2 * 5632, device=dev, dtype=bf)
+    torch.testing.assert_close(fk.silu_mul(gu), fk.silu_mul_ref(gu), rtol=2e-2, atol=2e-2)
+    cache = fk.make_cos_sin_cache(ModelConfig(), 2048, dev)
+    qkv, pos = torch.randn(t, 40 * 64, device=dev, dtype=bf), torch.randint(0, 2048, (t,), device=dev)
+    torch.testing.assert_close(fk.rope_qk(qkv.clone(), pos, cache, 32, 4, 64), fk.rope_qk_ref(qkv, pos, cache, 32, 4, 64),
+                               rtol=2e-2, atol=2e-2)
