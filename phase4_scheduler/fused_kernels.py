@@ -140,18 +140,20 @@ def rope_qk_kernel(qkv_ptr, pos_ptr, cs_ptr, stride_t, stride_cs, NUM_HEADS: tl.
     tl.store(qkv_ptr + offs + HALF, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_rope(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim) -> None:
-    if qkv.dim() != 2 or qkv.shape[1] != (num_q_heads + 2 * num_kv_heads) * head_dim:
-        raise ValueError(f"rope_qk: want qkv [T, (Hq + 2 Hkv) * D] = [T, {(num_q_heads + 2 * num_kv_heads) * head_dim}]"
-                         f", got {tuple(qkv.shape)}")
+def _check_rope(shape, device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim, name="rope_qk"):
+    """shape, device: those of the packed qkv [T, (Hq+2Hkv)*D] being rotated."""
+    if len(shape) != 2 or shape[1] != (num_q_heads + 2 * num_kv_heads) * head_dim:
+        raise ValueError(f"{name}: want qkv [T, (Hq + 2 Hkv) * D] = [T, {(num_q_heads + 2 * num_kv_heads) * head_dim}]"
+                         f", got {tuple(shape)}")
     if head_dim % 2 or cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
-        raise ValueError(f"rope_qk: want an even head_dim and cos_sin_cache [max_pos, D={head_dim}] (cos | sin), "
+        raise ValueError(f"{name}: want an even head_dim and cos_sin_cache [max_pos, D={head_dim}] (cos | sin), "
                          f"got D={head_dim}, cache {tuple(cos_sin_cache.shape)}")
-    if positions.shape != (qkv.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"rope_qk: want positions [T={qkv.shape[0]}] int32/int64, got {tuple(positions.shape)} "
+    if positions.shape != (shape[0],) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name}: want positions [T={shape[0]}] int32/int64, got {tuple(positions.shape)} "
                          f"{positions.dtype}")
-    if positions.device != qkv.device:
-        raise ValueError(f"rope_qk: positions on {positions.device}, qkv on {qkv.device}")
+    if positions.device != device or cos_sin_cache.device != device:
+        raise ValueError(f"{name}: positions on {positions.device}, cos_sin_cache on {cos_sin_cache.device}, qkv on "
+                         f"{device}: put them on one device")
 
 
 def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor, num_q_heads: int,
@@ -162,7 +164,7 @@ def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Ten
     are not range-checked (that would need a host sync): they must be < max_pos.
     """
     _check("rope_qk", qkv, cos_sin_cache)
-    _check_rope(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim)
+    _check_rope(qkv.shape, qkv.device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim)
     heads = num_q_heads + num_kv_heads
     rope_qk_kernel[(qkv.shape[0],)](qkv, positions, cos_sin_cache, qkv.stride(0), cos_sin_cache.stride(0),
                                     NUM_HEADS=heads, H_PAD=triton.next_power_of_2(heads), HALF=head_dim // 2,
@@ -175,7 +177,7 @@ def rope_qk_ref(qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch
     """Out of place, with common.llama.apply_rope's arithmetic (cos/sin cast to the dtype, x*cos + rot(x)*sin)."""
     from common.llama import apply_rope
 
-    _check_rope(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim)
+    _check_rope(qkv.shape, qkv.device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim)
     t, half = qkv.shape[0], head_dim // 2
     cs = cos_sin_cache[positions.long()]  # [T, D]
     cos = torch.cat((cs[:, :half], cs[:, :half]), -1).to(qkv.dtype)[None]  # [1, T, D]
@@ -230,8 +232,29 @@ def _squares(x_ptr, r_ptr, ro_ptr, offs, mask, write, HAS_RES: tl.constexpr):
 
 
 @triton.jit
-def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, N, stride_wn, eps, K: tl.constexpr,
-                       MODE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The weight rows a program owns. With ROPE, a program in the q/k region takes BLOCK_N / 2 rotation PAIRS
+    (rows j and j + D/2 of a head, interleaved), so its epilogue can rotate them; v rows stay contiguous."""
+    i = tl.arange(0, BLOCK_N)
+    n = pid * BLOCK_N + i
+    if ROPE:
+        pair = pid * (BLOCK_N // 2) + i // 2
+        n = tl.where(pid * BLOCK_N < ROPE_ROWS, (pair // HALF) * (2 * HALF) + (i % 2) * HALF + pair % HALF, n)
+    return n
+
+
+@triton.jit
+def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, dt, HALF: tl.constexpr):
+    """RoPE on (x1, x2) = (dim j, dim j + D/2) values rounded to dt; cos/sin rounded to dt as the reference does."""
+    c = tl.load(cs_ptr + pos * stride_cs + j).to(dt).to(tl.float32)
+    s = tl.load(cs_ptr + pos * stride_cs + HALF + j).to(dt).to(tl.float32)
+    return tl.where(apply, x1 * c - x2 * s, x1), tl.where(apply, x2 * c + x1 * s, x2)
+
+
+@triton.jit
+def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, N, stride_wn, eps, stride_cs,
+                       ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, ROPE: tl.constexpr,
+                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once."""
     pid = tl.program_id(0)
     k = tl.arange(0, BLOCK_K)
@@ -241,7 +264,7 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, N, stride_w
         for k0 in range(0, K, BLOCK_K):
             ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
         inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
     n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -252,12 +275,21 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, N, stride_w
         wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
                      eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
         acc += wv.to(tl.float32) * xv[None, :]
-    tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=n_mask)
+    o = tl.sum(acc, axis=1)  # [BLOCK_N]
+    if ROPE:  # rotate the pairs in registers: qkv is rounded first, as the unfused GEMM's output is
+        dt = out_ptr.dtype.element_ty
+        x1, x2 = tl.split(tl.reshape(o.to(dt).to(tl.float32), [BLOCK_N // 2, 2]))
+        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF
+        pos = tl.load(pos_ptr).to(tl.int64)
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        o = tl.reshape(tl.join(y1, y2), [BLOCK_N])
+    tl.store(out_ptr + n, o.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
-def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, eps,
-                       K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr,
+def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, M, N, stride_xm, stride_wn,
+                       stride_om, eps, stride_cs, ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr,
+                       HAS_RES: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
     """2 <= M <= M_PAD: acc^T [BLOCK_N, M_PAD] += w [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, M_PAD] on the tensor cores."""
     pid = tl.program_id(0)
@@ -272,7 +304,7 @@ def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, M, N, strid
             ss += _squares(x_ptr, r_ptr, ro_ptr, m[None, :] * stride_xm + kk[:, None],
                            m_mask[None, :] & (kk < K)[:, None], pid == 0, HAS_RES)
         inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)[None, :]  # [1, M_PAD]
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
     n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, M_PAD], tl.float32)
@@ -285,6 +317,14 @@ def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, M, N, strid
         if DOT_F32:
             wv = wv.to(tl.float32)
         acc = tl.dot(wv, xt.to(wv.dtype), acc, input_precision=PREC)
+    if ROPE:
+        dt = out_ptr.dtype.element_ty
+        pairs = tl.permute(tl.reshape(acc.to(dt).to(tl.float32), [BLOCK_N // 2, 2, M_PAD]), (0, 2, 1))
+        x1, x2 = tl.split(pairs)  # [BLOCK_N / 2, M_PAD]
+        j = ((pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF)[:, None]
+        pos = tl.load(pos_ptr + m, mask=m_mask, other=0).to(tl.int64)[None, :]  # [1, M_PAD]
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        acc = tl.reshape(tl.permute(tl.join(y1, y2), (0, 2, 1)), [BLOCK_N, M_PAD])
     tl.store(out_ptr + m[None, :] * stride_om + n[:, None], acc.to(out_ptr.dtype.element_ty),
              mask=m_mask[None, :] & n_mask[:, None])
 
@@ -299,13 +339,22 @@ _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
 _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                  for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3),
                                       (64, 128, 4, 4)]]
+
+
+def _prune(configs, named_args, **kwargs):  # with the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head
+    return [c for c in configs if not kwargs.get("ROPE") or kwargs["HALF"] % (c.kwargs["BLOCK_N"] // 2) == 0]
+
+
 # HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
-skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE"], do_bench=_bench)(skinny_gemv_kernel)
-skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "MODE", "M_PAD"], do_bench=_bench)(skinny_gemm_kernel)
+skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE"], do_bench=_bench,
+                                    prune_configs_by={"early_config_prune": _prune})(skinny_gemv_kernel)
+skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "MODE", "ROPE", "M_PAD"], do_bench=_bench,
+                                    prune_configs_by={"early_config_prune": _prune})(skinny_gemm_kernel)
 
 
-def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True):
-    """Checks shared by the three entry points, then one launch. Returns (out [M, N], x + residual or None)."""
+def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None):
+    """Checks shared by the entry points, then one launch. Returns (out [M, N], x + residual or None).
+    rope: None or (positions [M], cos_sin_cache [P, D], rows to rotate, D), checked by the caller."""
     _check(name, *(t for t in (x, w, residual, norm_w) if t is not None))
     if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
         raise ValueError(f"{name}: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
@@ -319,24 +368,28 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True)
     m, n = x.shape[0], w.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
+    pos, cs, rope_rows, d = rope if rope is not None else (x, x, 0, 2)
     ptrs = (x, residual if residual is not None else x, norm_w if norm_w is not None else x,
-            r_out if r_out is not None else x, w, out)
-    flags = dict(K=k, MODE=mode, HAS_RES=residual is not None)
+            r_out if r_out is not None else x, w, out, pos, cs)
+    flags = dict(K=k, MODE=mode, HAS_RES=residual is not None, ROPE=rope is not None, HALF=d // 2)
+    fixed_bn = lambda bn: min(bn, d) if rope is not None else bn  # noqa: E731  (pairs must not cross a head)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     if m == 1:
+        args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
         if interpreting() or not tune:
             bn, bk = (4, 32) if interpreting() else (8, 512)
-            skinny_gemv_kernel[grid](*ptrs, n, w.stride(0), eps, **flags, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, num_warps=4)
         else:
-            skinny_gemv_tuned[grid](*ptrs, n, w.stride(0), eps, **flags)
+            skinny_gemv_tuned[grid](*args, **flags)
         return out, r_out
-    args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps)
+    args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps, cs.stride(0), rope_rows)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
     if interpreting():
-        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=16, BLOCK_K=32, M_PAD=16, DOT_F32=True, PREC="ieee")
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(16), BLOCK_K=32, M_PAD=16, DOT_F32=True,
+                                 PREC="ieee")
     elif not tune:
-        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=32, BLOCK_K=256, M_PAD=16, DOT_F32=False, PREC=prec,
-                                 num_warps=4, num_stages=3)
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(32), BLOCK_K=256, M_PAD=16, DOT_F32=False,
+                                 PREC=prec, num_warps=4, num_stages=3)
     else:
         skinny_gemm_tuned[grid](*args, **flags, M_PAD=16, DOT_F32=False, PREC=prec)
     return out, r_out
@@ -368,6 +421,29 @@ def norm_linear_ref(x, norm_w, eps, w, residual=None):
         return F.linear(rms_norm_ref(x, norm_w, eps), w), x
     y, r = rms_norm_ref(x, norm_w, eps, residual)
     return F.linear(y, w), r
+
+
+def norm_linear_rope(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor, positions: torch.Tensor,
+                     cos_sin_cache: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                     residual: torch.Tensor | None = None, tune: bool = True):
+    """norm_linear into the packed qkv [M, (Hq+2Hkv)*D], with rope_qk applied in the GEMM's epilogue (one kernel
+    for norm, projection and RoPE). Returns (qkv, x + residual)."""
+    _check_rope((x.shape[0], w.shape[0]), x.device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim,
+                "norm_linear_rope")
+    if head_dim & (head_dim - 1) or cos_sin_cache.dtype != torch.float32:
+        raise ValueError(f"norm_linear_rope: head_dim must be a power of two (got {head_dim}) and the cos/sin cache "
+                         f"float32 (got {cos_sin_cache.dtype}; see make_cos_sin_cache)")
+    if norm_w.shape != (x.shape[-1],) or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"norm_linear_rope: want norm_w [K] and residual like x {tuple(x.shape)}")
+    rope = (positions, cos_sin_cache, (num_q_heads + num_kv_heads) * head_dim, head_dim)
+    out, r = _skinny("norm_linear_rope", x, w, 1, x.shape[-1], residual, norm_w, eps, tune, rope)
+    return out, (x if r is None else r)
+
+
+def norm_linear_rope_ref(x, norm_w, eps, w, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim,
+                         residual=None):
+    qkv, r = norm_linear_ref(x, norm_w, eps, w, residual)
+    return rope_qk_ref(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim), r
 
 
 def silu_mul_linear(gate_up: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:

@@ -41,8 +41,8 @@ class Ops:
     `prologues` the Triton path folds the norm into the next GEMM and SiLU-and-mul into the down projection whenever
     the step is skinny (T <= fk.SKINNY_MAX_M, decode); larger steps run norm, silu_mul and cuBLAS separately."""
 
-    def __init__(self, backend: str, prologues: bool = True):
-        self.backend, self.prologues = backend, prologues
+    def __init__(self, backend: str, prologues: bool = True, rope_epilogue: bool = False):
+        self.backend, self.prologues, self.rope_epilogue = backend, prologues, rope_epilogue
         ref = backend == "ref"
         self.rms_norm = fk.rms_norm_ref if ref else fk.rms_norm
         self.silu_mul = fk.silu_mul_ref if ref else fk.silu_mul
@@ -61,6 +61,13 @@ class Ops:
             return self.linear(self.rms_norm(h, norm_w, eps), w), h
         x, residual = self.rms_norm(h, norm_w, eps, residual)
         return self.linear(x, w), residual
+
+    def norm_qkv_rope(self, h, norm_w, eps, w, residual, positions, cos_sin, hq, hkv, d):
+        """(rope(norm_linear(...)), h + residual): with rope_epilogue and a skinny step, one kernel."""
+        if self.rope_epilogue and self._skinny(h):
+            return fk.norm_linear_rope(h, norm_w, eps, w, positions, cos_sin, hq, hkv, d, residual)
+        qkv, residual = self.norm_linear(h, norm_w, eps, w, residual)
+        return self.rope_qk(qkv, positions, cos_sin, hq, hkv, d), residual
 
     def silu_mul_linear(self, gate_up, w):
         return fk.silu_mul_linear(gate_up, w) if self._skinny(gate_up) else self.linear(self.silu_mul(gate_up), w)
@@ -87,8 +94,8 @@ class FusedDecoderLayer(nn.Module):
 
     def forward(self, h, residual, positions, cos_sin, ctx, b: int, s: int, ops):
         """h, residual [T, H] (residual None in layer 0) -> (mlp output, residual stream) [T, H], not yet added."""
-        qkv, residual = ops.norm_linear(h, self.input_norm, self.eps, self.qkv, residual)  # [T, (Hq+2Hkv)D]
-        qkv = ops.rope_qk(qkv, positions, cos_sin, self.hq, self.hkv, self.d)
+        qkv, residual = ops.norm_qkv_rope(h, self.input_norm, self.eps, self.qkv, residual, positions, cos_sin,
+                                          self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D], q and k rotated
         t, nq, nk = qkv.shape[0], self.hq * self.d, self.hkv * self.d
         q = qkv[:, :nq].view(t, self.hq, self.d)  # [T, Hq, D] strided views of the packed buffer
         k = qkv[:, nq:nq + nk].view(t, self.hkv, self.d)
@@ -106,7 +113,8 @@ class FusedDecoderLayer(nn.Module):
 
 
 class FusedLlamaForCausalLM(nn.Module):
-    def __init__(self, model, backend: str = "auto", max_positions: int | None = None, prologues: bool = True):
+    def __init__(self, model, backend: str = "auto", max_positions: int | None = None, prologues: bool = True,
+                 rope_epilogue: bool = False):
         super().__init__()
         from common.llama import Attention, LlamaForCausalLM
 
@@ -122,7 +130,7 @@ class FusedLlamaForCausalLM(nn.Module):
         m = model.model
         dev = m.embed_tokens.weight.device
         self.backend = ("triton" if dev.type == "cuda" else "ref") if backend == "auto" else backend
-        self.ops = Ops(self.backend, prologues)
+        self.ops = Ops(self.backend, prologues, rope_epilogue)
         self.embed = _frozen(m.embed_tokens.weight)  # [V, H]
         self.layers = nn.ModuleList(FusedDecoderLayer(l, cfg, i) for i, l in enumerate(m.layers))
         m.layers = nn.ModuleList()  # the reference model is consumed: its layers live here now
@@ -174,18 +182,21 @@ class FusedLlamaForCausalLM(nn.Module):
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"FusedLlamaForCausalLM(backend={self.backend}, prologues={self.ops.prologues}, layers={len(self.layers)}, hidden={c.hidden_size}, "
+        return (f"FusedLlamaForCausalLM(backend={self.backend}, prologues={self.ops.prologues}, "
+                f"rope_epilogue={self.ops.rope_epilogue}, layers={len(self.layers)}, hidden={c.hidden_size}, "
                 f"heads={c.num_attention_heads}q/{c.num_key_value_heads}kv x {c.head_dim}, "
                 f"qkv {tuple(self.layers[0].qkv.shape)}, gate_up {tuple(self.layers[0].gate_up.shape)}, "
                 f"{'tied' if self.lm_head is None else 'untied'} lm_head, rope table {tuple(self.cos_sin.shape)})")
 
 
-def fuse_model(model, backend: str = "auto", max_positions: int | None = None,
-               prologues: bool = True) -> FusedLlamaForCausalLM:
+def fuse_model(model, backend: str = "auto", max_positions: int | None = None, prologues: bool = True,
+               rope_epilogue: bool = False) -> FusedLlamaForCausalLM:
     """Turn a reference LlamaForCausalLM into the fused model (weights moved, not copied; `model` is consumed).
 
     backend: "triton" (kernels; on CPU only under TRITON_INTERPRET=1), "ref" (PyTorch references), "auto" (triton on
     CUDA, ref elsewhere). max_positions: rows of the RoPE table (default: the config's max_position_embeddings).
     prologues: fold norm and SiLU-and-mul into the skinny GEMMs at decode sizes (False: separate kernels).
+    rope_epilogue: also rotate q and k in the qkv GEMM's epilogue at decode sizes (one launch fewer per layer; off
+    until bench_fused has shown it on the GPU). Both switches are attributes of `fused.ops`, changeable later.
     """
-    return FusedLlamaForCausalLM(model, backend, max_positions, prologues).eval()
+    return FusedLlamaForCausalLM(model, backend, max_positions, prologues, rope_epilogue).eval()

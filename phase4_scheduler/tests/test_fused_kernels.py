@@ -111,6 +111,25 @@ def test_silu_mul_linear_equals_silu_mul_then_linear(impl, dtype, m):
                                                              else {"rtol": 5e-2, "atol": 5e-2}))
 
 
+@pytest.mark.parametrize("impl", [fk.norm_linear_rope, fk.norm_linear_rope_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 5])
+def test_norm_linear_rope_equals_norm_linear_then_rope(impl, dtype, m):
+    hq, hkv, d, k = 4, 2, 16, 48  # 8 q/k heads, 2 v heads: the v rows must come out unrotated
+    cfg = ModelConfig(hidden_size=hq * d, num_attention_heads=hq, num_key_value_heads=hkv, rope_theta=100.0)
+    cache = fk.make_cos_sin_cache(cfg, 64)
+    g = torch.Generator().manual_seed(20 + m)
+    x, res = torch.randn(m, k, generator=g).to(dtype), torch.randn(m, k, generator=g).to(dtype)
+    nw, w = torch.randn(k, generator=g).to(dtype), (torch.randn((hq + 2 * hkv) * d, k, generator=g) / 7).to(dtype)
+    pos = torch.randint(0, 64, (m,), generator=g)
+    out, r = impl(x, nw, 1e-5, w, pos, cache, hq, hkv, d, res)
+    y, r_want = fk.rms_norm_ref(x, nw, 1e-5, res)
+    want = fk.rope_qk_ref(F.linear(y.float(), w.float()), pos, cache, hq, hkv, d)
+    torch.testing.assert_close(r, r_want, **tol(dtype))
+    torch.testing.assert_close(out.float(), want, **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else
+                                                     {"rtol": 5e-2, "atol": 5e-2}))
+
+
 def test_linear_dispatch_small_m_and_large_m():
     w = torch.randn(24, 40)
     for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
@@ -147,6 +166,9 @@ def test_bad_inputs_raise_clear_errors():
         fk.norm_linear(torch.randn(8, 2).t(), torch.randn(8), 1e-5, torch.randn(4, 8))
     with pytest.raises(ValueError, match="even width"):
         fk.silu_mul_linear(torch.randn(1, 7), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="power of two"):  # D=12: rotation pairs would straddle the GEMM's tiles
+        fk.norm_linear_rope(torch.randn(1, 8), torch.randn(8), 1e-5, torch.randn(48, 8), torch.tensor([0]),
+                            torch.randn(4, 12), 2, 1, 12)
     with pytest.raises(ValueError, match="nn.Linear layout"):
         fk.silu_mul_linear(torch.randn(1, 8), torch.randn(4, 8))  # w must be [N, K] with K = 8 / 2
 
@@ -171,6 +193,13 @@ def test_gpu_skinny_gemms_at_model_shapes(n, k, m):
     y, r_want = fk.rms_norm_ref(x, nw, 1e-5, res)
     assert torch.equal(r, r_want)  # on the GPU the residual add rounds exactly as torch's does
     torch.testing.assert_close(out.float(), F.linear(y.float(), w.float()), rtol=2e-2, atol=3e-2)
+    if n == 2560:  # the packed qkv of TinyLlama: 32 q + 4 k + 4 v heads of 64
+        cache = fk.make_cos_sin_cache(ModelConfig(), 2048, dev)
+        pos = torch.randint(0, 2048, (m,), device=dev, generator=g)
+        qkv, r2 = fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, 32, 4, 64, res)
+        assert torch.equal(r2, r_want)
+        torch.testing.assert_close(qkv.float(), fk.rope_qk_ref(F.linear(y.float(), w.float()), pos, cache, 32, 4, 64),
+                                   rtol=2e-2, atol=3e-2)
     if n <= 2048:  # w as the down projection: K is the intermediate size
         gu = torch.randn(m, 2 * k, device=dev, generator=g).to(bf)
         torch.testing.assert_close(fk.silu_mul_linear(gu, w).float(), F.linear(fk.silu_mul_ref(gu).float(), w.float()),

@@ -14,15 +14,17 @@ CFG = ModelConfig(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidd
 BACKENDS = ["ref", "triton"]  # triton: the kernels under the CPU interpreter
 
 
-def models(cfg=CFG, backend="ref", prologues=True):
+def models(cfg=CFG, backend="ref", prologues=True, rope_epilogue=False):
     state = random_state_dict(cfg, seed=3, std=0.1)
     ref = LlamaForCausalLM.from_state_dict(cfg, {k: v.clone() for k, v in state.items()})
-    return ref, fuse_model(LlamaForCausalLM.from_state_dict(cfg, state), backend=backend, prologues=prologues)
+    return ref, fuse_model(LlamaForCausalLM.from_state_dict(cfg, state), backend=backend, prologues=prologues,
+                           rope_epilogue=rope_epilogue)
 
 
-@pytest.mark.parametrize("backend,prologues", [("ref", True), ("triton", True), ("triton", False)])
-def test_prefill_logits_match_reference(backend, prologues):
-    ref, fused = models(backend=backend, prologues=prologues)
+@pytest.mark.parametrize("backend,prologues,rope_epilogue", [("ref", True, False), ("triton", True, False),
+                                                             ("triton", False, False), ("triton", True, True)])
+def test_prefill_logits_match_reference(backend, prologues, rope_epilogue):
+    ref, fused = models(backend=backend, prologues=prologues, rope_epilogue=rope_epilogue)
     ids = torch.randint(0, CFG.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(fused(ids), ref(ids), rtol=1e-5, atol=1e-5)
@@ -31,7 +33,7 @@ def test_prefill_logits_match_reference(backend, prologues):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_decode_with_contiguous_cache_matches(backend):
-    ref, fused = models(backend=backend)
+    ref, fused = models(backend=backend, rope_epilogue=backend == "triton")  # M=1 steps take the GEMV epilogue
     prompt = torch.randint(0, CFG.vocab_size, (1, 4), generator=torch.Generator().manual_seed(1))
     caches = [ContiguousKVCache(CFG, 1, 16) for _ in range(2)]
     out = []
@@ -113,13 +115,17 @@ def test_bad_arguments():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rope_epilogue", [False, True])
 @pytest.mark.parametrize("t", [1, 8, 32])
-def test_gpu_fused_step_captures_in_a_cuda_graph(t):
+def test_gpu_fused_step_captures_in_a_cuda_graph(t, rope_epilogue):
     """Skinny (T <= 16) and cuBLAS (T = 32) steps replay in a CUDA graph and equal the eager fused model."""
     cfg = ModelConfig(vocab_size=1000, hidden_size=256, intermediate_size=704, num_hidden_layers=2,
                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
     state = random_state_dict(cfg, seed=0, std=0.05, dtype=torch.bfloat16, device="cuda")
-    fused = fuse_model(LlamaForCausalLM.from_state_dict(cfg, state, dtype=torch.bfloat16, device="cuda"))
+    ref = LlamaForCausalLM.from_state_dict(cfg, {k: v.clone() for k, v in state.items()}, dtype=torch.bfloat16,
+                                           device="cuda")
+    fused = fuse_model(LlamaForCausalLM.from_state_dict(cfg, state, dtype=torch.bfloat16, device="cuda"),
+                       rope_epilogue=rope_epilogue)
     assert fused.backend == "triton"
     fused.warmup()
     ids = torch.randint(0, 1000, (t,), device="cuda")
@@ -133,4 +139,6 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(t):
         pos.copy_(torch.randint(0, 256, (t,), device="cuda"))
         graph.replay()
         want = fused.compute_logits(fused.forward_tokens(ids, pos))
+        ref_logits = ref(ids[None], pos[None])[0]
     torch.testing.assert_close(out, want)  # new ids and positions went through the replay: stale capture would differ
+    torch.testing.assert_close(out.float(), ref_logits.float(), rtol=5e-2, atol=5e-2)  # and it is the model
