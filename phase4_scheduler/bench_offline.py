@@ -33,7 +33,7 @@ from common.bench import write_result
 from common.data import sharegpt_request_lengths
 from common.model_loader import load_model
 from common.sampling import SamplingParams
-from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.engine import LLMEngine, freeze_heap
 from phase4_scheduler.llm import LLM
 from phase4_scheduler.static_batching import static_engine
 
@@ -56,6 +56,7 @@ def _sync() -> None:
 
 def release() -> None:
     """After the caller dropped its engine (`del`): free its KV pool / CUDA graphs before the next section."""
+    gc.unfreeze()  # frozen objects in reference cycles would never be collected
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -92,6 +93,7 @@ def decode_latency(loaded, args, engine_kw: dict) -> dict:
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(100, loaded.config.vocab_size - 100, (args.latency_prompt,), generator=g).tolist()
     params = SamplingParams(max_tokens=args.latency_tokens, temperature=0.0, ignore_eos=True)
+    freeze_heap()
     marks = []
     for rid in ("warm", "timed"):
         eng.add_request(rid, prompt, params)
@@ -243,6 +245,7 @@ def main(argv=None) -> dict:
         llm = LLM(engine=LLMEngine(loaded, max_num_seqs=args.max_num_seqs,
                                    max_num_batched_tokens=args.max_num_batched_tokens, **kw, **engine_kw))
         engine_kw["fuse"] = False  # the model is fused now (loaded.model was replaced); later engines reuse it
+        freeze_heap()  # no full-GC stalls while timing
         if not args.no_warmup:
             warm_up(llm, prompts, params)
         row = run(llm, prompts, params, "continuous")
@@ -253,6 +256,7 @@ def main(argv=None) -> dict:
     def static():
         llm = LLM(engine=static_engine(loaded, args.static_batch_size or args.max_num_seqs, **kw, **engine_kw))
         engine_kw["fuse"] = False
+        freeze_heap()
         if not args.no_warmup:
             n = args.static_batch_size or args.max_num_seqs
             warm_up(llm, prompts[:n], params[:n])

@@ -12,13 +12,16 @@ steps and splits each into parts by wrapping the engine's collaborators:
 
     schedule   Scheduler.schedule (block allocation included)
     inputs     from the end of schedule to the call of runner.execute (token ids, positions, block tables, slots)
+    to_tensor  the stub runner making CPU tensors of what it got (what the real runner does before its H2D copies)
     sampler    the Sampler call (on CPU this includes the argmax over [B, V]: device work on a GPU, host here)
     detok      IncrementalDetokenizer.add_token / delta (only with --tokenizer)
     outputs    building the RequestOutputs
     update     the rest after the forward (per-request bookkeeping, stop checks)
 
-`argmax` (the [B, V] argmax alone, timed apart) is compute a GPU does; `host = step - argmax` is the Python cost to
-compare. `final_only` times `step(final_only=True)`, LLM.generate's mode (no per-token RequestOutputs).
+`step` uses the full [B, V] logits, so on this CPU it includes the sampler's argmax over B x V floats (and, in
+older code, copies of the logits): compute a GPU does on the device. `host` repeats the steps with the stub's
+logits cut to 64 columns, which removes that compute and leaves the Python cost to compare; `argmax` is the full
+argmax alone. `final_only` times `step(final_only=True)`, LLM.generate's mode (no per-token RequestOutputs).
 
 NOTE: the wrappers cost ~1 us per call, which the per-part times include; `step` is measured without wrappers in
 a separate pass and is the number to quote. Times are minima over the steps (a shared 2-core VM only adds noise),
@@ -27,6 +30,7 @@ with torch on one thread; parts are means, so they add up to the mean wrapped st
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import statistics
 import time
@@ -42,7 +46,15 @@ from common.weights import random_state_dict
 from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.engine import LLMEngine
 
-PARTS = ["schedule", "inputs", "sampler", "detok", "outputs", "update"]
+try:
+    from phase4_scheduler.engine import freeze_heap
+except ImportError:  # older engines (the before/after comparison runs this script on the old code)
+    def freeze_heap() -> None:
+        gc.collect()
+        gc.freeze()
+
+HOST_VOCAB = 64  # the host-only pass slices the logits to this many columns
+PARTS = ["schedule", "inputs", "to_tensor", "sampler", "detok", "outputs", "update"]
 
 
 def tiny_loaded(vocab: int, tokenizer=None) -> LoadedModel:
@@ -54,15 +66,29 @@ def tiny_loaded(vocab: int, tokenizer=None) -> LoadedModel:
     return LoadedModel(cfg, model, tokenizer, "stub", torch.device("cpu"), torch.float32)
 
 
+def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype) if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=dtype)
+
+
 class StubForward:
-    """Stands in for ModelRunner.execute: returns rows of a fixed random [B_max, V] logits tensor."""
+    """Stands in for ModelRunner.execute: turns its inputs into CPU tensors as a runner must before the host->device
+    copy (lists are converted, block-table rows padded; tensors pass through), then returns rows of a fixed random
+    [B_max, V] logits tensor instead of computing a model."""
 
     def __init__(self, max_batch: int, vocab: int):
         self.logits = torch.randn(max_batch, vocab, generator=torch.Generator().manual_seed(0))  # [B_max, V]
-        self.calls = 0
+        self.calls, self.convert_s = 0, 0.0
 
     def __call__(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping):
+        t = time.perf_counter()
+        for x, dt in ((token_ids, torch.long), (positions, torch.long), (q_lens, torch.int32),
+                      (seq_lens, torch.int32), (slot_mapping, torch.long)):
+            _as_tensor(x, dt)
+        if not isinstance(block_tables, torch.Tensor):
+            w = max(map(len, block_tables))
+            block_tables = torch.tensor([list(r) + [0] * (w - len(r)) for r in block_tables], dtype=torch.int32)
         self.calls += 1
+        self.convert_s += time.perf_counter() - t
         return self.logits[:len(q_lens)]  # [B, V]
 
 
@@ -86,7 +112,10 @@ class PartTimer:
 
         def execute(*a, **k):
             self.acc["inputs"] += time.perf_counter() - self.marks["sched_end"]
-            return orig_execute(*a, **k)
+            before = orig_execute.convert_s
+            out = orig_execute(*a, **k)
+            self.acc["to_tensor"] += orig_execute.convert_s - before
+            return out
 
         def sampler(*a, **k):
             t = time.perf_counter()
@@ -129,12 +158,12 @@ class PartTimer:
 def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int) -> LLMEngine:
     """An engine with `batch` requests, prefilled (one step) and decoding, its forward stubbed."""
     loaded = tiny_loaded(vocab, tokenizer)
-    blocks = batch * (-(-(prompt_len + 4 * steps + 40) // 16))
+    blocks = batch * (-(-(prompt_len + 6 * steps + 40) // 16))
     eng = LLMEngine(loaded, max_num_seqs=batch, max_num_batched_tokens=batch * prompt_len, num_blocks=blocks,
                     block_size=16)
     eng.runner.execute = StubForward(batch, vocab)
     g = torch.Generator().manual_seed(1)
-    params = SamplingParams(max_tokens=4 * steps + 30, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=6 * steps + 30, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         eng.add_request(f"r{i}", torch.randint(3, vocab, (prompt_len,), generator=g).tolist(), params)
     eng.step()  # the whole batch's prefill in one step
@@ -142,26 +171,36 @@ def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int
     return eng
 
 
-def measure(batch: int, vocab: int, tokenizer, prompt_len: int = 128, steps: int = 20, warmup: int = 3) -> dict:
+def time_steps(eng: LLMEngine, steps: int, final_only: bool) -> list[float]:
+    """Seconds of each of `steps` plain engine steps ([] for final_only on an engine without that mode)."""
+    if final_only and "final_only" not in inspect.signature(eng.step).parameters:
+        return []
+    out = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        eng.step(final_only=True) if final_only else eng.step()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def measure(batch: int, vocab: int, tokenizer, prompt_len: int = 128, steps: int = 20, warmup: int = 3,
+            gc_freeze: bool = False) -> dict:
     eng = decode_engine(batch, vocab, tokenizer, prompt_len, steps)
     for _ in range(warmup):
         eng.step()
-    totals, finals = [], []
-    for _ in range(steps):  # plain steps, nothing wrapped: the figure to quote
-        t = time.perf_counter()
-        eng.step()
-        totals.append(time.perf_counter() - t)
-    if "final_only" in inspect.signature(eng.step).parameters:  # LLM.generate's mode: no per-token outputs
-        for _ in range(steps):
-            t = time.perf_counter()
-            eng.step(final_only=True)
-            finals.append(time.perf_counter() - t)
+    if gc_freeze:
+        freeze_heap()
+    totals, finals = time_steps(eng, steps, False), time_steps(eng, steps, True)  # plain steps: nothing wrapped
     logits = eng.runner.execute.logits[:batch]
     argmax = []
     for _ in range(steps):  # the sampler's argmax over [B, V]: device work on a GPU, counted apart here
         t = time.perf_counter()
         logits.argmax(-1)
         argmax.append(time.perf_counter() - t)
+    full = eng.runner.execute.logits
+    eng.runner.execute.logits = full[:, :HOST_VOCAB].contiguous()  # host-only pass: an argmax over 64 columns
+    hosts, host_finals = time_steps(eng, steps, False), time_steps(eng, steps, True)
+    eng.runner.execute.logits = full
     timer = PartTimer(eng)
     try:
         wrapped = [timer.step() for _ in range(steps)]
@@ -170,13 +209,17 @@ def measure(batch: int, vocab: int, tokenizer, prompt_len: int = 128, steps: int
     parts = {k: v / steps * 1e3 for k, v in timer.acc.items()}
     parts["update"] = max(0.0, statistics.mean(wrapped) * 1e3 - sum(parts.values()))  # means: they add up
     assert all(r.num_computed_tokens == r.num_tokens - 1 for r in eng.requests.values())
-    step_ms, argmax_ms = min(totals) * 1e3, min(argmax) * 1e3  # minima: this small VM's noise only adds time
+    del eng, timer
+    gc.unfreeze()  # let this engine go before the next one
+    ms = lambda ts: min(ts) * 1e3  # minima: this small VM's noise only adds time  # noqa: E731
     row = {"batch": batch, "vocab": vocab, "tokenizer": tokenizer is not None, "steps": steps,
-           "step_ms_median": statistics.median(totals) * 1e3, "step_ms_min": step_ms, "argmax_ms": argmax_ms,
-           "host_ms": step_ms - argmax_ms, "us_per_request": (step_ms - argmax_ms) * 1e3 / batch, "parts_ms": parts}
+           "step_ms_min": ms(totals), "step_ms_median": statistics.median(totals) * 1e3,
+           "step_ms_max": max(totals) * 1e3, "argmax_ms": ms(argmax), "gc_freeze": gc_freeze,
+           "host_ms": ms(hosts), "host_ms_median": statistics.median(hosts) * 1e3,
+           "us_per_request": ms(hosts) * 1e3 / batch, "parts_ms": parts}
     if finals:
-        row["final_only_step_ms"] = min(finals) * 1e3
-        row["final_only_host_ms"] = row["final_only_step_ms"] - argmax_ms
+        row["final_only_step_ms"] = ms(finals)
+        row["final_only_host_ms"] = ms(host_finals)
     return row
 
 
@@ -187,6 +230,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings)")
     ap.add_argument("--tokenizer", action="store_true", help="also measure with SmolLM2's tokenizer (detokenising)")
+    ap.add_argument("--gc-freeze", action="store_true", help="engine.freeze_heap() before timing (no full-GC stalls)")
     ap.add_argument("--label", default="after", help="what code this measures (before/after a change)")
     ap.add_argument("--name", default="step_overhead_cpu")
     ap.add_argument("--compare", default="step_overhead_cpu_before", help="a results JSON to print a ratio against")
@@ -202,13 +246,14 @@ def main(argv=None) -> dict:
         configs += [(b, tok.vocab_size, tok) for b in args.batch]
     rows = []
     for b, v, tok in configs:
-        row = measure(b, v, tok, steps=args.steps)
+        row = measure(b, v, tok, steps=args.steps, gc_freeze=args.gc_freeze)
         rows.append(row)
         p = row["parts_ms"]
         fin = f" final-only host {row['final_only_host_ms']:6.2f}" if "final_only_host_ms" in row else ""
-        print(f"B={b:5d} vocab={v} tok={row['tokenizer']!s:5}: step {row['step_ms_min']:7.2f} ms = argmax "
-              f"{row['argmax_ms']:5.2f} + host {row['host_ms']:6.2f}{fin} | " + " ".join(f"{k} {p[k]:.2f}" for k in PARTS))
-    payload = {"label": args.label, "threads": torch.get_num_threads(), "rows": rows}
+        print(f"B={b:5d} vocab={v} tok={row['tokenizer']!s:5}: step {row['step_ms_min']:7.2f} ms (argmax "
+              f"{row['argmax_ms']:5.2f}) host {row['host_ms']:6.2f}{fin} (max step {row['step_ms_max']:.0f}) | "
+              + " ".join(f"{k} {p[k]:.2f}" for k in PARTS))
+    payload = {"label": args.label, "threads": torch.get_num_threads(), "gc_freeze": args.gc_freeze, "rows": rows}
     before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
     if before is not None:
         payload["before"] = {"label": before.get("label"), "rows": before["rows"],

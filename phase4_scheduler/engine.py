@@ -18,6 +18,7 @@ does one argmax + one `.tolist()` for greedy batches, finished requests leave th
 """
 from __future__ import annotations
 
+import gc
 import re
 import time
 
@@ -51,6 +52,15 @@ def parse_memory(spec: str | int | float, device: torch.device) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def freeze_heap() -> None:
+    """gc.collect(), then gc.freeze(): whatever is alive now (modules, weights, the engine) leaves the cyclic
+    collector's view. Without it a full collection rescans ~300k startup objects every few dozen streaming steps
+    (measured on the CPU box at B=1024: ~160 ms stalls). Call once after building the engine in a long-running
+    process, as vLLM does; gc.unfreeze() undoes it (cyclic garbage made of frozen objects is not collected)."""
+    gc.collect()
+    gc.freeze()
 
 
 class LLMEngine:
@@ -224,15 +234,15 @@ class LLMEngine:
         return [self._output(req) for req in emit]
 
     def _output(self, req: Request) -> RequestOutput:
-        new = req.output_token_ids[req.num_returned_tokens:]
-        req.num_returned_tokens = len(req.output_token_ids)
-        det = req.detokenizer
-        return RequestOutput(
-            req.request_id, req.prompt_token_ids, new_token_ids=new, output_token_ids=list(req.output_token_ids),
-            text_delta=det.delta(req.is_finished) if det is not None else "",
-            text=det.text if det is not None else "", finished=req.is_finished,
-            finish_reason=req.status.finish_reason, stop_reason=req.stop_reason, arrival_time=req.arrival_time,
-            first_token_time=req.first_token_time, num_preemptions=req.num_preemptions)
+        out_ids = req.output_token_ids
+        new = out_ids[req.num_returned_tokens:]
+        req.num_returned_tokens = len(out_ids)
+        status, det = req.status, req.detokenizer
+        finished = status.is_finished
+        delta, text = (det.delta(finished), det.text) if det is not None else ("", "")
+        return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
+                             status.value if finished else None, req.stop_reason, req.arrival_time,
+                             req.first_token_time, req.num_preemptions)
 
     # -- inspection --------------------------------------------------------------------------------------------------
     def stats(self) -> dict:
