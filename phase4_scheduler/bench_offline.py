@@ -72,6 +72,7 @@ def run(llm: LLM, prompts, params, label: str) -> dict:
     n_in = sum(o.num_prompt_tokens for o in outs)
     assert all(o.num_output_tokens == p.max_tokens for o, p in zip(outs, params)), "a request stopped early"
     stats = llm.engine.stats()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"], f"{label}: KV blocks leaked"
     row = {"label": label, "seconds": dt, "requests": len(outs), "prompt_tokens": n_in, "output_tokens": n_out,
            "output_tokens_per_s": n_out / dt, "total_tokens_per_s": (n_in + n_out) / dt,
            "requests_per_s": len(outs) / dt, "engine": stats}
