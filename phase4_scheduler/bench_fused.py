@@ -100,6 +100,13 @@ def check_kernels(fk, out: dict) -> None:
                 got, want = fk.silu_mul_linear(gu, w), F.linear(fk.silu_mul_ref(gu).float(), w.float())
             torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
             out[f"{mode}_linear_{name}_M{m}"] = (got.float() - want).abs().max().item()
+            if name == "qkv":  # and with RoPE in the epilogue
+                cache = fk.make_cos_sin_cache(CFG, 2048, dev)
+                pos = torch.randint(0, 2048, (m,), device=dev)
+                got, _ = fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D, r)
+                want = fk.rope_qk_ref(want, pos, cache, HQ, HKV, D)
+                torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
+                out[f"norm_linear_rope_qkv_M{m}"] = (got.float() - want).abs().max().item()
     for dt in (torch.float32, torch.float16):  # other dtypes: one shape, fixed tiles (no tuning run)
         w, x1, x8 = (torch.randn(*s, device=dev, dtype=dt) for s in ((512, 2048), (1, 2048), (8, 2048)))
         for x in (x1, x8):
@@ -131,8 +138,16 @@ def time_kernels(fk, res: dict) -> None:
         ws = [torch.randn(n, k, device=dev, dtype=bf) for _ in range(max(2, math.ceil(L2_BYTES / (n * k * 2))))]
         nw = torch.randn(k, device=dev, dtype=bf)
         x, r, gu = (torch.randn(1, c, device=dev, dtype=bf) for c in (k, k, 2 * k))
+        cache = fk.make_cos_sin_cache(CFG, 2048, dev)
+        pos = torch.tensor([1000], device=dev)
+        if name == "qkv":
+            variants = {"with_rope_one_kernel": lambda w: fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D, r),
+                        "with_rope_two_kernels": lambda w: fk.rope_qk(fk.norm_linear(x, nw, 1e-5, w, r)[0], pos, cache,
+                                                                      HQ, HKV, D)}
+        else:
+            variants = {}
         if mode == "norm":
-            variants = {"one_kernel": lambda w: fk.norm_linear(x, nw, 1e-5, w, r),
+            variants |= {"one_kernel": lambda w: fk.norm_linear(x, nw, 1e-5, w, r),
                         "two_kernels": lambda w: fk.linear_small_m(fk.rms_norm(x, nw, 1e-5, r)[0], w),
                         "torch": lambda w: F.linear(fk.rms_norm_ref(x, nw, 1e-5, r)[0], w)}
         else:
@@ -235,6 +250,17 @@ def time_steps(fk, res: dict) -> None:
         record("fused_no_prologues", 1, step_ms(fused, 1))
     finally:
         fused.ops.prologues = True
+    fused.ops.rope_epilogue = True  # RoPE in the qkv GEMM's epilogue too (4 launches + attention per layer)
+    try:
+        fused.warmup()
+        with torch.inference_mode():
+            err = (fused(ids).float() - ref_logits).abs().max().item()
+        res["fused_rope_epilogue_vs_reference_max_abs_logit_diff"] = err
+        print(f"  fused (rope epilogue) vs reference logits: max |diff| {err:.3g}")
+        for b in [b for b in BATCHES if b <= fk.SKINNY_MAX_M]:
+            record("fused_rope_epilogue", b, step_ms(fused, b))
+    finally:
+        fused.ops.rope_epilogue = False
     try:
         res["kernels_per_step_B1"] = count_kernels(fused, ctxs[1])
     except Exception as e:  # the profiler is a nicety: its failure must not cost the timings
@@ -273,12 +299,16 @@ def main() -> int:
             results[name]["error"] = f"{type(e).__name__}: {e}"
             failed.append(name)
         torch.cuda.empty_cache()
+    results["tuned_tiles"] = {f"{kernel.fn.__name__}{key}": str(cfg) for kernel in (fk.skinny_gemv_tuned,
+                              fk.skinny_gemm_tuned) for key, cfg in kernel.cache.items()}
     write_result("phase4_scheduler", "fused_kernels_gpu", results)
     print("== summary")
     print(f"  sections failed: {failed or 'none'}")
     k = results.get("kernels", {})
     for key in [s for s in k if s.endswith(("_M1", "_M16")) and "skinny_TBps" in k[s]]:
         print(f"  {key:12s} skinny {k[key]['skinny_TBps']:.2f} TB/s vs cuBLAS {k[key]['cublas_TBps']:.2f} TB/s")
+    for key in [s for s in k if "skinny_TBps" not in k[s]]:
+        print(f"  {key:16s} " + "  ".join(f"{n} {v:.1f}" for n, v in k[key].items()))
     d = results.get("decode_step", {})
     for key in [s for s in d if s.endswith("_ms")]:
         print(f"  {key:22s} {d[key]:.3f} ms")

@@ -334,11 +334,9 @@ def _bench(fn, quantiles):  # autotuning timer: short, L2 flushed between runs (
 
 
 _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-                 for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (4, 2048, 8), (8, 256, 4), (8, 512, 4),
-                                   (8, 1024, 8), (16, 512, 8)]]
+                 for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 512, 8)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-                 for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3),
-                                      (64, 128, 4, 4)]]
+                 for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (64, 128, 4, 4)]]
 
 
 def _prune(configs, named_args, **kwargs):  # with the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head
