@@ -35,22 +35,10 @@ def warm_up_and_capture(fn, warmup: int = 2, pool=None) -> tuple[torch.cuda.CUDA
     return graph, out
 
 
-_COMPILED = {}
-
-
-def _compiled_step(fn):
-    """One torch.compile wrapper per function, so later generations reuse the compiled code (same shapes)."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=False)
-    return _COMPILED[fn]
-
-
 class GraphedDecodeStep:
     """model(tokens [B, 1], positions from the cache, cache) captured once; `__call__` copies tokens in and replays."""
 
-    def __init__(self, model, cache: StaticKVCache, batch_size: int, compile: bool = False):
-        """`compile=True` runs the step through torch.compile (Inductor fuses the ~50 small kernels of each layer into
-        a few Triton kernels) before capturing it: fewer, larger kernels in the graph."""
+    def __init__(self, model, cache: StaticKVCache, batch_size: int):
         if not isinstance(cache, StaticKVCache):
             raise TypeError(f"a captured decode step needs a StaticKVCache (device-side position), got "
                             f"{type(cache).__name__}")
@@ -59,9 +47,8 @@ class GraphedDecodeStep:
         self.model, self.cache, self.batch_size = model, cache, batch_size
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=cache.k.device)  # [B, 1] static input
         start = cache.seq_len  # warm-up and capture write junk at pos.. and advance; put the position back after
-        step = _compiled_step(self._step.__func__) if compile else self._step.__func__
         with torch.inference_mode():
-            self.graph, self.logits = warm_up_and_capture(lambda: step(self), warmup=3 if compile else 2)
+            self.graph, self.logits = warm_up_and_capture(self._step)
         cache.seq_len = start
 
     def _step(self) -> torch.Tensor:

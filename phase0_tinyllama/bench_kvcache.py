@@ -4,8 +4,7 @@
     python -m phase0_tinyllama.bench_kvcache --device cuda --batch 1 64 --random-weights --model tinyllama-1.1b
 
 On CUDA the KV-cache run is timed eagerly (one Python-launched forward per token), with the decode step captured in
-a CUDA graph (common/cuda_graph.py; the capture happens inside the timed region) and, with --compile, compiled by
-torch.compile before the capture (the compilation happens in the untimed warm-up). The no-cache run cannot be
+a CUDA graph (common/cuda_graph.py; the capture happens inside the timed region). The no-cache run cannot be
 captured: its input grows every step. `speedup` uses the fastest KV-cache run.
 
 Without a cache, step t re-runs the whole sequence (prompt + t tokens): the work grows as O(n^2). With it each step
@@ -48,8 +47,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, skip the CUDA-graph KV-cache runs")
-    ap.add_argument("--compile", action="store_true",
-                    help="on CUDA, also time the decode step compiled by torch.compile, then captured")
     ap.add_argument("--name", default=None, help="results file stem (default: kvcache_<device>)")
     args = ap.parse_args(argv)
     lm = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights)
@@ -66,11 +63,11 @@ def main(argv=None) -> dict:
                "seconds_kv_cache_eager": t_eager, "seconds_no_cache": t_none, "speedup_eager": t_none / t_eager,
                "tokens_per_s_no_cache": b * args.tokens / t_none, "greedy_agreement": agree}
         t_cache = t_eager
-        for tag, on in (("graph", graphs), ("compile_graph", graphs and args.compile)):
+        for tag, on in (("graph", graphs),):
             if not on:
                 continue
-            fn = functools.partial(stream_kv_cache, cuda_graph=True, compile=tag == "compile_graph")
-            timed_generation(fn, lm.model, ids, 8, f"warm-up ({tag})")  # compiles (torch.compile) outside the timing
+            fn = functools.partial(stream_kv_cache, cuda_graph=True)
+            timed_generation(fn, lm.model, ids, 8, f"warm-up ({tag})")
             t, out = timed_generation(fn, lm.model, ids, args.tokens, f"B={b} KV cache + {tag}")
             row[f"seconds_kv_cache_{tag}"] = t
             row[f"speedup_{tag}"] = t_none / t
@@ -83,10 +80,8 @@ def main(argv=None) -> dict:
         print(f"B={b}: KV cache {t_eager:.2f} s{extra}, no cache {t_none:.2f} s -> {row['speedup']:.1f}x "
               f"(greedy agreement {agree:.3f})")
         write_result("phase0_tinyllama", args.name or f"kvcache_{lm.device.type}",  # a killed run keeps its rows
-                     {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs,
-                      "compile": graphs and args.compile, "rows": rows})
-    payload = {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs, "compile": graphs and args.compile,
-               "rows": rows}
+                     {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs, "rows": rows})
+    payload = {"model": lm.source, "dtype": str(lm.dtype), "cuda_graph": graphs, "rows": rows}
     write_result("phase0_tinyllama", args.name or f"kvcache_{lm.device.type}", payload)
     return payload
 

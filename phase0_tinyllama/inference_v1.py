@@ -21,11 +21,10 @@ from phase0_tinyllama import inference_v0
 
 @torch.inference_mode()
 def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams, cache=None,
-                    cuda_graph: bool = False, compile: bool = False) -> Iterator[torch.Tensor]:
+                    cuda_graph: bool = False) -> Iterator[torch.Tensor]:
     """Yield one token per sequence per step ([B]); input_ids: [B, S]. `cache`: an empty cache to fill (e.g. a paged
     one); by default the model makes its own (contiguous KV for Llama, latent for MLA). `cuda_graph=True` (CUDA,
-    Llama family) captures the decode step once and replays it per token (common/cuda_graph.py); `compile=True`
-    compiles that step with torch.compile before capturing it."""
+    Llama family) captures the decode step once and replays it per token (common/cuda_graph.py)."""
     b, s = input_ids.shape
     check_prompt_fits(s, params.max_tokens, model.config.max_position_embeddings)
     dtype = next(model.parameters()).dtype
@@ -40,7 +39,7 @@ def stream_kv_cache(model, input_ids: torch.Tensor, params: SamplingParams, cach
     gen = make_generator(params, input_ids.device)
     logits = model(input_ids, cache=cache, last_only=True)[:, -1]  # prefill: [B, V]
     if cuda_graph:
-        step = GraphedDecodeStep(model, cache, b, compile)
+        step = GraphedDecodeStep(model, cache, b)
     else:
         def step(tok):
             return model(tok[:, None], cache=cache)[:, -1]

@@ -210,9 +210,9 @@ def gqa_decode(b: int, hq: int, hkv: int, d: int, ctx: int, page: int = 64) -> d
     k = torch.randn(b, hkv, ctx, d, device=DEV, dtype=torch.bfloat16, generator=g)
     v = torch.randn_like(k)
     qg = q.view(b, hkv, hq // hkv, d)  # the G query heads of a KV head act as G query rows: flash runs GQA decode
-    ref = F.scaled_dot_product_attention(qg.float(), k.float(), v.float()).view(b, hq, d)  # fp32 check
+    ref = F.scaled_dot_product_attention(qg.float(), k.float(), v.float()).reshape(b, hq, d)  # fp32 check
     sdpa = lambda: F.scaled_dot_product_attention(qg, k, v)  # noqa: E731
-    out["sdpa"] = {"max_abs_err": (sdpa().float().view(b, hq, d) - ref).abs().max().item()}
+    out["sdpa"] = {"max_abs_err": (sdpa().float().reshape(b, hq, d) - ref).abs().max().item()}
     ms = graph_ms(sdpa, inner=5)
     out["sdpa"].update(ms=ms, tb_s=kv_bytes / ms / 1e9)
     try:
