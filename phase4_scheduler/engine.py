@@ -130,10 +130,13 @@ class LLMEngine:
         if params.stop and not self.detokenize:
             raise ValueError("stop strings need detokenisation, and this engine was built with detokenize=False")
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+                    validated: bool = False) -> Request:
+        """Queue a request. `validated=True`: the caller already ran validate() on these exact arguments."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        self.validate(prompt_token_ids, params)
+        if not validated:
+            self.validate(prompt_token_ids, params)
         req = Request(request_id, list(prompt_token_ids), params)
         if self.detokenize:
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, params.stop)

@@ -46,7 +46,7 @@ class LLM:
         for i, p in zip(ids, plist):
             rid = f"llm-{self._counter}"
             self._counter += 1
-            self.engine.add_request(rid, i, p)
+            self.engine.add_request(rid, i, p, validated=True)  # checked above
             rids.append(rid)
         final: dict[str, RequestOutput] = {}
         bar = None
