@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from common.bench import write_result
 from common.config import PRESETS
+from phase4_scheduler import skinny_gemm as sg
 
 MODEL = "tinyllama-1.1b"
 CFG = PRESETS[MODEL]
@@ -81,7 +82,7 @@ def check_kernels(fk, out: dict) -> None:
         w = torch.randn(n, k, device=dev, dtype=bf) / math.sqrt(k)
         for m in (1, 4, 16):
             x = torch.randn(m, k, device=dev, dtype=bf)
-            got, want = fk.linear_small_m(x, w).float(), F.linear(x.float(), w.float())
+            got, want = sg.linear_small_m(x, w).float(), F.linear(x.float(), w.float())
             torch.testing.assert_close(got, want, rtol=2e-2, atol=3e-2)
             out[f"linear_{name}_M{m}"] = (got - want).abs().max().item()
     for name, mode in (("qkv", "norm"), ("gate_up", "norm"), ("down", "silu")):
@@ -91,27 +92,28 @@ def check_kernels(fk, out: dict) -> None:
         for m in (1, 4):
             if mode == "norm":
                 x, r = torch.randn(m, k, device=dev, dtype=bf), torch.randn(m, k, device=dev, dtype=bf)
-                got, rr = fk.norm_linear(x, nw, 1e-5, w, r)
+                got, rr = sg.norm_linear(x, nw, 1e-5, w, r)
                 y, rr_want = fk.rms_norm_ref(x, nw, 1e-5, r)
                 torch.testing.assert_close(rr, rr_want, rtol=1e-2, atol=1e-2)
                 want = F.linear(y.float(), w.float())
             else:
                 gu = torch.randn(m, 2 * k, device=dev, dtype=bf)
-                got, want = fk.silu_mul_linear(gu, w), F.linear(fk.silu_mul_ref(gu).float(), w.float())
+                got, want = sg.silu_mul_linear(gu, w), F.linear(fk.silu_mul_ref(gu).float(), w.float())
             torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
             out[f"{mode}_linear_{name}_M{m}"] = (got.float() - want).abs().max().item()
             if name == "qkv":  # and with RoPE in the epilogue
                 cache = fk.make_cos_sin_cache(CFG, 2048, dev)
                 pos = torch.randint(0, 2048, (m,), device=dev)
-                got, _ = fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D, r)
+                got, _ = sg.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D, r)
                 want = fk.rope_qk_ref(want, pos, cache, HQ, HKV, D)
                 torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
                 out[f"norm_linear_rope_qkv_M{m}"] = (got.float() - want).abs().max().item()
     for dt in (torch.float32, torch.float16):  # other dtypes: one shape, fixed tiles (no tuning run)
         w, x1, x8 = (torch.randn(*s, device=dev, dtype=dt) for s in ((512, 2048), (1, 2048), (8, 2048)))
         for x in (x1, x8):
-            torch.testing.assert_close(fk.linear_small_m(x, w, tune=False).float(), F.linear(x.float(), w.float()),
-                                       rtol=1e-2 if dt == torch.float16 else 1e-4, atol=5e-2 if dt == torch.float16 else 1e-3)
+            torch.testing.assert_close(sg.linear_small_m(x, w, tune=False).float(), F.linear(x.float(), w.float()),
+                                       **({"rtol": 1e-2, "atol": 5e-2} if dt == torch.float16 else
+                                          {"rtol": 1e-4, "atol": 1e-3}))
         xx = torch.randn(3, HIDDEN, device=dev, dtype=dt)
         torch.testing.assert_close(fk.rms_norm(xx, xx[0], 1e-5), fk.rms_norm_ref(xx, xx[0], 1e-5), rtol=1e-2, atol=1e-2)
     out["fp32_fp16_linear_and_norm"] = "ok"
@@ -125,8 +127,8 @@ def time_kernels(fk, res: dict) -> None:
         ws = [torch.randn(n, k, device=dev, dtype=bf) for _ in range(max(2, math.ceil(L2_BYTES / nbytes)))]
         for m in (1, 16):
             x = torch.randn(m, k, device=dev, dtype=bf)
-            fk.linear_small_m(x, ws[0])  # autotune outside the graph
-            t_sk = graph_ms([lambda w=w: fk.linear_small_m(x, w) for w in ws])
+            sg.linear_small_m(x, ws[0])  # autotune outside the graph
+            t_sk = graph_ms([lambda w=w: sg.linear_small_m(x, w) for w in ws])
             t_cb = graph_ms([lambda w=w: F.linear(x, w) for w in ws])
             res[f"{name}_M{m}"] = {"N": n, "K": k, "skinny_ms": t_sk, "cublas_ms": t_cb,
                                    "skinny_TBps": nbytes / t_sk / 1e9, "cublas_TBps": nbytes / t_cb / 1e9}
@@ -141,18 +143,19 @@ def time_kernels(fk, res: dict) -> None:
         cache = fk.make_cos_sin_cache(CFG, 2048, dev)
         pos = torch.tensor([1000], device=dev)
         if name == "qkv":
-            variants = {"with_rope_one_kernel": lambda w: fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D, r),
-                        "with_rope_two_kernels": lambda w: fk.rope_qk(fk.norm_linear(x, nw, 1e-5, w, r)[0], pos, cache,
+            variants = {"with_rope_one_kernel": lambda w: sg.norm_linear_rope(x, nw, 1e-5, w, pos, cache, HQ, HKV, D,
+                                                                              r),
+                        "with_rope_two_kernels": lambda w: fk.rope_qk(sg.norm_linear(x, nw, 1e-5, w, r)[0], pos, cache,
                                                                       HQ, HKV, D)}
         else:
             variants = {}
         if mode == "norm":
-            variants |= {"one_kernel": lambda w: fk.norm_linear(x, nw, 1e-5, w, r),
-                        "two_kernels": lambda w: fk.linear_small_m(fk.rms_norm(x, nw, 1e-5, r)[0], w),
+            variants |= {"one_kernel": lambda w: sg.norm_linear(x, nw, 1e-5, w, r),
+                        "two_kernels": lambda w: sg.linear_small_m(fk.rms_norm(x, nw, 1e-5, r)[0], w),
                         "torch": lambda w: F.linear(fk.rms_norm_ref(x, nw, 1e-5, r)[0], w)}
         else:
-            variants = {"one_kernel": lambda w: fk.silu_mul_linear(gu, w),
-                        "two_kernels": lambda w: fk.linear_small_m(fk.silu_mul(gu), w),
+            variants = {"one_kernel": lambda w: sg.silu_mul_linear(gu, w),
+                        "two_kernels": lambda w: sg.linear_small_m(fk.silu_mul(gu), w),
                         "torch": lambda w: F.linear(fk.silu_mul_ref(gu), w)}
         row = res[f"{mode}+{name}_M1"] = {}
         for label, fn in variants.items():
@@ -239,12 +242,12 @@ def time_steps(fk, res: dict) -> None:
     print(f"  fused vs reference logits (bf16, 5-token prefill): max |diff| {err:.3g}")
     for b in BATCHES:
         record("fused", b, step_ms(fused, b))
-    saved = fk.SKINNY_MAX_M
+    saved = sg.SKINNY_MAX_M
     try:
-        fk.SKINNY_MAX_M = 0  # every projection through cuBLAS: the gain of the elementwise fusions alone
+        sg.SKINNY_MAX_M = 0  # every projection through cuBLAS: the gain of the elementwise fusions alone
         record("fused_cublas", 1, step_ms(fused, 1))
     finally:
-        fk.SKINNY_MAX_M = saved
+        sg.SKINNY_MAX_M = saved
     fused.ops.prologues = False  # skinny GEMMs, but norm and silu_mul as their own kernels
     try:
         record("fused_no_prologues", 1, step_ms(fused, 1))
@@ -257,7 +260,7 @@ def time_steps(fk, res: dict) -> None:
             err = (fused(ids).float() - ref_logits).abs().max().item()
         res["fused_rope_epilogue_vs_reference_max_abs_logit_diff"] = err
         print(f"  fused (rope epilogue) vs reference logits: max |diff| {err:.3g}")
-        for b in [b for b in BATCHES if b <= fk.SKINNY_MAX_M]:
+        for b in [b for b in BATCHES if b <= sg.SKINNY_MAX_M]:
             record("fused_rope_epilogue", b, step_ms(fused, b))
     finally:
         fused.ops.rope_epilogue = False
@@ -299,8 +302,8 @@ def main() -> int:
             results[name]["error"] = f"{type(e).__name__}: {e}"
             failed.append(name)
         torch.cuda.empty_cache()
-    results["tuned_tiles"] = {f"{kernel.fn.__name__}{key}": str(cfg) for kernel in (fk.skinny_gemv_tuned,
-                              fk.skinny_gemm_tuned) for key, cfg in kernel.cache.items()}
+    results["tuned_tiles"] = {f"{kernel.fn.__name__}{key}": str(cfg) for kernel in (sg.skinny_gemv_tuned,
+                              sg.skinny_gemm_tuned) for key, cfg in kernel.cache.items()}
     write_result("phase4_scheduler", "fused_kernels_gpu", results)
     print("== summary")
     print(f"  sections failed: {failed or 'none'}")

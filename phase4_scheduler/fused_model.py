@@ -21,7 +21,7 @@ CONTRACT (what the model runner calls):
 CUDA graphs: no host syncs, no data-dependent shapes; positions are read on the device from a cos/sin table of
 `max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes (~1 min on an H100, once per
 process) at its first call per (N, K, M == 1 or not, prologue): call `fused.warmup()` BEFORE capturing graphs.
-Which path a step takes is decided on the host from T alone (T <= fk.SKINNY_MAX_M = 16: skinny GEMMs), so one
+Which path a step takes is decided on the host from T alone (T <= sg.SKINNY_MAX_M = 16: skinny GEMMs), so one
 captured graph per T stays valid.
 
 NOTE (the residual stream): each layer returns (h, residual) un-added; the next norm adds them while it normalises
@@ -35,11 +35,12 @@ import torch.nn.functional as F
 
 from common.attention import attention_ref
 from phase4_scheduler import fused_kernels as fk
+from phase4_scheduler import skinny_gemm as sg
 
 class Ops:
     """The five operations a fused layer uses, for one backend: 'ref' (PyTorch) or 'triton' (the kernels). With
     `prologues` the Triton path folds the norm into the next GEMM and SiLU-and-mul into the down projection whenever
-    the step is skinny (T <= fk.SKINNY_MAX_M, decode); larger steps run norm, silu_mul and cuBLAS separately."""
+    the step is skinny (T <= sg.SKINNY_MAX_M, decode); larger steps run norm, silu_mul and cuBLAS separately."""
 
     def __init__(self, backend: str, prologues: bool = True, rope_epilogue: bool = False):
         self.backend, self.prologues, self.rope_epilogue = backend, prologues, rope_epilogue
@@ -47,16 +48,16 @@ class Ops:
         self.rms_norm = fk.rms_norm_ref if ref else fk.rms_norm
         self.silu_mul = fk.silu_mul_ref if ref else fk.silu_mul
         self.rope_qk = fk.rope_qk_ref if ref else fk.rope_qk
-        self.linear = F.linear if ref else fk.linear
+        self.linear = F.linear if ref else sg.linear
 
     def _skinny(self, x: torch.Tensor) -> bool:
         return (self.backend == "triton" and self.prologues and (x.is_cuda or fk.interpreting())
-                and 1 <= x.shape[0] <= fk.SKINNY_MAX_M)
+                and 1 <= x.shape[0] <= sg.SKINNY_MAX_M)
 
     def norm_linear(self, h, norm_w, eps, w, residual):
         """(linear(rms_norm(h + residual) * norm_w, w), h + residual); residual None means h is the stream."""
         if self._skinny(h):
-            return fk.norm_linear(h, norm_w, eps, w, residual)
+            return sg.norm_linear(h, norm_w, eps, w, residual)
         if residual is None:
             return self.linear(self.rms_norm(h, norm_w, eps), w), h
         x, residual = self.rms_norm(h, norm_w, eps, residual)
@@ -65,12 +66,12 @@ class Ops:
     def norm_qkv_rope(self, h, norm_w, eps, w, residual, positions, cos_sin, hq, hkv, d):
         """(rope(norm_linear(...)), h + residual): with rope_epilogue and a skinny step, one kernel."""
         if self.rope_epilogue and self._skinny(h):
-            return fk.norm_linear_rope(h, norm_w, eps, w, positions, cos_sin, hq, hkv, d, residual)
+            return sg.norm_linear_rope(h, norm_w, eps, w, positions, cos_sin, hq, hkv, d, residual)
         qkv, residual = self.norm_linear(h, norm_w, eps, w, residual)
         return self.rope_qk(qkv, positions, cos_sin, hq, hkv, d), residual
 
     def silu_mul_linear(self, gate_up, w):
-        return fk.silu_mul_linear(gate_up, w) if self._skinny(gate_up) else self.linear(self.silu_mul(gate_up), w)
+        return sg.silu_mul_linear(gate_up, w) if self._skinny(gate_up) else self.linear(self.silu_mul(gate_up), w)
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -173,7 +174,7 @@ class FusedLlamaForCausalLM(nn.Module):
         return self.compute_logits(h).view(b, 1 if last_only else s, -1)
 
     @torch.inference_mode()
-    def warmup(self, max_tokens: int = fk.SKINNY_MAX_M) -> None:
+    def warmup(self, max_tokens: int = sg.SKINNY_MAX_M) -> None:
         """One forward at T=1 and one at T=max_tokens (no cache), so Triton's autotuning is over before a CUDA graph
         is captured."""
         dev = self.embed.device

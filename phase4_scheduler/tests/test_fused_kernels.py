@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from common.config import ModelConfig
 from common.llama import RMSNorm, RotaryEmbedding, apply_rope
 from phase4_scheduler import fused_kernels as fk
+from phase4_scheduler import skinny_gemm as sg
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -74,15 +75,15 @@ def test_linear_small_m(dtype, m, n, k):
     g = torch.Generator().manual_seed(m * n + k)
     x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
     want = F.linear(x.float(), w.float())
-    got = fk.linear_small_m(x, w)
+    got = sg.linear_small_m(x, w)
     assert got.shape == (m, n) and got.dtype == dtype
     torch.testing.assert_close(got.float(), want, **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else
                                                      {"rtol": 2e-2, "atol": 1e-1}))
-    torch.testing.assert_close(fk.linear_small_m_ref(x, w).float(), want, **tol(dtype) | {"atol": 1e-1}
+    torch.testing.assert_close(sg.linear_small_m_ref(x, w).float(), want, **tol(dtype) | {"atol": 1e-1}
                                if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-4})
 
 
-@pytest.mark.parametrize("impl", [fk.norm_linear, fk.norm_linear_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("impl", [sg.norm_linear, sg.norm_linear_ref], ids=["triton", "ref"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,with_res", [(1, True), (1, False), (5, True)])
 def test_norm_linear_equals_norm_then_linear(impl, dtype, m, with_res):
@@ -100,7 +101,7 @@ def test_norm_linear_equals_norm_then_linear(impl, dtype, m, with_res):
                                                      {"rtol": 5e-2, "atol": 5e-2}))
 
 
-@pytest.mark.parametrize("impl", [fk.silu_mul_linear, fk.silu_mul_linear_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("impl", [sg.silu_mul_linear, sg.silu_mul_linear_ref], ids=["triton", "ref"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 4])
 def test_silu_mul_linear_equals_silu_mul_then_linear(impl, dtype, m):
@@ -111,7 +112,7 @@ def test_silu_mul_linear_equals_silu_mul_then_linear(impl, dtype, m):
                                                              else {"rtol": 5e-2, "atol": 5e-2}))
 
 
-@pytest.mark.parametrize("impl", [fk.norm_linear_rope, fk.norm_linear_rope_ref], ids=["triton", "ref"])
+@pytest.mark.parametrize("impl", [sg.norm_linear_rope, sg.norm_linear_rope_ref], ids=["triton", "ref"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 5])
 def test_norm_linear_rope_equals_norm_linear_then_rope(impl, dtype, m):
@@ -134,7 +135,7 @@ def test_linear_dispatch_small_m_and_large_m():
     w = torch.randn(24, 40)
     for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
         x = torch.randn(*shape)
-        torch.testing.assert_close(fk.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(sg.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -155,22 +156,22 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="positions"):
         fk.rope_qk(torch.randn(2, 64), torch.tensor([0.0, 1.0]), cache, 2, 1, 16)
     with pytest.raises(ValueError, match="1..16"):
-        fk.linear_small_m(torch.randn(17, 8), torch.randn(4, 8))
+        sg.linear_small_m(torch.randn(17, 8), torch.randn(4, 8))
     with pytest.raises(ValueError, match="nn.Linear layout"):
-        fk.linear_small_m(torch.randn(1, 8), torch.randn(8, 4))
+        sg.linear_small_m(torch.randn(1, 8), torch.randn(8, 4))
     with pytest.raises(ValueError, match="dtype"):
-        fk.linear_small_m(torch.randn(1, 8), torch.randn(4, 8).half())
+        sg.linear_small_m(torch.randn(1, 8), torch.randn(4, 8).half())
     with pytest.raises(ValueError, match="norm_w \\[K\\]"):
-        fk.norm_linear(torch.randn(1, 8), torch.randn(7), 1e-5, torch.randn(4, 8))
+        sg.norm_linear(torch.randn(1, 8), torch.randn(7), 1e-5, torch.randn(4, 8))
     with pytest.raises(ValueError, match="contiguous"):
-        fk.norm_linear(torch.randn(8, 2).t(), torch.randn(8), 1e-5, torch.randn(4, 8))
+        sg.norm_linear(torch.randn(8, 2).t(), torch.randn(8), 1e-5, torch.randn(4, 8))
     with pytest.raises(ValueError, match="even width"):
-        fk.silu_mul_linear(torch.randn(1, 7), torch.randn(4, 3))
+        sg.silu_mul_linear(torch.randn(1, 7), torch.randn(4, 3))
     with pytest.raises(ValueError, match="power of two"):  # D=12: rotation pairs would straddle the GEMM's tiles
-        fk.norm_linear_rope(torch.randn(1, 8), torch.randn(8), 1e-5, torch.randn(48, 8), torch.tensor([0]),
+        sg.norm_linear_rope(torch.randn(1, 8), torch.randn(8), 1e-5, torch.randn(48, 8), torch.tensor([0]),
                             torch.randn(4, 12), 2, 1, 12)
     with pytest.raises(ValueError, match="nn.Linear layout"):
-        fk.silu_mul_linear(torch.randn(1, 8), torch.randn(4, 8))  # w must be [N, K] with K = 8 / 2
+        sg.silu_mul_linear(torch.randn(1, 8), torch.randn(4, 8))  # w must be [N, K] with K = 8 / 2
 
 
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
@@ -188,21 +189,21 @@ def test_gpu_skinny_gemms_at_model_shapes(n, k, m):
     w = (torch.randn(n, k, device=dev, generator=g) / k ** 0.5).to(bf)
     x, res = (torch.randn(m, k, device=dev, generator=g).to(bf) for _ in range(2))
     nw = (torch.randn(k, device=dev, generator=g) + 1).to(bf)
-    torch.testing.assert_close(fk.linear_small_m(x, w).float(), F.linear(x.float(), w.float()), rtol=2e-2, atol=3e-2)
-    out, r = fk.norm_linear(x, nw, 1e-5, w, res)
+    torch.testing.assert_close(sg.linear_small_m(x, w).float(), F.linear(x.float(), w.float()), rtol=2e-2, atol=3e-2)
+    out, r = sg.norm_linear(x, nw, 1e-5, w, res)
     y, r_want = fk.rms_norm_ref(x, nw, 1e-5, res)
     assert torch.equal(r, r_want)  # on the GPU the residual add rounds exactly as torch's does
     torch.testing.assert_close(out.float(), F.linear(y.float(), w.float()), rtol=2e-2, atol=3e-2)
     if n == 2560:  # the packed qkv of TinyLlama: 32 q + 4 k + 4 v heads of 64
         cache = fk.make_cos_sin_cache(ModelConfig(), 2048, dev)
         pos = torch.randint(0, 2048, (m,), device=dev, generator=g)
-        qkv, r2 = fk.norm_linear_rope(x, nw, 1e-5, w, pos, cache, 32, 4, 64, res)
+        qkv, r2 = sg.norm_linear_rope(x, nw, 1e-5, w, pos, cache, 32, 4, 64, res)
         assert torch.equal(r2, r_want)
         torch.testing.assert_close(qkv.float(), fk.rope_qk_ref(F.linear(y.float(), w.float()), pos, cache, 32, 4, 64),
                                    rtol=2e-2, atol=3e-2)
     if n <= 2048:  # w as the down projection: K is the intermediate size
         gu = torch.randn(m, 2 * k, device=dev, generator=g).to(bf)
-        torch.testing.assert_close(fk.silu_mul_linear(gu, w).float(), F.linear(fk.silu_mul_ref(gu).float(), w.float()),
+        torch.testing.assert_close(sg.silu_mul_linear(gu, w).float(), F.linear(fk.silu_mul_ref(gu).float(), w.float()),
                                    rtol=2e-2, atol=3e-2)
 
 
@@ -219,5 +220,5 @@ def test_gpu_elementwise_kernels_at_model_shapes(t):
     torch.testing.assert_close(fk.silu_mul(gu), fk.silu_mul_ref(gu), rtol=2e-2, atol=2e-2)
     cache = fk.make_cos_sin_cache(ModelConfig(), 2048, dev)
     qkv, pos = torch.randn(t, 40 * 64, device=dev, dtype=bf), torch.randint(0, 2048, (t,), device=dev)
-    torch.testing.assert_close(fk.rope_qk(qkv.clone(), pos, cache, 32, 4, 64), fk.rope_qk_ref(qkv, pos, cache, 32, 4, 64),
-                               rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fk.rope_qk(qkv.clone(), pos, cache, 32, 4, 64),
+                               fk.rope_qk_ref(qkv, pos, cache, 32, 4, 64), rtol=2e-2, atol=2e-2)

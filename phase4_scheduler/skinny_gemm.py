@@ -1,0 +1,288 @@
+"""The skinny GEMM for decode: out [M, N] = x [M, K] @ w [N, K]^T for M <= 16, at high weight bandwidth, plus
+variants with the layer's elementwise work folded in: norm_linear (add+RMSNorm before qkv / gate_up),
+norm_linear_rope (and RoPE after qkv), silu_mul_linear (SiLU-and-mul before down). `linear()` dispatches.
+
+NOTE (the design): cuBLAS, tuned for large M, reads a decode-shaped weight at ~1 TB/s on the H100. Here every
+program owns a thin slab of BLOCK_N (2-16) weight rows and walks K in wide tiles (128-bit loads along K, fp32
+partial products in registers, one reduction at the end), so even the 2048x2048 `o` projection spreads over
+hundreds of programs and the chip keeps enough bytes in flight. M == 1 multiplies and sums (no tensor cores
+needed); 2 <= M <= 16 pads M to 16 and uses tl.dot with the weight tile as the big operand. Folding the norm in
+costs each program a first pass over its (L2-resident, 4 KB) input row; folding SiLU in costs nothing extra.
+Tile sizes are autotuned per (N, K, path): run every shape once before capturing a CUDA graph.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from phase4_scheduler.fused_kernels import (_check, _check_rope, interpreting, rms_norm_ref, rope_qk_ref,
+                                            silu_mul_ref)
+
+SKINNY_MAX_M = 16  # linear() sends x with at most this many rows to the skinny kernel
+
+
+# MODE 0: x as is. MODE 1: x <- rms_norm(x + res) * nw (norm_linear; program 0 also writes x + res). MODE 2: x <- the
+# SiLU-and-mul of a [M, 2K] gate_up input (silu_mul_linear). The prologue repeats the unfused ops' roundings.
+@triton.jit
+def _activation(x_ptr, r_ptr, nw_ptr, offs, kk, mask, inv, K, MODE: tl.constexpr, HAS_RES: tl.constexpr):
+    """The GEMM input at element offsets `offs` (columns kk), as fp32 values rounded to the activation dtype."""
+    dt = x_ptr.dtype.element_ty
+    if MODE == 2:
+        g = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + offs + K, mask=mask, other=0.0).to(tl.float32)
+        x = ((g * tl.sigmoid(g)).to(dt).to(tl.float32) * u).to(dt).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if MODE == 1:
+            if HAS_RES:
+                x = (x + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
+            nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            x = ((x * inv).to(dt).to(tl.float32) * nw).to(dt).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _squares(x_ptr, r_ptr, ro_ptr, offs, mask, write, HAS_RES: tl.constexpr):
+    """One K tile of norm_linear's first pass: (x + res)^2 in fp32; program 0 (write) also stores x + res."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = (x + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(ro_ptr.dtype.element_ty)
+        tl.store(ro_ptr + offs, r, mask=mask & write)
+        x = r.to(tl.float32)
+    return x * x
+
+
+@triton.jit
+def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The weight rows a program owns. With ROPE, a program in the q/k region takes BLOCK_N / 2 rotation PAIRS
+    (rows j and j + D/2 of a head, interleaved), so its epilogue can rotate them; v rows stay contiguous."""
+    i = tl.arange(0, BLOCK_N)
+    n = pid * BLOCK_N + i
+    if ROPE:
+        pair = pid * (BLOCK_N // 2) + i // 2
+        n = tl.where(pid * BLOCK_N < ROPE_ROWS, (pair // HALF) * (2 * HALF) + (i % 2) * HALF + pair % HALF, n)
+    return n
+
+
+@triton.jit
+def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, dt, HALF: tl.constexpr):
+    """RoPE on (x1, x2) = (dim j, dim j + D/2) values rounded to dt; cos/sin rounded to dt as the reference does."""
+    c = tl.load(cs_ptr + pos * stride_cs + j).to(dt).to(tl.float32)
+    s = tl.load(cs_ptr + pos * stride_cs + HALF + j).to(dt).to(tl.float32)
+    return tl.where(apply, x1 * c - x2 * s, x1), tl.where(apply, x2 * c + x1 * s, x2)
+
+
+@triton.jit
+def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, N, stride_wn, eps, stride_cs,
+                       ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, ROPE: tl.constexpr,
+                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once."""
+    pid = tl.program_id(0)
+    k = tl.arange(0, BLOCK_K)
+    inv = 1.0
+    if MODE == 1:  # pass 1 over the (L2-resident) input row: its rms
+        ss = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
+        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
+    n_mask = n < N
+    rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
+        k_mask = kk < K
+        xv = _activation(x_ptr, r_ptr, nw_ptr, kk, kk, k_mask, inv, K, MODE, HAS_RES)  # [BLOCK_K]
+        wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                     eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
+        acc += wv.to(tl.float32) * xv[None, :]
+    o = tl.sum(acc, axis=1)  # [BLOCK_N]
+    if ROPE:  # rotate the pairs in registers: qkv is rounded first, as the unfused GEMM's output is
+        dt = out_ptr.dtype.element_ty
+        x1, x2 = tl.split(tl.reshape(o.to(dt).to(tl.float32), [BLOCK_N // 2, 2]))
+        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF
+        pos = tl.load(pos_ptr).to(tl.int64)
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        o = tl.reshape(tl.join(y1, y2), [BLOCK_N])
+    tl.store(out_ptr + n, o.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, M, N, stride_xm, stride_wn,
+                       stride_om, eps, stride_cs, ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr,
+                       HAS_RES: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
+    """2 <= M <= M_PAD: acc^T [BLOCK_N, M_PAD] += w [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, M_PAD] on the tensor cores."""
+    pid = tl.program_id(0)
+    m = tl.arange(0, M_PAD)
+    k = tl.arange(0, BLOCK_K)
+    m_mask = m < M
+    inv = tl.full([1, M_PAD], 1.0, tl.float32)
+    if MODE == 1:
+        ss = tl.zeros([BLOCK_K, M_PAD], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + k
+            ss += _squares(x_ptr, r_ptr, ro_ptr, m[None, :] * stride_xm + kk[:, None],
+                           m_mask[None, :] & (kk < K)[:, None], pid == 0, HAS_RES)
+        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)[None, :]  # [1, M_PAD]
+    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
+    n_mask = n < N
+    rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros([BLOCK_N, M_PAD], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
+        k_mask = kk < K
+        wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
+        xt = _activation(x_ptr, r_ptr, nw_ptr, m[None, :] * stride_xm + kk[:, None], kk[:, None],
+                         m_mask[None, :] & k_mask[:, None], inv, K, MODE, HAS_RES)  # [BLOCK_K, M_PAD] fp32
+        if DOT_F32:
+            wv = wv.to(tl.float32)
+        acc = tl.dot(wv, xt.to(wv.dtype), acc, input_precision=PREC)
+    if ROPE:
+        dt = out_ptr.dtype.element_ty
+        pairs = tl.permute(tl.reshape(acc.to(dt).to(tl.float32), [BLOCK_N // 2, 2, M_PAD]), (0, 2, 1))
+        x1, x2 = tl.split(pairs)  # [BLOCK_N / 2, M_PAD]
+        j = ((pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF)[:, None]
+        pos = tl.load(pos_ptr + m, mask=m_mask, other=0).to(tl.int64)[None, :]  # [1, M_PAD]
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        acc = tl.reshape(tl.permute(tl.join(y1, y2), (0, 2, 1)), [BLOCK_N, M_PAD])
+    tl.store(out_ptr + m[None, :] * stride_om + n[:, None], acc.to(out_ptr.dtype.element_ty),
+             mask=m_mask[None, :] & n_mask[:, None])
+
+
+def _bench(fn, quantiles):  # autotuning timer: short, L2 flushed between runs (weights never sit in L2 in a model)
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
+                 for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 512, 8)]]
+_GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                 for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (64, 128, 4, 4)]]
+
+
+def _prune(configs, named_args, **kwargs):  # with the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head
+    return [c for c in configs if not kwargs.get("ROPE") or kwargs["HALF"] % (c.kwargs["BLOCK_N"] // 2) == 0]
+
+
+# HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
+skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE"], do_bench=_bench,
+                                    prune_configs_by={"early_config_prune": _prune})(skinny_gemv_kernel)
+skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "MODE", "ROPE", "M_PAD"], do_bench=_bench,
+                                    prune_configs_by={"early_config_prune": _prune})(skinny_gemm_kernel)
+
+
+def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None):
+    """Checks shared by the entry points, then one launch. Returns (out [M, N], x + residual or None).
+    rope: None or (positions [M], cos_sin_cache [P, D], rows to rotate, D), checked by the caller."""
+    _check(name, *(t for t in (x, w, residual, norm_w) if t is not None))
+    if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
+        raise ValueError(f"{name}: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
+                         f"w{tuple(w.shape)}")
+    if not 1 <= x.shape[0] <= SKINNY_MAX_M:
+        raise ValueError(f"{name}: M={x.shape[0]} rows; the skinny kernel takes 1..{SKINNY_MAX_M} (use linear())")
+    if any(t is not None and t.dtype != x.dtype for t in (w, residual, norm_w)):
+        raise ValueError(f"{name}: x, w (and residual, norm weight) must share one dtype; cast them")
+    if mode and not x.is_contiguous():
+        raise ValueError(f"{name}: x must be contiguous (call .contiguous())")
+    m, n = x.shape[0], w.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    r_out = torch.empty_like(x) if residual is not None else None
+    pos, cs, rope_rows, d = rope if rope is not None else (x, x, 0, 2)
+    ptrs = (x, residual if residual is not None else x, norm_w if norm_w is not None else x,
+            r_out if r_out is not None else x, w, out, pos, cs)
+    flags = dict(K=k, MODE=mode, HAS_RES=residual is not None, ROPE=rope is not None, HALF=d // 2)
+    fixed_bn = lambda bn: min(bn, d) if rope is not None else bn  # noqa: E731  (pairs must not cross a head)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    if m == 1:
+        args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
+        if interpreting() or not tune:
+            bn, bk = (4, 32) if interpreting() else (8, 512)
+            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, num_warps=4)
+        else:
+            skinny_gemv_tuned[grid](*args, **flags)
+        return out, r_out
+    args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps, cs.stride(0), rope_rows)
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
+    if interpreting():
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(16), BLOCK_K=32, M_PAD=16, DOT_F32=True,
+                                 PREC="ieee")
+    elif not tune:
+        skinny_gemm_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(32), BLOCK_K=256, M_PAD=16, DOT_F32=False,
+                                 PREC=prec, num_warps=4, num_stages=3)
+    else:
+        skinny_gemm_tuned[grid](*args, **flags, M_PAD=16, DOT_F32=False, PREC=prec)
+    return out, r_out
+
+
+def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
+    """x [M, K] (M <= 16) @ w [N, K]^T -> [M, N] in x's dtype, fp32 accumulation. Autotunes on first use per
+    (N, K, dtype, path) unless tune=False (one fixed tile: for one-off shapes, where tuning costs more than it
+    saves)."""
+    return _skinny("linear_small_m", x, w, 0, x.shape[-1], tune=tune)[0]
+
+
+def linear_small_m_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w)
+
+
+def norm_linear(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor,
+                residual: torch.Tensor | None = None, tune: bool = True):
+    """rms_norm(x [+ residual]) * norm_w @ w^T in one kernel (M <= 16). Returns (out [M, N], x + residual), the
+    second being x itself when residual is None."""
+    if norm_w.shape != (x.shape[-1],) or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"norm_linear: want norm_w [K] and residual like x {tuple(x.shape)}, got "
+                         f"{tuple(norm_w.shape)} and {None if residual is None else tuple(residual.shape)}")
+    out, r = _skinny("norm_linear", x, w, 1, x.shape[-1], residual, norm_w, eps, tune)
+    return out, (x if r is None else r)
+
+
+def norm_linear_ref(x, norm_w, eps, w, residual=None):
+    if residual is None:
+        return F.linear(rms_norm_ref(x, norm_w, eps), w), x
+    y, r = rms_norm_ref(x, norm_w, eps, residual)
+    return F.linear(y, w), r
+
+
+def norm_linear_rope(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor, positions: torch.Tensor,
+                     cos_sin_cache: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                     residual: torch.Tensor | None = None, tune: bool = True):
+    """norm_linear into the packed qkv [M, (Hq+2Hkv)*D], with rope_qk applied in the GEMM's epilogue (one kernel
+    for norm, projection and RoPE). Returns (qkv, x + residual)."""
+    _check_rope((x.shape[0], w.shape[0]), x.device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim,
+                "norm_linear_rope")
+    if head_dim & (head_dim - 1) or cos_sin_cache.dtype != torch.float32:
+        raise ValueError(f"norm_linear_rope: head_dim must be a power of two (got {head_dim}) and the cos/sin cache "
+                         f"float32 (got {cos_sin_cache.dtype}; see make_cos_sin_cache)")
+    if norm_w.shape != (x.shape[-1],) or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"norm_linear_rope: want norm_w [K] and residual like x {tuple(x.shape)}")
+    rope = (positions, cos_sin_cache, (num_q_heads + num_kv_heads) * head_dim, head_dim)
+    out, r = _skinny("norm_linear_rope", x, w, 1, x.shape[-1], residual, norm_w, eps, tune, rope)
+    return out, (x if r is None else r)
+
+
+def norm_linear_rope_ref(x, norm_w, eps, w, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim,
+                         residual=None):
+    qkv, r = norm_linear_ref(x, norm_w, eps, w, residual)
+    return rope_qk_ref(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim), r
+
+
+def silu_mul_linear(gate_up: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
+    """silu(gate) * up @ w^T in one kernel: gate_up [M, 2K] (M <= 16), w [N, K] -> [M, N]."""
+    if gate_up.dim() != 2 or gate_up.shape[-1] % 2:
+        raise ValueError(f"silu_mul_linear: want gate_up [M, 2K] with an even width, got {tuple(gate_up.shape)}")
+    return _skinny("silu_mul_linear", gate_up, w, 2, gate_up.shape[-1] // 2, tune=tune)[0]
+
+
+def silu_mul_linear_ref(gate_up: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(silu_mul_ref(gate_up), w)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Dispatch: x [..., K] with at most SKINNY_MAX_M rows on CUDA (or under the interpreter) -> skinny kernel;
+    otherwise F.linear (cuBLAS on the GPU)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if (x.is_cuda or interpreting()) and 1 <= rows <= SKINNY_MAX_M and x.dtype == w.dtype and x.stride(-1) == 1:
+        return linear_small_m(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
+    return F.linear(x, w)
