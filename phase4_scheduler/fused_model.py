@@ -175,11 +175,12 @@ class FusedLlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def warmup(self, max_tokens: int = sg.SKINNY_MAX_M) -> None:
-        """One forward at T=1 and one at T=max_tokens (no cache), so Triton's autotuning is over before a CUDA graph
-        is captured."""
+        """Forward + logits at T=1 and T=max_tokens (no cache), so Triton's autotuning is over before a CUDA graph is
+        captured. Call it again after changing `self.ops` switches (each path tunes its own kernels)."""
         dev = self.embed.device
         for t in sorted({1, max_tokens}):
-            self.forward_tokens(torch.zeros(t, dtype=torch.long, device=dev), torch.arange(t, device=dev))
+            h = self.forward_tokens(torch.zeros(t, dtype=torch.long, device=dev), torch.arange(t, device=dev))
+            self.compute_logits(h)
 
     def __repr__(self) -> str:
         c = self.config

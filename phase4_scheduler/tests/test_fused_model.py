@@ -102,6 +102,12 @@ def test_weights_are_moved_not_copied():
         fuse_model(model)
 
 
+def test_warmup_runs_every_decode_path():
+    _, fused = models(backend="triton")  # the interpreter: T=1 (GEMV) and T=16 (tensor-core path), logits included
+    fused.warmup()
+    assert fused.ops.prologues and not fused.ops.rope_epilogue
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="LlamaForCausalLM"):
         fuse_model(torch.nn.Linear(2, 2))
