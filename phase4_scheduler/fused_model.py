@@ -19,8 +19,9 @@ CONTRACT (what the model runner calls):
   ContiguousKVCache or no cache works too.
 
 CUDA graphs: no host syncs, no data-dependent shapes; positions are read on the device from a cos/sin table of
-`max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes (~1 min on an H100, once per
-process) at its first call per (N, K, M == 1 or not, prologue): call `fused.warmup()` BEFORE capturing graphs.
+`max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes (compiles and times each
+candidate tile, once per process) at its first call per (N, K, M == 1 or not, prologue): call `fused.warmup()`
+BEFORE capturing graphs.
 Which path a step takes is decided on the host from T alone (T <= sg.SKINNY_MAX_M = 16: skinny GEMMs), so one
 captured graph per T stays valid.
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from common.attention import attention_ref
 from phase4_scheduler import fused_kernels as fk
 from phase4_scheduler import skinny_gemm as sg
+
 
 class Ops:
     """The five operations a fused layer uses, for one backend: 'ref' (PyTorch) or 'triton' (the kernels). With
