@@ -1,6 +1,6 @@
 """GPU check + microbenchmark of the fused kernels and of one whole decode step (TinyLlama-1.1B shapes, bf16).
 
-    PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=$OUT python3 -m phase4_scheduler.bench_fused
+    PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=$OUT python3 -m phase4_scheduler.bench_fused [--only ...]
 
 Order: (1) every kernel against its reference on fresh random inputs at the real shapes; (2) each kernel vs its
 PyTorch/cuBLAS equivalent, timed inside one CUDA graph of many calls, cycling through enough weight copies that
@@ -12,9 +12,11 @@ Each section is guarded: a failure is recorded and the others still run. Writes 
 """
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
+import time
 import traceback
 
 import torch
@@ -284,38 +286,50 @@ def count_kernels(fused, ctx) -> int:
     return n
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="correctness,kernels,decode_step",
+                    help="comma-separated sections to run (default: all three, in order)")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs CUDA")
         return 1
     from phase4_scheduler import fused_kernels as fk
 
     torch.manual_seed(0)
-    results, failed = {}, []
-    for name, fn in [("correctness", check_kernels), ("kernels", time_kernels), ("decode_step", time_steps)]:
+    sections = {"correctness": check_kernels, "kernels": time_kernels, "decode_step": time_steps}
+    results, failed = {"seconds": {}}, []
+    for name in args.only.split(","):
         print(f"== {name}")
-        results[name] = {}
+        t0, results[name] = time.perf_counter(), {}
         try:
-            fn(fk, results[name])
+            sections[name](fk, results[name])
         except Exception as e:  # keep going: one broken section must not lose the others
             traceback.print_exc()
             results[name]["error"] = f"{type(e).__name__}: {e}"
             failed.append(name)
+        results["seconds"][name] = round(time.perf_counter() - t0, 1)
+        print(f"   ({results['seconds'][name]} s)")
         torch.cuda.empty_cache()
     results["tuned_tiles"] = {f"{kernel.fn.__name__}{key}": str(cfg) for kernel in (sg.skinny_gemv_tuned,
                               sg.skinny_gemm_tuned) for key, cfg in kernel.cache.items()}
     write_result("phase4_scheduler", "fused_kernels_gpu", results)
-    print("== summary")
-    print(f"  sections failed: {failed or 'none'}")
-    k = results.get("kernels", {})
-    for key in [s for s in k if s.endswith(("_M1", "_M16")) and "skinny_TBps" in k[s]]:
-        print(f"  {key:12s} skinny {k[key]['skinny_TBps']:.2f} TB/s vs cuBLAS {k[key]['cublas_TBps']:.2f} TB/s")
-    for key in [s for s in k if "skinny_TBps" not in k[s]]:
-        print(f"  {key:16s} " + "  ".join(f"{n} {v:.1f}" for n, v in k[key].items()))
-    d = results.get("decode_step", {})
-    for key in [s for s in d if s.endswith("_ms")]:
-        print(f"  {key:22s} {d[key]:.3f} ms")
+    summary(results, failed)
     return 1 if failed else 0
+
+
+def summary(results: dict, failed: list[str]) -> None:
+    print("== summary")
+    print(f"  sections failed: {failed or 'none'}; seconds {results['seconds']}")
+    rows = {k: v for k, v in results.get("kernels", {}).items() if isinstance(v, dict)}
+    for key, v in rows.items():
+        if "skinny_TBps" in v:
+            print(f"  {key:12s} skinny {v['skinny_TBps']:.2f} TB/s vs cuBLAS {v['cublas_TBps']:.2f} TB/s")
+        else:
+            print(f"  {key:16s} " + "  ".join(f"{n} {x:.1f}" for n, x in v.items()))
+    d = results.get("decode_step", {})
+    for key in [k for k in d if k.endswith("_ms")]:
+        print(f"  {key:26s} {d[key]:.3f} ms")
 
 
 if __name__ == "__main__":
