@@ -67,8 +67,10 @@ def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
-def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, dt, HALF: tl.constexpr):
-    """RoPE on (x1, x2) = (dim j, dim j + D/2) values rounded to dt; cos/sin rounded to dt as the reference does."""
+def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, out_ptr, HALF: tl.constexpr):
+    """RoPE on (x1, x2) = (dim j, dim j + D/2) values rounded to the output dtype; cos/sin rounded to it too, as the
+    reference does."""
+    dt = out_ptr.dtype.element_ty
     c = tl.load(cs_ptr + pos * stride_cs + j).to(dt).to(tl.float32)
     s = tl.load(cs_ptr + pos * stride_cs + HALF + j).to(dt).to(tl.float32)
     return tl.where(apply, x1 * c - x2 * s, x1), tl.where(apply, x2 * c + x1 * s, x2)
@@ -104,7 +106,7 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs
         x1, x2 = tl.split(tl.reshape(o.to(dt).to(tl.float32), [BLOCK_N // 2, 2]))
         j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF
         pos = tl.load(pos_ptr).to(tl.int64)
-        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, out_ptr, HALF)
         o = tl.reshape(tl.join(y1, y2), [BLOCK_N])
     tl.store(out_ptr + n, o.to(out_ptr.dtype.element_ty), mask=n_mask)
 
@@ -146,7 +148,7 @@ def skinny_gemm_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs
         x1, x2 = tl.split(pairs)  # [BLOCK_N / 2, M_PAD]
         j = ((pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF)[:, None]
         pos = tl.load(pos_ptr + m, mask=m_mask, other=0).to(tl.int64)[None, :]  # [1, M_PAD]
-        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, dt, HALF)
+        y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, out_ptr, HALF)
         acc = tl.reshape(tl.permute(tl.join(y1, y2), (0, 2, 1)), [BLOCK_N, M_PAD])
     tl.store(out_ptr + m[None, :] * stride_om + n[:, None], acc.to(out_ptr.dtype.element_ty),
              mask=m_mask[None, :] & n_mask[:, None])
