@@ -162,6 +162,9 @@ def cmd_serve(args) -> int:
     extra = {"num_layers": args.num_layers} if args.num_layers else {}
     if args.tokenizer:
         extra["tokenizer"] = args.tokenizer
+    if args.fuse:
+        extra["fuse"] = True
+    extra.update(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
           api_key=args.api_key, device=args.device, log_level=args.log_level, served_model_name=args.served_model_name,
           dtype=None if args.dtype == "auto" else args.dtype, random_weights=args.random_weights, **extra)
@@ -205,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kv-memory", type=_kv_memory, default=None,
                    help="KV-cache memory: '512MiB', '4GiB', bytes, or a fraction of free GPU memory such as 0.9 "
                         "(default: 256MiB on CPU, 0.5 on CUDA)")
+    e.add_argument("--max-num-seqs", type=int, default=64, help="seats in the running batch (default: %(default)s)")
+    e.add_argument("--max-num-batched-tokens", type=int, default=512,
+                   help="token budget of one step: decodes + prefill chunks (default: %(default)s)")
+    e.add_argument("--fuse", action="store_true", help="CUDA: the fused-kernel model (phase4_scheduler/FUSED.md)")
     h = sv.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network, "
                    "so set --api-key then (default: %(default)s)")

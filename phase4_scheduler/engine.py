@@ -68,11 +68,13 @@ class LLMEngine:
                  max_num_batched_tokens: int = 512, block_size: int = 16, num_blocks: int | None = None,
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
-                 cuda_graph: bool | None = None, fuse: bool = False):
+                 cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
         `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
-        `cuda_graph`, `fuse`: the ModelRunner's options (decode CUDA graphs up to max_num_seqs; fused kernels)."""
+        `cuda_graph`, `fuse`: the ModelRunner's options (decode CUDA graphs up to max_num_seqs; fused kernels).
+        `admit_min_free_seats`: admission batching (scheduler.py); default max_num_seqs // 16 with CUDA graphs (a
+        prefill step is eager and costs several graphed decode steps), 1 otherwise."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -91,6 +93,12 @@ class LLMEngine:
                                        enable_chunked_prefill=enable_chunked_prefill)
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse)
+        if admit_min_free_seats is None:
+            admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
+        if not 1 <= admit_min_free_seats <= max_num_seqs:
+            raise ValueError(f"admit_min_free_seats must be in 1..max_num_seqs={max_num_seqs}, got "
+                             f"{admit_min_free_seats}")
+        self.scheduler.admit_min_free_seats = admit_min_free_seats
         self.runner_tensors = runner_tensors
         self.detokenize = detokenize and self.tokenizer is not None
         self.sampler = Sampler()
@@ -103,12 +111,13 @@ class LLMEngine:
 
     @classmethod
     def from_model(cls, model: str = "smollm2-135m", *, device: str = "auto", dtype=None,
-                   random_weights: bool = False, num_layers: int | None = None, seed: int = 0, **kwargs):
+                   random_weights: bool = False, num_layers: int | None = None, seed: int = 0,
+                   tokenizer: str | None = None, **kwargs):
         """Load a model by preset / path / repo id (common.model_loader.load_model) and build an engine on it."""
         from common.model_loader import load_model
 
         return cls(load_model(model, device=device, dtype=dtype, random_weights=random_weights, seed=seed,
-                              num_layers=num_layers), **kwargs)
+                              num_layers=num_layers, tokenizer=tokenizer), **kwargs)
 
     # -- requests ----------------------------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -59,6 +59,9 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
                          "or an HF directory with tokenizer.json).")
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
+    from phase4_scheduler.engine import freeze_heap
+
+    freeze_heap()  # the ~300k start-up objects leave the GC's view: no full-collection stalls mid-stream
     app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
     capacity = app.state.server.token_capacity()
     if capacity < engine.max_model_len:

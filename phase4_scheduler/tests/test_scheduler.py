@@ -145,3 +145,41 @@ def test_kv_manager_accounting():
     assert kv.usage == pytest.approx(0.2)
     assert kv.free("x") == 2 and kv.free("x") == 0 and kv.num_free_blocks == 10
     assert "KVCacheManager" in repr(kv)
+
+
+def test_admission_batching_waits_for_free_seats_then_fills_them():
+    from phase4_scheduler.kv_manager import KVCacheManager
+    from phase4_scheduler.request import Request
+    from phase4_scheduler.scheduler import Scheduler
+    from common.sampling import SamplingParams
+
+    kv = KVCacheManager(256, 4)
+    s = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=1000, admit_min_free_seats=4, max_admit_delay_steps=3)
+    reqs = [Request(f"r{i}", [1, 2, 3], SamplingParams(max_tokens=50)) for i in range(14)]
+    for r in reqs:
+        s.add(r)
+    out = s.schedule()  # nothing running: admission is open, 8 seats fill
+    assert len(out.scheduled) == 8 and len(s.waiting) == 6
+    for r, n in out.scheduled:
+        r.num_computed_tokens += n
+        r.output_token_ids.append(7)
+    s.finish_running([(reqs[0], None), (reqs[1], None)])  # 2 free seats < 4: the queue waits
+    plans = []
+    for _ in range(4):
+        out = s.schedule()
+        plans.append(sum(1 for r, _ in out.scheduled if r.request_id in {f"r{i}" for i in range(8, 14)}))
+        for r, n in out.scheduled:
+            r.num_computed_tokens += n
+            r.output_token_ids.append(7)
+    assert plans[:3] == [0, 0, 0] and plans[3] == 2  # held 3 steps (max_admit_delay_steps), then both seats refill
+    s.finish_running([(reqs[2], None), (reqs[3], None), (reqs[4], None), (reqs[5], None)])
+    out = s.schedule()  # 4 free seats >= 4: admitted at once, all four
+    assert sum(1 for r, _ in out.scheduled if r.status.name == "RUNNING" and r.num_computed_tokens == 0) == 4
+
+
+def test_admission_batching_rejects_bad_values():
+    from phase4_scheduler.kv_manager import KVCacheManager
+    from phase4_scheduler.scheduler import Scheduler
+
+    with pytest.raises(ValueError, match="admit_min_free_seats"):
+        Scheduler(KVCacheManager(8, 4), max_num_seqs=4, admit_min_free_seats=5)
