@@ -68,6 +68,10 @@ TABLE: dict[str, str] = {
     "bench.offline": "phase4_scheduler.bench_offline:main",
     "bench.serve": "phase4_scheduler.bench_serve:main",
     "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
+    "engine.cuda_graphs": "phase4_scheduler.cuda_graphs:DecodeGraphs",
+    "model.fuse": "phase4_scheduler.fused_model:fuse_model",
+    "kernels.skinny_linear": "phase4_scheduler.skinny_gemm:linear",
+    "bench.latency": "phase4_scheduler.bench_latency:main",
 }
 
 _cache: dict[str, object] = {}

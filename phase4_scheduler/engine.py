@@ -164,6 +164,19 @@ class LLMEngine:
         self.counters["num_aborted"] += 1
         return self._output(req)
 
+    def warmup(self, prompt_len: int = 24, max_tokens: int = 4) -> None:
+        """Run one short request through prefill and decode and drop it: Triton compiles its kernels (seconds on a
+        cold cache) before the first real request, not during it. The server calls this before it listens."""
+        if self.requests:
+            raise RuntimeError("warmup() is for an idle engine: requests are in flight")
+        ids = [(7 * i + 11) % self.config.vocab_size for i in range(min(prompt_len, self.max_model_len - max_tokens))]
+        self.add_request("__warmup__", ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+        while self.has_unfinished():
+            self.step()
+        for key in ("num_steps", "num_requests", "num_finished", "num_prompt_tokens", "num_generation_tokens",
+                    "num_batched_tokens"):
+            self.counters[key] = 0  # the warm-up is not traffic
+
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 

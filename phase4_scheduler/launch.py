@@ -61,6 +61,7 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
     from phase4_scheduler.engine import freeze_heap
 
+    engine.engine.warmup()  # compile the kernels now, not inside the first client's TTFT
     freeze_heap()  # the ~300k start-up objects leave the GC's view: no full-collection stalls mid-stream
     app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
     capacity = app.state.server.token_capacity()

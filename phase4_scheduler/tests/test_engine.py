@@ -207,3 +207,13 @@ def test_triton_path_under_interpreter_matches_reference(tiny, reference):
     eng = LLMEngine(tiny, num_blocks=16, block_size=16, backend="triton", max_num_batched_tokens=24)
     assert eng.runner.decode_fn is not None
     assert run(eng, ps[:2], params) == [r[:3] for r in ref[:2]]
+
+
+def test_warmup_leaves_an_idle_engine_with_zeroed_counters():
+    from phase4_scheduler.engine import LLMEngine
+
+    eng = LLMEngine.from_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1, num_blocks=16,
+                               max_model_len=64)
+    eng.warmup()
+    assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.num_total_blocks
+    assert eng.counters["num_requests"] == 0 and eng.counters["num_steps"] == 0
