@@ -9,6 +9,7 @@
 
     PYTHONPATH=. python -m phase2_mla.bench_mla            # writes phase2_mla/results/bench_mla.json
     PYTHONPATH=. python -m phase2_mla.bench_mla --only mla,gqa   # sections: rope, mla, gqa
+    PYTHONPATH=. python -m phase2_mla.bench_mla --merge-gqa phase2_mla/results/bench_mla_gqa.json   # CPU, offline
 On the GPU machine: `TITAN_RESULTS_DIR=$OUT TITAN_COMMIT=<sha> python3 -m phase2_mla.bench_mla` (no git there).
 
 NOTE (method): short kernels are timed inside a CUDA graph of `inner` back-to-back launches, so the figure is the
@@ -281,6 +282,10 @@ def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else []
+    if "--merge-gqa" in args:  # offline: fold a separately recorded GQA section into results/bench_mla.json
+        from phase2_mla.bench_merge import main as merge_main
+        return merge_main(args[args.index("--merge-gqa") + 1])
     if not torch.cuda.is_available():
         print("bench_mla needs a CUDA GPU (it measures H100 bandwidth); the CPU figures come from "
               "`python -m phase2_mla.kv_arith`.")
@@ -299,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"section {name} failed: {res['errors'][name]}")
         write_result("phase2_mla", "bench_mla", res)  # after every section: a killed run still leaves its figures
 
-    args = argv if argv is not None else []
     only = set(args[args.index("--only") + 1].split(",")) if "--only" in args else {"rope", "mla", "gqa"}
     if "rope" in only:
         section("rope", lambda: bench_rope(ceil))
@@ -311,13 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     if "gqa" in only:
         section("gqa_dsv3", lambda: gqa_decode(b, 128, 8, 128, ctx))
         section("gqa_tp8", lambda: gqa_decode(b, 16, 1, 128, ctx))
-    section("summary", lambda: summarize(res, ceil, t0))
+    section("summary", lambda: summarize(res, ceil, time.time() - t0))
     print_summary(res)
     return 0
 
 
-def summarize(res: dict, ceil: float, t0: float) -> dict:
-    """The headline figures; each part is optional (a failed or skipped section leaves None)."""
+def summarize(res: dict, ceil: float, seconds: float | None) -> dict:
+    """The headline figures from the recorded sections; each part is optional (a failed or skipped section leaves
+    None). Pure arithmetic on `res`, so `bench_merge` rebuilds it offline (no GPU) when a section is re-measured."""
     bests = [r["best"] for r in (res.get("mla_dsv3") or {}, res.get("mla_dsv3_splits") or {}) if r.get("best")]
     mla_best = min(bests, key=lambda r: r["ms"]) if bests else None
     gq, gq8 = (res.get("gqa_dsv3") or {}).get("best"), (res.get("gqa_tp8") or {}).get("best")
@@ -337,7 +342,7 @@ def summarize(res: dict, ceil: float, t0: float) -> dict:
         "mla_tp8_best": tp8,
         "gqa_tp8_ms": gq8["ms"] if gq8 else None,
         "mla_tp8_over_gqa_time": tp8["ms"] / gq8["ms"] if tp8 and gq8 else None,
-        "seconds": time.time() - t0}
+        "seconds": seconds}
 
 
 def print_summary(res: dict) -> None:
@@ -353,6 +358,8 @@ def print_summary(res: dict) -> None:
     print(f"GQA-8 best ({s.get('gqa_dsv3_source')}): {f(s.get('gqa_dsv3_ms') and s['gqa_dsv3_ms'] * 1e3, '.1f')} us"
           f" | mla_over_gqa_time={f(s.get('mla_over_gqa_time'), '.2f')} (goal <= 1)"
           f" | TP=8 (16 heads): MLA/GQA {f(s.get('mla_tp8_over_gqa_time'), '.2f')}")
+    if s.get("gqa_note"):
+        print(s["gqa_note"])
     if res.get("errors"):
         print(f"section errors: {res['errors']}")
     print(f"total {f(s.get('seconds'), '.0f')} s")
