@@ -1,8 +1,9 @@
 """`make phase4`: the serving engine's acceptance criteria.
 
-CPU criteria run the acceptance tests live (pytest on the named tests, real engine and server on a small model);
-GPU criteria run the benchmarks live on a GPU and otherwise quote results/ (none recorded yet: the first session's
-device time went to phases 0-3).
+CPU criteria run the acceptance tests live (pytest on the named tests, real engine and server on a small model) and
+measure how much of the KV pool a full engine can actually use. GPU criteria run the benchmarks live on a GPU and
+otherwise quote results/*.json (H100 runs; the vLLM and serving files come from the vLLM peer's scripts, which
+write no provenance block, so their recorded text names the file and the GPU field instead).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.gate import Criterion, passed, recorded_result
+from common.bench import load_result
+from common.gate import Criterion, passed, recorded_result, skipped
 
 TITLE = "Phase 4 — Continuous batching: the serving engine"
 PHASE = "phase4_scheduler"
@@ -27,6 +29,48 @@ def _pytest(*node_ids: str):
     return check
 
 
+def _rec(name: str, fmt, meets=None):
+    return recorded_result(PHASE, name, fmt, meets)
+
+
+def _rec_plain(describe):
+    """A `recorded=` for files without a provenance block (vLLM peer / serve client output): quote, name the file."""
+    def text() -> str:
+        from common.bench import load_result
+
+        rs = {n: load_result(PHASE, n) for n in describe.names}
+        if any(r is None for r in rs.values()):
+            return "not recorded (" + ", ".join(f"results/{n}.json" for n, r in rs.items() if r is None) + " missing)"
+        return describe(rs)
+    return text
+
+
+def check_kv_usable():
+    """Fill an engine until the scheduler must preempt; the most blocks ever in use over the blocks the runner
+    reserved (the pool is num_blocks + 1: one scratch block for padded CUDA-graph rows) is the usable fraction."""
+    from common.sampling import SamplingParams
+    from phase4_scheduler.engine import LLMEngine
+
+    eng = LLMEngine.from_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1, num_blocks=64,
+                               block_size=16, max_model_len=512, max_num_seqs=32, detokenize=False)
+    params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    for i in range(32):
+        eng.add_request(f"r{i}", [(31 * i + 7 * j) % 32000 + 1 for j in range(20 + i % 7)], params)
+    kv, reserved = eng.kv, eng.runner.k_cache.shape[1]
+    peak, fill = 0, 0.0
+    while eng.has_unfinished() and eng.scheduler.num_preemptions == 0:
+        eng.step(final_only=True)
+        used = kv.num_total_blocks - kv.num_free_blocks
+        if used > peak:
+            toks = sum(kv.num_tokens(r.request_id) for r in eng.scheduler.running if kv.has(r.request_id))
+            peak, fill = used, toks / (used * kv.block_size)
+    for rid in list(eng.requests):
+        eng.abort_request(rid)
+    frac = peak / reserved
+    return passed(f"{frac:.1%} of blocks ({peak}/{reserved} reserved, {eng.scheduler.num_preemptions} preemption(s)); "
+                  f"slots filled in used blocks {fill:.1%}", frac >= 0.95 and eng.scheduler.num_preemptions > 0)
+
+
 def _offline(argv: list[str]):
     from phase4_scheduler.bench_offline import main
 
@@ -34,23 +78,52 @@ def _offline(argv: list[str]):
 
 
 def check_b1_latency():
-    rows = _offline(["--device", "cuda", "--random-weights", "--num-prompts", "1", "--input-len", "128",
-                     "--output-len", "256", "--max-num-seqs", "1", "--name", "b1_gpu_gate"])
-    ms = 1e3 / rows[0]["output_tokens_per_s"]
-    return passed(f"{ms:.2f} ms/token (incl. prefill)", ms <= 0.92)
+    from phase4_scheduler.bench_offline import main
+
+    lat = main(["--device", "cuda", "--random-weights", "--fuse", "--num-prompts", "1", "--max-num-seqs", "1",
+                "--latency", "--name", "b1_gpu_gate"])["latency"]
+    return passed(f"{lat['ms_per_token']:.2f} ms/token", lat["ms_per_token"] <= 0.92)
 
 
 def check_offline_throughput():
-    rows = _offline(["--device", "cuda", "--random-weights", "--num-prompts", "1024", "--max-num-seqs", "256",
-                     "--name", "offline_gpu_gate"])
+    rows = _offline(["--device", "cuda", "--random-weights", "--fuse", "--num-prompts", "1024", "--max-num-seqs",
+                     "1024", "--max-num-batched-tokens", "16384", "--name", "offline_gpu_gate"])
     return passed(f"{rows[0]['output_tokens_per_s']:,.0f} out tok/s", rows[0]["output_tokens_per_s"] >= 100_000)
 
 
 def check_continuous_vs_static():
-    rows = _offline(["--device", "cuda", "--random-weights", "--workload", "sharegpt", "--num-prompts", "1000",
+    rows = _offline(["--device", "cuda", "--random-weights", "--fuse", "--workload", "sharegpt", "--num-prompts", "1000",
                      "--compare-static", "--max-num-seqs", "256", "--name", "static_vs_continuous_gpu_gate"])
     ratio = rows[0]["output_tokens_per_s"] / rows[1]["output_tokens_per_s"]
     return passed(f"{ratio:.2f}x (offline ShareGPT throughput)", ratio >= 3)
+
+
+def _vllm_vs_ours(rs: dict) -> str:
+    v, o = rs["vllm_tinyllama_gpu"], rs["offline_gpu_1024"]
+    b1 = v["b1_ms_per_token"] / o["latency"]["ms_per_token"]
+    off = o["rows"][0]["output_tokens_per_s"] / v["offline_1024x128x128"]["out_tok_per_s"]
+    return (f"vLLM {v['vllm']}: B=1 {v['b1_ms_per_token']:.2f} ms/token, 1024x128/128 "
+            f"{v['offline_1024x128x128']['out_tok_per_s']:,.0f} tok/s -> ours {b1:.2f}x faster at B=1, {off:.2f}x "
+            f"offline, on {v['gpu']} (results/vllm_tinyllama_gpu.json, results/offline_gpu_1024.json) — recorded")
+
+
+_vllm_vs_ours.names = ("vllm_tinyllama_gpu", "offline_gpu_1024")
+
+
+def check_vllm():
+    """vLLM runs in its own environment (../shared/peers/vllm), never beside the engine: the comparison is recorded,
+    so on a GPU this skips with the recorded figures rather than passing on a file."""
+    return skipped("vLLM is measured in its own environment (../shared/peers/vllm); recorded: "
+                   + _rec_plain(_vllm_vs_ours)())
+
+
+def check_hf():
+    from phase4_scheduler.bench_offline import main
+
+    s = main(["--device", "cuda", "--random-weights", "--fuse", "--num-prompts", "64", "--max-num-seqs", "64",
+              "--latency", "--hf", "--hf-batch", "1", "64", "--name", "hf_gpu_gate"])["summary"]
+    return passed(f"HF B=1 {s['hf_b1_ms_per_step']:.1f} ms/step, B=64 {s['hf_b64_output_tok_s']:,.0f} tok/s; ours "
+                  f"{s['b1_speedup_vs_hf']:.1f}x at B=1", "hf_b64_output_tok_s" in s)
 
 
 def criteria():
@@ -68,14 +141,28 @@ def criteria():
                             "test_server_fake.py::test_malformed_json_and_unknown_route"))
     yield Criterion("100 concurrent streams, 10% aborted mid-stream", "90 exact counts, 0 blocks leaked",
                     _pytest("test_server_engine.py::test_100_concurrent_streams_10pct_aborted"))
-    yield Criterion("B=1 decode, TinyLlama-1.1B shapes (H100)", "<= 0.92 ms/token", check_b1_latency,
-                    needs_cuda=True, recorded=recorded_result(PHASE, "b1_gpu", lambda r: f"{1e3 / r['rows'][0]['output_tokens_per_s']:.2f} ms/token",
-                                                              lambda r: 1e3 / r["rows"][0]["output_tokens_per_s"] <= 0.92))
+    yield Criterion("KV pool usable before preemption (CPU engine)", ">= 95% of reserved blocks", check_kv_usable)
+    yield Criterion("B=1 decode, TinyLlama-1.1B shapes (H100)", "<= 0.92 ms/token", check_b1_latency, needs_cuda=True,
+                    recorded=_rec("offline_gpu_1024", lambda r: (
+                        f"{r['latency']['ms_per_token']:.2f} ms/token (fused engine; "
+                        f"roofline {load_result(PHASE, 'latency_gpu')['variants'][0]['roofline_ms']:.2f} ms)"),
+                        lambda r: r["latency"]["ms_per_token"] <= 0.92))
     yield Criterion("offline 1024 x (128 in, 128 out) (H100)", ">= 100k out tok/s", check_offline_throughput,
-                    needs_cuda=True, recorded=recorded_result(PHASE, "offline_gpu", lambda r: f"{r['rows'][0]['output_tokens_per_s']:,.0f} tok/s",
-                                                              lambda r: r["rows"][0]["output_tokens_per_s"] >= 100_000))
+                    needs_cuda=True, recorded=_rec("offline_gpu_1024", lambda r: (
+                        f"{r['rows'][0]['output_tokens_per_s']:,.0f} tok/s (max_num_seqs "
+                        f"{r['workload']['max_num_seqs']}, fused)"),
+                        lambda r: r["rows"][0]["output_tokens_per_s"] >= 100_000))
     yield Criterion("continuous vs static batching, ShareGPT (H100)", ">= 3x", check_continuous_vs_static,
-                    needs_cuda=True, recorded=recorded_result(
-                        PHASE, "sharegpt_static_vs_continuous_gpu",
-                        lambda r: f"{r['rows'][0]['output_tokens_per_s'] / r['rows'][1]['output_tokens_per_s']:.2f}x",
-                        lambda r: r["rows"][0]["output_tokens_per_s"] >= 3 * r["rows"][1]["output_tokens_per_s"]))
+                    needs_cuda=True, recorded=_rec(
+                        "sharegpt_static_vs_continuous_gpu",
+                        lambda r: (f"{r['summary']['continuous_over_static']:.2f}x ({r['summary']['continuous_output_tok_s']:,.0f}"
+                                   f" vs {r['summary']['static_output_tok_s']:,.0f} tok/s; static baseline unpadded)"),
+                        lambda r: r["summary"]["continuous_over_static"] >= 3))
+    yield Criterion("vLLM side by side, TinyLlama shapes (H100)", "B=1 and offline recorded", check_vllm,
+                    needs_cuda=True, recorded=_rec_plain(_vllm_vs_ours))
+    yield Criterion("HF transformers eager side by side (H100)", "B=1 and B=64 recorded", check_hf,
+                    needs_cuda=True, recorded=_rec("offline_gpu_1024", lambda r: (
+                        f"HF B=1 {r['summary']['hf_b1_ms_per_step']:.1f} ms/step, B=64 "
+                        f"{r['summary']['hf_b64_output_tok_s']:,.0f} tok/s; ours {r['summary']['b1_speedup_vs_hf']:.1f}x "
+                        f"at B=1, {r['summary']['throughput_vs_best_hf']:.1f}x throughput"),
+                        lambda r: {h["batch"] for h in r["hf"]} >= {1, 64}))
