@@ -1,0 +1,148 @@
+"""Plots of phase 4's recorded GPU results (results/*.json -> results/*.png), no GPU needed.
+
+    PYTHONPATH=. python -m phase4_scheduler.plots            # every plot whose JSON exists
+    PYTHONPATH=. python -m phase4_scheduler.plots --out /tmp # elsewhere
+
+Each `plot_*` takes the dict of loaded results (file stem -> JSON, as common.report loads them), draws one PNG and
+returns the values it drew ({label: value}), so the tests can check the bars against the JSON they came from.
+
+NOTE (what is comparable): bars in one figure come from the same H100 lease (ours and vLLM ran in consecutive device
+calls); the serving percentiles come from the vLLM peer's client against `titan serve` only — vLLM's serving figures
+are in ../shared/ANCHORS.md from a different run and are not drawn here.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.report import load_results  # noqa: E402
+
+PHASE_DIR = Path(__file__).resolve().parent
+
+
+def _need(results: dict, *names: str) -> None:
+    missing = [n for n in names if n not in results]
+    if missing:
+        raise KeyError(f"results/{', '.join(missing)}.json missing: run the GPU benchmark that writes it first")
+
+
+def _bars(ax, values: dict, fmt: str) -> None:
+    bars = ax.bar(range(len(values)), list(values.values()), color="tab:blue")
+    ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=8)
+    for b, v in zip(bars, values.values()):
+        ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+
+
+def plot_b1(results: dict, out: Path) -> dict:
+    """B=1 decode ms/token (TinyLlama-1.1B shapes, 128 in / 256 out), log scale, roofline and target lines."""
+    _need(results, "latency_gpu", "offline_gpu_1024", "vllm_tinyllama_gpu")
+    lat, off, vl = results["latency_gpu"], results["offline_gpu_1024"], results["vllm_tinyllama_gpu"]
+    values = {f"ours {v['variant']} (bench_latency)": v["engine_ms_per_token"] for v in lat["variants"]}
+    values["ours graph+fused (LLMEngine)"] = off["latency"]["ms_per_token"]
+    values[f"vLLM {vl['vllm']}"] = vl["b1_ms_per_token"]
+    values["HF eager"] = off["summary"]["hf_b1_ms_per_step"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _bars(ax, values, "{:.2f}")
+    roof = lat["variants"][0]["roofline_ms"]
+    ax.axhline(roof, color="k", ls="--", lw=1, label=f"roofline {roof:.2f} ms (weights at copy bandwidth)")
+    ax.axhline(0.92, color="tab:red", ls=":", lw=1, label="target 0.92 ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per output token (log)")
+    ax.set_title(f"B=1 decode, {lat['model']} shapes, {lat['provenance']['device']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "b1_latency_gpu.png", dpi=110)
+    plt.close(fig)
+    return values
+
+
+def plot_offline(results: dict, out: Path) -> dict:
+    """Offline output tokens/s: ours continuous and static, vLLM, HF eager; target line."""
+    _need(results, "offline_gpu_1024", "vllm_tinyllama_gpu")
+    off, vl = results["offline_gpu_1024"], results["vllm_tinyllama_gpu"]
+    w = off["workload"]
+    values = {f"ours {r['label']}": r["output_tokens_per_s"] for r in off["rows"]}
+    values[f"vLLM {vl['vllm']} 1024 reqs"] = vl["offline_1024x128x128"]["out_tok_per_s"]
+    values[f"vLLM {vl['vllm']} 256 reqs"] = vl["offline_256x128x128"]["out_tok_per_s"]
+    values["HF eager B=64"] = off["summary"]["hf_b64_output_tok_s"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _bars(ax, {k: v / 1e3 for k, v in values.items()}, "{:.1f}k")
+    ax.axhline(100, color="tab:red", ls=":", lw=1, label="target 100k tok/s")
+    ax.set_ylabel("output tokens/s (thousands)")
+    ax.set_title(f"offline {w['num_prompts']} x ({w['input_len']} in, {w['output_len']} out), "
+                 f"{off['provenance']['device']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "offline_throughput_gpu.png", dpi=110)
+    plt.close(fig)
+    return values
+
+
+def plot_sharegpt(results: dict, out: Path) -> dict:
+    """ShareGPT continuous vs static, before and after admission batching."""
+    _need(results, "sharegpt_static_vs_continuous_gpu_eager_admission", "sharegpt_static_vs_continuous_gpu")
+    runs = {"before (admit every step)": results["sharegpt_static_vs_continuous_gpu_eager_admission"],
+            "after (admission batching)": results["sharegpt_static_vs_continuous_gpu"]}
+    values = {f"{run}: {r['label']}": r["output_tokens_per_s"] for run, res in runs.items() for r in res["rows"]}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _bars(ax, {k: v / 1e3 for k, v in values.items()}, "{:.1f}k")
+    ax.set_ylabel("output tokens/s (thousands)")
+    w = results["sharegpt_static_vs_continuous_gpu"]["workload"]
+    ax.set_title(f"ShareGPT {w['num_prompts']} requests, max_num_seqs {w['max_num_seqs']} (static baseline unpadded)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "sharegpt_admission_gpu.png", dpi=110)
+    plt.close(fig)
+    return values
+
+
+def plot_serve(results: dict, out: Path) -> dict:
+    """`titan serve` TTFT and TPOT percentiles per request rate (the client records percentiles, not requests)."""
+    names = sorted((n for n in results if n.startswith("titan_serve_rate")), key=lambda n: results[n]["rate"])
+    if not names:
+        raise KeyError("results/titan_serve_rate*.json missing: run the vLLM peer's serve_bench.py against titan serve")
+    values = {}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("ttft_ms", "tpot_ms")):
+        for n in names:
+            r = results[n]
+            ps = [k for k in ("p50", "p90", "p99") if k in r[metric]]
+            ys = [r[metric][k] for k in ps]
+            ax.plot(ps, ys, marker="o", label=f"{r['rate']:g} req/s ({r['req_per_s']:.1f} served)")
+            values.update({f"{metric} {k} @ {r['rate']:g}": y for k, y in zip(ps, ys)})
+        ax.set_yscale("log")
+        ax.set_title(metric.split("_")[0].upper() + " (ms, log)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("titan serve, ShareGPT 1000 requests, Poisson arrivals (vLLM peer's client)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "serve_percentiles_gpu.png", dpi=110)
+    plt.close(fig)
+    return values
+
+
+PLOTS = (plot_b1, plot_offline, plot_sharegpt, plot_serve)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=PHASE_DIR / "results")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = load_results(PHASE_DIR)
+    drawn = {}
+    for fn in PLOTS:
+        try:
+            drawn[fn.__name__] = fn(results, args.out)
+            print(f"{fn.__name__}: {len(drawn[fn.__name__])} values -> {args.out}")
+        except KeyError as e:
+            print(f"{fn.__name__}: skipped ({e})")
+    return drawn
+
+
+if __name__ == "__main__":
+    main()
