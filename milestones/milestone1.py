@@ -56,13 +56,15 @@ def mla_decode_not_slower() -> Outcome:
 
 
 def _recorded_decode() -> str | None:
+    """phase 2's recorded MLA/GQA figure (both device calls named) and whether it meets "not slower"."""
     from common.bench import load_result
+    from phase2_mla.gate import recorded_mla_vs_gqa
 
     r = load_result("phase2_mla", "bench_mla")
     try:
-        s = r["summary"]
-        return (f"MLA {s['mla_dsv3_best']['ms'] * 1e3:.0f} us vs GQA-8 {s['gqa_dsv3_ms'] * 1e3:.0f} us "
-                f"({s['gqa_dsv3_source']}) on {r['provenance']['device']}, {r['provenance']['date'][:10]}")
+        ok = r["summary"]["mla_over_gqa_time"] <= 1.0
+        return (f"{recorded_mla_vs_gqa(r)} on {r['provenance']['device']}, {r['provenance']['date'][:10]}"
+                f" — {'meets' if ok else 'MISSES'} the threshold")
     except (TypeError, KeyError):
         return None
 

@@ -209,19 +209,31 @@ def check_args(q_lat, q_pe, kv_cache, block_table, seq_lens) -> None:
 
 
 def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int = 132) -> int:
-    """Enough programs to give every SM about two, without splits shorter than 256 tokens."""
-    want = max(1, math.ceil(2 * num_sms / max(1, batch * head_blocks)))
+    """No split once the (batch x head block) programs alone nearly fill the GPU (>= 3/4 of the SMs); below that,
+    enough splits to give every SM about two programs, none shorter than 256 tokens.
+    NOTE (H100, results/bench_mla.json): 128 heads in 64-head blocks at B=64 = 128 programs on 132 SMs; 1 split
+    (284 us) beat 2 (301) and 4 (322): the merge and fp32 partials cost more than 4 idle SMs. 16 heads: 5 splits."""
+    programs = max(1, batch * head_blocks)
+    if 4 * programs >= 3 * num_sms:
+        return 1
+    want = math.ceil(2 * num_sms / programs)
     return max(1, min(want, max_len // 256 or 1, 64))
+
+
+def default_block_h(heads: int) -> int:
+    """H100 winners (B=64, ctx 4K): 64-head blocks at 128 heads (1.06 TB/s), 16-head blocks at 16 (2.06 TB/s)."""
+    return 64 if heads >= 64 else 16
 
 
 def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
                      seq_lens: torch.Tensor, scale: float, max_seq_len: int | None = None,
                      num_splits: int | None = None,
-                     block_h: int = 16, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
+                     block_h: int | None = None, block_n: int = 64, num_warps: int = 8, num_stages: int = 2,
                      dv_split: int = 1, reload_q: bool = False, swap_ab: bool = False,
                      check: bool = True) -> torch.Tensor:
     """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count. `swap_ab`
-    computes s^T and o^T (tokens / value dims as the MMA's rows; see the module NOTE); it takes no dv_split."""
+    computes s^T and o^T (tokens / value dims as the MMA's rows; see the module NOTE); it takes no dv_split. Defaults:
+    the H100 sweep's winners (`default_block_h`, 64-token tiles, 8 warps, 2 stages, `default_num_splits`)."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
     b, h, dc = q_lat.shape
@@ -231,6 +243,7 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     if check and int(seq_lens.max()) > block_table.shape[1] * page:
         raise ValueError(f"seq_lens up to {int(seq_lens.max())} need more than block_table's "
                          f"{block_table.shape[1]} blocks of {page} tokens")
+    block_h = default_block_h(h) if block_h is None else block_h
     bh = min(block_h, triton.next_power_of_2(h)) if q_lat.device.type == "cpu" else max(16, block_h)
     hb = triton.cdiv(h, bh)
     if num_splits is None:

@@ -21,14 +21,24 @@ def test_gpu_criteria_are_skipped_on_cpu(monkeypatch):
 
 
 def test_recorded_figures_are_quoted_when_a_gpu_run_exists(monkeypatch):
-    fake = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T15:00:00+00:00"},
-            "summary": {"mla_dsv3_tb_s": 1.23, "mla_over_gqa_time": 0.5},
+    fake = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T15:00:00+00:00", "commit": "aaa"},
+            "gqa_provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T16:00:00+00:00",
+                               "commit": "bbb"},
+            "summary": {"mla_dsv3_tb_s": 1.23, "mla_tflops": 300.0, "mla_over_gqa_time": 0.5, "mla_us": 200.0,
+                        "gqa_dsv3_ms": 0.4, "gqa_dsv3_source": "sdpa"},
             "rope": [{"shape": "decode B=1024, Llama x", "cuda": {"pct_of_copy_ceiling": 1.3},
                       "triton": {"pct_of_copy_ceiling": 1.2}},
                      {"shape": "prefill 16K tokens, Llama x", "distinct_buffers": 1,
                       "cuda": {"pct_of_copy_ceiling": 0.93}, "triton": {"pct_of_copy_ceiling": 0.88}}]}
     monkeypatch.setattr(gate, "_bench", lambda: fake)
     texts = [c.recorded() for c in gate.criteria() if c.needs_cuda]
-    assert "1.23 TB/s (NVIDIA H100 80GB HBM3, 2026-11-25)" in texts
-    assert any("MLA/GQA time = 0.50" in t for t in texts)
+    assert "1.23 TB/s, 300 TFLOP/s (NVIDIA H100 80GB HBM3, 2026-11-25) — MISSES the threshold" in texts
+    gqa = next(t for t in texts if "MLA/GQA time = 0.50" in t)
+    assert "commit aaa" in gqa and "separate device call" in gqa and "commit bbb" in gqa
+    assert gqa.endswith("meets the threshold")
+    fake["summary"]["mla_over_gqa_time"] = 1.5  # a recorded loss is quoted as one
+    assert any(t.endswith("MISSES the threshold") and "MLA/GQA time = 1.50" in t
+               for t in (c.recorded() for c in gate.criteria() if c.needs_cuda))
+    del fake["rope"]  # a record without RoPE rows says so
+    assert any("no RoPE rows" in t for t in (c.recorded() for c in gate.criteria() if c.needs_cuda))
     assert any("decode B=1024: 130% (L2-resident, not an HBM figure), prefill 16K tokens: 93%" in t for t in texts)

@@ -4,7 +4,8 @@ import torch
 
 from common import artifacts
 from common.config import get_preset
-from phase2_mla.mla_decode import check_args, default_num_splits, mla_paged_decode, mla_paged_decode_ref
+from phase2_mla.mla_decode import (check_args, default_block_h, default_num_splits, mla_paged_decode,
+                                   mla_paged_decode_ref)
 from phase2_mla.paged_latent_cache import PagedLatentCache
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,6 +103,14 @@ def test_default_split_count():
     assert default_num_splits(64, 8, 4096) == 1  # 512 programs already fill 132 SMs
     assert default_num_splits(1, 1, 32768) == 64  # one sequence: split its history
     assert default_num_splits(2, 1, 300) == 1  # never splits shorter than 256 tokens
+    assert default_num_splits(64, 2, 4096) == 1  # 128 programs nearly fill 132 SMs: no split (H100 sweep winner)
+    assert default_num_splits(64, 1, 4096) == 5  # 64 programs: about two per SM
+    assert default_num_splits(64, 2, 4096, num_sms=264) == 5  # a twice-bigger GPU would split again
+
+
+def test_default_block_h_follows_head_count():
+    assert default_block_h(128) == 64 and default_block_h(64) == 64
+    assert default_block_h(16) == 16 and default_block_h(5) == 16
 
 
 def test_paged_cache_on_phase1_block_tables_decodes_like_contiguous():
