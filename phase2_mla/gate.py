@@ -42,12 +42,11 @@ def _recorded(fmt, meets=None, missing=None):
 
 def recorded_mla_vs_gqa(r: dict) -> str:
     """MLA/GQA decode time from the merged record, naming the two device calls the ratio spans (bench_merge)."""
-    s, g = r["summary"], r.get("gqa_provenance") or r["provenance"]
-    two = "gqa_provenance" in r
-    return (f"MLA/GQA time = {s['mla_over_gqa_time']:.2f}: MLA {s['mla_us']:.0f} us ({r['provenance']['date'][:16]}, "
-            f"commit {r['provenance'].get('commit')}) vs GQA-8 {s['gqa_dsv3_ms'] * 1e3:.0f} us ({s['gqa_dsv3_source']}, "
-            + (f"a separate device call: {g.get('device')}, {g['date'][:16]}, commit {g.get('commit')})"
-               if two else "same run)"))
+    s, m, g = r["summary"], r["provenance"], r.get("gqa_provenance")
+    where = (f"a separate device call: {g.get('device')}, {g['date'][:16]}, commit {g.get('commit')})" if g
+             else "same run)")
+    return (f"MLA/GQA time = {s['mla_over_gqa_time']:.2f}: MLA {s['mla_us']:.0f} us ({m['date'][:16]}, commit "
+            f"{m.get('commit')}) vs GQA-8 {s['gqa_dsv3_ms'] * 1e3:.0f} us ({s['gqa_dsv3_source']}, " + where)
 
 
 def check_rope_kernels():
