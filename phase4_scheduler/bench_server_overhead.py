@@ -1,0 +1,255 @@
+"""Host cost per engine step of the SERVER path: N concurrent SSE streams through the real FastAPI app, model stubbed.
+
+    python -m phase4_scheduler.bench_server_overhead                          # N = 64, 256 streams
+    python -m phase4_scheduler.bench_server_overhead --label before --name server_overhead_cpu_before
+
+Offline, an engine step around a stubbed forward costs ~1-2 ms of Python at a few hundred requests
+(bench_step_overhead.py). `titan serve` on the H100 ran ~30 ms per decode step at ~200 concurrent streams, so the
+difference is the server path: the asyncio loop that steps the engine in a worker thread, detokenisation, one
+RequestOutput -> OpenAI chunk -> SSE event per stream per step, the per-request generators and queues, ASGI sends and
+metrics. This script measures that path on the CPU: a real LLMEngine (SmolLM2's tokenizer, a 1-layer random Llama
+whose `runner.execute` is bench_step_overhead.StubForward and whose sampler is replaced by a walk through real
+ShareGPT-like text tokens, so detokenisation sees ordinary text), wrapped in AsyncEngine + create_app, driven
+in-process by httpx.AsyncClient over ASGITransport with N streaming /v1/completions requests (include_usage).
+
+Each engine step is timestamped; the steady window is the steps where all N streams are decoding. Per step:
+
+    step_ms      wall time between consecutive step starts (what one decode step costs the host in all)
+    engine_ms    LLMEngine.step itself (schedule, inputs, stub forward, sampler stub, update, outputs)
+    detok_ms     the part of engine_ms in the detokenizer (IncrementalDetokenizer methods)
+    loop_ms      step_ms - engine_ms: the event loop's work (delivery to N generators, chunk JSON, SSE, ASGI sends,
+                 metrics, the thread hop) that the step loop waits for
+    and per-token micro-costs x N: chunk_ms (RequestOutput -> chunk bytes as server.py builds them) and
+    metrics_ms (one observation per token).
+
+NOTE: the client side of ASGITransport buffers each response until it completes, so nothing of the client's work
+lands inside the steady window; what is measured is the server alone (no sockets: uvicorn's own per-chunk cost and
+the kernel's write() come on top in a real deployment). Times are medians over the window (one 2-core VM).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+
+import torch
+
+from common.bench import load_result, write_result
+from common.sampling import SamplingParams
+from phase4_scheduler.async_engine import AsyncEngine
+from phase4_scheduler.bench_step_overhead import StubForward, tiny_loaded
+from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.server import create_app
+
+SAMPLE_TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers; "
+               "their ideas (relativity, quanta) changed physics — and café culture in Zürich, too! "
+               "def main():\n    return {'ok': True}  # code, numbers 3.14159 and emoji 🙂 in a stream. ")
+
+
+class TokenWalk:
+    """Replaces the engine's sampler: request i's k-th token is the text's token (i * 7 + k) mod len (no argmax)."""
+
+    def __init__(self, tokenizer):
+        self.ids = tokenizer.encode(SAMPLE_TEXT * 4)
+        self.pos: dict[str, int] = {}
+
+    def __call__(self, logits, reqs):
+        ids, n, out = self.ids, len(self.ids), []
+        for r in reqs:
+            k = self.pos.get(r.request_id, hash(r.request_id) % n)
+            out.append(ids[k % n])
+            self.pos[r.request_id] = k + 1
+        return out
+
+
+class StepClock:
+    """Wraps engine.step (in the worker thread) and the detokenizer's methods to timestamp each step."""
+
+    def __init__(self, engine: LLMEngine):
+        self.rows: list[tuple[float, float, int, float]] = []  # (start, end, num_running, detok seconds)
+        self.detok = 0.0
+        orig = engine.step
+        det_cls = type(next(iter(engine.requests.values())).detokenizer) if engine.requests else None
+        self.engine, self.orig = engine, orig
+
+        def step(*a, **k):
+            d0, t = self.detok, time.perf_counter()
+            running = len(engine.scheduler.running)
+            out = orig(*a, **k)
+            self.rows.append((t, time.perf_counter(), running, self.detok - d0))
+            return out
+        engine.step = step
+        del det_cls
+
+    def wrap_detok(self, cls) -> None:
+        for name in [n for n in ("add_token", "delta") if hasattr(cls, n)]:
+            fn = getattr(cls, name)
+
+            def wrapper(*a, _fn=fn, **k):
+                t = time.perf_counter()
+                out = _fn(*a, **k)
+                self.detok += time.perf_counter() - t
+                return out
+            setattr(cls, name, wrapper)
+
+
+class SendClock:
+    """ASGI middleware: timestamps every non-empty body message the app sends (one SSE event, or a batch)."""
+
+    def __init__(self, app):
+        self.app, self.times = app, []
+
+    async def __call__(self, scope, receive, send):
+        async def timed_send(msg):
+            if msg.get("type") == "http.response.body" and msg.get("body"):
+                self.times.append((time.perf_counter(), msg["body"].count(b"data: ")))
+            await send(msg)
+        await self.app(scope, receive, timed_send)
+
+
+async def drive(app, n: int, max_tokens: int) -> list[bytes]:
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async def one(i: int) -> bytes:
+            r = await client.post("/v1/completions", json={
+                "model": "bench", "prompt": f"request {i}: tell me a story", "max_tokens": max_tokens,
+                "stream": True, "stream_options": {"include_usage": True}, "temperature": 0, "ignore_eos": True})
+            assert r.status_code == 200, r.text
+            return r.content
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def micro_chunk_us(engine: AsyncEngine, reps: int = 2000) -> float:
+    """us per token for the server's chunk building alone (text -> OpenAI chunk -> SSE bytes)."""
+    from phase4_scheduler import protocol as P
+    from phase4_scheduler.sse import sse
+
+    t = time.perf_counter()
+    for i in range(reps):
+        sse({**P.completion_chunk("cmpl-0123456789abcdef", "bench", 1700000000, " word", None), "usage": None})
+    return (time.perf_counter() - t) / reps * 1e6
+
+
+def micro_metrics_us(reps: int = 2000) -> float:
+    from phase4_scheduler.metrics import ServerMetrics
+
+    m = ServerMetrics()
+    t = time.perf_counter()
+    for _ in range(reps):
+        m.itl.observe(0.003)
+        m.generation_tokens.inc(1)
+    return (time.perf_counter() - t) / reps * 1e6
+
+
+class DeviceWait(StubForward):
+    """StubForward plus `ops` small torch ops (the runner's input copies, graph replay, sampler launches) and a
+    `gpu_ms` sleep standing in for waiting on the device: both release the GIL, as torch and a CUDA sync do, so the
+    event loop's thread competes for it as on a GPU host."""
+
+    def __init__(self, max_batch: int, vocab: int, gpu_ms: float, ops: int = 12):
+        super().__init__(max_batch, vocab)
+        self.gpu_s, self.ops, self.x = gpu_ms / 1e3, ops, torch.zeros(8)
+
+    def __call__(self, *args):
+        out = super().__call__(*args)
+        for _ in range(self.ops):
+            self.x.add_(1)
+        time.sleep(self.gpu_s)
+        return out
+
+
+def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: float = 0.0) -> dict:
+    loaded = tiny_loaded(tokenizer.vocab_size, tokenizer)
+    max_tokens = steps + 40
+    blocks = n * (-(-(prompt_len_hint + max_tokens + 32) // 16))
+    eng = LLMEngine(loaded, max_num_seqs=n, max_num_batched_tokens=max(512, n * 32), num_blocks=blocks,
+                    block_size=16, max_model_len=4096)
+    eng.runner.execute = DeviceWait(n, 64, gpu_ms) if gpu_ms else StubForward(n, 64)  # [B, 64] logits: the argmax is skipped by TokenWalk anyway
+    eng.sampler = TokenWalk(tokenizer)
+    aeng = AsyncEngine(eng, model_name="bench")
+    app = SendClock(create_app(aeng, served_model_name="bench"))
+    clock = StepClock(eng)
+    from phase4_scheduler.detokenizer import IncrementalDetokenizer
+    clock.wrap_detok(IncrementalDetokenizer)
+    gc.collect()
+    gc.freeze()
+
+    async def main():
+        await aeng.start()
+        try:
+            bodies = await drive(app, n, max_tokens)
+        finally:
+            await aeng.shutdown()
+        return bodies
+
+    t0 = time.perf_counter()
+    bodies = asyncio.run(main())
+    wall = time.perf_counter() - t0
+    gc.unfreeze()
+    for b in bodies:  # every stream got its tokens and ended properly
+        assert b.endswith(b"data: [DONE]\n\n") and f'"completion_tokens":{max_tokens}'.encode() in b, b[-300:]
+    rows = clock.rows
+    full = [i for i, r in enumerate(rows) if r[2] == n]
+    win = [i for i in full[3:-2] if i + 1 < len(rows)]  # all N decoding; skip the first steps and the last
+    if len(win) < 5:
+        raise RuntimeError(f"only {len(win)} steady steps with {n} running; raise --steps")
+    step = [rows[i + 1][0] - rows[i][0] for i in win]
+    engine_s = [rows[i][1] - rows[i][0] for i in win]
+    detok = [rows[i][3] for i in win]
+    t_a, t_b = rows[win[0]][0], rows[win[-1]][0]
+    sent = sum(k for t, k in app.times if t_a <= t < t_b)  # SSE events that reached the ASGI server meanwhile
+    delivered_ms = (t_b - t_a) / (sent / n) * 1e3  # wall per N delivered events: the step cost the client sees
+    med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
+    chunk_us, metrics_us = micro_chunk_us(aeng), micro_metrics_us()
+    row = {"streams": n, "gpu_ms": gpu_ms, "steady_steps": len(win), "step_ms": med(step), "delivered_step_ms": delivered_ms, "step_ms_mean": statistics.mean(step) * 1e3,
+           "engine_ms": med(engine_s), "detok_ms": med(detok), "loop_ms": med(step) - med(engine_s),
+           "chunk_ms_est": chunk_us * n / 1e3, "metrics_ms_est": metrics_us * n / 1e3,
+           "chunk_us_per_token": chunk_us, "metrics_us_per_token": metrics_us,
+           "us_per_stream_step": med(step) * 1e3 / n, "total_wall_s": wall, "max_tokens": max_tokens}
+    return row
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--steps", type=int, default=40, help="decode steps per stream (steady window ~ steps)")
+    ap.add_argument("--gpu-ms", type=float, nargs="+", default=[0.0, 3.4],
+                    help="simulated device time per step (a GIL-free sleep in the stub forward); 0 = none")
+    ap.add_argument("--label", default="after", help="what code this measures (before/after a change)")
+    ap.add_argument("--name", default="server_overhead_cpu")
+    ap.add_argument("--compare", default="server_overhead_cpu_before", help="a results JSON to compare against")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from common.model_loader import resolve_weights
+    tok = resolve_weights("smollm2-135m", random_weights=True)[2]
+    if tok is None:
+        raise SystemExit("needs the SmolLM2 GGUF for its tokenizer (make setup)")
+    rows = []
+    for n, g in [(n, g) for g in args.gpu_ms for n in args.streams]:
+        r = measure(n, tok, args.steps, gpu_ms=g)
+        rows.append(r)
+        print(f"N={n:4d} gpu {g:3.1f} ms: step {r['step_ms']:6.2f} ms = engine {r['engine_ms']:6.2f} (detok {r['detok_ms']:5.2f}) "
+              f"+ loop {r['loop_ms']:6.2f} | est. chunk JSON+SSE {r['chunk_ms_est']:5.2f}, metrics "
+              f"{r['metrics_ms_est']:4.2f} | delivered: {r['delivered_step_ms']:6.2f} ms per N events")
+    payload = {"label": args.label, "rows": rows}
+    before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
+    if before is not None:
+        payload["before"] = {"label": before.get("label"), "rows": before["rows"],
+                             "commit": before.get("provenance", {}).get("git_commit")}
+        old = {(r["streams"], r.get("gpu_ms", 0.0)): r for r in before["rows"]}
+        for r in rows:
+            if (r["streams"], r["gpu_ms"]) in old:
+                o = old[(r["streams"], r["gpu_ms"])]
+                r["speedup_vs_before"] = o["step_ms"] / r["step_ms"]
+                print(f"N={r['streams']:4d} gpu {r['gpu_ms']:3.1f} ms: step {o['step_ms']:6.2f} -> {r['step_ms']:6.2f} ms "
+                      f"({r['speedup_vs_before']:.1f}x)")
+    write_result("phase4_scheduler", args.name, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
