@@ -11,11 +11,18 @@ serving HTTP while the model computes. Only that loop touches the engine: new re
 lock held for microseconds) and applied by the loop between steps, so `generate`/`abort` never wait for a step, and
 a consumer that goes away (client disconnect: GeneratorExit / CancelledError) still gets its request aborted and its
 blocks freed at the next step boundary.
+
+NOTE (cost per step): at a few hundred streams the event loop's share of a step is per-stream work, so each request
+has a `_Stream` (a list and at most one waiting future) instead of an asyncio.Queue: `_deliver` appends and wakes a
+consumer only if it is asleep, and `generate_batches` hands over everything that arrived since the consumer last
+ran in one list (the server turns a list into one write). A consumer that lags behind by several steps catches up
+in one wake-up instead of one per step (bench_server_overhead.py measures the whole server path).
 """
 from __future__ import annotations
 
 import asyncio
 import threading
+from contextlib import aclosing
 from typing import AsyncIterator
 
 from common.sampling import SamplingParams
@@ -27,11 +34,42 @@ class EngineDeadError(RuntimeError):
     """The background step loop failed; the engine serves no more requests (the cause is chained)."""
 
 
+class _Stream:
+    """One request's mailbox: outputs (or an exception) not yet taken, and the consumer's future while it waits."""
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def take(self) -> list:
+        """Everything delivered since the last take (waits while there is nothing)."""
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items = self.items, []
+        return items
+
+    def __repr__(self) -> str:
+        return f"_Stream(pending={len(self.items)}, waiting={self.waiter is not None})"
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, model_name: str | None = None):
         self.engine = engine
         self.model_name = model_name or engine.loaded.source
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._queues: dict[str, _Stream] = {}
         self._pending_adds: list[tuple[str, list[int], SamplingParams]] = []
         self._pending_aborts: list[str] = []
         self._abort_waiters: dict[str, list[asyncio.Future]] = {}
@@ -86,26 +124,37 @@ class AsyncEngine:
         """Queue a request and yield its outputs as steps produce them; the last one has finished=True.
 
         Raises (before queueing) PromptTooLongError / ValueError / TypeError for a request that cannot run."""
+        async with aclosing(self.generate_batches(prompt_token_ids, params, request_id)) as batches:
+            async for batch in batches:
+                for out in batch:
+                    yield out
+
+    async def generate_batches(self, prompt_token_ids: list[int], params: SamplingParams,
+                               request_id: str) -> AsyncIterator[list[RequestOutput]]:
+        """As generate, but yields lists: every output that arrived since the consumer last asked (one step's
+        output, or several if the consumer fell behind), in order; the last list ends with the finished one."""
         if self._error is not None:
             raise EngineDeadError("the engine loop has failed; restart the server") from self._error
         if request_id in self._queues or request_id in self.engine.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.engine.validate(list(prompt_token_ids), params)
         await self.start()
-        queue: asyncio.Queue = asyncio.Queue()
-        self._queues[request_id] = queue
+        stream = _Stream()
+        self._queues[request_id] = stream
         with self._lock:
             self._pending_adds.append((request_id, list(prompt_token_ids), params))
         self._wakeup.set()
         finished = False
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
+                items = await stream.take()
+                if isinstance(items[-1], BaseException):  # an exception is always the last thing delivered
+                    if len(items) > 1:
+                        yield items[:-1]
                     finished = True  # nothing of it is left in the engine
-                    raise item
-                finished = item.finished
-                yield item
+                    raise items[-1]
+                finished = items[-1].finished
+                yield items
                 if finished:
                     return
         finally:
@@ -171,11 +220,11 @@ class AsyncEngine:
             if isinstance(out, tuple):
                 q = self._queues.pop(out[0], None)
                 if q is not None:
-                    q.put_nowait(out[1])
+                    q.put(out[1])
                 continue
             q = self._queues.get(out.request_id)
             if q is not None:
-                q.put_nowait(out)
+                q.put(out)
                 if out.finished:
                     self._queues.pop(out.request_id, None)
 
@@ -194,5 +243,5 @@ class AsyncEngine:
             dead = EngineDeadError(f"the engine loop failed: {type(e).__name__}: {e}")
             dead.__cause__ = e
             for q in self._queues.values():
-                q.put_nowait(dead)
+                q.put(dead)
             self._queues.clear()

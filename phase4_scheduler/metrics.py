@@ -53,6 +53,14 @@ class Histogram:
             self.counts[bisect.bisect_left(self.buckets, value)] += 1
             self.sum += value
 
+    def observe_n(self, value: float, n: int) -> None:
+        """`n` observations of the same value in O(1) (the tokens of one step's output share one latency)."""
+        if n <= 0:
+            return
+        with self._lock:
+            self.counts[bisect.bisect_left(self.buckets, value)] += n
+            self.sum += value * n
+
     @property
     def count(self) -> int:
         return sum(self.counts)

@@ -30,7 +30,7 @@ from common.errors import PromptTooLongError
 from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler import protocol as P
 from phase4_scheduler.metrics import CONTENT_TYPE, ServerMetrics
-from phase4_scheduler.sse import DONE, EventStream, sse
+from phase4_scheduler.sse import DONE, ChunkTemplate, EventStream, sse
 
 log = logging.getLogger("titan.server")
 
@@ -109,35 +109,54 @@ class Server:
         return list(prompt)
 
     # ---- generation --------------------------------------------------------------------------------------------
+    def _batches(self, prompt_ids: list[int], params: SamplingParams, rid: str):
+        """The engine's outputs in lists (AsyncEngine.generate_batches; an engine with only `generate` gets lists
+        of one)."""
+        batches = getattr(self.engine, "generate_batches", None)
+        if batches is not None:
+            return batches(prompt_ids, params, rid)
+
+        async def single():
+            async with aclosing(self.engine.generate(prompt_ids, params, rid)) as outs:
+                async for out in outs:
+                    yield [out]
+        return single()
+
     async def generate(self, prompt_ids: list[int], params: SamplingParams, rid: str):
-        """engine.generate with latency metrics; if the consumer stops early, the request is aborted."""
+        """The engine's outputs in lists, with latency metrics; if the consumer stops early, the request is aborted.
+
+        Metrics cost O(1) per list: the tokens that arrive together share one inter-token latency."""
         t0 = last = time.perf_counter()
         n_seen, finished, failed = 0, False, False
-        self.metrics.prompt_tokens.inc(len(prompt_ids))
-        outputs = self.engine.generate(prompt_ids, params, rid)
+        m = self.metrics
+        m.prompt_tokens.inc(len(prompt_ids))
+        outputs = self._batches(prompt_ids, params, rid)
         try:
-            async for out in outputs:
-                now, k = time.perf_counter(), len(out.new_token_ids)
-                if k and n_seen == 0:
-                    self.metrics.ttft.observe(now - t0)
-                elif k:
-                    for _ in range(k):
-                        self.metrics.itl.observe((now - last) / k)
+            async for batch in outputs:
+                now = time.perf_counter()
+                k = sum(len(out.new_token_ids) for out in batch)
                 if k:
+                    if n_seen == 0:
+                        m.ttft.observe(now - t0)
+                        if k > 1:  # the rest of a first list that came late: tokens after the first
+                            m.itl.observe_n((now - t0) / k, k - 1)
+                    else:
+                        m.itl.observe_n((now - last) / k, k)
                     last, n_seen = now, n_seen + k
-                    self.metrics.generation_tokens.inc(k)
-                if out.finished:
+                    m.generation_tokens.inc(k)
+                end = batch[-1]
+                if end.finished:
                     finished = True
-                    self.metrics.e2e.observe(now - t0)
-                    self.metrics.requests.inc(label_value=out.finish_reason or "stop")
-                yield out
+                    m.e2e.observe(now - t0)
+                    m.requests.inc(label_value=end.finish_reason or "stop")
+                yield batch
         except Exception:
             failed = True
             raise
         finally:
             with anyio.CancelScope(shield=True):  # runs to the end even when the client's task is cancelled
                 if not finished and not failed:  # (a failed request is no longer in the engine)
-                    self.metrics.requests.inc(label_value="abort")
+                    m.requests.inc(label_value="abort")
                     try:
                         await self.engine.abort(rid)
                     except Exception:  # noqa: BLE001 - an abort must never mask the original error
@@ -151,8 +170,8 @@ class Server:
         async def consume():
             nonlocal final
             async with aclosing(gen):
-                async for out in gen:
-                    final = out
+                async for batch in gen:
+                    final = batch[-1]
 
         task = asyncio.ensure_future(consume())
         try:
@@ -170,7 +189,10 @@ class Server:
                 task.cancel()
 
     async def stream(self, gen, rid: str, model: str, chat: bool, n_prompt: int, include_usage: bool):
-        """The SSE events of one streamed request, in OpenAI's chunk format."""
+        """The SSE events of one streamed request, in OpenAI's chunk format: one write per list of outputs.
+
+        NOTE: the common event (a text delta, no finish reason) comes from a ChunkTemplate rendered once per
+        request; the rare ones (first chat chunk, finish, usage) are built as dicts. Same bytes either way."""
         created, n_out = int(time.time()), 0
         extra = {"usage": None} if include_usage else {}
 
@@ -180,19 +202,31 @@ class Server:
                 return sse({**P.chat_chunk(rid, model, created, delta, finish_reason), **extra})
             return sse({**P.completion_chunk(rid, model, created, text, finish_reason), **extra})
 
+        if chat:
+            text_event = ChunkTemplate(lambda t: {**P.chat_chunk(rid, model, created, {"content": t}, None), **extra})
+        else:
+            text_event = ChunkTemplate(lambda t: {**P.completion_chunk(rid, model, created, t, None), **extra})
+
         async with aclosing(gen):
             try:
                 if chat:
                     yield chunk("", None, first=True)
-                async for out in gen:
-                    n_out = len(out.output_token_ids)
-                    if out.finished and not chat:
-                        yield chunk(out.text_delta, out.finish_reason)
-                        continue
-                    if out.text_delta:
-                        yield chunk(out.text_delta, None)
-                    if out.finished:
-                        yield chunk("", out.finish_reason)
+                async for batch in gen:
+                    parts: list[str] = []
+                    for out in batch:
+                        if out.finished:
+                            n_out = len(out.output_token_ids)
+                            if not chat:
+                                parts.append(chunk(out.text_delta, out.finish_reason).decode())
+                                continue
+                            if out.text_delta:
+                                parts.append(text_event.text(out.text_delta))
+                            parts.append(chunk("", out.finish_reason).decode())
+                        elif out.text_delta:
+                            parts.append(text_event.text(out.text_delta))
+                    n_out = len(batch[-1].output_token_ids)
+                    if parts:
+                        yield "".join(parts).encode()
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"
                     yield sse(P.usage_chunk(rid, model, created, obj, n_prompt, n_out))
