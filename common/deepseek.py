@@ -27,7 +27,7 @@ import torch.nn as nn
 from common.attention import attention_ref
 from common.config import ModelConfig
 from common.llama import DecoderLayer as LlamaDecoderLayer
-from common.llama import RMSNorm
+from common.llama import RMSNorm, batch_positions
 
 
 def _mscale(scale: float, mscale: float = 1.0) -> float:
@@ -224,12 +224,7 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 last_only: bool = False) -> torch.Tensor:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        b, s = input_ids.shape
-        if positions is None:
-            start = cache.seq_len if cache is not None else 0
-            positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+        b, s, positions = batch_positions(input_ids, positions, cache)
         h = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(self.config, positions)  # [B, S, dr/2]
         for layer in self.model.layers:

@@ -131,6 +131,17 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(cfg)
 
 
+def batch_positions(input_ids: torch.Tensor, positions: torch.Tensor | None, cache) -> tuple[int, int, torch.Tensor]:
+    """Check input_ids [B, S]; default positions continue the cache (0.. without one). Returns (B, S, positions)."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    b, s = input_ids.shape
+    if positions is None:
+        start = cache.seq_len if cache is not None else 0
+        positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+    return b, s, positions
+
+
 class LlamaForCausalLM(nn.Module):
     """model(input_ids [B, S], positions [B, S] | None, cache | None) -> logits [B, S, V]."""
 
@@ -142,12 +153,7 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 last_only: bool = False) -> torch.Tensor:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        b, s = input_ids.shape
-        if positions is None:
-            start = cache.seq_len if cache is not None else 0
-            positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+        b, s, positions = batch_positions(input_ids, positions, cache)
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for layer in self.model.layers:

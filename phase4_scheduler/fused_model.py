@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.attention import attention_ref
+from common.llama import batch_positions
 from phase4_scheduler import fused_kernels as fk
 from phase4_scheduler import skinny_gemm as sg
 
@@ -163,12 +164,7 @@ class FusedLlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 last_only: bool = False) -> torch.Tensor:
         """LlamaForCausalLM's call: input_ids [B, S] -> logits [B, S, V] ([B, 1, V] with last_only)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        b, s = input_ids.shape
-        if positions is None:
-            start = cache.seq_len if cache is not None else 0
-            positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+        b, s, positions = batch_positions(input_ids, positions, cache)
         select = torch.arange(b, device=input_ids.device) * s + s - 1 if last_only else None
         h = self.forward_tokens(input_ids.reshape(-1), positions.reshape(-1), cache, select, (b, s))
         if cache is not None:
