@@ -1,0 +1,397 @@
+"""Continuous vs static batching at EQUAL p50 latency: Poisson arrivals of ShareGPT-length requests, swept rates.
+
+    # the H100 run (issue 6: "continuous against static batching on ShareGPT at equal p50 latency, at least 3x")
+    python -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights --fuse \
+        --max-num-seqs 256 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 112 128 144 160 --duration 6
+    # CPU smoke of the method (tiny model, scaled-down lengths; not a performance figure)
+    python -m phase4_scheduler.bench_equal_latency --device cpu --model smollm2-135m --random-weights \
+        --num-layers 1 --length-scale 0.05 --max-num-seqs 16 --rates 2 4 8 16 32 --duration 3
+
+An offline serving simulation: no HTTP, the benchmark drives LLMEngine itself on the wall clock. Each request is
+added once its Poisson arrival time has passed, the engine steps, and each request's arrival, first-token and
+finish times are kept (ignore_eos; each asks exactly its ShareGPT reference output length). Per policy
+(continuous = LLMEngine's default; static = static_batching.static_engine; static_padded = static_padded.py, HF
+generate's compute) the rates are swept upward; each point records throughput and p50/p90/p99 of end-to-end
+latency, TTFT and TPOT. Writes results/equal_latency_<cpu|gpu>.json (every swept point) and a .png.
+
+NOTE (saturation): past its capacity mu a FCFS queue's waiting time grows linearly: the i-th request arrives at
+i/rate and starts at ~i/mu, so it waits (rate/mu - 1) seconds more per second of arrivals; so a point is saturated when the least-squares slope of TTFT against arrival time (first 10% of
+requests dropped: the system starts empty) exceeds --saturation-slope, or when it overran its time limit. A
+saturated point's latency only says "the queue grows" (it depends on how long we ran), so the sweep stops there
+and the comparison never interpolates into it: the max rate at a latency target is then bracketed by the last
+stable and the first saturated rate, and both ends are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from common.bench import results_dir, write_result
+from common.sampling import SamplingParams
+
+POLICIES = ("continuous", "static", "static_padded")
+
+
+def percentiles(xs) -> dict:
+    xs = np.asarray(xs, dtype=float)
+    if xs.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "mean": None}
+    p = np.percentile(xs, [50, 90, 99])
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "mean": float(xs.mean())}
+
+
+def queue_growth(arrival, ttft, warmup_frac: float = 0.1) -> float:
+    """d(TTFT)/d(arrival time) by least squares, after dropping the first `warmup_frac` of requests (by arrival).
+    ~0 for a stable queue; (rate/capacity - 1) for an overloaded FCFS queue."""
+    order = np.argsort(np.asarray(arrival, dtype=float))
+    a, t = np.asarray(arrival, dtype=float)[order], np.asarray(ttft, dtype=float)[order]
+    k = int(len(a) * warmup_frac)
+    a, t = a[k:], t[k:]
+    if len(a) < 3 or np.ptp(a) == 0:
+        return 0.0
+    return float(np.polyfit(a, t, 1)[0])
+
+
+def is_saturated(point: dict, max_slope: float) -> bool:
+    return bool(point["timed_out"] or point["queue_growth"] > max_slope)
+
+
+def max_rate_at_latency(points: list[dict], target: float, key: str = "e2e_p50") -> dict:
+    """The highest rate (and output tok/s) with points[key] <= target, from a sweep sorted or not by rate.
+
+    Walks stable points upward: at the first one above the target, interpolates linearly with the previous one
+    (limited_by 'latency'); a saturated point ends the walk (limited_by 'saturation': the answer is the last stable
+    point, and `rate_upper` / `output_tok_s_upper` the saturated one, which bracket the truth); the sweep's end gives
+    'sweep_end' (a lower bound, no upper). Below-target nowhere: rate None, limited_by 'target_below_sweep'."""
+    if not target > 0:
+        raise ValueError(f"the latency target must be > 0 seconds, got {target}")
+    pts = sorted(points, key=lambda p: p["rate"])
+    prev = None
+    for p in pts:
+        if p["saturated"]:
+            if prev is None:
+                return {"rate": None, "output_tok_s": None, "limited_by": "saturation", "rate_upper": p["rate"],
+                        "output_tok_s_upper": p["output_tok_s"]}
+            return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "saturation",
+                    "rate_upper": p["rate"], "output_tok_s_upper": p["output_tok_s"]}
+        if p[key] > target:
+            if prev is None:
+                return {"rate": None, "output_tok_s": None, "limited_by": "target_below_sweep",
+                        "rate_upper": p["rate"], "output_tok_s_upper": p["output_tok_s"]}
+            f = (target - prev[key]) / (p[key] - prev[key])
+            rate = prev["rate"] + f * (p["rate"] - prev["rate"])
+            tok = prev["output_tok_s"] + f * (p["output_tok_s"] - prev["output_tok_s"])
+            return {"rate": rate, "output_tok_s": tok, "limited_by": "latency", "rate_upper": rate,
+                    "output_tok_s_upper": tok}
+        prev = p
+    if prev is None:
+        raise ValueError("no swept points")
+    return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "sweep_end",
+            "rate_upper": None, "output_tok_s_upper": None}
+
+
+def compare_at(cont: list[dict], static: list[dict], target: float) -> dict:
+    """continuous / static output throughput at one p50 target, with the bracket the saturation bounds allow."""
+    c, s = max_rate_at_latency(cont, target), max_rate_at_latency(static, target)
+    row = {"target_p50_s": target, "continuous": c, "static": s, "ratio": None, "ratio_low": None, "ratio_high": None}
+    if c["output_tok_s"] and s["output_tok_s"]:
+        row["ratio"] = c["output_tok_s"] / s["output_tok_s"]
+        row["ratio_low"] = c["output_tok_s"] / (s["output_tok_s_upper"] or float("inf"))
+        row["ratio_high"] = (c["output_tok_s_upper"] / s["output_tok_s"]) if c["output_tok_s_upper"] else None
+    return row
+
+
+def best_stable(points: list[dict]) -> dict | None:
+    """The highest-throughput point that is not saturated (a policy 'at its best')."""
+    ok = [p for p in points if not p["saturated"]]
+    return max(ok, key=lambda p: p["output_tok_s"]) if ok else None
+
+
+def comparisons(policies: dict[str, list[dict]], targets: list[float]) -> list[dict]:
+    """For each static variant: at the p50 of that variant at its best, and at each given target."""
+    rows, cont = [], policies.get("continuous")
+    if not cont:
+        return rows
+    for name in ("static", "static_padded"):
+        pts = policies.get(name)
+        if not pts:
+            continue
+        best = best_stable(pts)
+        ts = ([("p50 of %s at its best" % name, best["e2e_p50"])] if best else []) + [("given", t) for t in targets]
+        for why, t in ts:
+            rows.append({"baseline": name, "target": why, **compare_at(cont, pts, t)})
+    return rows
+
+
+# -- the simulation ----------------------------------------------------------------------------------------------
+def make_point_workload(pool: list[tuple[int, int]], rate: float, duration: float, min_requests: int,
+                        max_requests: int, vocab: int, seed: int = 0):
+    """Poisson arrivals at `rate` req/s for ~`duration` s (clamped to [min, max] requests), lengths from the pool."""
+    if not rate > 0:
+        raise ValueError(f"request rates must be > 0 req/s, got {rate}")
+    rng = np.random.default_rng([seed, int(round(rate * 1000))])
+    n = int(min(max_requests, max(min_requests, round(rate * duration))))
+    idx = rng.choice(len(pool), n, replace=n > len(pool))
+    lens = [pool[i] for i in idx]
+    gaps = rng.exponential(1.0 / rate, n)
+    arrivals = np.cumsum(gaps) - gaps[0]  # the first request at t=0
+    prompts = [rng.integers(100, vocab - 100, p).tolist() for p, _ in lens]
+    return lens, arrivals.tolist(), prompts
+
+
+def _finish_time(engine, rid: str, now: float) -> float:
+    pop = getattr(engine.scheduler, "pop_real_finish", None)  # padded static: the member's own last token
+    t = pop(rid) if pop is not None else None
+    return now if t is None else t
+
+
+def simulate(engine, lens, arrivals, prompts, tag: str, max_seconds: float, clock=time.monotonic,
+             sleep=time.sleep) -> dict:
+    """Feed requests at their arrival times, step until all finished (or `max_seconds`: abort the rest). `clock`
+    must be the engine's (time.monotonic: RequestOutput.first_token_time comes from it); tests pass a fake pair."""
+    n = len(lens)
+    params = [SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True) for _, o in lens]
+    for ids, p in zip(prompts, params):
+        engine.validate(ids, p)
+    rid = [f"{tag}-{k}" for k in range(n)]
+    index = {r: k for k, r in enumerate(rid)}
+    first, finish = [None] * n, [None] * n
+    pre0 = engine.scheduler.num_preemptions
+    t0, i, done, timed_out, max_backlog = clock(), 0, 0, False, 0
+    while done < n:
+        now = clock() - t0
+        while i < n and arrivals[i] <= now + 1e-9:  # (a sleep may land a rounding error short of the arrival)
+            engine.add_request(rid[i], prompts[i], params[i], validated=True)
+            i += 1
+        if now > max_seconds:
+            timed_out = True
+            for r in list(engine.requests):
+                engine.abort_request(r)
+            break
+        if not engine.has_unfinished():
+            if i >= n:
+                raise RuntimeError(f"{n - done} requests vanished without a finished output")
+            sleep(max(0.0, arrivals[i] - now))
+            continue
+        max_backlog = max(max_backlog, len(engine.requests))
+        outs = engine.step(final_only=True)
+        t = clock()
+        for out in outs:
+            if out.finished and out.request_id in index:
+                k = index[out.request_id]
+                if len(out.output_token_ids) < lens[k][1]:
+                    raise RuntimeError(f"{out.request_id} stopped at {len(out.output_token_ids)} of {lens[k][1]}")
+                first[k], finish[k] = out.first_token_time - t0, _finish_time(engine, out.request_id, t) - t0
+                done += 1
+    return {"arrival": list(arrivals), "first": first, "finish": finish, "lens": lens, "timed_out": timed_out,
+            "max_backlog": max_backlog, "preemptions": engine.scheduler.num_preemptions - pre0}
+
+
+def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
+    ok = [k for k, f in enumerate(sim["finish"]) if f is not None]
+    arr = np.array([sim["arrival"][k] for k in ok])
+    first, fin = np.array([sim["first"][k] for k in ok]), np.array([sim["finish"][k] for k in ok])
+    out_len = np.array([sim["lens"][k][1] for k in ok])
+    e2e, ttft = fin - arr, first - arr
+    multi = out_len > 1
+    tpot = (fin - first)[multi] / (out_len[multi] - 1)
+    span = float(fin.max() - arr.min()) if ok else float("nan")
+    p = {"rate": rate, "requests": len(sim["lens"]), "completed": len(ok), "timed_out": sim["timed_out"] or not ok,
+         "seconds": span, "output_tokens": int(out_len.sum()), "output_tok_s": float(out_len.sum() / span),
+         "requests_per_s": len(ok) / span, "queue_growth": queue_growth(arr, ttft) if ok else float("inf"),
+         "max_backlog": sim["max_backlog"], "preemptions": sim["preemptions"]}
+    for name, xs in (("e2e", e2e), ("ttft", ttft), ("tpot", tpot)):
+        for q, v in percentiles(xs).items():
+            p[f"{name}_{q}"] = v
+    p["saturated"] = is_saturated(p, max_slope)
+    return p
+
+
+def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) -> list[dict]:
+    """Rates upward; stops after the first saturated point (kept: it brackets the capacity)."""
+    points = []
+    for j, rate in enumerate(sorted(args.rates)):
+        lens, arrivals, prompts = make_point_workload(pool, rate, args.duration, args.min_requests,
+                                                      args.max_requests, vocab, args.seed)
+        limit = args.timeout_factor * (arrivals[-1] + 1.0) + args.timeout_slack
+        sim = simulate(engine, lens, arrivals, prompts, f"{policy}-{j}", limit, **clock)
+        p = summarize_point(rate, sim, args.saturation_slope)
+        points.append(p)
+        progress(f"{policy:>13} rate {rate:7.2f}/s: {p['output_tok_s']:9,.0f} out tok/s, p50 e2e {p['e2e_p50']:.3f} s, "
+                 f"ttft {p['ttft_p50']:.3f} s, tpot {p['tpot_p50'] or 0:.4f} s, growth {p['queue_growth']:+.3f}"
+                 + ("  SATURATED" if p["saturated"] else ""))
+        if p["saturated"]:
+            break
+    return points
+
+
+def warm_up(engine, pool, vocab: int, n: int) -> None:
+    """A burst of n short requests, then one alone: compiles the prefill/decode shapes before anything is timed."""
+    rng = np.random.default_rng(123)
+    for k, (p, o) in enumerate(list(pool[:n]) + [pool[0]]):
+        engine.add_request(f"__warm{k}", rng.integers(100, vocab - 100, p).tolist(),
+                           SamplingParams(max_tokens=min(4, o), temperature=0.0, ignore_eos=True))
+        if k == n - 1 or k == n:
+            while engine.has_unfinished():
+                for out in engine.step(final_only=True):
+                    _finish_time(engine, out.request_id, 0.0)
+
+
+def plot(payload: dict, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {"continuous": "tab:blue", "static": "tab:orange", "static_padded": "tab:red"}
+    for name, pol in payload["policies"].items():
+        pts = pol.get("points") or []
+        ok = [p for p in pts if not p["saturated"]]
+        ax.plot([p["output_tok_s"] for p in ok], [p["e2e_p50"] for p in ok], "o-", color=colors.get(name),
+                label=f"{name} (p50)")
+        ax.plot([p["output_tok_s"] for p in ok], [p["e2e_p90"] for p in ok], ":", color=colors.get(name), alpha=0.6)
+        sat = [p for p in pts if p["saturated"]]
+        ax.plot([p["output_tok_s"] for p in sat], [p["e2e_p50"] for p in sat], "x", ms=9, color=colors.get(name))
+    for row in payload["comparison"]:
+        if row["target"] != "given" and row["ratio"]:
+            ax.axhline(row["target_p50_s"], ls="--", lw=0.8, color=colors.get(row["baseline"]))
+            ax.annotate(f"{row['ratio']:.2f}x vs {row['baseline']}", (0, row["target_p50_s"]), fontsize=8,
+                        xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("output tokens / s (measured)")
+    ax.set_ylabel("end-to-end latency p50, s (dotted: p90)")
+    ax.set_yscale("log")
+    ax.set_title(f"{payload['label']}: latency vs throughput, ShareGPT lengths, Poisson arrivals\n"
+                 "x = saturated (queue grows); dashed = p50 of a static variant at its best", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_pool(args) -> list[tuple[int, int]]:
+    if args.lengths_file:
+        pool = [tuple(x) for x in json.loads(open(args.lengths_file).read())]
+    else:
+        from common.data import sharegpt_request_lengths
+        pool = sharegpt_request_lengths(args.num_pool, max_total=args.max_model_len)
+    s = args.length_scale
+    if not 0 < s <= 1:
+        raise ValueError(f"--length-scale must be in (0, 1], got {s}")
+    return [(max(1, min(args.max_prompt_len or 1 << 30, round(p * s))),
+             max(2, min(args.max_output_len or 1 << 30, round(o * s)))) for p, o in pool]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tinyllama-1.1b")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--num-layers", type=int, default=None, help="truncate the model (CPU smoke)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    ap.add_argument("--rates", type=float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160],
+                    help="request rates to sweep, req/s (each policy stops at its first saturated rate)")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per point (before clamping)")
+    ap.add_argument("--min-requests", type=int, default=60)
+    ap.add_argument("--max-requests", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-pool", type=int, default=1000, help="ShareGPT (prompt, output) pairs to draw from")
+    ap.add_argument("--lengths-file", default=None, help="a JSON list of [prompt_len, output_len] instead")
+    ap.add_argument("--length-scale", type=float, default=1.0, help="scale both lengths (CPU smoke: 0.05)")
+    ap.add_argument("--max-prompt-len", type=int, default=None)
+    ap.add_argument("--max-output-len", type=int, default=None)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--max-num-seqs", type=int, default=256, help="seats; also the static batch size")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192, help="continuous: token budget per step")
+    ap.add_argument("--kv-memory", default=None, help="bytes ('40GiB') or a fraction of free GPU memory ('0.3')")
+    ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--fuse", action="store_true", help="the runner's fused kernels")
+    ap.add_argument("--detokenize", action="store_true", help="per-token text as a server would (default: ids)")
+    ap.add_argument("--saturation-slope", type=float, default=0.15, help="max d(TTFT)/d(arrival) of a stable point (0.15: rate > 1.15x capacity)")
+    ap.add_argument("--timeout-factor", type=float, default=4.0, help="a point may run factor x arrivals + slack")
+    ap.add_argument("--timeout-slack", type=float, default=30.0)
+    ap.add_argument("--target-p50", type=float, nargs="*", default=[], help="extra p50 targets, seconds")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU smoke on a shared box: 1)")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--no-plot", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from common.model_loader import load_model
+    from phase4_scheduler.bench_offline import guarded, release
+    from phase4_scheduler.engine import LLMEngine, freeze_heap
+    from phase4_scheduler.static_batching import static_engine
+    from phase4_scheduler.static_padded import padded_static_engine
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kv = args.kv_memory
+    if kv is not None and kv.replace(".", "", 1).isdigit() and 0 < float(kv) < 1:
+        kv = float(kv)
+    if any(not r > 0 for r in args.rates):
+        raise ValueError(f"--rates must all be > 0 req/s, got {args.rates}")
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
+                        num_layers=args.num_layers)
+    pool = load_pool(args)
+    vocab, dev = loaded.config.vocab_size, ("gpu" if loaded.device.type == "cuda" else "cpu")
+    label = (torch.cuda.get_device_name() if dev == "gpu" else
+             "CPU smoke of the method (tiny model, scaled lengths; not a performance figure)")
+    errors: dict[str, str] = {}
+    payload = {"label": label, "model": loaded.source, "dtype": str(loaded.dtype), "device": str(loaded.device),
+               "workload": vars(args), "pool": {"requests": len(pool), "mean_prompt": float(np.mean(pool, 0)[0]),
+                                                "mean_output": float(np.mean(pool, 0)[1])},
+               "policies": {}, "comparison": [], "errors": errors}
+    kw = dict(max_model_len=args.max_model_len, kv_memory=kv, detokenize=args.detokenize,
+              cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph])
+    fuse = [args.fuse]  # the first engine fuses loaded.model in place; later engines reuse the fused model
+    build = {"continuous": lambda: LLMEngine(loaded, max_num_seqs=args.max_num_seqs, fuse=fuse[0],
+                                             max_num_batched_tokens=args.max_num_batched_tokens, **kw),
+             "static": lambda: static_engine(loaded, args.max_num_seqs, fuse=fuse[0], **kw),
+             "static_padded": lambda: padded_static_engine(loaded, args.max_num_seqs, fuse=fuse[0], **kw)}
+    for name in args.policies:
+        def section(name=name):
+            engine = build[name]()
+            fuse[0] = False
+            freeze_heap()
+            warm_up(engine, pool, vocab, min(args.max_num_seqs, len(pool)))
+            t0 = time.perf_counter()
+            points = sweep(engine, name, pool, args, vocab)
+            out = {"points": points, "sweep_seconds": time.perf_counter() - t0, "engine": repr(engine)}
+            if hasattr(engine.scheduler, "num_padded_tokens"):
+                out["padded_tokens"] = engine.scheduler.num_padded_tokens
+            del engine
+            release()
+            return out
+        res = guarded(name, section, errors)
+        if res is not None:
+            payload["policies"][name] = res
+    payload["comparison"] = comparisons({k: v["points"] for k, v in payload["policies"].items()}, args.target_p50)
+    payload["summary"] = {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"]
+                          for r in payload["comparison"] if r["target"] != "given"}
+    for r in payload["comparison"]:
+        c, s = r["continuous"], r["static"]
+        print(f"p50 <= {r['target_p50_s']:.3f} s ({r['target']}): continuous {c['output_tok_s'] or 0:,.0f} tok/s "
+              f"[{c['limited_by']}] vs {r['baseline']} {s['output_tok_s'] or 0:,.0f} tok/s [{s['limited_by']}] -> "
+              + (f"{r['ratio']:.2f}x (bracket {r['ratio_low']:.2f}..{r['ratio_high'] or float('inf'):.2f})"
+                 if r["ratio"] else "no ratio"))
+    name = args.name or f"equal_latency_{dev}"
+    if not args.no_plot and payload["policies"]:
+        png = results_dir("phase4_scheduler") / f"{name}.png"
+        if guarded("plot", lambda: plot(payload, png), errors) is None and "plot" not in errors:
+            payload["plot"] = png.name
+    if errors:
+        print("errors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    write_result("phase4_scheduler", name, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
