@@ -91,8 +91,8 @@ class FakeEngine:
 
     def __init__(self, clock, seats=4, dt=0.01):
         self.clock, self.seats, self.dt = clock, seats, dt
-        self.scheduler = SimpleNamespace(num_preemptions=0)
         self.requests, self.queue, self.running = {}, deque(), []
+        self.scheduler = SimpleNamespace(num_preemptions=0, waiting=self.queue)
 
     def validate(self, ids, params):
         if not ids:
@@ -141,8 +141,22 @@ def test_saturation_is_detected_past_capacity_only():
     low, high = run_fake(0.5 * cap), run_fake(2.0 * cap)
     assert not low["saturated"] and abs(low["queue_growth"]) < 0.05
     assert high["saturated"] and high["queue_growth"] == pytest.approx(2.0 - 1, abs=0.25)  # rate/capacity - 1
+    assert high["left_behind"] == 1.0 and low["left_behind"] < 0.5  # full seats at admission vs a drained queue
     assert high["e2e_p50"] > 5 * low["e2e_p50"] and low["completed"] == low["requests"] == 200
     assert low["tpot_p50"] == pytest.approx(0.01) and low["output_tok_s"] == pytest.approx(20 * 10, rel=0.1)
+
+
+def test_a_rising_ttft_alone_is_not_saturation():
+    # static batching's TTFT is a sawtooth: a short run can fit a steep slope while every batch drains the queue
+    arrival = [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert bel.left_behind([(0.5, 3), (2.5, 0), (3.9, 0)], arrival) == 0.0  # events in the second half: t >= 2
+    assert bel.left_behind([(0.5, 3), (2.5, 2), (3.9, 0)], arrival) == 0.5
+    assert bel.left_behind([(0.5, 3), (9.0, 0)], arrival) == 1.0  # none in the window: the last one before it
+    assert bel.left_behind([], arrival) == 0.0
+    point = {"timed_out": False, "queue_growth": 0.4, "left_behind": 0.0}
+    assert not bel.is_saturated(point, 0.15)
+    assert bel.is_saturated({**point, "left_behind": 0.6}, 0.15)
+    assert not bel.is_saturated({**point, "left_behind": 1.0, "queue_growth": 0.1}, 0.15)  # a burst, no trend
 
 
 def test_a_point_over_its_time_limit_is_aborted_and_saturated():
