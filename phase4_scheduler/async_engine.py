@@ -21,6 +21,7 @@ in one wake-up instead of one per step (bench_server_overhead.py measures the wh
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from contextlib import aclosing
 from typing import AsyncIterator
@@ -28,6 +29,9 @@ from typing import AsyncIterator
 from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.outputs import RequestOutput
+
+
+HEAD_START_S = 0.005  # the longest the loop waits for a step's forward launch before delivering the previous outputs
 
 
 class EngineDeadError(RuntimeError):
@@ -78,6 +82,10 @@ class AsyncEngine:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._error: BaseException | None = None
+        try:
+            self._step_has_hook = "on_forward" in inspect.signature(engine.step).parameters
+        except (TypeError, ValueError):
+            self._step_has_hook = False
 
     @classmethod
     def from_model(cls, model: str = "smollm2-135m", *, max_model_len: int | None = None,
@@ -207,12 +215,22 @@ class AsyncEngine:
                     fut.get_loop().call_soon_threadsafe(fut.set_result, None)
         return outs
 
-    def _step_once(self) -> list:
-        outs = self._apply_pending()
-        if self.engine.has_unfinished():
-            outs += self.engine.step()
-        outs += self._apply_pending()  # aborts that arrived during the step free their blocks now
-        return outs
+    def _step_once(self, launched: threading.Event | None = None) -> list:
+        """One engine step with the queued adds/aborts around it (in the worker thread). `launched` is set once the
+        forward is in flight (engine.step's `on_forward` hook, where the engine has one) or, at the latest, when
+        the step is over."""
+        try:
+            outs = self._apply_pending()
+            if self.engine.has_unfinished():
+                if launched is not None and self._step_has_hook:
+                    outs += self.engine.step(on_forward=launched.set)
+                else:
+                    outs += self.engine.step()
+            outs += self._apply_pending()  # aborts that arrived during the step free their blocks now
+            return outs
+        finally:
+            if launched is not None:
+                launched.set()
 
     def _deliver(self, outputs: list) -> None:
         """Hand outputs (and (request_id, exception) pairs) to their generators; runs on the event loop."""
@@ -229,15 +247,34 @@ class AsyncEngine:
                     self._queues.pop(out.request_id, None)
 
     async def _run(self) -> None:
+        """Step while there is work. NOTE (overlap): the outputs of step k are handed to the generators after step
+        k+1 is started in the worker thread; where engine.step has an `on_forward` hook, only once its forward is
+        launched (or HEAD_START_S passed): the loop thread waits for that without the GIL, so the worker's
+        scheduling and input building run first and the per-stream delivery work (chunks, writes) overlaps the
+        device's forward instead of delaying its launch (bench_server_overhead.py --hook measures it)."""
+        loop = asyncio.get_running_loop()
+        pending: list = []
         try:
             while not self._stopping:
                 with self._lock:
                     idle = not (self._pending_adds or self._pending_aborts)
                 if idle and not self.engine.has_unfinished():
+                    if pending:
+                        self._deliver(pending)
+                        pending = []
+                        continue
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                self._deliver(await asyncio.to_thread(self._step_once))
+                launched = threading.Event()
+                step = loop.run_in_executor(None, self._step_once, launched)
+                if pending:
+                    if self._step_has_hook:
+                        launched.wait(HEAD_START_S)  # blocking on purpose: see the NOTE
+                    self._deliver(pending)
+                pending = []
+                pending = await step
+            self._deliver(pending)
         except Exception as e:  # a failed step: every waiting generator gets the error, new requests are refused
             self._error = e
             dead = EngineDeadError(f"the engine loop failed: {type(e).__name__}: {e}")

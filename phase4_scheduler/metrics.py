@@ -15,6 +15,7 @@ import bisect
 import math
 import re
 import threading
+import time
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "titan:"
@@ -146,3 +147,33 @@ class ServerMetrics:
                        self.ttft, self.itl, self.e2e):
             lines += metric.render()
         return "\n".join(lines) + "\n"
+
+
+class RequestMetrics:
+    """One request's share of ServerMetrics, observed per list of outputs in O(1) (server.py calls `batch` each
+    time the engine hands the request a list): the tokens that arrive together share one inter-token latency (a
+    first list of k tokens: TTFT, then k - 1 ITLs). `finished` / `failed` tell the server whether to abort."""
+    __slots__ = ("m", "t0", "last", "n_seen", "finished", "failed")
+
+    def __init__(self, metrics: ServerMetrics, n_prompt: int):
+        self.m, self.t0 = metrics, time.perf_counter()
+        self.last, self.n_seen, self.finished, self.failed = self.t0, 0, False, False
+        metrics.prompt_tokens.inc(n_prompt)
+
+    def batch(self, batch: list) -> None:
+        m, now = self.m, time.perf_counter()
+        k = sum(len(out.new_token_ids) for out in batch)
+        if k:
+            if self.n_seen == 0:
+                m.ttft.observe(now - self.t0)
+                if k > 1:
+                    m.itl.observe_n((now - self.t0) / k, k - 1)
+            else:
+                m.itl.observe_n((now - self.last) / k, k)
+            self.last, self.n_seen = now, self.n_seen + k
+            m.generation_tokens.inc(k)
+        end = batch[-1]
+        if end.finished:
+            self.finished = True
+            m.e2e.observe(now - self.t0)
+            m.requests.inc(label_value=end.finish_reason or "stop")

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import PromptTooLongError
 from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler import protocol as P
-from phase4_scheduler.metrics import CONTENT_TYPE, ServerMetrics
+from phase4_scheduler.metrics import CONTENT_TYPE, RequestMetrics, ServerMetrics
 from phase4_scheduler.sse import DONE, ChunkTemplate, EventStream, sse
 
 log = logging.getLogger("titan.server")
@@ -123,45 +123,29 @@ class Server:
         return single()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, rid: str):
-        """The engine's outputs in lists, with latency metrics; if the consumer stops early, the request is aborted.
-
-        Metrics cost O(1) per list: the tokens that arrive together share one inter-token latency."""
-        t0 = last = time.perf_counter()
-        n_seen, finished, failed = 0, False, False
-        m = self.metrics
-        m.prompt_tokens.inc(len(prompt_ids))
+        """The engine's outputs in lists, with latency metrics; if the consumer stops early, the request is aborted."""
+        track = RequestMetrics(self.metrics, len(prompt_ids))
         outputs = self._batches(prompt_ids, params, rid)
         try:
             async for batch in outputs:
-                now = time.perf_counter()
-                k = sum(len(out.new_token_ids) for out in batch)
-                if k:
-                    if n_seen == 0:
-                        m.ttft.observe(now - t0)
-                        if k > 1:  # the rest of a first list that came late: tokens after the first
-                            m.itl.observe_n((now - t0) / k, k - 1)
-                    else:
-                        m.itl.observe_n((now - last) / k, k)
-                    last, n_seen = now, n_seen + k
-                    m.generation_tokens.inc(k)
-                end = batch[-1]
-                if end.finished:
-                    finished = True
-                    m.e2e.observe(now - t0)
-                    m.requests.inc(label_value=end.finish_reason or "stop")
+                track.batch(batch)
                 yield batch
         except Exception:
-            failed = True
+            track.failed = True
             raise
         finally:
             with anyio.CancelScope(shield=True):  # runs to the end even when the client's task is cancelled
-                if not finished and not failed:  # (a failed request is no longer in the engine)
-                    m.requests.inc(label_value="abort")
-                    try:
-                        await self.engine.abort(rid)
-                    except Exception:  # noqa: BLE001 - an abort must never mask the original error
-                        log.exception("abort of %s failed", rid)
-                await outputs.aclose()
+                await self._release(rid, track, outputs)
+
+    async def _release(self, rid: str, track: RequestMetrics, outputs) -> None:
+        """After a request's consumer is done: abort it in the engine if it is still there, close its outputs."""
+        if not track.finished and not track.failed:  # (a failed request is no longer in the engine)
+            self.metrics.requests.inc(label_value="abort")
+            try:
+                await self.engine.abort(rid)
+            except Exception:  # noqa: BLE001 - an abort must never mask the original error
+                log.exception("abort of %s failed", rid)
+        await outputs.aclose()
 
     async def collect(self, request: Request, gen):
         """Run a non-streamed request to its end; abort it if the client disconnects meanwhile."""
@@ -188,12 +172,16 @@ class Server:
             if not task.done():
                 task.cancel()
 
-    async def stream(self, gen, rid: str, model: str, chat: bool, n_prompt: int, include_usage: bool):
+    async def stream(self, prompt_ids: list[int], params: SamplingParams, rid: str, model: str, chat: bool,
+                     include_usage: bool):
         """The SSE events of one streamed request, in OpenAI's chunk format: one write per list of outputs.
 
-        NOTE: the common event (a text delta, no finish reason) comes from a ChunkTemplate rendered once per
-        request; the rare ones (first chat chunk, finish, usage) are built as dicts. Same bytes either way."""
-        created, n_out = int(time.time()), 0
+        NOTE (cost): this is the per-stream, per-step code of the server, so it reads the engine's output lists
+        itself (what `generate` does, without another generator layer in between), and the common event (a text
+        delta, no finish reason) comes from a ChunkTemplate rendered once per request; the rare ones (first chat
+        chunk, finish, usage, errors) are built as dicts. Same bytes either way. A consumer that stops early
+        (client disconnect: EventStream closes this generator) aborts the request, as `generate` does."""
+        created, n_out, n_prompt = int(time.time()), 0, len(prompt_ids)
         extra = {"usage": None} if include_usage else {}
 
         def chunk(text: str, finish_reason: str | None, first: bool = False) -> bytes:
@@ -206,35 +194,45 @@ class Server:
             text_event = ChunkTemplate(lambda t: {**P.chat_chunk(rid, model, created, {"content": t}, None), **extra})
         else:
             text_event = ChunkTemplate(lambda t: {**P.completion_chunk(rid, model, created, t, None), **extra})
-
-        async with aclosing(gen):
-            try:
-                if chat:
-                    yield chunk("", None, first=True)
-                async for batch in gen:
-                    parts: list[str] = []
-                    for out in batch:
-                        if out.finished:
-                            n_out = len(out.output_token_ids)
-                            if not chat:
-                                parts.append(chunk(out.text_delta, out.finish_reason).decode())
-                                continue
-                            if out.text_delta:
-                                parts.append(text_event.text(out.text_delta))
-                            parts.append(chunk("", out.finish_reason).decode())
-                        elif out.text_delta:
+        track = RequestMetrics(self.metrics, n_prompt)
+        outputs = self._batches(prompt_ids, params, rid)
+        try:
+            if chat:
+                yield chunk("", None, first=True)
+            while True:
+                try:
+                    batch = await outputs.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception:
+                    track.failed = True
+                    raise
+                track.batch(batch)
+                parts: list[str] = []
+                for out in batch:
+                    if out.finished:
+                        if not chat:
+                            parts.append(chunk(out.text_delta, out.finish_reason).decode())
+                            continue
+                        if out.text_delta:
                             parts.append(text_event.text(out.text_delta))
-                    n_out = len(batch[-1].output_token_ids)
-                    if parts:
-                        yield "".join(parts).encode()
-                if include_usage:
-                    obj = "chat.completion.chunk" if chat else "text_completion"
-                    yield sse(P.usage_chunk(rid, model, created, obj, n_prompt, n_out))
-            except PromptTooLongError as e:
-                yield sse(P.error_body(str(e), code="context_length_exceeded"))
-            except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
-                log.exception("stream %s failed", rid)
-                yield sse(P.error_body(f"internal error: {e}", type="server_error"))
+                        parts.append(chunk("", out.finish_reason).decode())
+                    elif out.text_delta:
+                        parts.append(text_event.text(out.text_delta))
+                n_out = len(batch[-1].output_token_ids)
+                if parts:
+                    yield "".join(parts).encode()
+            if include_usage:
+                obj = "chat.completion.chunk" if chat else "text_completion"
+                yield sse(P.usage_chunk(rid, model, created, obj, n_prompt, n_out))
+        except PromptTooLongError as e:
+            yield sse(P.error_body(str(e), code="context_length_exceeded"))
+        except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
+            log.exception("stream %s failed", rid)
+            yield sse(P.error_body(f"internal error: {e}", type="server_error"))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release(rid, track, outputs)
         yield DONE
 
     async def respond(self, request: Request, req, prompt_ids: list[int], chat: bool):
@@ -243,10 +241,10 @@ class Server:
         params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
         self.validate(prompt_ids, params, param)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
-        gen = self.generate(prompt_ids, params, rid)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(self.stream(gen, rid, req.model, chat, len(prompt_ids), include_usage))
+            return EventStream(self.stream(prompt_ids, params, rid, req.model, chat, include_usage))
+        gen = self.generate(prompt_ids, params, rid)
         try:
             out = await self.collect(request, gen)
         except PromptTooLongError as e:
