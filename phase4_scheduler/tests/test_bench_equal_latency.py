@@ -69,6 +69,12 @@ def test_comparison_ratio_and_bracket():
     assert best["target_p50_s"] == 1.2  # the p50 of static at its best stable point (rate 20)
     assert best["ratio"] == pytest.approx(80 / 20)
     assert best["ratio_low"] == pytest.approx(80 / 40) and best["ratio_high"] is None
+    assert best["ratio_low"] <= best["ratio"]
+    # a saturated point's measured rate can fall below the last stable point's: the bracket uses what it offered
+    meas = [dict(p, offered_tok_s=p["output_tok_s"]) for p in static]
+    meas[-1]["output_tok_s"] = 0.5 * meas[1]["output_tok_s"]
+    row = bel.compare_at(cont, meas, 1.2)
+    assert row["static"]["output_tok_s_upper"] == 40 * 300.0 and row["ratio_low"] <= row["ratio"]
     given = next(r for r in rows if r["target"] == "given")
     s_rate = 10 + (1.0 - 0.8) / (1.2 - 0.8) * 10  # interpolated inside static's stable range
     assert given["static"]["rate"] == pytest.approx(s_rate) and given["ratio"] == pytest.approx(80 / s_rate)
@@ -229,3 +235,6 @@ def test_cli_smoke_writes_every_point_and_the_comparison(tmp_path, monkeypatch):
     assert {r["baseline"] for r in saved["comparison"]} <= {"static", "static_padded"}
     assert all(r["target"] in ("given",) or r["target"].startswith("p50 of") for r in saved["comparison"])
     assert out["summary"] == saved["summary"]
+    for r in saved["comparison"]:
+        if r["ratio"] is not None:
+            assert r["ratio_low"] <= r["ratio"] <= (r["ratio_high"] or float("inf"))
