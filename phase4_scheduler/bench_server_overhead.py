@@ -189,13 +189,14 @@ class DeviceWait(StubForward):
         return out
 
 
-def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: float = 0.0, hook: bool = False) -> dict:
+def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: float = 0.0, hook: bool = False,
+            ops: int = 12) -> dict:
     loaded = tiny_loaded(tokenizer.vocab_size, tokenizer)
     max_tokens = steps + 40
     blocks = n * (-(-(prompt_len_hint + max_tokens + 32) // 16))
     eng = LLMEngine(loaded, max_num_seqs=n, max_num_batched_tokens=max(512, n * 32), num_blocks=blocks,
                     block_size=16, max_model_len=4096)
-    eng.runner.execute = DeviceWait(n, 64, gpu_ms)  # gpu_ms=0: no wait [B, 64] logits: the argmax is skipped by TokenWalk anyway
+    eng.runner.execute = DeviceWait(n, 64, gpu_ms, ops)  # gpu_ms=0: no wait [B, 64] logits: the argmax is skipped by TokenWalk anyway
     eng.sampler = TokenWalk(tokenizer)
     clock = StepClock(eng, hook)  # before AsyncEngine, which looks for engine.step's on_forward hook
     aeng = AsyncEngine(eng, model_name="bench")
@@ -233,7 +234,7 @@ def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: fl
     delivered_ms = (t_b - t_a) / (sent / n) * 1e3  # wall per N delivered events: the step cost the client sees
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     chunk_us, metrics_us = micro_chunk_us(), micro_metrics_us()
-    row = {"streams": n, "gpu_ms": gpu_ms, "hook": hook, "steady_steps": len(win), "cpu_ms": med(cpu), "step_ms": med(step), "delivered_step_ms": delivered_ms, "step_ms_mean": statistics.mean(step) * 1e3,
+    row = {"streams": n, "gpu_ms": gpu_ms, "ops": ops if gpu_ms else 0, "hook": hook, "steady_steps": len(win), "cpu_ms": med(cpu), "step_ms": med(step), "delivered_step_ms": delivered_ms, "step_ms_mean": statistics.mean(step) * 1e3,
            "engine_ms": med(engine_s), "detok_ms": med(detok), "loop_ms": med(step) - med(engine_s),
            "chunk_ms_est": chunk_us * n / 1e3, "metrics_ms_est": metrics_us * n / 1e3,
            "chunk_us_per_token": chunk_us, "metrics_us_per_token": metrics_us,
@@ -247,6 +248,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40, help="decode steps per stream (steady window ~ steps)")
     ap.add_argument("--gpu-ms", type=float, nargs="+", default=[0.0, 3.4],
                     help="simulated device time per step (a GIL-free sleep in the stub forward); 0 = none")
+    ap.add_argument("--ops", type=int, default=12,
+                    help="with --gpu-ms: small torch ops per step, each releasing the GIL (a graphed decode step "
+                         "launches ~12; an eager 30-layer step several hundred)")
     ap.add_argument("--hook", action="store_true",
                     help="emulate the proposed engine.step(on_forward=...) hook (AsyncEngine then delivers step k's "
                          "outputs once step k+1's forward is launched)")
@@ -266,7 +270,7 @@ def main(argv=None) -> dict:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     for n, g in [(n, g) for g in args.gpu_ms for n in args.streams]:
-        runs = sorted((measure(n, tok, args.steps, gpu_ms=g, hook=args.hook) for _ in tqdm(range(args.repeats), desc=f"N={n} gpu={g}",
+        runs = sorted((measure(n, tok, args.steps, gpu_ms=g, hook=args.hook, ops=args.ops) for _ in tqdm(range(args.repeats), desc=f"N={n} gpu={g}",
                                                                             leave=False)),
                       key=lambda r: r["cpu_ms"])
         r = runs[len(runs) // 2]  # the median run (by CPU per step)
