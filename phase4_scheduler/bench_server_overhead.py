@@ -196,7 +196,7 @@ def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: fl
     blocks = n * (-(-(prompt_len_hint + max_tokens + 32) // 16))
     eng = LLMEngine(loaded, max_num_seqs=n, max_num_batched_tokens=max(512, n * 32), num_blocks=blocks,
                     block_size=16, max_model_len=4096)
-    eng.runner.execute = DeviceWait(n, 64, gpu_ms, ops)  # gpu_ms=0: no wait [B, 64] logits: the argmax is skipped by TokenWalk anyway
+    eng.runner.execute = DeviceWait(n, 64, gpu_ms, ops)  # [B, 64] logits, never read: TokenWalk samples
     eng.sampler = TokenWalk(tokenizer)
     clock = StepClock(eng, hook)  # before AsyncEngine, which looks for engine.step's on_forward hook
     aeng = AsyncEngine(eng, model_name="bench")
@@ -234,7 +234,9 @@ def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: fl
     delivered_ms = (t_b - t_a) / (sent / n) * 1e3  # wall per N delivered events: the step cost the client sees
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     chunk_us, metrics_us = micro_chunk_us(), micro_metrics_us()
-    row = {"streams": n, "gpu_ms": gpu_ms, "ops": ops if gpu_ms else 0, "hook": hook, "steady_steps": len(win), "cpu_ms": med(cpu), "step_ms": med(step), "delivered_step_ms": delivered_ms, "step_ms_mean": statistics.mean(step) * 1e3,
+    row = {"streams": n, "gpu_ms": gpu_ms, "ops": ops if gpu_ms else 0, "hook": hook, "steady_steps": len(win),
+           "cpu_ms": med(cpu), "step_ms": med(step), "delivered_step_ms": delivered_ms,
+           "step_ms_mean": statistics.mean(step) * 1e3,
            "engine_ms": med(engine_s), "detok_ms": med(detok), "loop_ms": med(step) - med(engine_s),
            "chunk_ms_est": chunk_us * n / 1e3, "metrics_ms_est": metrics_us * n / 1e3,
            "chunk_us_per_token": chunk_us, "metrics_us_per_token": metrics_us,
@@ -270,17 +272,17 @@ def main(argv=None) -> dict:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     for n, g in [(n, g) for g in args.gpu_ms for n in args.streams]:
-        runs = sorted((measure(n, tok, args.steps, gpu_ms=g, hook=args.hook, ops=args.ops) for _ in tqdm(range(args.repeats), desc=f"N={n} gpu={g}",
-                                                                            leave=False)),
+        reps = tqdm(range(args.repeats), desc=f"N={n} gpu={g}", leave=False)
+        runs = sorted((measure(n, tok, args.steps, gpu_ms=g, hook=args.hook, ops=args.ops) for _ in reps),
                       key=lambda r: r["cpu_ms"])
         r = runs[len(runs) // 2]  # the median run (by CPU per step)
         r["cpu_ms_runs"] = [x["cpu_ms"] for x in runs]
         r["delivered_step_ms_runs"] = [x["delivered_step_ms"] for x in runs]
         r["switch_interval_s"] = sys.getswitchinterval()
         rows.append(r)
-        print(f"N={n:4d} gpu {g:3.1f} ms: CPU {r['cpu_ms']:5.2f} ms/step | step {r['step_ms']:6.2f} ms = engine {r['engine_ms']:6.2f} (detok {r['detok_ms']:5.2f}) "
-              f"+ loop {r['loop_ms']:6.2f} | est. chunk JSON+SSE {r['chunk_ms_est']:5.2f}, metrics "
-              f"{r['metrics_ms_est']:4.2f} | delivered: {r['delivered_step_ms']:6.2f} ms per N events")
+        print(f"N={n:4d} gpu {g:3.1f} ms: CPU {r['cpu_ms']:5.2f} ms/step | step {r['step_ms']:6.2f} ms = engine "
+              f"{r['engine_ms']:6.2f} (detok {r['detok_ms']:5.2f}) + loop {r['loop_ms']:6.2f} | est. chunk "
+              f"{r['chunk_ms_est']:5.2f}, metrics {r['metrics_ms_est']:4.2f} | delivered: {r['delivered_step_ms']:6.2f} ms per N events")
     payload = {"label": args.label, "hook": args.hook, "repeats": args.repeats, "steps": args.steps, "rows": rows}
     before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
     if before is not None:
