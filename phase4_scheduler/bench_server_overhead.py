@@ -282,7 +282,8 @@ def main(argv=None) -> dict:
         rows.append(r)
         print(f"N={n:4d} gpu {g:3.1f} ms: CPU {r['cpu_ms']:5.2f} ms/step | step {r['step_ms']:6.2f} ms = engine "
               f"{r['engine_ms']:6.2f} (detok {r['detok_ms']:5.2f}) + loop {r['loop_ms']:6.2f} | est. chunk "
-              f"{r['chunk_ms_est']:5.2f}, metrics {r['metrics_ms_est']:4.2f} | delivered: {r['delivered_step_ms']:6.2f} ms per N events")
+              f"{r['chunk_ms_est']:5.2f}, metrics {r['metrics_ms_est']:4.2f} | delivered: "
+              f"{r['delivered_step_ms']:6.2f} ms per N events")
     payload = {"label": args.label, "hook": args.hook, "repeats": args.repeats, "steps": args.steps, "rows": rows}
     before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
     if before is not None:
