@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -310,7 +311,10 @@ def plot(payload: dict, path) -> None:
 
 def load_pool(args) -> list[tuple[int, int]]:
     if args.lengths_file:
-        pool = [tuple(x) for x in json.loads(open(args.lengths_file).read())]
+        pool = [tuple(x) for x in json.loads(Path(args.lengths_file).read_text())]
+        if not pool or any(len(x) != 2 or not all(isinstance(v, int) and v >= 1 for v in x) for x in pool):
+            raise ValueError(f"{args.lengths_file} must hold a non-empty JSON list of [prompt_len, output_len] "
+                             "pairs of positive integers")
     else:
         from common.data import sharegpt_request_lengths
         pool = sharegpt_request_lengths(args.num_pool, max_total=args.max_model_len)
@@ -347,7 +351,8 @@ def parse_args(argv=None):
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--fuse", action="store_true", help="the runner's fused kernels")
     ap.add_argument("--detokenize", action="store_true", help="per-token text as a server would (default: ids)")
-    ap.add_argument("--saturation-slope", type=float, default=0.15, help="max d(TTFT)/d(arrival) of a stable point (0.15: rate > 1.15x capacity)")
+    ap.add_argument("--saturation-slope", type=float, default=0.15,
+                    help="max d(TTFT)/d(arrival) of a stable point (0.15: rate > 1.15x capacity)")
     ap.add_argument("--timeout-factor", type=float, default=4.0, help="a point may run factor x arrivals + slack")
     ap.add_argument("--timeout-slack", type=float, default=30.0)
     ap.add_argument("--target-p50", type=float, nargs="*", default=[], help="extra p50 targets, seconds")
@@ -374,14 +379,15 @@ def main(argv=None) -> dict:
         kv = float(kv)
     if any(not r > 0 for r in args.rates):
         raise ValueError(f"--rates must all be > 0 req/s, got {args.rates}")
+    pool = load_pool(args)  # before the model: a bad file fails fast
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
                         num_layers=args.num_layers)
-    pool = load_pool(args)
     vocab, dev = loaded.config.vocab_size, ("gpu" if loaded.device.type == "cuda" else "cpu")
     label = (torch.cuda.get_device_name() if dev == "gpu" else
              "CPU smoke of the method (tiny model, scaled lengths; not a performance figure)")
     errors: dict[str, str] = {}
-    payload = {"label": label, "gpu": label if dev == "gpu" else None, "model": loaded.source, "dtype": str(loaded.dtype), "device": str(loaded.device),
+    payload = {"label": label, "gpu": label if dev == "gpu" else None, "model": loaded.source,
+               "dtype": str(loaded.dtype), "device": str(loaded.device),
                "workload": vars(args), "pool": {"requests": len(pool), "mean_prompt": float(np.mean(pool, 0)[0]),
                                                 "mean_output": float(np.mean(pool, 0)[1])},
                "policies": {}, "comparison": [], "errors": errors}

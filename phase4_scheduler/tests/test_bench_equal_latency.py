@@ -179,7 +179,14 @@ def test_the_sweep_stops_at_the_first_saturated_rate():
     assert [p["rate"] for p in pts] == [10, 20, 80] and [p["saturated"] for p in pts] == [False, False, True]
 
 
-def test_bad_rates_and_scales_are_refused():
+def test_bad_rates_scales_and_lengths_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[[5, 0]]")
+    with pytest.raises(ValueError, match="positive integers"):
+        bel.main(["--device", "cpu", "--lengths-file", str(bad)])
+    bad.write_text("[[5, 7]]")
+    with pytest.raises(ValueError, match="--length-scale"):
+        bel.main(["--device", "cpu", "--lengths-file", str(bad), "--length-scale", "2"])
     with pytest.raises(ValueError, match="> 0"):
         bel.make_point_workload([(5, 5)], 0.0, 1.0, 1, 1, vocab=1000)
     with pytest.raises(ValueError, match="--rates"):
