@@ -1,11 +1,14 @@
 """Continuous vs static batching at EQUAL p50 latency: Poisson arrivals of ShareGPT-length requests, swept rates.
 
-    # the H100 run (issue 6: "continuous against static batching on ShareGPT at equal p50 latency, at least 3x")
+    # the H100 run (issue 6: "continuous against static batching on ShareGPT at equal p50 latency, at least 3x");
+    # ~4 min: 3 policies x up to 9 rates x (5 s of arrivals + the drain)
     python -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights --fuse \
-        --max-num-seqs 256 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 112 128 144 160 --duration 6
-    # CPU smoke of the method (tiny model, scaled-down lengths; not a performance figure)
+        --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 128 160 \
+        --duration 5 --lengths-file .cache/sharegpt_lengths_smollm2_1000_1024_2048_4.json
+    # CPU smoke of the method (tiny model, lengths x0.05; not a performance figure): results/equal_latency_cpu.json
     python -m phase4_scheduler.bench_equal_latency --device cpu --model smollm2-135m --random-weights \
-        --num-layers 1 --length-scale 0.05 --max-num-seqs 16 --rates 2 4 8 16 32 --duration 3
+        --num-layers 1 --threads 1 --kv-memory 16MiB --length-scale 0.05 --max-num-seqs 16 \
+        --rates 4 8 16 24 32 48 64 --min-requests 40 --duration 4
 
 An offline serving simulation: no HTTP, the benchmark drives LLMEngine itself on the wall clock. Each request is
 added once its Poisson arrival time has passed, the engine steps, and each request's arrival, first-token and
@@ -333,9 +336,9 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
-    ap.add_argument("--rates", type=float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160],
+    ap.add_argument("--rates", type=float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 128, 160],
                     help="request rates to sweep, req/s (each policy stops at its first saturated rate)")
-    ap.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per point (before clamping)")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals per point (before clamping)")
     ap.add_argument("--min-requests", type=int, default=60)
     ap.add_argument("--max-requests", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
