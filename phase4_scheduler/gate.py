@@ -98,6 +98,16 @@ def check_continuous_vs_static():
     return passed(f"{ratio:.2f}x (offline ShareGPT throughput)", ratio >= 3)
 
 
+def check_equal_latency():
+    from phase4_scheduler.bench_equal_latency import main as bench
+
+    r = bench(["--device", "cuda", "--model", "tinyllama-1.1b", "--random-weights", "--fuse", "--max-num-seqs", "256",
+               "--max-num-batched-tokens", "8192", "--kv-memory", "0.3", "--rates", "8", "16", "32", "48", "64", "80",
+               "96", "128", "160", "--duration", "5", "--name", "equal_latency_gpu_gate"])
+    ratio = r["summary"].get("continuous_over_static_at_equal_p50")
+    return passed(f"{ratio:.2f}x at equal p50 latency" if ratio else "no ratio (see the JSON)", bool(ratio and ratio >= 3))
+
+
 def _vllm_vs_ours(rs: dict) -> str:
     v, o = rs["vllm_tinyllama_gpu"], rs["offline_gpu_1024"]
     b1 = v["b1_ms_per_token"] / o["latency"]["ms_per_token"]
@@ -158,6 +168,12 @@ def criteria():
                         lambda r: (f"{r['summary']['continuous_over_static']:.2f}x ({r['summary']['continuous_output_tok_s']:,.0f}"
                                    f" vs {r['summary']['static_output_tok_s']:,.0f} tok/s; static baseline unpadded)"),
                         lambda r: r["summary"]["continuous_over_static"] >= 3))
+    yield Criterion("continuous vs static at equal p50 latency, ShareGPT, Poisson (H100)", ">= 3x", check_equal_latency,
+                    needs_cuda=True, recorded=_rec(
+                        "equal_latency_gpu",
+                        lambda r: ", ".join(f"{k.replace('_at_equal_p50', '')}: {v:.2f}x" for k, v in r["summary"].items()
+                                            if v is not None),
+                        lambda r: (r["summary"].get("continuous_over_static_at_equal_p50") or 0) >= 3))
     yield Criterion("vLLM side by side, TinyLlama shapes (H100)", "B=1 and offline recorded", check_vllm,
                     needs_cuda=True, recorded=_rec_plain(_vllm_vs_ours))
     yield Criterion("HF transformers eager side by side (H100)", "B=1 and B=64 recorded", check_hf,

@@ -6,7 +6,7 @@
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=/tmp/titan_cache
 mkdir -p "$TITAN_RESULTS_DIR"
-parts=${*:-offline static serve}
+parts=${*:-offline static equal serve}
 has() { [[ " $parts " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 # B=1 decode and 1024 x (128 in, 128 out), TinyLlama-1.1B shapes, random bf16 weights (the issue's targets)
@@ -17,6 +17,10 @@ has offline && python3 -m phase4_scheduler.bench_offline --device cuda --model t
 # continuous vs static on ShareGPT lengths
 has static && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
     --workload sharegpt --num-prompts 1000 --compare-static --max-num-seqs 256 --name sharegpt_static_vs_continuous_gpu
+# continuous vs static (and padded static) at equal p50 latency: Poisson ShareGPT arrivals, a rate sweep (~4 min)
+has equal && python3 -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights \
+    --fuse --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 128 160 \
+    --duration 5 --name equal_latency_gpu
 # serving: ShareGPT, Poisson 16 req/s. Needs ShareGPT and SmolLM2's tokenizer there: carry a ShareGPT slice and
 # .cache/tokenizers (the 98 MB GGUF itself does not fit a call), and point TITAN_CACHE at them
 has serve && python3 -m phase4_scheduler.bench_serve --launch --model smollm2-135m --random-weights --device cuda \
