@@ -14,9 +14,19 @@ def gpu_criteria():
 
 
 def test_every_gpu_criterion_quotes_a_record(gpu_criteria):
-    assert len(gpu_criteria) == 5
+    assert len(gpu_criteria) == 6
     for c in gpu_criteria.values():
-        assert c.recorded is not None and c.recorded()
+        assert c.recorded is not None and c.recorded()  # a quote, or "no GPU run recorded yet" where none exists
+
+
+def test_equal_latency_criterion_reads_its_own_file(gpu_criteria):
+    c = gpu_criteria["continuous vs static at equal p50 latency, ShareGPT, Poisson (H100)"]
+    r = load_result(PHASE, "equal_latency_gpu")
+    text = c.recorded()
+    if r is None:
+        assert "no GPU run recorded" in text
+    else:
+        assert f"{r['summary']['continuous_over_static_at_equal_p50']:.2f}x" in text
 
 
 def test_b1_quotes_the_json_and_its_verdict(gpu_criteria):
