@@ -38,6 +38,12 @@ def _bars(ax, values: dict, fmt: str) -> None:
         ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_b1(results: dict, out: Path) -> dict:
     """B=1 decode ms/token (TinyLlama-1.1B shapes, 128 in / 256 out), log scale, roofline and target lines."""
     _need(results, "latency_gpu", "offline_gpu_1024", "vllm_tinyllama_gpu")
@@ -55,9 +61,7 @@ def plot_b1(results: dict, out: Path) -> dict:
     ax.set_ylabel("ms per output token (log)")
     ax.set_title(f"B=1 decode, {lat['model']} shapes, {lat['provenance']['device']}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "b1_latency_gpu.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "b1_latency_gpu.png")
     return values
 
 
@@ -77,9 +81,7 @@ def plot_offline(results: dict, out: Path) -> dict:
     ax.set_title(f"offline {w['num_prompts']} x ({w['input_len']} in, {w['output_len']} out), "
                  f"{off['provenance']['device']}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "offline_throughput_gpu.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "offline_throughput_gpu.png")
     return values
 
 
@@ -95,9 +97,7 @@ def plot_sharegpt(results: dict, out: Path) -> dict:
     w = results["sharegpt_static_vs_continuous_gpu"]["workload"]
     ax.set_title(f"ShareGPT {w['num_prompts']} requests, max_num_seqs {w['max_num_seqs']} (static baseline unpadded)",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "sharegpt_admission_gpu.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "sharegpt_admission_gpu.png")
     return values
 
 
@@ -119,9 +119,7 @@ def plot_serve(results: dict, out: Path) -> dict:
         ax.set_title(metric.split("_")[0].upper() + " (ms, log)", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle("titan serve, ShareGPT 1000 requests, Poisson arrivals (vLLM peer's client)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "serve_percentiles_gpu.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "serve_percentiles_gpu.png")
     return values
 
 
