@@ -88,17 +88,14 @@ class LLMEngine:
             if num_blocks < 1:
                 raise ValueError(f"kv_memory={spec!r} holds no block of {per_block} bytes: give more KV memory")
         self.kv = KVCacheManager(num_blocks, block_size)
-        self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,
-                                       max_num_batched_tokens=max_num_batched_tokens,
-                                       enable_chunked_prefill=enable_chunked_prefill)
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse)
-        if admit_min_free_seats is None:
+        if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
-        if not 1 <= admit_min_free_seats <= max_num_seqs:
-            raise ValueError(f"admit_min_free_seats must be in 1..max_num_seqs={max_num_seqs}, got "
-                             f"{admit_min_free_seats}")
-        self.scheduler.admit_min_free_seats = admit_min_free_seats
+        self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,
+                                       max_num_batched_tokens=max_num_batched_tokens,
+                                       enable_chunked_prefill=enable_chunked_prefill,
+                                       admit_min_free_seats=admit_min_free_seats)
         self.runner_tensors = runner_tensors
         self.detokenize = detokenize and self.tokenizer is not None
         self.sampler = Sampler()

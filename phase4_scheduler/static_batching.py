@@ -19,8 +19,8 @@ class StaticScheduler(Scheduler):
     """Admit a new batch of up to max_num_seqs requests only when no request is running; no chunked prefill."""
 
     def __init__(self, kv, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
-                 enable_chunked_prefill: bool = False):
-        super().__init__(kv, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill=False)
+                 enable_chunked_prefill: bool = False, **admission):
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill=False, **admission)
         self._forming = False  # True only in a step that began with nothing running: the one that forms a batch
 
     def _admit_more(self, out: SchedulerOutput) -> bool:

@@ -25,8 +25,8 @@ class PaddedStaticScheduler(StaticScheduler):
     """Static batches whose members all decode until the batch's longest member is done."""
 
     def __init__(self, kv, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
-                 enable_chunked_prefill: bool = False, clock=time.monotonic):
-        super().__init__(kv, max_num_seqs, max_num_batched_tokens)
+                 enable_chunked_prefill: bool = False, clock=time.monotonic, **admission):
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, **admission)
         self.clock = clock
         self.real_len: dict[str, int] = {}  # request id -> the max_tokens it asked for (before padding)
         self.real_finish: dict[str, float] = {}  # request id -> clock() when its real last token was sampled
