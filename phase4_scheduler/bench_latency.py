@@ -60,16 +60,9 @@ class TimedRunner:
 def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     from phase4_scheduler.engine import LLMEngine
 
-    from phase4_scheduler.model_runner import ModelRunner
-
-    graph, fuse = "graph" in variant, "fused" in variant
     t0 = time.perf_counter()
-    eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB")
-    # rebuild the runner with this variant's options (the engine's default may differ)
-    eng.runner = None
-    torch.cuda.empty_cache()
-    eng.runner = ModelRunner(loaded, eng.kv.num_total_blocks, eng.kv.block_size, cuda_graph=graph, max_num_seqs=8,
-                             max_model_len=eng.max_model_len, fuse=fuse)
+    eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB",
+                    cuda_graph="graph" in variant, fuse="fused" in variant)
     setup_s = time.perf_counter() - t0
     timer = TimedRunner(eng.runner)
     eng.runner.execute = timer

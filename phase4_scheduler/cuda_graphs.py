@@ -20,6 +20,7 @@ import time
 import torch
 
 from common.cuda_graph import warm_up_and_capture
+from phase4_scheduler.model_runner import BatchAttention, as_cpu_tensor, pad_tables
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -36,8 +37,6 @@ class DecodeGraphs:
     def __init__(self, runner, max_num_seqs: int, max_model_len: int, capture: bool = True):
         """`capture=False` keeps the static buffers and padding but calls the forward instead of replaying a graph
         (the CPU tests check the plumbing that way)."""
-        from phase4_scheduler.model_runner import BatchAttention
-
         if capture and runner.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device; the runner is on {runner.device}")
         if max_num_seqs < 1:
@@ -90,8 +89,6 @@ class DecodeGraphs:
 
     def run(self, token_ids, positions, seq_lens, block_tables, slot_mapping) -> torch.Tensor:
         """Copy one decode step's inputs into the static buffers, replay the graph for the next size >= B."""
-        from phase4_scheduler.model_runner import as_cpu_tensor, pad_tables
-
         ids = as_cpu_tensor(token_ids, torch.long)
         b = ids.shape[0]
         size = next(s for s in self.sizes if s >= b)

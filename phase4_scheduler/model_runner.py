@@ -143,8 +143,8 @@ class ModelRunner:
         """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
         [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32)."""
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
-        b = q_lens_t.shape[0]
-        decode_only = int(q_lens_t.max()) == 1
+        b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
+        decode_only = max_q_len == 1
         if decode_only and self.graphs is not None and self.graphs.fits(b):
             return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping)
         dev = self.device
@@ -152,7 +152,7 @@ class ModelRunner:
         torch.cumsum(q_lens_t, 0, out=cu[1:])
         ctx = BatchAttention(self, pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev),
                              as_cpu_tensor(slot_mapping, torch.int64).to(dev),
-                             None if decode_only else cu.to(dev), int(q_lens_t.max()))
+                             None if decode_only else cu.to(dev), max_q_len)
         ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
         last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
