@@ -418,6 +418,7 @@ def main(argv=None) -> dict:
         res = guarded(name, section, errors)
         if res is not None:
             payload["policies"][name] = res
+        write_result("phase4_scheduler", args.name or f"equal_latency_{dev}", payload)  # a killed run keeps these
     payload["comparison"] = comparisons({k: v["points"] for k, v in payload["policies"].items()}, args.target_p50)
     payload["summary"] = {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"]
                           for r in payload["comparison"] if r["target"] != "given"}

@@ -31,6 +31,7 @@ import torch
 
 from common.bench import write_result
 from common.data import sharegpt_request_lengths
+from common.gpu_monitor import GpuMonitor
 from common.model_loader import load_model
 from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine, freeze_heap
@@ -64,10 +65,11 @@ def release() -> None:
 
 def run(llm: LLM, prompts, params, label: str) -> dict:
     _sync()
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=True)
-    _sync()
-    dt = time.perf_counter() - t0
+    with GpuMonitor() as mon:  # GPU busy share over the timed job (nvidia-smi; on CPU: a reason, no figure)
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=True)
+        _sync()
+        dt = time.perf_counter() - t0
     n_out = sum(o.num_output_tokens for o in outs)
     n_in = sum(o.num_prompt_tokens for o in outs)
     assert all(o.num_output_tokens == p.max_tokens for o, p in zip(outs, params)), "a request stopped early"
@@ -75,7 +77,7 @@ def run(llm: LLM, prompts, params, label: str) -> dict:
     assert stats["num_free_blocks"] == stats["num_total_blocks"], f"{label}: KV blocks leaked"
     row = {"label": label, "seconds": dt, "requests": len(outs), "prompt_tokens": n_in, "output_tokens": n_out,
            "output_tokens_per_s": n_out / dt, "total_tokens_per_s": (n_in + n_out) / dt,
-           "requests_per_s": len(outs) / dt, "engine": stats}
+           "requests_per_s": len(outs) / dt, "engine": stats, "gpu_utilization": mon.summary()}
     print(f"{label}: {len(outs)} requests in {dt:.2f} s -> {row['output_tokens_per_s']:,.0f} output tok/s "
           f"({stats['num_steps']} steps, preemptions {stats['num_preemptions']})")
     return row
@@ -169,6 +171,9 @@ def summarize(payload: dict) -> dict:
     s = {}
     if "continuous" in rows:
         s["continuous_output_tok_s"] = rows["continuous"]["output_tokens_per_s"]
+    util = (rows.get("continuous") or {}).get("gpu_utilization") or {}
+    if util.get("samples"):
+        s["continuous_gpu_util_mean_pct"] = util["util_mean_pct"]
     if "static" in rows and "continuous" in rows:
         s["static_output_tok_s"] = rows["static"]["output_tokens_per_s"]
         s["continuous_over_static"] = s["continuous_output_tok_s"] / s["static_output_tok_s"]
