@@ -34,6 +34,7 @@ SHAPES = {"qkv": ((HQ + 2 * HKV) * D, HIDDEN), "o": (HIDDEN, HQ * D), "gate_up":
           "down": (HIDDEN, INTER), "lm_head": (CFG.vocab_size, HIDDEN)}  # name: (N, K) = 2560x2048, ..., 32000x2048
 DEV = "cuda"
 BATCHES = (1, 16, 64)  # 16: the largest step the skinny GEMM takes (tensor-core path); 64: cuBLAS
+SWEEP_BATCHES = (2, 4, 8)  # with 1 and 16: the skinny-vs-cuBLAS threshold sweep of a whole decode step
 L2_BYTES = 256 * 2**20  # rotate through at least this many bytes of weights per timed pass
 
 
@@ -229,7 +230,7 @@ def time_steps(fk, res: dict) -> None:
     model = loaded.model
     wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
     res["weight_bytes_per_token"] = wbytes
-    ctxs = {b: KVStub(CFG.num_hidden_layers, b, 256, dev, torch.bfloat16) for b in BATCHES}
+    ctxs = {b: KVStub(CFG.num_hidden_layers, b, 256, dev, torch.bfloat16) for b in BATCHES + SWEEP_BATCHES}
     for c in ctxs.values():
         c.pos.fill_(200)
 
@@ -268,6 +269,20 @@ def time_steps(fk, res: dict) -> None:
         record("fused_no_prologues", 1, step_ms(fused, 1))
     finally:
         fused.ops.prologues = True
+    # where the skinny path should stop: each small batch through skinny+prologues, skinny alone, and cuBLAS
+    for b in SWEEP_BATCHES + (16,):
+        if b not in BATCHES:
+            record("fused", b, step_ms(fused, b))
+        fused.ops.prologues = False
+        try:
+            record("fused_no_prologues", b, step_ms(fused, b))
+        finally:
+            fused.ops.prologues = True
+        sg.SKINNY_MAX_M = 0
+        try:
+            record("fused_cublas", b, step_ms(fused, b))
+        finally:
+            sg.SKINNY_MAX_M = saved
     guarded(res, "kernels_per_step_B1", lambda: count_kernels(fused, ctxs[1]))
 
     def rope_epilogue():  # RoPE in the qkv GEMM's epilogue too (4 launches + attention per layer); opt-in
