@@ -10,6 +10,7 @@
     PYTHONPATH=. python -m phase2_mla.bench_mla            # writes phase2_mla/results/bench_mla.json
     PYTHONPATH=. python -m phase2_mla.bench_mla --only mla,gqa   # sections: rope, mla, gqa
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-gqa phase2_mla/results/bench_mla_gqa.json   # CPU, offline
+    PYTHONPATH=. python -m phase2_mla.bench_mla --merge-rope phase2_mla/results/bench_mla_rope.json # CPU, offline
 On the GPU machine: `TITAN_RESULTS_DIR=$OUT TITAN_COMMIT=<sha> python3 -m phase2_mla.bench_mla` (no git there).
 
 NOTE (method): short kernels are timed inside a CUDA graph of `inner` back-to-back launches, so the figure is the
@@ -283,9 +284,10 @@ def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else []
-    if "--merge-gqa" in args:  # offline: fold a separately recorded GQA section into results/bench_mla.json
-        from phase2_mla.bench_merge import main as merge_main
-        return merge_main(args[args.index("--merge-gqa") + 1])
+    for kind in ("gqa", "rope"):  # offline: fold a separately recorded section into results/bench_mla.json
+        if f"--merge-{kind}" in args:
+            from phase2_mla.bench_merge import main as merge_main
+            return merge_main(args[args.index(f"--merge-{kind}") + 1], kind)
     if not torch.cuda.is_available():
         print("bench_mla needs a CUDA GPU (it measures H100 bandwidth); the CPU figures come from "
               "`python -m phase2_mla.kv_arith`.")
@@ -332,6 +334,9 @@ def summarize(res: dict, ceil: float, seconds: float | None) -> dict:
         "rope_decode_pct_of_ceiling": {r["shape"]: max(r["cuda"]["pct_of_copy_ceiling"],
                                                        r["triton"]["pct_of_copy_ceiling"])
                                        for r in res.get("rope", [])},
+        "rope_pct_of_same_size_copy": {r["shape"]: max(r["cuda"]["pct_of_same_size_copy"],
+                                                       r["triton"]["pct_of_same_size_copy"])
+                                       for r in res.get("rope", []) if "pct_of_same_size_copy" in r["cuda"]},
         "mla_dsv3_best": mla_best,
         "mla_dsv3_tb_s": mla_best["tb_s"] if mla_best else None,
         "mla_tb_s": mla_best["tb_s"] if mla_best else None,

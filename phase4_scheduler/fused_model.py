@@ -22,7 +22,7 @@ CUDA graphs: no host syncs, no data-dependent shapes; positions are read on the 
 `max_positions` rows (positions beyond it are not checked). The skinny GEMM autotunes (compiles and times each
 candidate tile, once per process) at its first call per (N, K, M == 1 or not, prologue): call `fused.warmup()`
 BEFORE capturing graphs.
-Which path a step takes is decided on the host from T alone (T <= sg.SKINNY_MAX_M = 16: skinny GEMMs), so one
+Which path a step takes is decided on the host from T alone (T <= sg.SKINNY_MAX_M, i.e. T == 1: skinny GEMMs), so one
 captured graph per T stays valid.
 
 NOTE (the residual stream): each layer returns (h, residual) un-added; the next norm adds them while it normalises

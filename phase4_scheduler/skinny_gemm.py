@@ -20,7 +20,12 @@ import triton.language as tl
 from phase4_scheduler.fused_kernels import (_check, _check_rope, interpreting, rms_norm_ref, rope_qk_ref,
                                             silu_mul_ref)
 
-SKINNY_MAX_M = 16  # linear() sends x with at most this many rows to the skinny kernel
+SKINNY_KERNEL_MAX_M = 16  # the kernels take 1..16 rows (M == 1: GEMV; 2..16: tensor cores, M padded to 16)
+# linear() and the fused model send x with at most this many rows to the skinny kernels; more go to cuBLAS.
+# NOTE (measured, H100, results/fused_step_sweep_gpu.json): a whole TinyLlama decode step at B=2..16 took 2.69-2.71 ms
+# through the tensor-core skinny path with the norm/SiLU prologues, 1.89-2.00 ms without prologues, and 1.68-1.81 ms
+# through cuBLAS with the elementwise fusions; at B=1 the GEMV path wins (1.50 vs 1.60 ms). So only M == 1 is skinny.
+SKINNY_MAX_M = 1
 
 
 # MODE 0: x as is. MODE 1: x <- rms_norm(x + res) * nw (norm_linear; program 0 also writes x + res). MODE 2: x <- the
@@ -182,8 +187,9 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
         raise ValueError(f"{name}: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
                          f"w{tuple(w.shape)}")
-    if not 1 <= x.shape[0] <= SKINNY_MAX_M:
-        raise ValueError(f"{name}: M={x.shape[0]} rows; the skinny kernel takes 1..{SKINNY_MAX_M} (use linear())")
+    if not 1 <= x.shape[0] <= SKINNY_KERNEL_MAX_M:
+        raise ValueError(f"{name}: M={x.shape[0]} rows; the skinny kernel takes 1..{SKINNY_KERNEL_MAX_M} "
+                         "(use linear())")
     if any(t is not None and t.dtype != x.dtype for t in (w, residual, norm_w)):
         raise ValueError(f"{name}: x, w (and residual, norm weight) must share one dtype; cast them")
     if mode and not x.is_contiguous():

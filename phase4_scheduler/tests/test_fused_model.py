@@ -6,6 +6,7 @@ from common.config import ModelConfig
 from common.kv_cache import ContiguousKVCache
 from common.llama import LlamaForCausalLM
 from common.weights import random_state_dict
+from phase4_scheduler import skinny_gemm as sg
 from phase4_scheduler.fused_model import fuse_model
 
 CFG = ModelConfig(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -21,9 +22,11 @@ def models(cfg=CFG, backend="ref", prologues=True, rope_epilogue=False):
                            rope_epilogue=rope_epilogue)
 
 
+@pytest.mark.parametrize("skinny_max_m", [1, 16])  # T=10 steps: cuBLAS layout (the default), or the M-padded skinny
 @pytest.mark.parametrize("backend,prologues,rope_epilogue", [("ref", True, False), ("triton", True, False),
                                                              ("triton", False, False), ("triton", True, True)])
-def test_prefill_logits_match_reference(backend, prologues, rope_epilogue):
+def test_prefill_logits_match_reference(backend, prologues, rope_epilogue, skinny_max_m, monkeypatch):
+    monkeypatch.setattr(sg, "SKINNY_MAX_M", skinny_max_m)
     ref, fused = models(backend=backend, prologues=prologues, rope_epilogue=rope_epilogue)
     ids = torch.randint(0, CFG.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -102,10 +105,12 @@ def test_weights_are_moved_not_copied():
         fuse_model(model)
 
 
-def test_warmup_runs_every_decode_path():
-    _, fused = models(backend="triton")  # the interpreter: T=1 (GEMV) and T=16 (tensor-core path), logits included
+def test_warmup_runs_every_decode_path(monkeypatch):
+    _, fused = models(backend="triton")  # the interpreter: T=1 (GEMV), logits included
     fused.warmup()
     assert fused.ops.prologues and not fused.ops.rope_epilogue
+    monkeypatch.setattr(sg, "SKINNY_MAX_M", sg.SKINNY_KERNEL_MAX_M)  # the tensor-core path when dispatch allows it
+    fused.warmup(max_tokens=sg.SKINNY_KERNEL_MAX_M)
 
 
 def test_bad_arguments():
@@ -124,7 +129,8 @@ def test_bad_arguments():
 @pytest.mark.parametrize("rope_epilogue", [False, True])
 @pytest.mark.parametrize("t", [1, 8, 32])
 def test_gpu_fused_step_captures_in_a_cuda_graph(t, rope_epilogue):
-    """Skinny (T <= 16) and cuBLAS (T = 32) steps replay in a CUDA graph and equal the eager fused model."""
+    """Skinny (T = 1) and cuBLAS-layout (T = 8, 32: above sg.SKINNY_MAX_M) steps replay in a CUDA graph and equal
+    the eager fused model."""
     cfg = ModelConfig(vocab_size=1000, hidden_size=256, intermediate_size=704, num_hidden_layers=2,
                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
     state = random_state_dict(cfg, seed=0, std=0.05, dtype=torch.bfloat16, device="cuda")
