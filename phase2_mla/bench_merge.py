@@ -48,7 +48,7 @@ def _summary(out: dict, res: dict) -> dict:
     """summarize() on the merged sections, over the earlier summary's merge-only fields (gqa_note, ...)."""
     old = res.get("summary") or {}
     fresh = summarize(out, res["copy_ceiling"]["tb_s"], old.get("seconds"))  # seconds: the sweep run's own
-    return {**{k: v for k, v in old.items() if k not in fresh}, **fresh}
+    return {**fresh, **{k: v for k, v in old.items() if k not in fresh}}
 
 
 def _stamp(out: dict, res: dict, section: str, source: str) -> None:

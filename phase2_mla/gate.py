@@ -14,7 +14,8 @@ from common.config import get_preset
 from common.gate import Criterion, passed
 
 TITLE = "Phase 2: DeepSeek MLA, RoPE kernels, MLA paged attention"
-ROPE_TARGET = 0.85      # of the measured device-to-device copy bandwidth
+ROPE_TARGET = 0.85      # of a device copy of the same bytes at the same shape (README §5: why not the large copy)
+ROPE_GATE_SHAPES = ("decode B=1024, Llama", "prefill 16K tokens, L")  # bench_mla.ROPE_SHAPES rows the criterion judges
 MLA_TB_S_TARGET = 2.4   # MLA decode at DeepSeek-V3 dims (FlashMLA: ~3.0 on H800)
 LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=32, num_warps=8, num_stages=2, num_splits=1),
                     dict(block_h=64, block_n=64, num_warps=8, num_stages=2, num_splits=None),
@@ -101,20 +102,49 @@ def check_kv_reduction():
                   f"{alloc_ok})", t["reduction_vs_gqa"] >= 0.5 and alloc_ok)
 
 
+def rope_verdict(rows: list[dict], ceil_tb_s: float) -> tuple[str, bool]:
+    """The criterion's text and verdict from bench_rope rows (live or recorded alike): per criterion shape, the best
+    of CUDA / Triton as % of a copy of the same bytes timed the same way at that shape (cold L2), with its TB/s and %
+    of the large-copy ceiling `ceil_tb_s` beside it. Rows recorded before the same-size copy existed fall back to the
+    ceiling and say so; an L2-resident old row is quoted but never counted as meeting the target."""
+    parts, ok = [], True
+    for row in rows:
+        if not row["shape"].startswith(ROPE_GATE_SHAPES):
+            continue
+        label = row["shape"].split(",")[0].replace(" tokens", "")
+        impls = {n: row[i] for i, n in (("cuda", "CUDA"), ("triton", "Triton"))}
+        if all("pct_of_same_size_copy" in v for v in impls.values()):
+            name, best = max(impls.items(), key=lambda kv: kv[1]["pct_of_same_size_copy"])
+            pct = best["pct_of_same_size_copy"]
+            parts.append(f"{label}: {name} {pct:.0%} of a same-size copy ({best['tb_s']:.2f} vs "
+                         f"{row['copy_same_bytes_tb_s']:.2f} TB/s; {best['pct_of_copy_ceiling']:.0%} of the "
+                         f"{ceil_tb_s:.2f} TB/s large-copy ceiling)")
+        else:
+            name, best = max(impls.items(), key=lambda kv: kv[1]["pct_of_copy_ceiling"])
+            pct = best["pct_of_copy_ceiling"]
+            hot = "distinct_buffers" not in row and row.get("bytes", 0) / 2 < 100e6  # fits the 50 MB L2
+            tb = f"{best['tb_s']:.2f} TB/s, " if "tb_s" in best else ""
+            parts.append(f"{label}: {name} {pct:.0%} of the {ceil_tb_s:.2f} TB/s large-copy ceiling ({tb}old row "
+                         f"without a same-size copy: judged against the ceiling"
+                         + ("; L2-resident, not an HBM figure: not counted)" if hot else ")"))
+            pct = 0.0 if hot else pct
+        ok = ok and pct >= ROPE_TARGET
+    if not parts:
+        raise KeyError("none of the criterion's RoPE shapes")
+    return ", ".join(parts), ok
+
+
 def check_rope_bandwidth():
     from phase2_mla import bench_mla
 
     ceil = bench_mla.copy_ceiling()["tb_s"]
-    shapes = [s for s in bench_mla.ROPE_SHAPES if s[0].startswith(("decode B=1024, Llama", "prefill 16K tokens, L"))]
+    shapes = [s for s in bench_mla.ROPE_SHAPES if s[0].startswith(ROPE_GATE_SHAPES)]
     saved, bench_mla.ROPE_SHAPES = bench_mla.ROPE_SHAPES, shapes
     try:
         rows = bench_mla.bench_rope(ceil)
     finally:
         bench_mla.ROPE_SHAPES = saved
-    pcts = {r["shape"].split(",")[0]: max(r["cuda"]["pct_of_copy_ceiling"], r["triton"]["pct_of_copy_ceiling"])
-            for r in rows}
-    return passed(", ".join(f"{k}: {v:.0%}" for k, v in pcts.items()) + f" of {ceil:.2f} TB/s",
-                  min(pcts.values()) >= ROPE_TARGET)
+    return passed(*rope_verdict(rows, ceil))
 
 
 def live_mla_best(heads: int = 128, batch: int = 64, ctx: int = 4096) -> dict:
@@ -141,16 +171,25 @@ def check_mla_vs_gqa():
     return passed(f"MLA {best['ms'] * 1e3:.0f} us vs GQA-8 {gqa['ms'] * 1e3:.0f} us", best["ms"] <= gqa["ms"])
 
 
+def recorded_rope() -> str | None:
+    r = _bench()
+    return _rope_record(r) if r else None
+
+
 def _rope_record(r: dict) -> str:
-    """The recorded RoPE rows of the two criterion shapes; rows timed before the cold-L2 method are flagged."""
-    out = []
-    for row in r["rope"]:
-        if row["shape"].startswith(("decode B=1024, Llama", "prefill 16K tokens, L")):
-            pct = max(row["cuda"]["pct_of_copy_ceiling"], row["triton"]["pct_of_copy_ceiling"])
-            l2_resident = "distinct_buffers" not in row and row.get("bytes", 0) / 2 < 100e6  # fits the 50 MB L2
-            hot = " (L2-resident, not an HBM figure)" if l2_resident else ""
-            out.append(f"{row['shape'].split(',')[0]}: {pct:.0%}{hot}")
-    return ", ".join(out)
+    """The recorded RoPE rows of the criterion shapes, from their own device call (`rope_provenance` when the rows
+    were merged in from a separate `--only rope` run), judged exactly as the live check judges."""
+    if not r.get("rope"):
+        return ("no RoPE rows in results/bench_mla.json (fold a `bench_mla --only rope` record in with "
+                "`--merge-rope`)")
+    try:
+        p = r.get("rope_provenance") or r["provenance"]
+        text, ok = rope_verdict(r["rope"], (r.get("rope_copy_ceiling") or r["copy_ceiling"])["tb_s"])
+        where = f"{p.get('device')}, {p['date'][:16]}, commit {p.get('commit')}"
+    except (KeyError, TypeError) as e:
+        return f"RoPE rows in results/bench_mla.json cannot be read ({type(e).__name__}: {e})"
+    src = f", {p['source']}" if p.get("source") else ""
+    return f"{text} ({where}{src})" + (" — meets the threshold" if ok else " — MISSES the threshold")
 
 
 def criteria():
@@ -159,10 +198,8 @@ def criteria():
                     check_mla_vs_hf)
     yield Criterion("MLA paged decode kernel = reference (awkward pages)", "max err < 1e-4", check_paged_kernel)
     yield Criterion("KV bytes/token: MLA vs GQA-8 at DeepSeek-V3 width", ">= 50% smaller", check_kv_reduction)
-    yield Criterion("RoPE bandwidth, decode B=1024 and prefill 16K", f">= {ROPE_TARGET:.0%} of copy",
-                    check_rope_bandwidth, needs_cuda=True,
-                    recorded=_recorded(_rope_record, missing="no RoPE rows in results/bench_mla.json (its last run "
-                                       "was `--only mla,gqa`; README §5 quotes the earlier run)"))
+    yield Criterion("RoPE bandwidth, decode B=1024 and prefill 16K", f">= {ROPE_TARGET:.0%} of a same-size copy",
+                    check_rope_bandwidth, needs_cuda=True, recorded=recorded_rope)
     yield Criterion("MLA decode bandwidth, 128 heads B=64 ctx 4K", f">= {MLA_TB_S_TARGET} TB/s", check_mla_bandwidth,
                     needs_cuda=True, recorded=_recorded(
                         lambda r: f"{r['summary']['mla_dsv3_tb_s']:.2f} TB/s, {r['summary']['mla_tflops']:.0f} TFLOP/s",

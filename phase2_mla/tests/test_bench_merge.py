@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from phase2_mla.bench_merge import merge_gqa
+from phase2_mla.bench_merge import merge_gqa, merge_rope
 
 
 def _records():
@@ -41,3 +41,56 @@ def test_merge_rejects_a_baseline_at_another_shape():
         merge_gqa(res, gqa)
     with pytest.raises(ValueError, match="provenance"):
         merge_gqa(res, {k: v for k, v in gqa.items() if k != "provenance"})
+
+
+def _rope_record(ms_cuda=0.02, ms_triton=0.01, copy_ms=0.009):
+    """A fabricated `--only rope` record: two rows, one with a same-size copy, timings chosen to test arithmetic."""
+    def impl(ms, nbytes):
+        return {"ms": ms, "tb_s": nbytes / ms / 1e9, "pct_of_copy_ceiling": nbytes / ms / 1e9 / 3.2,
+                "pct_of_same_size_copy": copy_ms / ms}
+    rows = [{"shape": f"decode B={b}, x", "bytes": 20e6, "distinct_buffers": 4, "copy_same_bytes_ms": copy_ms,
+             "cuda": impl(ms_cuda, 20e6), "triton": impl(ms_triton, 20e6)} for b in (256, 1024)]
+    return {"provenance": {"device": "GPU-A", "commit": "ccc", "date": "2026-01-01T12:00:00+00:00"},
+            "copy_ceiling": {"tb_s": 3.2}, "errors": {}, "rope": rows, "summary": {"seconds": 9.0}}
+
+
+def test_rope_merge_adds_rows_and_keeps_the_gqa_merge():
+    res, gqa = _records()
+    res["errors"]["rope"] = "RuntimeError: old rope failure"
+    merged = merge_gqa(res, gqa)
+    before = copy.deepcopy(merged)
+    out = merge_rope(merged, _rope_record())
+    assert merged == before  # the input record is not modified
+    s = out["summary"]
+    assert out["rope"] == _rope_record()["rope"] and out["rope_copy_ceiling"] == {"tb_s": 3.2}
+    assert out["provenance"] == res["provenance"] and out["rope_provenance"]["commit"] == "ccc"
+    assert out["rope_provenance"]["source"] == "results/bench_mla_rope.json"
+    # the summary is recomputed from the rows: best of CUDA / Triton per shape, on both yardsticks
+    assert s["rope_pct_of_same_size_copy"]["decode B=1024, x"] == pytest.approx(0.009 / 0.01)
+    assert s["rope_decode_pct_of_ceiling"]["decode B=256, x"] == pytest.approx(20e6 / 0.01 / 1e9 / 3.2)
+    # the GQA merge's fields survive, and the MLA/GQA ratio is unchanged
+    for k in ("gqa_note", "gqa_provenance", "mla_provenance", "gqa_dsv3_over_mla_run_copy_ceiling"):
+        assert s[k] == merged["summary"][k], k
+    assert s["mla_over_gqa_time"] == pytest.approx(0.3 / 0.4) and s["seconds"] == 42.0
+    assert s["copy_ceiling_tb_s"] == 3.0 and s["rope_copy_ceiling_tb_s"] == 3.2
+    assert "commit ccc" in s["rope_note"] and "commit aaa" in s["rope_note"] and "3.20 TB/s" in s["rope_note"]
+    assert out["superseded_errors"]["rope"]["error"] == "RuntimeError: old rope failure"
+    assert "gqa_dsv3" in out["superseded_errors"] and out["errors"] == {}
+    assert set(out["merged_offline"]["sections"]) == {"gqa_dsv3", "rope"}
+    again = merge_rope(out, _rope_record())
+    assert again["summary"]["rope_pct_of_same_size_copy"] == s["rope_pct_of_same_size_copy"]  # idempotent
+    assert again["summary"]["gqa_note"] == s["gqa_note"]
+
+
+def test_rope_merge_rejects_unusable_records():
+    res, _ = _records()
+    bad = _rope_record()
+    bad["rope"], bad["errors"] = [], {"rope": "OutOfMemoryError"}
+    with pytest.raises(ValueError, match="OutOfMemoryError"):
+        merge_rope(res, bad)
+    with pytest.raises(ValueError, match="provenance"):
+        merge_rope(res, {k: v for k, v in _rope_record().items() if k != "provenance"})
+    bad = _rope_record()
+    del bad["rope"][0]["triton"]
+    with pytest.raises(ValueError, match="decode B=256"):
+        merge_rope(res, bad)

@@ -24,6 +24,7 @@ def test_recorded_figures_are_quoted_when_a_gpu_run_exists(monkeypatch):
     fake = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T15:00:00+00:00", "commit": "aaa"},
             "gqa_provenance": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-25T16:00:00+00:00",
                                "commit": "bbb"},
+            "copy_ceiling": {"tb_s": 2.96},
             "summary": {"mla_dsv3_tb_s": 1.23, "mla_tflops": 300.0, "mla_over_gqa_time": 0.5, "mla_us": 200.0,
                         "gqa_dsv3_ms": 0.4, "gqa_dsv3_source": "sdpa"},
             "rope": [{"shape": "decode B=1024, Llama x", "cuda": {"pct_of_copy_ceiling": 1.3},
@@ -41,4 +42,55 @@ def test_recorded_figures_are_quoted_when_a_gpu_run_exists(monkeypatch):
                for t in (c.recorded() for c in gate.criteria() if c.needs_cuda))
     del fake["rope"]  # a record without RoPE rows says so
     assert any("no RoPE rows" in t for t in (c.recorded() for c in gate.criteria() if c.needs_cuda))
-    assert any("decode B=1024: 130% (L2-resident, not an HBM figure), prefill 16K tokens: 93%" in t for t in texts)
+    rope = next(t for t in texts if t.startswith("decode B=1024"))  # old rows: no same-size copy recorded
+    assert rope.startswith("decode B=1024: CUDA 130% of the 2.96 TB/s large-copy ceiling (old row without a "
+                           "same-size copy: judged against the ceiling; L2-resident, not an HBM figure: not counted)"
+                           ", prefill 16K: CUDA 93% of the 2.96 TB/s large-copy ceiling (old row without")
+    assert "2026-11-25T15:00, commit aaa)" in rope and rope.endswith("MISSES the threshold")  # the hot row
+
+
+def _row(shape, copy_ms, cuda_ms, triton_ms, nbytes=20e6, ceil=3.0):
+    """A fabricated bench_rope row with a same-size copy (what bench_mla records now)."""
+    def impl(ms):
+        return {"ms": ms, "tb_s": nbytes / ms / 1e9, "pct_of_copy_ceiling": nbytes / ms / 1e9 / ceil,
+                "pct_of_same_size_copy": copy_ms / ms}
+    return {"shape": shape, "bytes": nbytes, "distinct_buffers": 16, "copy_same_bytes_ms": copy_ms,
+            "copy_same_bytes_tb_s": nbytes / copy_ms / 1e9, "cuda": impl(cuda_ms), "triton": impl(triton_ms)}
+
+
+def test_rope_record_judges_against_the_same_size_copy_and_quotes_both():
+    rows = [_row("decode B=256, Llama x", 0.010, 0.020, 0.019),  # not a criterion shape: ignored
+            _row("decode B=1024, Llama x", 0.010, 0.0125, 0.0108),
+            _row("prefill 16K tokens, Llama x", 0.100, 0.105, 0.111, nbytes=300e6)]
+    rec = {"provenance": {"device": "GPU-A", "date": "2026-11-25T16:00:00+00:00", "commit": "mla"},
+           "copy_ceiling": {"tb_s": 2.5},  # the MLA run's ceiling: the merged rows use their own call's
+           "rope_copy_ceiling": {"tb_s": 3.0}, "rope": rows,
+           "rope_provenance": {"device": "GPU-B", "date": "2026-11-25T18:28:00+00:00", "commit": "rope",
+                               "source": "results/bench_mla_rope.json"}}
+    text = gate._rope_record(rec)
+    assert text == ("decode B=1024: Triton 93% of a same-size copy (1.85 vs 2.00 TB/s; 62% of the 3.00 TB/s "
+                    "large-copy ceiling), prefill 16K: CUDA 95% of a same-size copy (2.86 vs 3.00 TB/s; 95% of the "
+                    "3.00 TB/s large-copy ceiling) (GPU-B, 2026-11-25T18:28, commit rope, "
+                    "results/bench_mla_rope.json) — meets the threshold")
+    assert "B=256" not in text
+    live, ok = gate.rope_verdict(rows, 3.0)  # the live check's text is the same minus the provenance
+    assert ok and text.startswith(live)
+    rows[1] = _row("decode B=1024, Llama x", 0.010, 0.0125, 0.0121)  # best 83%: misses
+    assert gate._rope_record(rec).endswith("MISSES the threshold") and not gate.rope_verdict(rows, 3.0)[1]
+
+
+def test_rope_record_falls_back_on_rows_without_a_same_size_copy():
+    new = _row("decode B=1024, Llama x", 0.010, 0.0105, 0.0108)
+    old = {"shape": "prefill 16K tokens, Llama x", "bytes": 300e6,  # an old run: no copy of the same bytes
+           "cuda": {"tb_s": 2.74, "pct_of_copy_ceiling": 0.93}, "triton": {"tb_s": 2.62, "pct_of_copy_ceiling": 0.88}}
+    rec = {"provenance": {"device": "GPU-A", "date": "2026-11-25T14:33:00+00:00", "commit": "old"},
+           "copy_ceiling": {"tb_s": 2.96}, "rope": [new, old]}
+    text = gate._rope_record(rec)
+    assert ("prefill 16K: CUDA 93% of the 2.96 TB/s large-copy ceiling (2.74 TB/s, old row without a same-size "
+            "copy: judged against the ceiling)") in text
+    assert text.startswith("decode B=1024: CUDA 95% of a same-size copy") and text.endswith("meets the threshold")
+    assert "(GPU-A, 2026-11-25T14:33, commit old)" in text  # no rope_provenance: the record's own
+    old["cuda"]["pct_of_copy_ceiling"] = old["triton"]["pct_of_copy_ceiling"] = 0.80
+    assert gate._rope_record(rec).endswith("MISSES the threshold")
+    del rec["copy_ceiling"]
+    assert "cannot be read" in gate._rope_record(rec)
