@@ -40,21 +40,25 @@ def copy_tb_s(nbytes: int = 2 * 2**30) -> float:
 
 
 class TimedRunner:
-    """Wraps runner.execute: CUDA-event time of each decode-only call."""
+    """Wraps runner.execute: CUDA events around each decode-only call, read only after the run (no sync per step,
+    so an overlapped engine keeps overlapping while it is timed)."""
 
     def __init__(self, runner):
-        self.runner, self.inner, self.ms = runner, runner.execute, []
+        self.runner, self.inner, self.events = runner, runner.execute, []
 
-    def __call__(self, token_ids, positions, q_lens, *rest):
+    def __call__(self, token_ids, positions, q_lens, *rest, **kw):
         if len(q_lens) != 1 or (q_lens[0] if isinstance(q_lens, list) else int(q_lens[0])) != 1:
-            return self.inner(token_ids, positions, q_lens, *rest)
+            return self.inner(token_ids, positions, q_lens, *rest, **kw)
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        out = self.inner(token_ids, positions, q_lens, *rest)
+        out = self.inner(token_ids, positions, q_lens, *rest, **kw)
         e.record()
-        e.synchronize()
-        self.ms.append(s.elapsed_time(e))
+        self.events.append((s, e))
         return out
+
+    def forward_ms(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in self.events]
 
 
 def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
@@ -62,7 +66,8 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
 
     t0 = time.perf_counter()
     eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB",
-                    cuda_graph="graph" in variant, fuse="fused" in variant)
+                    cuda_graph="graph" in variant, fuse="fused" in variant,
+                    overlap=False if "sync" in variant else None)
     setup_s = time.perf_counter() - t0
     timer = TimedRunner(eng.runner)
     eng.runner.execute = timer
@@ -70,7 +75,8 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
                            generator=torch.Generator().manual_seed(0)).tolist()
     rows = []
     for rep in range(2):
-        timer.ms.clear()
+        timer.events.clear()
+        overlapped0 = eng.counters["num_overlapped_steps"]
         eng.add_request(f"{variant}-{rep}", prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0,
                                                                      ignore_eos=True))
         stamps, tokens = [], []
@@ -79,10 +85,12 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
                 stamps.append(time.perf_counter())
                 tokens += out.new_token_ids
         rows.append({"ms_per_token": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3,
-                     "forward_ms_median": statistics.median(timer.ms), "tokens": tokens})
+                     "forward_ms_median": statistics.median(timer.forward_ms()), "tokens": tokens,
+                     "overlapped_steps": eng.counters["num_overlapped_steps"] - overlapped0})
     best = rows[1]
     return {"variant": variant, "setup_s": setup_s, "engine_ms_per_token": best["ms_per_token"],
             "forward_ms_median": best["forward_ms_median"], "tokens_first_16": best["tokens"][:16],
+            "overlap": eng.overlap, "overlapped_steps": best["overlapped_steps"],
             "tokens": best["tokens"]}
 
 
@@ -93,7 +101,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--variants", nargs="+", default=["eager", "graph"],
-                    help="any of eager, graph, fused, graph+fused (fused ones need phase4_scheduler.fused_model)")
+                    help="any of eager, graph, fused, graph+fused; '+sync' turns overlapped decode off (it is on "
+                         "with graphs), e.g. graph+fused+sync")
     ap.add_argument("--name", default="latency_gpu")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -87,9 +87,11 @@ class DecodeGraphs:
         self.lens32[b:].fill_(1)
         self.tables32[b:].fill_(r.null_block)
 
-    def run(self, token_ids, positions, seq_lens, block_tables, slot_mapping) -> torch.Tensor:
-        """Copy one decode step's inputs into the static buffers, replay the graph for the next size >= B."""
-        ids = as_cpu_tensor(token_ids, torch.long)
+    def run(self, token_ids, positions, seq_lens, block_tables, slot_mapping, token_src=None) -> torch.Tensor:
+        """Copy one decode step's inputs into the static buffers, replay the graph for the next size >= B.
+        `token_src` = (tokens on the device, rows [B] on the CPU): the ids are tokens[rows], gathered on the device
+        after the copy (the staging buffer carries the row indices in the ids' place)."""
+        ids = as_cpu_tensor(token_ids, torch.long) if token_src is None else token_src[1]
         b = ids.shape[0]
         size = next(s for s in self.sizes if s >= b)
         n, w = self.max_batch, self.width
@@ -110,6 +112,8 @@ class DecodeGraphs:
         self.dev[:rows].copy_(h[:rows], non_blocking=True)
         if self.copied is not None:
             self.copied.record()
+        if token_src is not None:  # rows -> the previous step's tokens, on the device (queued after that step)
+            self.ids[:b].copy_(token_src[0].index_select(0, self.ids[:b]))
         self.lens32[:b].copy_(self.dev[3 * n:3 * n + b])
         self.tables32[:b].copy_(self.dev[4 * n:4 * n + b * w].view(b, w))
         self._pad(b)

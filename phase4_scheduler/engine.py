@@ -31,6 +31,8 @@ from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.model_runner import ModelRunner
 from phase4_scheduler.outputs import RequestOutput
+from phase4_scheduler.overlap import (PLACEHOLDER, InFlight, TokenRing, all_greedy, can_run_ahead, drop_pending,
+                                      resolve)
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.sampler import Sampler, check_stop, validate_params
 from phase4_scheduler.scheduler import Scheduler
@@ -68,13 +70,16 @@ class LLMEngine:
                  max_num_batched_tokens: int = 512, block_size: int = 16, num_blocks: int | None = None,
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
-                 cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None):
+                 cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None,
+                 overlap: bool | None = None):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
         `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
         `cuda_graph`, `fuse`: the ModelRunner's options (decode CUDA graphs up to max_num_seqs; fused kernels).
         `admit_min_free_seats`: admission batching (scheduler.py); default max_num_seqs // 16 with CUDA graphs (a
-        prefill step is eager and costs several graphed decode steps), 1 otherwise."""
+        prefill step is eager and costs several graphed decode steps), 1 otherwise.
+        `overlap`: overlapped decode (overlap.py: launch step N+1 before step N's tokens reach the host); default on
+        with CUDA graphs. step() then returns a decode step's outputs one call later."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -103,8 +108,12 @@ class LLMEngine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
+        self.overlap = self.runner.graphs is not None if overlap is None else overlap
+        self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
+        self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
         self.counters = {"num_steps": 0, "num_requests": 0, "num_finished": 0, "num_aborted": 0,
-                         "num_prompt_tokens": 0, "num_generation_tokens": 0, "num_batched_tokens": 0}
+                         "num_prompt_tokens": 0, "num_generation_tokens": 0, "num_batched_tokens": 0,
+                         "num_overlapped_steps": 0}
 
     @classmethod
     def from_model(cls, model: str = "smollm2-135m", *, device: str = "auto", dtype=None,
@@ -157,6 +166,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
+        drop_pending(req)
         self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
         self.counters["num_aborted"] += 1
         return self._output(req)
@@ -171,7 +181,7 @@ class LLMEngine:
         while self.has_unfinished():
             self.step()
         for key in ("num_steps", "num_requests", "num_finished", "num_prompt_tokens", "num_generation_tokens",
-                    "num_batched_tokens"):
+                    "num_batched_tokens", "num_overlapped_steps"):
             self.counters[key] = 0  # the warm-up is not traffic
 
     def has_unfinished(self) -> bool:
@@ -181,10 +191,19 @@ class LLMEngine:
     def step(self, final_only: bool = False) -> list[RequestOutput]:
         """Schedule, run one forward, sample, update requests. Outputs for every request that got a token (only for
         those that finished with `final_only`, as LLM.generate asks: no per-token output objects)."""
+        prev = self._inflight
+        if prev is not None:  # overlapped decode: launch the next step first if it can be fed from the device
+            ahead = can_run_ahead(self.scheduler, prev)
+            self._inflight = self._launch(self.scheduler.schedule(), prev) if ahead else None
+            return self._update(*resolve(prev), final_only)  # else: drained; the next call steps synchronously
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return []
         scheduled = plan.scheduled
+        if (self.overlap and plan.decode_only and not self.scheduler.waiting
+                and all_greedy(r for r, _ in scheduled)):
+            self._inflight = self._launch(plan, None)  # its outputs come back from the next call
+            return []
         logits = self.runner.execute(*self._prepare(plan))  # [B, V]
         self.counters["num_steps"] += 1
         self.counters["num_batched_tokens"] += plan.num_batched_tokens
@@ -198,7 +217,32 @@ class LLMEngine:
             return []
         if len(ready) < len(scheduled):  # some rows were mid-prompt chunks: they sample nothing
             logits = logits[torch.tensor(rows, device=logits.device)]
-        return self._update(ready, self.sampler(logits, ready), final_only)
+        tokens = self.sampler(logits, ready)
+        for req, tok in zip(ready, tokens):
+            req.output_token_ids.append(tok)
+        return self._update(ready, tokens, final_only)
+
+    def _launch(self, plan, prev: InFlight | None) -> InFlight:
+        """Run a decode-only plan without waiting for its tokens: argmax on the device, a non-blocking copy to the
+        host, a placeholder per request. With `prev`, the input ids come from prev's tokens on the device."""
+        rows = [r for r, _ in plan.scheduled]
+        if not plan.decode_only or plan.preempted or (prev is not None and len(rows) != len(prev.row_of) - sum(
+                r.status.is_finished for r in prev.rows)):
+            raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
+        src = None
+        if prev is not None:
+            src = (prev.tokens, torch.tensor([prev.row_of[r.request_id] for r in rows], dtype=torch.long))
+        logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]
+        tokens = logits.argmax(-1)  # [B] on the device
+        host, done = self._ring.copy_out(tokens)
+        for req in rows:
+            req.num_computed_tokens += 1
+            req.output_token_ids.append(PLACEHOLDER)
+            req.num_pending_tokens += 1
+        self.counters["num_steps"] += 1
+        self.counters["num_batched_tokens"] += plan.num_batched_tokens
+        self.counters["num_overlapped_steps"] += prev is not None
+        return InFlight(rows, {r.request_id: i for i, r in enumerate(rows)}, tokens, host, done)
 
     def _prepare(self, plan) -> tuple:
         """The runner's inputs for a plan: token_ids [T], positions [T], q_lens [B], seq_lens [B], block_tables
@@ -229,12 +273,12 @@ class LLMEngine:
                 t(seq_lens.astype(np.int32)), t(tables), t(slots))
 
     def _update(self, ready: list[Request], tokens: list[int], final_only: bool) -> list[RequestOutput]:
-        """Append each sampled token, check stop conditions, detokenise; finish and free the finished requests."""
+        """Each request's new token is in its output list already: check stop conditions, detokenise; finish and free
+        the finished requests."""
         now = time.monotonic()
         eos, max_len = self.eos_token_ids, self.max_model_len
         emit, finished = [], []
         for req, tok in zip(ready, tokens):
-            req.output_token_ids.append(tok)
             if req.first_token_time is None:
                 req.first_token_time = now
             status = check_stop(req, tok, eos, max_len)
@@ -251,14 +295,16 @@ class LLMEngine:
         if finished:
             self.scheduler.finish_running(finished)
             for req, _ in finished:
+                drop_pending(req)  # overlapped decode: its next token is already in flight, and is dropped
                 self.requests.pop(req.request_id, None)
             self.counters["num_finished"] += len(finished)
         return [self._output(req) for req in emit]
 
     def _output(self, req: Request) -> RequestOutput:
-        out_ids = req.output_token_ids
+        n = req.num_output_tokens  # placeholders of in-flight steps are not outputs yet
+        out_ids = req.output_token_ids[:n] if req.num_pending_tokens else req.output_token_ids
         new = out_ids[req.num_returned_tokens:]
-        req.num_returned_tokens = len(out_ids)
+        req.num_returned_tokens = n
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         delta, text = (det.delta(finished), det.text) if det is not None else ("", "")

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     }
     if dev.type == "cuda":
         configs["cuda graphs off"] = {"cuda_graph": False}
-        configs["cuda graphs on"] = {"cuda_graph": True}
+        configs["cuda graphs on (overlapped decode)"] = {"cuda_graph": True}
+        configs["cuda graphs on, overlap off"] = {"cuda_graph": True, "overlap": False}
         configs["fused, cuda graphs off"] = {"fuse": True, "cuda_graph": False}
         configs["fused + cuda graphs"] = {"fuse": True, "cuda_graph": True}
     ok = True

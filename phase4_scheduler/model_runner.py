@@ -139,21 +139,31 @@ class ModelRunner:
         return logits.float()  # [B, V]
 
     @torch.inference_mode()
-    def execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping) -> torch.Tensor:
+    def execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping,
+                token_src: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
-        [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32)."""
+        [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32).
+        `token_src` = (tokens [B'] long on the device, rows [B] long on the CPU): a decode-only step whose input ids
+        are tokens[rows], gathered on the device (overlapped decode: the previous step's argmax never went through
+        the host); token_ids is then ignored."""
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
         b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
         decode_only = max_q_len == 1
+        if token_src is not None and (not decode_only or token_src[1].shape != (b,)):
+            raise ValueError(f"token_src is for decode-only steps with one row index per sequence; got q_lens max "
+                             f"{max_q_len}, {tuple(token_src[1].shape)} rows for {b} sequences")
         if decode_only and self.graphs is not None and self.graphs.fits(b):
-            return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping)
+            return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping, token_src)
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
         torch.cumsum(q_lens_t, 0, out=cu[1:])
         ctx = BatchAttention(self, pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev),
                              as_cpu_tensor(slot_mapping, torch.int64).to(dev),
                              None if decode_only else cu.to(dev), max_q_len)
-        ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
+        if token_src is None:
+            ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
+        else:
+            ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
         last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
         return self.forward(ids, pos, ctx, last)

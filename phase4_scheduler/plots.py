@@ -101,9 +101,14 @@ def plot_sharegpt(results: dict, out: Path) -> dict:
     return values
 
 
+SERVE_RUN = "_b8192"  # titan_serve_rate<R>_b8192.json: `titan serve --max-num-batched-tokens 8192`
+
+
 def plot_serve(results: dict, out: Path) -> dict:
     """`titan serve` TTFT and TPOT percentiles per request rate (the client records percentiles, not requests)."""
-    names = sorted((n for n in results if n.startswith("titan_serve_rate")), key=lambda n: results[n]["rate"])
+    # the current server configuration's runs (token budget 8192); the earlier budget-2048 runs stay in results/
+    names = sorted((n for n in results if n.startswith("titan_serve_rate") and n.endswith(SERVE_RUN)),
+                   key=lambda n: results[n]["rate"])
     if not names:
         raise KeyError("results/titan_serve_rate*.json missing: run the vLLM peer's serve_bench.py against titan serve")
     values = {}

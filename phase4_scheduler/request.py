@@ -51,6 +51,7 @@ class Request:
     generator: torch.Generator | None = None  # per-request RNG when params.seed is set
     detokenizer: object | None = None  # an IncrementalDetokenizer when the engine has a tokenizer
     num_returned_tokens: int = 0  # how many output tokens earlier RequestOutputs already carried
+    num_pending_tokens: int = 0  # placeholders at the tail of output_token_ids still on the device (overlap.py)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -73,6 +74,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens known on the host (the in-flight placeholders of overlapped decode excluded)."""
+        return len(self.output_token_ids) - self.num_pending_tokens
 
     @property
     def num_missing_tokens(self) -> int:

@@ -58,6 +58,7 @@ def check_stop(req: Request, token: int, eos_token_ids: set[int], max_model_len:
     if token in p.stop_token_ids or (not p.ignore_eos and token in eos_token_ids):
         req.stop_reason = token
         return RequestStatus.FINISHED_STOPPED
-    if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= max_model_len:
+    n_out = req.num_output_tokens  # resolved tokens only (overlapped decode may have placeholders queued after it)
+    if n_out >= p.max_tokens or len(req.prompt_token_ids) + n_out >= max_model_len:
         return RequestStatus.FINISHED_LENGTH
     return None

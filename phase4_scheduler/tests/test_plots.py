@@ -25,7 +25,7 @@ def test_each_plot_draws_the_json_figures(results, tmp_path):
         rows = results["offline_gpu_1024"]["rows"]
         assert [drawn["plot_offline"][f"ours {r['label']}"] for r in rows] == [r["output_tokens_per_s"] for r in rows]
     if "plot_serve" in drawn:
-        r16 = results["titan_serve_rate16"]
+        r16 = results["titan_serve_rate16" + plots.SERVE_RUN]
         assert drawn["plot_serve"]["ttft_ms p99 @ 16"] == r16["ttft_ms"]["p99"]
 
 

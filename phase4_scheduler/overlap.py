@@ -1,0 +1,109 @@
+"""Overlapped decode: launch step N+1 on the GPU before step N's sampled tokens have reached the host.
+
+Measured on the H100 (results/profile_decode_gpu.json): in steady decode the GPU sat idle 44-55% of every step
+(B=1: 1.21 ms of kernels in a 2.3 ms profiled step; B=1024: 2.0 of 4.5 ms) while the host scheduled, built
+the next inputs, waited for the sampled tokens (`.tolist()`), checked stops and built outputs. A synchronous step
+cannot hide any of that: the next forward needs the tokens the host is still processing.
+
+The fix (vLLM's async scheduling, SGLang's overlap scheduler, in their spirit): in a run of decode-only steps, the
+input token of step N+1 never goes through the host. Step N's argmax stays on the device; step N+1 gathers its
+input ids from it on the device (`ModelRunner.execute(..., token_src=(tokens, rows))`), so the host can schedule
+and launch N+1 first and only then wait for N's tokens (a non-blocking copy into pinned memory) and process them
+while N+1 runs.
+
+    call k:    schedule N+1 -> launch N+1 (inputs gathered from N's tokens on the GPU) -> wait for N -> outputs of N
+    GPU:       [ ...... N ...... ][ ...... N+1 ...... ]
+    host:        [prep N+1][wait]  [outputs N][prep N+2]...
+
+What it costs: each request's token of step N is unknown on the host while N+1 is scheduled, so the engine appends
+a placeholder (-1) to output_token_ids and counts it in `req.num_pending_tokens` (the tail of the list); stop
+checks, outputs and aborts look only at resolved tokens. A request that finishes at step N (EOS, stop string,
+max_tokens) has already been scheduled into N+1: that one extra token is computed and dropped, and its blocks are
+freed while N+1 may still write into them, which is safe because every later use of those blocks is queued behind
+N+1 on the same CUDA stream.
+
+When it runs ahead (`can_run_ahead`), so that `schedule()` is guaranteed to produce the decode-only plan the
+in-flight tokens can feed: nothing waiting (no admission, no prefill), every running request was in the in-flight
+step, all greedy (sampling with temperature, top-p or seeds goes through the synchronous path), the token budget
+covers every running request, and there are at least as many free KV blocks as running requests (each needs at most
+one new block, so nothing is preempted). Otherwise the in-flight step is drained (resolved alone) and the engine
+steps synchronously.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from phase4_scheduler.request import Request
+
+PLACEHOLDER = -1  # an output token sampled on the device and not yet copied to the host
+
+
+@dataclass
+class InFlight:
+    """A launched decode step whose sampled tokens are still on their way to the host."""
+    rows: list[Request]  # the step's requests in batch order
+    row_of: dict[str, int]  # request_id -> row: the next step gathers its input ids from `tokens` by row
+    tokens: torch.Tensor  # [B] long, on the device: the argmax of each row
+    host: torch.Tensor  # [B] long: the tokens' host copy (pinned on CUDA; filled by a non-blocking copy)
+    done: object | None  # a torch.cuda.Event recorded after the copy (None on CPU: the copy was synchronous)
+
+    def wait_tokens(self) -> list[int]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.tolist()
+
+
+class TokenRing:
+    """Two pinned host buffers (and events) for sampled tokens, used alternately: step N's buffer is read while
+    step N+1's copy fills the other one."""
+
+    def __init__(self, max_rows: int, device: torch.device):
+        cuda = device.type == "cuda"
+        self.bufs = [torch.empty(max_rows, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
+        self.i = 0
+
+    def copy_out(self, tokens: torch.Tensor) -> tuple[torch.Tensor, object | None]:
+        """Start copying `tokens` [B] to the host; returns (host view [B], event to wait on or None)."""
+        self.i ^= 1
+        host, ev = self.bufs[self.i][:tokens.shape[0]], self.events[self.i]
+        host.copy_(tokens, non_blocking=ev is not None)
+        if ev is not None:
+            ev.record()
+        return host, ev
+
+
+def all_greedy(requests) -> bool:
+    return all(r.params.temperature == 0.0 for r in requests)
+
+
+def can_run_ahead(scheduler, prev: InFlight) -> bool:
+    """Whether the next schedule() is sure to be decode-only over requests of `prev` (see the module NOTE)."""
+    running = scheduler.running
+    return (bool(running) and not scheduler.waiting and len(running) <= scheduler.max_num_batched_tokens
+            and scheduler.kv.num_free_blocks >= len(running) and all(r.request_id in prev.row_of for r in running)
+            and all_greedy(running))
+
+
+def resolve(prev: InFlight) -> tuple[list[Request], list[int]]:
+    """Wait for `prev`'s tokens and write each into its request's oldest placeholder. Returns (requests, tokens) of
+    the rows whose request is still live (finished or aborted ones drop their token)."""
+    ready, toks = [], []
+    for req, tok in zip(prev.rows, prev.wait_tokens()):
+        if req.status.is_finished:
+            continue
+        out = req.output_token_ids
+        out[len(out) - req.num_pending_tokens] = tok
+        req.num_pending_tokens -= 1
+        ready.append(req)
+        toks.append(tok)
+    return ready, toks
+
+
+def drop_pending(req: Request) -> None:
+    """Forget the unresolved tail of a request that is finishing (its in-flight tokens will be ignored)."""
+    if req.num_pending_tokens:
+        del req.output_token_ids[-req.num_pending_tokens:]
+        req.num_pending_tokens = 0

@@ -1,0 +1,150 @@
+"""Overlapped decode (overlap.py) on the CPU: the engine that launches step N+1 before resolving step N gives exactly
+the tokens, stops, texts and streamed deltas of the synchronous engine, frees every block, and falls back to
+synchronous steps where it cannot run ahead (admissions, sampling, a KV pool that must preempt)."""
+import random
+
+import pytest
+import torch
+
+from common.sampling import SamplingParams
+from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.llm import LLM
+from phase4_scheduler.overlap import PLACEHOLDER
+
+
+
+def prompts(n, seed=0, lo=3, hi=40):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+
+
+def engines(tiny, **kw):
+    kw = {"num_blocks": 96, "block_size": 8, **kw}
+    return LLMEngine(tiny, overlap=False, **kw), LLMEngine(tiny, overlap=True, **kw)
+
+
+def stream(eng, reqs):
+    """Add every (prompt, params), step to the end; per request: concatenated deltas, the final output."""
+    for i, (p, sp) in enumerate(reqs):
+        eng.add_request(f"r{i}", p, sp)
+    deltas, final = {}, {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            assert PLACEHOLDER not in o.new_token_ids and PLACEHOLDER not in o.output_token_ids
+            deltas.setdefault(o.request_id, []).extend(o.new_token_ids)
+            if o.finished:
+                final[o.request_id] = o
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks, "blocks leaked"
+    return deltas, final
+
+
+def test_greedy_varied_lengths_identical_and_overlapped(tiny):
+    reqs = [(p, SamplingParams(max_tokens=m, temperature=0, ignore_eos=True))
+            for p, m in zip(prompts(7, seed=11), (1, 2, 5, 9, 13, 3, 20))]
+    (d_sync, f_sync), (d_ov, f_ov) = (stream(e, reqs) for e in engines(tiny))
+    assert {k: o.output_token_ids for k, o in f_ov.items()} == {k: o.output_token_ids for k, o in f_sync.items()}
+    assert d_ov == d_sync  # streamed deltas add up to the same tokens
+    assert all(len(f_ov[f"r{i}"].output_token_ids) == sp.max_tokens for i, (_, sp) in enumerate(reqs))
+
+
+def test_overlap_actually_runs_ahead(tiny):
+    sync, ov = engines(tiny)
+    ps = prompts(4, seed=12)
+    sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    assert LLM(engine=ov).generate(ps, sp) and ov.counters["num_overlapped_steps"] >= 9
+    LLM(engine=sync).generate(ps, sp)
+    assert sync.counters["num_overlapped_steps"] == 0
+
+
+def test_stops_eos_and_stop_strings_match_sync(tiny):
+    ps = prompts(5, seed=13)
+    ref = [o.output_token_ids for o in LLM(engine=engines(tiny)[0]).generate(
+        ps, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))]
+    params = [SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[ref[0][4]]),
+              SamplingParams(max_tokens=12, temperature=0),  # EOS below
+              SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=7, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[ref[4][0]])]  # stops at its first token
+    if tiny.tokenizer is not None:
+        full = tiny.tokenizer.decode(ref[2])
+        params[2] = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
+                                   stop=[full[len(full) // 2:len(full) // 2 + 3]])
+    results = []
+    for eng in engines(tiny):
+        eng.eos_token_ids = {ref[1][3]}
+        d, f = stream(eng, list(zip(ps, params)))
+        results.append(([(f[k].output_token_ids, f[k].finish_reason, f[k].stop_reason, f[k].text)
+                         for k in sorted(f)], d))
+    assert results[0] == results[1]
+    assert [r[1] for r in results[1][0]][:2] == ["stop", "stop"] and len(results[1][0][4][0]) == 1
+
+
+def test_arrivals_aborts_and_no_leaks(tiny):
+    """Requests arrive and are aborted while steps are in flight: the survivors get their exact token counts."""
+    for eng in engines(tiny, max_num_batched_tokens=64):
+        rng, ps = random.Random(5), prompts(14, seed=14, hi=25)
+        live, n, done, asked = [], 0, {}, {}
+        for _ in range(600):
+            if n < len(ps) and rng.random() < 0.3:
+                asked[f"q{n}"] = rng.randrange(1, 16)
+                eng.add_request(f"q{n}", ps[n], SamplingParams(max_tokens=asked[f"q{n}"], temperature=0,
+                                                               ignore_eos=True))
+                live.append(f"q{n}")
+                n += 1
+            if live and rng.random() < 0.08:
+                out = eng.abort_request(live.pop(rng.randrange(len(live))))
+                assert out is None or PLACEHOLDER not in out.output_token_ids
+            for o in eng.step():
+                assert PLACEHOLDER not in o.output_token_ids
+                if o.finished:
+                    done[o.request_id] = o
+            if n == len(ps) and not eng.has_unfinished():
+                break
+        assert n == len(ps) and not eng.has_unfinished()
+        assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
+        assert done and all(len(o.output_token_ids) == asked[k] for k, o in done.items())
+        assert (eng.counters["num_overlapped_steps"] > 0) == eng.overlap
+
+
+def test_falls_back_where_it_cannot_run_ahead(tiny):
+    ps = prompts(6, seed=15)
+    greedy = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    ref = [o.output_token_ids for o in LLM(engine=engines(tiny)[0]).generate(ps, greedy)]
+    small = LLMEngine(tiny, overlap=True, num_blocks=14, block_size=4)  # must preempt: never runs ahead then
+    assert [o.output_token_ids for o in LLM(engine=small).generate(ps, greedy)] == ref
+    assert small.scheduler.num_preemptions > 0
+    seeded = SamplingParams(max_tokens=8, temperature=0.9, seed=7, ignore_eos=True)  # sampling: synchronous
+    a, b = (LLM(engine=e).generate(ps[:3], seeded) for e in engines(tiny))
+    assert [o.output_token_ids for o in a] == [o.output_token_ids for o in b]
+    assert engines(tiny)[1].overlap and not LLMEngine(tiny, num_blocks=8).overlap  # default: on with CUDA graphs only
+
+
+def test_runner_token_src_rejects_prefill_steps(tiny):
+    eng = LLMEngine(tiny, num_blocks=16)
+    src = (torch.tensor([5, 6]), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="decode-only"):
+        eng.runner.execute([1, 2, 3], [0, 1, 2], [3], [3], [[0]], [0, 1, 2], token_src=src)
+
+
+@pytest.mark.gpu
+def test_gpu_overlap_with_cuda_graphs_matches_sync():
+    """On the GPU: graphs + overlapped decode (the default) give the tokens of graphs without overlap, in fp32."""
+    from common.config import ModelConfig
+    from common.llama import LlamaForCausalLM
+    from common.model_loader import LoadedModel
+    from common.weights import random_state_dict
+
+    cfg = ModelConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    dev = torch.device("cuda")
+    model = LlamaForCausalLM.from_state_dict(cfg, random_state_dict(cfg, seed=0, std=0.1, device=dev))
+    loaded = LoadedModel(cfg, model.to(dev), None, "tiny", dev, torch.float32)
+    reqs = [(p, SamplingParams(max_tokens=m, temperature=0, ignore_eos=True))
+            for p, m in zip(prompts(9, seed=21), (1, 3, 8, 17, 30, 5, 12, 2, 25))]
+    kw = {"num_blocks": 128, "block_size": 16, "max_num_seqs": 16, "cuda_graph": True, "detokenize": False}
+    on, off = LLMEngine(loaded, **kw), LLMEngine(loaded, overlap=False, **kw)
+    assert on.overlap and not off.overlap
+    (d_on, f_on), (d_off, f_off) = stream(on, reqs), stream(off, reqs)
+    assert {k: o.output_token_ids for k, o in f_on.items()} == {k: o.output_token_ids for k, o in f_off.items()}
+    assert d_on == d_off and on.counters["num_overlapped_steps"] > 10
