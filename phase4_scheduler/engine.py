@@ -200,7 +200,7 @@ class LLMEngine:
         if plan.is_empty:
             return []
         scheduled = plan.scheduled
-        if (self.overlap and plan.decode_only and not self.scheduler.waiting
+        if (self.overlap and plan.decode_only and not self.scheduler.may_admit()
                 and all_greedy(r for r, _ in scheduled)):
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             return []

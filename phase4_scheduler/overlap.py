@@ -23,7 +23,8 @@ freed while N+1 may still write into them, which is safe because every later use
 N+1 on the same CUDA stream.
 
 When it runs ahead (`can_run_ahead`), so that `schedule()` is guaranteed to produce the decode-only plan the
-in-flight tokens can feed: nothing waiting (no admission, no prefill), every running request was in the in-flight
+in-flight tokens can feed: no admission possible (`scheduler.may_admit()`: nothing waiting, or admission held by
+admission batching or by a static batch still running), every running request was in the in-flight
 step, all greedy (sampling with temperature, top-p or seeds goes through the synchronous path), the token budget
 covers every running request, and there are at least as many free KV blocks as running requests (each needs at most
 one new block, so nothing is preempted). Otherwise the in-flight step is drained (resolved alone) and the engine
@@ -82,7 +83,7 @@ def all_greedy(requests) -> bool:
 def can_run_ahead(scheduler, prev: InFlight) -> bool:
     """Whether the next schedule() is sure to be decode-only over requests of `prev` (see the module NOTE)."""
     running = scheduler.running
-    return (bool(running) and not scheduler.waiting and len(running) <= scheduler.max_num_batched_tokens
+    return (bool(running) and not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
             and scheduler.kv.num_free_blocks >= len(running) and all(r.request_id in prev.row_of for r in running)
             and all_greedy(running))
 

@@ -106,6 +106,14 @@ class Scheduler:
             self.held_steps += 1
         return False
 
+    def may_admit(self) -> bool:
+        """Whether the next schedule() could admit a waiting request (conservative, no side effects): overlapped
+        decode runs ahead only when it cannot (overlap.can_run_ahead)."""
+        if not self.waiting:
+            return False
+        free = self.max_num_seqs - len(self.running)
+        return free >= self.admit_min_free_seats or not self.running or self.held_steps >= self.max_admit_delay_steps
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens

@@ -26,6 +26,9 @@ class StaticScheduler(Scheduler):
     def _admit_more(self, out: SchedulerOutput) -> bool:
         return self._forming and not out.preempted
 
+    def may_admit(self) -> bool:
+        return bool(self.waiting) and not self.running  # a batch forms only when nothing runs
+
     def schedule(self) -> SchedulerOutput:
         self._forming = not self.running
         try:

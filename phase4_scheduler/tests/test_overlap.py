@@ -148,3 +148,34 @@ def test_gpu_overlap_with_cuda_graphs_matches_sync():
     (d_on, f_on), (d_off, f_off) = stream(on, reqs), stream(off, reqs)
     assert {k: o.output_token_ids for k, o in f_on.items()} == {k: o.output_token_ids for k, o in f_off.items()}
     assert d_on == d_off and on.counters["num_overlapped_steps"] > 10
+
+
+def test_runs_ahead_while_admission_is_held(tiny):
+    """Static batching (queue waits for the whole batch) and admission batching (held until k seats are free) keep
+    requests waiting without admitting them: overlapped decode still runs ahead, with the sync engine's tokens."""
+    from phase4_scheduler.static_batching import static_engine
+
+    ps = prompts(9, seed=23)
+    params = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True) for m in (3, 9, 14, 6, 11, 4, 8, 12, 5)]
+    outs = []
+    for overlap in (False, True):
+        eng = static_engine(tiny, 3, num_blocks=96, block_size=8, overlap=overlap)
+        outs.append([o.output_token_ids for o in LLM(engine=eng).generate(ps, params)])
+        assert (eng.counters["num_overlapped_steps"] > 0) == overlap
+        assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
+    assert outs[0] == outs[1]
+    held = [LLMEngine(tiny, num_blocks=96, block_size=8, max_num_seqs=4, admit_min_free_seats=3, overlap=o)
+            for o in (False, True)]
+    res = [[o.output_token_ids for o in LLM(engine=e).generate(ps, params)] for e in held]
+    assert res[0] == res[1] and held[1].counters["num_overlapped_steps"] > 0
+
+
+def test_may_admit_has_no_side_effects(tiny):
+    eng = LLMEngine(tiny, num_blocks=96, block_size=8, max_num_seqs=2, admit_min_free_seats=1)
+    assert not eng.scheduler.may_admit()
+    for i, p in enumerate(prompts(3, seed=24)):
+        eng.add_request(f"m{i}", p, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    assert eng.scheduler.may_admit()  # nothing running, requests waiting
+    eng.step()  # admits two: the seats are full
+    held = eng.scheduler.held_steps
+    assert not eng.scheduler.may_admit() and eng.scheduler.held_steps == held
