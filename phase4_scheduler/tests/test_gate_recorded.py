@@ -30,13 +30,31 @@ def test_equal_latency_criterion_reads_its_own_file(gpu_criteria):
 
 
 def test_b1_quotes_the_json_and_its_verdict(gpu_criteria):
-    r = load_result(PHASE, "offline_gpu_1024")
+    r = load_result(PHASE, "latency_overlap_gpu")
     if r is None:
-        pytest.skip("offline_gpu_1024.json not recorded")
+        pytest.skip("latency_overlap_gpu.json not recorded")
     text = gpu_criteria["B=1 decode, TinyLlama-1.1B shapes (H100)"].recorded()
-    ms = r["latency"]["ms_per_token"]
-    assert f"{ms:.2f} ms/token" in text
+    ms = gate._b1(r)["engine_ms_per_token"]
+    assert f"{ms:.2f} ms/token" in text and "sync" not in gate._b1(r)["variant"]
     assert ("meets the threshold" if ms <= 0.92 else "MISSES the threshold") in text
+
+
+def test_b1_record_picks_the_overlapped_row_and_names_the_sync_one():
+    r = {"variants": [{"variant": "graph+fused+sync", "engine_ms_per_token": 1.5, "forward_ms_median": 1.3,
+                       "roofline_ms": 0.7},
+                      {"variant": "graph+fused", "engine_ms_per_token": 0.9, "forward_ms_median": 0.85,
+                       "roofline_ms": 0.7}]}
+    text = gate._b1_record(r)
+    assert text.startswith("0.90 ms/token (graph+fused") and "without overlap 1.50" in text
+
+
+def test_equal_latency_record_shows_each_bracket():
+    r = {"comparison": [{"target": "static_best", "baseline": "static", "ratio": 1.5, "ratio_low": 1.2,
+                         "ratio_high": None, "target_p50_s": 1.7},
+                        {"target": "given", "baseline": "static", "ratio": 9.0, "ratio_low": 1, "ratio_high": 2,
+                         "target_p50_s": 1.0}]}
+    assert gate._equal_record(r) == "vs static: 1.50x (bracket 1.20..inf) at p50 <= 1.70 s"
+    assert "no ratio" in gate._equal_record({"comparison": []})
 
 
 def test_vllm_comparison_is_computed_from_both_files():
