@@ -91,7 +91,10 @@ def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> di
 
     vocab = eng.config.vocab_size
     g = torch.Generator().manual_seed(batch)
-    params = SamplingParams(max_tokens=warm + steps + 8, temperature=0.0, ignore_eos=True)
+    # the first admitted requests decode while later ones are still prefilling: leave room for every prefill step,
+    # so the whole batch is still running through the profiled window (checked below)
+    prefill_steps = -(-batch * prompt_len // eng.scheduler.max_num_batched_tokens) + 2
+    params = SamplingParams(max_tokens=prefill_steps + warm + steps + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         eng.add_request(f"p{batch}-{i}", torch.randint(100, vocab - 100, (prompt_len,), generator=g).tolist(), params)
     while len(eng.scheduler.waiting) or any(r.num_computed_tokens < len(r.prompt_token_ids)
@@ -112,6 +115,10 @@ def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> di
         wall_ms = (time.perf_counter() - t0) * 1e3 / steps
     res = summarize_kernels(device_events(prof), steps, wall_ms)
     res["batch"] = batch
+    res["running_after_window"] = len(eng.scheduler.running)
+    if res["running_after_window"] != batch:
+        raise RuntimeError(f"B={batch}: only {res['running_after_window']} requests still running after the profiled "
+                           "steps: the batch shrank inside the window")
     if not cuda:  # no device trace: say so instead of reporting a 100% idle GPU
         res.update(gpu_busy_ms_per_step=None, gpu_idle_share=None, note="no CUDA: no device activity to profile")
     while eng.has_unfinished():  # drain: the next batch starts from an empty engine
@@ -134,6 +141,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--warm", type=int, default=5)
     ap.add_argument("--fuse", action="store_true")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto", help="overlapped decode (overlap.py)")
     ap.add_argument("--kv-memory", default="8GiB")
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
@@ -144,11 +152,12 @@ def main(argv=None) -> dict:
     eng = LLMEngine(loaded, max_num_seqs=max(args.batches), max_num_batched_tokens=max(8192, args.prompt_len),
                     max_model_len=args.prompt_len + args.warm + args.steps + 64, kv_memory=args.kv_memory,
                     fuse=args.fuse, cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
-                    detokenize=False)
+                    detokenize=False, overlap={"auto": None, "on": True, "off": False}[args.overlap])
     eng.warmup()
     freeze_heap()
     dev = "gpu" if loaded.device.type == "cuda" else "cpu"
     res = {"model": loaded.source, "dtype": str(loaded.dtype), "fuse": args.fuse, "cuda_graph": args.cuda_graph,
+           "overlap": eng.overlap,
            "gpu": torch.cuda.get_device_name() if dev == "gpu" else None, "rows": []}
     for b in args.batches:
         r = profile_batch(eng, b, args.prompt_len, args.steps, args.warm)
