@@ -93,7 +93,9 @@ def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> di
     g = torch.Generator().manual_seed(batch)
     # the first admitted requests decode while later ones are still prefilling: leave room for every prefill step,
     # so the whole batch is still running through the profiled window (checked below)
-    prefill_steps = -(-batch * prompt_len // eng.scheduler.max_num_batched_tokens) + 2
+    # (admission batching may hold the last few seats for up to max_admit_delay_steps)
+    sched = eng.scheduler
+    prefill_steps = -(-batch * prompt_len // sched.max_num_batched_tokens) + sched.max_admit_delay_steps + 2
     params = SamplingParams(max_tokens=prefill_steps + warm + steps + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         eng.add_request(f"p{batch}-{i}", torch.randint(100, vocab - 100, (prompt_len,), generator=g).tolist(), params)
@@ -150,7 +152,7 @@ def main(argv=None) -> dict:
     loaded = load_model(args.model, device=args.device, random_weights=args.random_weights,
                         num_layers=args.num_layers)
     eng = LLMEngine(loaded, max_num_seqs=max(args.batches), max_num_batched_tokens=max(8192, args.prompt_len),
-                    max_model_len=args.prompt_len + args.warm + args.steps + 64, kv_memory=args.kv_memory,
+                    max_model_len=args.prompt_len + args.warm + args.steps + 160, kv_memory=args.kv_memory,
                     fuse=args.fuse, cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
                     detokenize=False, overlap={"auto": None, "on": True, "off": False}[args.overlap])
     eng.warmup()
@@ -159,16 +161,17 @@ def main(argv=None) -> dict:
     res = {"model": loaded.source, "dtype": str(loaded.dtype), "fuse": args.fuse, "cuda_graph": args.cuda_graph,
            "overlap": eng.overlap,
            "gpu": torch.cuda.get_device_name() if dev == "gpu" else None, "rows": []}
+    name = args.name or f"profile_decode_{dev}"
     for b in args.batches:
         r = profile_batch(eng, b, args.prompt_len, args.steps, args.warm)
         res["rows"].append(r)
+        write_result("phase4_scheduler", name, res)  # after every batch size: a failure keeps the earlier rows
         cls = ", ".join(f"{k} {v['us_per_step']:.0f} us/{v['kernels_per_step']:.0f}k"
                         for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1]["us_per_step"]))
         busy = ("no device trace" if r["gpu_busy_ms_per_step"] is None else
                 f"GPU busy {r['gpu_busy_ms_per_step']:.3f} ms (idle {r['gpu_idle_share']:.0%})")
         print(f"B={b}: wall {r['wall_ms_per_step']:.3f} ms/step, {busy}, {r['kernels_per_step']:.0f} kernels/step: "
               f"{cls}")
-    write_result("phase4_scheduler", args.name or f"profile_decode_{dev}", res)
     return res
 
 
