@@ -6,9 +6,11 @@
 Each `plot_*` takes the dict of loaded results (file stem -> JSON, as common.report loads them), draws one PNG and
 returns the values it drew ({label: value}), so the tests can check the bars against the JSON they came from.
 
-NOTE (what is comparable): bars in one figure come from the same H100 lease (ours and vLLM ran in consecutive device
-calls); the serving percentiles come from the vLLM peer's client against `titan serve` only — vLLM's serving figures
-are in ../shared/ANCHORS.md from a different run and are not drawn here.
+NOTE (what is comparable): bars in one figure come from H100 runs of one session (ours and vLLM in consecutive device
+calls; the overlapped-decode runs later, each JSON's provenance names its date and commit), same workload per figure;
+the decode profile's stacked bars are GPU time, its markers profiled wall time (an upper bound); the serving
+percentiles come from the vLLM peer's client against `titan serve` only — vLLM's serving figures are in
+../shared/ANCHORS.md from a different run and are not drawn here.
 """
 from __future__ import annotations
 
@@ -45,14 +47,17 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_b1(results: dict, out: Path) -> dict:
-    """B=1 decode ms/token (TinyLlama-1.1B shapes, 128 in / 256 out), log scale, roofline and target lines."""
+    """B=1 decode ms/token (TinyLlama-1.1B shapes, 128 in / 256 out), log scale, roofline and target lines; the
+    overlapped-decode run (latency_overlap_gpu, with its overlap-off row) where it was recorded."""
     _need(results, "latency_gpu", "offline_gpu_1024", "vllm_tinyllama_gpu")
     lat, off, vl = results["latency_gpu"], results["offline_gpu_1024"], results["vllm_tinyllama_gpu"]
     values = {f"ours {v['variant']} (bench_latency)": v["engine_ms_per_token"] for v in lat["variants"]}
     values["ours graph+fused (LLMEngine)"] = off["latency"]["ms_per_token"]
+    for v in results.get("latency_overlap_gpu", {}).get("variants", []):
+        values[f"ours {v['variant']}, overlap {'on' if v['overlap'] else 'off'}"] = v["engine_ms_per_token"]
     values[f"vLLM {vl['vllm']}"] = vl["b1_ms_per_token"]
     values["HF eager"] = off["summary"]["hf_b1_ms_per_step"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     _bars(ax, values, "{:.2f}")
     roof = lat["variants"][0]["roofline_ms"]
     ax.axhline(roof, color="k", ls="--", lw=1, label=f"roofline {roof:.2f} ms (weights at copy bandwidth)")
@@ -65,16 +70,26 @@ def plot_b1(results: dict, out: Path) -> dict:
     return values
 
 
+OFFLINE_RUNS = (  # later offline runs of the same workload (file stem, bar label), drawn where recorded
+    ("offline_gpu_1024_fused", "ours, before overlap"),
+    ("offline_gpu_1024_overlap", "ours, overlapped decode"),
+    ("offline_gpu_1024_overlap_b32k", "ours, overlap + 32k budget"),
+)
+
+
 def plot_offline(results: dict, out: Path) -> dict:
-    """Offline output tokens/s: ours continuous and static, vLLM, HF eager; target line."""
+    """Offline output tokens/s: ours continuous and static, the later overlapped-decode runs, vLLM, HF eager;
+    target line."""
     _need(results, "offline_gpu_1024", "vllm_tinyllama_gpu")
     off, vl = results["offline_gpu_1024"], results["vllm_tinyllama_gpu"]
     w = off["workload"]
     values = {f"ours {r['label']}": r["output_tokens_per_s"] for r in off["rows"]}
+    values.update({label: results[stem]["rows"][0]["output_tokens_per_s"]
+                   for stem, label in OFFLINE_RUNS if stem in results})
     values[f"vLLM {vl['vllm']} 1024 reqs"] = vl["offline_1024x128x128"]["out_tok_per_s"]
     values[f"vLLM {vl['vllm']} 256 reqs"] = vl["offline_256x128x128"]["out_tok_per_s"]
     values["HF eager B=64"] = off["summary"]["hf_b64_output_tok_s"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     _bars(ax, {k: v / 1e3 for k, v in values.items()}, "{:.1f}k")
     ax.axhline(100, color="tab:red", ls=":", lw=1, label="target 100k tok/s")
     ax.set_ylabel("output tokens/s (thousands)")
@@ -98,6 +113,46 @@ def plot_sharegpt(results: dict, out: Path) -> dict:
     ax.set_title(f"ShareGPT {w['num_prompts']} requests, max_num_seqs {w['max_num_seqs']} (static baseline unpadded)",
                  fontsize=9)
     _save(fig, out / "sharegpt_admission_gpu.png")
+    return values
+
+
+PROFILE_RUNS = (("before overlap", "profile_decode_gpu"), ("overlapped", "profile_decode_overlap_gpu"))
+CLASSES = ("gemm", "attention", "norm", "rope", "activation", "copy", "sampling", "other")
+
+
+def _profile_bars(results: dict) -> list:
+    """[(batch, run label, row)] for every batch size profiled, runs side by side within a batch."""
+    runs = [(label, results[stem]) for label, stem in PROFILE_RUNS if stem in results]
+    batches = sorted({r["batch"] for _, res in runs for r in res["rows"]})
+    return [(b, label, r) for b in batches for label, res in runs for r in res["rows"] if r["batch"] == b]
+
+
+def plot_profile(results: dict, out: Path) -> dict:
+    """Decode step GPU time per kernel class (stacked, ms/step) per batch size, before vs after overlapped decode,
+    with the profiled wall time per step as a marker (the gap above a bar: the GPU waiting for the host)."""
+    _need(results, *(stem for _, stem in PROFILE_RUNS))
+    bars, values = _profile_bars(results), {}
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    xs, x = [], -1.0
+    for i, (b, _, _) in enumerate(bars):  # bars of one batch size adjacent, a gap between batch sizes
+        x += 1.0 + (0.6 if i and b != bars[i - 1][0] else 0.0)
+        xs.append(x)
+    bottom = [0.0] * len(bars)
+    for c, color in zip(CLASSES, plt.cm.tab10.colors):
+        us = [r["classes"].get(c, {}).get("us_per_step", 0.0) for _, _, r in bars]
+        ax.bar(xs, [u / 1e3 for u in us], bottom=bottom, color=color, label=c, width=0.9)
+        bottom = [b + u / 1e3 for b, u in zip(bottom, us)]
+        values.update({f"{label} B={b} {c} us": u for (b, label, _), u in zip(bars, us)})
+    walls = [r["wall_ms_per_step"] for _, _, r in bars]
+    ax.scatter(xs, walls, marker="_", s=400, color="k", zorder=3, label="wall ms/step (profiled)")
+    values.update({f"{label} B={b} wall ms": r["wall_ms_per_step"] for b, label, r in bars})
+    ax.set_xticks(xs, [f"B={b}\n{label}" for b, label, _ in bars], fontsize=7)
+    ax.set_ylabel("ms per decode step")
+    dev = results[PROFILE_RUNS[-1][1]]["provenance"]["device"]
+    ax.set_title(f"decode step: GPU time per kernel class vs wall time, fused + CUDA graphs, {dev}", fontsize=9)
+    ax.set_ylim(0, 1.3 * max(walls + bottom))
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    _save(fig, out / "decode_profile_gpu.png")
     return values
 
 
@@ -128,7 +183,7 @@ def plot_serve(results: dict, out: Path) -> dict:
     return values
 
 
-PLOTS = (plot_b1, plot_offline, plot_sharegpt, plot_serve)
+PLOTS = (plot_b1, plot_offline, plot_profile, plot_sharegpt, plot_serve)
 
 
 def main(argv: list[str] | None = None) -> dict:
