@@ -116,7 +116,7 @@ def plot_sharegpt(results: dict, out: Path) -> dict:
     return values
 
 
-PROFILE_RUNS = (("before overlap", "profile_decode_gpu"), ("overlapped", "profile_decode_overlap_gpu"))
+PROFILE_RUNS = (("before overlap", "profile_decode_overlap_off_gpu"), ("overlapped", "profile_decode_overlap_on_gpu"))
 CLASSES = ("gemm", "attention", "norm", "rope", "activation", "copy", "sampling", "other")
 
 

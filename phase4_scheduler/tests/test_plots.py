@@ -56,11 +56,11 @@ def test_profile_follows_the_input(results, tmp_path):
     if any(stem not in results for _, stem in plots.PROFILE_RUNS):
         pytest.skip("decode profiles not recorded")
     fake = json.loads(json.dumps(results))
-    row = fake["profile_decode_overlap_gpu"]["rows"][0]
+    row = fake["profile_decode_overlap_on_gpu"]["rows"][0]
     row["classes"]["gemm"]["us_per_step"] = 4321.0
     row["classes"].pop("activation", None)
     drawn = plots.plot_profile(fake, tmp_path)
-    label = dict((s, lab) for lab, s in plots.PROFILE_RUNS)["profile_decode_overlap_gpu"]
+    label = dict((s, lab) for lab, s in plots.PROFILE_RUNS)["profile_decode_overlap_on_gpu"]
     assert drawn[f"{label} B={row['batch']} gemm us"] == 4321.0
     assert drawn[f"{label} B={row['batch']} activation us"] == 0.0
 
