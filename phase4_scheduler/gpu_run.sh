@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Phase 4's GPU measurements in one device call (not yet run: the first session's device time was spent on
-# phases 0-3). Writes JSON + plots to $OUT; copy them into phase4_scheduler/results/. Run the vLLM peer
+# Phase 4's GPU measurements. Writes JSON + plots to $OUT; copy them into phase4_scheduler/results/ (the lengths
+# file for 'equal' is .cache/sharegpt_lengths_smollm2_1000_1024_2048_4.json: carry it into $TITAN_CACHE). Run the vLLM peer
 # (../shared/peers/vllm: bench_offline.py, serve_on_device.sh) on the same machine for the side-by-side ratios.
 #   bash phase4_scheduler/gpu_run.sh [offline] [static] [serve]
 set -uo pipefail
@@ -19,8 +19,9 @@ has static && python3 -m phase4_scheduler.bench_offline --device cuda --model ti
     --workload sharegpt --num-prompts 1000 --compare-static --max-num-seqs 256 --name sharegpt_static_vs_continuous_gpu
 # continuous vs static (and padded static) at equal p50 latency: Poisson ShareGPT arrivals, a rate sweep (~4 min)
 has equal && python3 -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights \
-    --fuse --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 128 160 \
-    --duration 5 --name equal_latency_gpu
+    --fuse --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 16 32 64 96 128 160 192 256 320 384 \
+    --duration 5 --max-requests 2000 --lengths-file "$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json" \
+    --name equal_latency_gpu
 # serving: ShareGPT, Poisson 16 req/s. Needs ShareGPT and SmolLM2's tokenizer there: carry a ShareGPT slice and
 # .cache/tokenizers (the 98 MB GGUF itself does not fit a call), and point TITAN_CACHE at them
 has serve && python3 -m phase4_scheduler.bench_serve --launch --model smollm2-135m --random-weights --device cuda \
