@@ -226,8 +226,8 @@ class LLMEngine:
         """Run a decode-only plan without waiting for its tokens: argmax on the device, a non-blocking copy to the
         host, a placeholder per request. With `prev`, the input ids come from prev's tokens on the device."""
         rows = [r for r, _ in plan.scheduled]
-        if not plan.decode_only or plan.preempted or (prev is not None and len(rows) != len(prev.row_of) - sum(
-                r.status.is_finished for r in prev.rows)):
+        if not plan.decode_only or (prev is not None and (plan.preempted or len(rows) != len(prev.row_of) - sum(
+                r.status.is_finished for r in prev.rows))):
             raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
         src = None
         if prev is not None:

@@ -179,3 +179,18 @@ def test_may_admit_has_no_side_effects(tiny):
     eng.step()  # admits two: the seats are full
     held = eng.scheduler.held_steps
     assert not eng.scheduler.may_admit() and eng.scheduler.held_steps == held
+
+
+def test_first_launch_after_a_preempting_step_with_held_admission(tiny):
+    """A decode-only plan that preempted (victims back in the queue, admission held by admission batching) may start
+    an overlapped run: the tokens stay those of the synchronous engine."""
+    ps = prompts(6, seed=25, lo=20, hi=30)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    outs, engines_ = [], []
+    for overlap in (False, True):  # 4 seats, admission only when all 4 are free: a victim waits while 3 decode
+        eng = LLMEngine(tiny, num_blocks=40, block_size=4, max_num_seqs=4, admit_min_free_seats=4, overlap=overlap)
+        outs.append([o.output_token_ids for o in LLM(engine=eng).generate(ps, params)])
+        engines_.append(eng)
+        assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
+    assert outs[0] == outs[1] and all(len(o) == 24 for o in outs[1])
+    assert engines_[1].scheduler.num_preemptions > 0
