@@ -31,8 +31,7 @@ from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.model_runner import ModelRunner
 from phase4_scheduler.outputs import RequestOutput
-from phase4_scheduler.overlap import (PLACEHOLDER, InFlight, TokenRing, all_greedy, can_run_ahead, drop_pending,
-                                      resolve)
+from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.sampler import Sampler, check_stop, validate_params
 from phase4_scheduler.scheduler import Scheduler
@@ -200,8 +199,7 @@ class LLMEngine:
         if plan.is_empty:
             return []
         scheduled = plan.scheduled
-        if (self.overlap and plan.decode_only and not self.scheduler.may_admit()
-                and all_greedy(r for r, _ in scheduled)):
+        if self.overlap and plan.decode_only and not self.scheduler.may_admit():
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             return []
         logits = self.runner.execute(*self._prepare(plan))  # [B, V]
@@ -233,7 +231,7 @@ class LLMEngine:
         if prev is not None:
             src = (prev.tokens, torch.tensor([prev.row_of[r.request_id] for r in rows], dtype=torch.long))
         logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]
-        tokens = logits.argmax(-1)  # [B] on the device
+        tokens = self.sampler.sample_on_device(logits, rows)  # [B] on the device
         host, done = self._ring.copy_out(tokens)
         for req in rows:
             req.num_computed_tokens += 1

@@ -23,10 +23,10 @@ freed while N+1 may still write into them, which is safe because every later use
 N+1 on the same CUDA stream.
 
 When it runs ahead (`can_run_ahead`), so that `schedule()` is guaranteed to produce the decode-only plan the
-in-flight tokens can feed: no admission possible (`scheduler.may_admit()`: nothing waiting, or admission held by
+in-flight tokens can feed (sampled requests included: Sampler.sample_on_device draws on the device, each seeded
+request from its own generator in step order, so its tokens are the synchronous engine's): no admission possible (`scheduler.may_admit()`: nothing waiting, or admission held by
 admission batching or by a static batch still running), every running request was in the in-flight
-step, all greedy (sampling with temperature, top-p or seeds goes through the synchronous path), the token budget
-covers every running request, and there are at least as many free KV blocks as running requests (each needs at most
+step, the token budget covers every running request, and there are at least as many free KV blocks as running requests (each needs at most
 one new block, so nothing is preempted). Otherwise the in-flight step is drained (resolved alone) and the engine
 steps synchronously.
 """
@@ -76,16 +76,11 @@ class TokenRing:
         return host, ev
 
 
-def all_greedy(requests) -> bool:
-    return all(r.params.temperature == 0.0 for r in requests)
-
-
 def can_run_ahead(scheduler, prev: InFlight) -> bool:
     """Whether the next schedule() is sure to be decode-only over requests of `prev` (see the module NOTE)."""
     running = scheduler.running
     return (bool(running) and not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
-            and scheduler.kv.num_free_blocks >= len(running) and all(r.request_id in prev.row_of for r in running)
-            and all_greedy(running))
+            and scheduler.kv.num_free_blocks >= len(running) and all(r.request_id in prev.row_of for r in running))
 
 
 def resolve(prev: InFlight) -> tuple[list[Request], list[int]]:

@@ -1,7 +1,8 @@
 """The Sampler: one next token per request from the batch's logits, each with its own sampling parameters.
 
 NOTE: greedy rows (temperature 0, the common case in benchmarks) are one batched argmax and one `.tolist()` (the
-step's only device->host copy: B ints); an all-greedy batch does nothing else. Unseeded sampled rows are grouped by
+step's only device->host copy: B ints); an all-greedy batch does nothing else. `sample_on_device` stops before the
+copy (overlapped decode keeps the tokens on the GPU to feed the next step). Unseeded sampled rows are grouped by
 identical (temperature, top_k, top_p) and each group is one batched common.sampling.sample call; seeded rows go one
 by one with the request's own generator, so a seeded request draws the same tokens whatever else shares its batch
 (its generator is created once and advanced only by its own samples).
@@ -28,28 +29,37 @@ def validate_params(params: SamplingParams) -> None:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
-        """logits [B, V] (row i belongs to requests[i]) -> B token ids."""
+        """logits [B, V] (row i belongs to requests[i]) -> B token ids on the host (one device->host copy)."""
+        return self.sample_on_device(logits, requests).tolist()
+
+    def sample_on_device(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """logits [B, V] -> token ids [B] (long) on logits' device, with no host sync of its own: overlapped decode
+        keeps them there to feed the next step. Greedy rows: one argmax; unseeded sampled rows: one batched draw per
+        (temperature, top_k, top_p) group; seeded rows: one draw each with the request's own generator."""
         if logits.shape[0] != len(requests):
             raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
-        tokens = logits.argmax(-1).tolist()  # [B]: right for every greedy row
-        sampled = [i for i, r in enumerate(requests) if r.params.temperature != 0.0]
-        if not sampled:
-            return tokens
+        tokens = logits.argmax(-1)  # [B]: right for every greedy row
         groups: dict[tuple, list[int]] = {}
-        for i in sampled:
-            req = requests[i]
+        for i, req in enumerate(requests):
             p = req.params
+            if p.temperature == 0.0:
+                continue
             if p.seed is None:
                 groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
                 continue
             if req.generator is None:
                 req.generator = make_generator(p, logits.device)
-            tokens[i] = int(sample(logits[i:i + 1], p, req.generator)[0])
+            tokens[i:i + 1] = sample(logits[i:i + 1], p, req.generator)
         for rows in groups.values():
-            idx = torch.tensor(rows, device=logits.device)
-            for i, t in zip(rows, sample(logits[idx], requests[rows[0]].params).tolist()):
-                tokens[i] = t
+            idx = _rows(rows, logits.device)
+            tokens[idx] = sample(logits[idx], requests[rows[0]].params)
         return tokens
+
+
+def _rows(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Row indices on `device` without a blocking copy (pinned staging on CUDA)."""
+    t = torch.tensor(rows, dtype=torch.long, pin_memory=device.type == "cuda")
+    return t.to(device, non_blocking=True)
 
 
 def check_stop(req: Request, token: int, eos_token_ids: set[int], max_model_len: int) -> RequestStatus | None:

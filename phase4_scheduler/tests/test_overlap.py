@@ -1,6 +1,7 @@
 """Overlapped decode (overlap.py) on the CPU: the engine that launches step N+1 before resolving step N gives exactly
 the tokens, stops, texts and streamed deltas of the synchronous engine, frees every block, and falls back to
-synchronous steps where it cannot run ahead (admissions, sampling, a KV pool that must preempt)."""
+synchronous steps where it cannot run ahead (admissions, a KV pool that must preempt). Seeded sampling draws the same
+tokens as the synchronous engine (each request's generator is advanced in step order on the device)."""
 import random
 
 import pytest
@@ -113,9 +114,7 @@ def test_falls_back_where_it_cannot_run_ahead(tiny):
     small = LLMEngine(tiny, overlap=True, num_blocks=14, block_size=4)  # must preempt: never runs ahead then
     assert [o.output_token_ids for o in LLM(engine=small).generate(ps, greedy)] == ref
     assert small.scheduler.num_preemptions > 0
-    seeded = SamplingParams(max_tokens=8, temperature=0.9, seed=7, ignore_eos=True)  # sampling: synchronous
-    a, b = (LLM(engine=e).generate(ps[:3], seeded) for e in engines(tiny))
-    assert [o.output_token_ids for o in a] == [o.output_token_ids for o in b]
+
     assert engines(tiny)[1].overlap and not LLMEngine(tiny, num_blocks=8).overlap  # default: on with CUDA graphs only
 
 
@@ -194,3 +193,35 @@ def test_first_launch_after_a_preempting_step_with_held_admission(tiny):
         assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
     assert outs[0] == outs[1] and all(len(o) == 24 for o in outs[1])
     assert engines_[1].scheduler.num_preemptions > 0
+
+
+def test_seeded_sampling_overlaps_with_the_sync_engines_tokens(tiny):
+    ps = prompts(5, seed=26)
+    params = [SamplingParams(max_tokens=m, temperature=t, top_k=k, top_p=tp, seed=sd, ignore_eos=True)
+              for m, t, k, tp, sd in ((9, 0.9, 0, 1.0, 7), (4, 1.3, 50, 0.9, 8), (12, 0.7, 0, 0.8, 9), (7, 0.0, 0, 1.0, None),
+                                      (10, 1.0, 20, 1.0, 11))]
+    (d_sync, f_sync), (d_ov, f_ov) = (stream(e, list(zip(ps, params))) for e in engines(tiny))
+    assert {k: o.output_token_ids for k, o in f_ov.items()} == {k: o.output_token_ids for k, o in f_sync.items()}
+    assert d_ov == d_sync
+    unseeded = [SamplingParams(max_tokens=6, temperature=0.8, ignore_eos=True)] * 3  # global RNG: counts only
+    eng = engines(tiny)[1]
+    outs = LLM(engine=eng).generate(ps[:3], unseeded)
+    assert [len(o.output_token_ids) for o in outs] == [6, 6, 6] and eng.counters["num_overlapped_steps"] > 0
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks
+
+
+def test_sample_on_device_matches_the_host_sampler(tiny):
+    from phase4_scheduler.request import Request
+    from phase4_scheduler.sampler import Sampler
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    ps = [SamplingParams(max_tokens=3, temperature=0), SamplingParams(max_tokens=3, temperature=1.0, seed=3),
+          SamplingParams(max_tokens=3, temperature=0.5, top_k=5, seed=4), SamplingParams(max_tokens=3, temperature=0)]
+    a = [Request(f"a{i}", [1], p) for i, p in enumerate(ps)]
+    b = [Request(f"b{i}", [1], p) for i, p in enumerate(ps)]
+    dev = Sampler().sample_on_device(logits, a)
+    assert dev.dtype == torch.long and dev.shape == (4,)
+    assert dev.tolist() == Sampler()(logits, b)
+    assert dev[0] == logits[0].argmax() and dev[3] == logits[3].argmax()
+    with pytest.raises(ValueError, match="logit rows"):
+        Sampler().sample_on_device(logits, a[:2])
