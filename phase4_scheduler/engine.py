@@ -11,7 +11,7 @@ them: it owns the requests and turns each step's sampled tokens into RequestOutp
 
 NOTE (host cost per step): at 100k tokens/s over 1024 sequences a whole decode step has ~10 ms, so the Python around
 the forward must be O(B) with a tiny constant. The KV manager keeps block tables in a persistent int32 array (no
-allocator call unless a request needs a new block), `_prepare` gathers a few ints per request and does the rest
+allocator call unless a request needs a new block), `prepare_inputs` (step_inputs.py) gathers a few ints per request and does the rest
 in numpy (positions, slot mapping, the [B, W] block-table gather) and hands the runner CPU tensors, the sampler
 does one argmax + one `.tolist()` for greedy batches, finished requests leave the running list in one pass, and
 `step(final_only=True)` (LLM.generate) builds no per-token RequestOutputs. bench_step_overhead.py measures it.
@@ -22,7 +22,6 @@ import gc
 import re
 import time
 
-import numpy as np
 import torch
 
 from common.errors import PromptTooLongError
@@ -35,6 +34,7 @@ from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_a
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.sampler import Sampler, check_stop, validate_params
 from phase4_scheduler.scheduler import Scheduler
+from phase4_scheduler.step_inputs import prepare_inputs
 
 DEFAULT_KV_MEMORY = {"cpu": 256 * 2**20, "cuda": 0.5}  # bytes on CPU; a fraction of free GPU memory on CUDA
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -243,32 +243,7 @@ class LLMEngine:
         return InFlight(rows, {r.request_id: i for i, r in enumerate(rows)}, tokens, host, done)
 
     def _prepare(self, plan) -> tuple:
-        """The runner's inputs for a plan: token_ids [T], positions [T], q_lens [B], seq_lens [B], block_tables
-        [B, W] (int32, zero-padded) and slot_mapping [T], as CPU torch tensors (or lists for a list-only runner).
-        Vectorised with numpy: the only per-request Python is gathering a few ints from each request."""
-        scheduled, kv = plan.scheduled, self.kv
-        b, rows_of = len(scheduled), kv.rows
-        rows = np.fromiter([rows_of[r.request_id] for r, _ in scheduled], np.int64, b)  # [B]
-        starts = np.fromiter([r.num_computed_tokens for r, _ in scheduled], np.int64, b)  # [B] first new position
-        if plan.decode_only:  # one token each: positions are the starts
-            token_ids = [r.token_at(c) for (r, _), c in zip(scheduled, starts.tolist())]
-            q_lens, positions, slots = np.ones(b, np.int64), starts, kv.slots(rows, starts)
-        else:
-            token_ids = []
-            for req, n in scheduled:
-                c = req.num_computed_tokens
-                token_ids += req.token_slice(c, c + n)
-            q_lens = np.fromiter([n for _, n in scheduled], np.int64, b)  # [B]
-            cu = np.cumsum(q_lens)  # [B]
-            positions = np.arange(cu[-1]) - np.repeat(cu - q_lens - starts, q_lens)  # [T]
-            slots = kv.slots(np.repeat(rows, q_lens), positions)  # [T]
-        seq_lens = starts + q_lens  # [B] tokens cached after this step
-        tables = kv.block_tables(rows, -(-int(seq_lens.max()) // kv.block_size))  # [B, W]
-        if not self.runner_tensors:
-            return token_ids, positions.tolist(), q_lens.tolist(), seq_lens.tolist(), tables.tolist(), slots.tolist()
-        t = torch.from_numpy
-        return (torch.tensor(token_ids, dtype=torch.int64), t(positions), t(q_lens.astype(np.int32)),
-                t(seq_lens.astype(np.int32)), t(tables), t(slots))
+        return prepare_inputs(plan, self.kv, self.runner_tensors)
 
     def _update(self, ready: list[Request], tokens: list[int], final_only: bool) -> list[RequestOutput]:
         """Each request's new token is in its output list already: check stop conditions, detokenise; finish and free
