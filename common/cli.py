@@ -164,6 +164,8 @@ def cmd_serve(args) -> int:
         extra["tokenizer"] = args.tokenizer
     if args.fuse:
         extra["fuse"] = True
+    if args.kv_cache_dtype != "auto":
+        extra["kv_cache_dtype"] = args.kv_cache_dtype
     extra.update(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
           api_key=args.api_key, device=args.device, log_level=args.log_level, served_model_name=args.served_model_name,
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-num-batched-tokens", type=int, default=512,
                    help="token budget of one step: decodes + prefill chunks (default: %(default)s)")
     e.add_argument("--fuse", action="store_true", help="CUDA: the fused-kernel model (phase4_scheduler/FUSED.md)")
+    e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="KV pool: the model's dtype, or FP8 (e4m3 + a scale per token and KV head: ~2x the tokens "
+                        "in the same --kv-memory) (default: %(default)s)")
     h = sv.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network, "
                    "so set --api-key then (default: %(default)s)")

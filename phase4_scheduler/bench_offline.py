@@ -208,6 +208,7 @@ def main(argv=None) -> dict:
                     help="KV pool: bytes ('40GiB') or a fraction of free GPU memory ('0.3'); default: engine's")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="decode CUDA graphs")
     ap.add_argument("--fuse", action="store_true", help="the runner's fused kernels (fused_model.py)")
+    ap.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto", help="KV pool dtype (fp8: phase 3's)")
     ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
                     help="overlapped decode (overlap.py; auto: on with CUDA graphs)")
     ap.add_argument("--no-detokenize", action="store_true", help="token ids only (no per-token text)")
@@ -245,7 +246,8 @@ def main(argv=None) -> dict:
         payload["hf"] = guarded("hf", hf_section, errors)
     cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
     engine_kw = dict(cuda_graph=cuda_graph, fuse=args.fuse, detokenize=not args.no_detokenize,
-                     overlap={"auto": None, "on": True, "off": False}[args.overlap])
+                     overlap={"auto": None, "on": True, "off": False}[args.overlap],
+                     kv_cache_dtype=args.kv_cache_dtype)
     kw = dict(max_model_len=args.max_model_len, kv_memory=kv_memory)
     prompts, params = make_workload(args, loaded.config.vocab_size)
 

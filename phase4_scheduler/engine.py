@@ -28,7 +28,7 @@ from common.errors import PromptTooLongError
 from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.kv_manager import KVCacheManager
-from phase4_scheduler.model_runner import ModelRunner
+from phase4_scheduler.model_runner import ModelRunner, kv_bytes_per_token
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
 from phase4_scheduler.request import Request, RequestStatus
@@ -70,7 +70,7 @@ class LLMEngine:
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
                  cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None,
-                 overlap: bool | None = None):
+                 overlap: bool | None = None, kv_cache_dtype: str = "auto"):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
         `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
@@ -78,7 +78,9 @@ class LLMEngine:
         `admit_min_free_seats`: admission batching (scheduler.py); default max_num_seqs // 16 with CUDA graphs (a
         prefill step is eager and costs several graphed decode steps), 1 otherwise.
         `overlap`: overlapped decode (overlap.py: launch step N+1 before step N's tokens reach the host); default on
-        with CUDA graphs. step() then returns a decode step's outputs one call later."""
+        with CUDA graphs. step() then returns a decode step's outputs one call later.
+        `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
+        twice the blocks for the same kv_memory)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -87,13 +89,14 @@ class LLMEngine:
         self.max_model_len = max_model_len or cfg.max_position_embeddings
         if num_blocks is None:
             spec = kv_memory if kv_memory is not None else DEFAULT_KV_MEMORY[loaded.device.type]
-            per_block = block_size * cfg.kv_bytes_per_token(torch.empty(0, dtype=loaded.dtype).element_size())
+            per_block = block_size * kv_bytes_per_token(cfg, loaded.dtype, kv_cache_dtype)
             num_blocks = parse_memory(spec, loaded.device) // per_block
             if num_blocks < 1:
                 raise ValueError(f"kv_memory={spec!r} holds no block of {per_block} bytes: give more KV memory")
         self.kv = KVCacheManager(num_blocks, block_size)
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
-                                  max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse)
+                                  max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse,
+                                  kv_cache_dtype=kv_cache_dtype)
         if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,

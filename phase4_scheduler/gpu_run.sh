@@ -2,7 +2,7 @@
 # Phase 4's GPU measurements. Writes JSON + plots to $OUT; copy them into phase4_scheduler/results/ (the lengths
 # file for 'equal' is .cache/sharegpt_lengths_smollm2_1000_1024_2048_4.json: carry it into $TITAN_CACHE). Run the vLLM peer
 # (../shared/peers/vllm: bench_offline.py, serve_on_device.sh) on the same machine for the side-by-side ratios.
-#   bash phase4_scheduler/gpu_run.sh [offline] [static] [serve]
+#   bash phase4_scheduler/gpu_run.sh [offline] [fp8] [static] [equal] [serve]
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=/tmp/titan_cache
 mkdir -p "$TITAN_RESULTS_DIR"
@@ -14,6 +14,11 @@ has offline && python3 -m phase4_scheduler.bench_offline --device cuda --model t
     --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 256 --name offline_gpu
 has offline && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
     --num-prompts 1 --input-len 128 --output-len 256 --max-num-seqs 1 --name b1_gpu
+# the same job over the FP8 KV pool (phase 3's format), with its GPU test first
+has fp8 && python3 -m pytest -q -m gpu phase4_scheduler/tests/test_kv_fp8.py
+has fp8 && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights --fuse \
+    --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768 \
+    --kv-memory 0.3 --kv-cache-dtype fp8 --latency --name offline_gpu_1024_fp8
 # continuous vs static on ShareGPT lengths
 has static && python3 -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
     --workload sharegpt --num-prompts 1000 --compare-static --max-num-seqs 256 --name sharegpt_static_vs_continuous_gpu

@@ -19,6 +19,18 @@ import torch.nn.functional as F
 from common import artifacts
 
 
+KV_CACHE_DTYPES = ("auto", "fp8")
+FP8, SCALE_DTYPE = torch.float8_e4m3fn, torch.float16  # phase 3's FP8 cache format (phase3_paged_fp8/cache_write.py)
+
+
+def kv_bytes_per_token(cfg, model_dtype: torch.dtype, kv_cache_dtype: str = "auto") -> int:
+    """Pool bytes one token occupies across all layers: K and V in the model's dtype, or FP8 plus one fp16 scale per
+    KV head each."""
+    if kv_cache_dtype == "fp8":
+        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.head_dim + SCALE_DTYPE.itemsize)
+    return cfg.kv_bytes_per_token(torch.empty(0, dtype=model_dtype).element_size())
+
+
 def as_cpu_tensor(x, dtype: torch.dtype) -> torch.Tensor:
     """A Python list or a CPU tensor -> a CPU tensor of `dtype` (the engine may hand over either)."""
     return x.to(dtype) if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=dtype)
@@ -58,15 +70,16 @@ class BatchAttention:
         """qp: [T, Hq, D]; kp, vp: [T, Hkv, D] (strided views are fine: unit stride in D). Returns [T, Hq, D]."""
         r = self.runner
         kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
+        ks, vs = (None, None) if r.k_scale is None else (r.k_scale[layer], r.v_scale[layer])  # FP8: [N, bs, Hkv]
         if self.decode_only and r.decode_fn is not None:
-            r.write_fn(kp, vp, self.slot_mapping, kc, vc)
-            out = r.decode_fn(qp, kc, vc, self.block_tables, self.seq_lens)  # [B=T, Hq, D]
+            r.write_fn(kp, vp, self.slot_mapping, kc, vc, ks, vs)
+            out = r.decode_fn(qp, kc, vc, self.block_tables, self.seq_lens, ks, vs)  # [B=T, Hq, D]
         else:
             cu = self.cu_seqlens
             if cu is None:  # decode-only on the reference path: every sequence has one token
                 cu = torch.arange(qp.shape[0] + 1, dtype=torch.int32, device=qp.device)
             extra = {"max_q_len": self.max_q_len} if r.backend == "triton" else {}
-            out = r.prefill_fn(qp, kp, vp, cu, self.seq_lens, self.block_tables, kc, vc, self.slot_mapping,
+            out = r.prefill_fn(qp, kp, vp, cu, self.seq_lens, self.block_tables, kc, vc, self.slot_mapping, ks, vs,
                                **extra)  # [T, Hq, D]
         return out
 
@@ -77,8 +90,10 @@ class BatchAttention:
 class ModelRunner:
     def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto",
                  cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None,
-                 fuse: bool = False):
+                 fuse: bool = False, kv_cache_dtype: str = "auto"):
         """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto".
+        `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (e4m3 K/V with an fp16 scale per token and KV head,
+        phase 3's format: ~half the bytes; `kv_bytes_per_token` gives the size of either).
         `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton).
         `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model)."""
         cfg = loaded.config
@@ -92,8 +107,15 @@ class ModelRunner:
         self.block_size, self.num_blocks = block_size, num_blocks
         # one extra block at index num_blocks: the scratch page that padded graph rows write to and read from
         shape = (cfg.num_hidden_layers, num_blocks + 1, block_size, cfg.num_key_value_heads, cfg.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # [L, N+1, bs, Hkv, D]
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
+        self.kv_cache_dtype = kv_cache_dtype
+        fp8 = kv_cache_dtype == "fp8"
+        self.k_cache = torch.zeros(shape, dtype=FP8 if fp8 else self.dtype, device=self.device)  # [L, N+1, bs, Hkv, D]
+        self.v_cache = torch.zeros_like(self.k_cache)
+        scale_shape = shape[:-1]  # [L, N+1, bs, Hkv]: one fp16 scale per token and KV head
+        self.k_scale = torch.ones(scale_shape, dtype=SCALE_DTYPE, device=self.device) if fp8 else None
+        self.v_scale = torch.ones_like(self.k_scale) if fp8 else None
         suffix = "" if self.backend == "triton" else "_ref"
         self.write_fn = artifacts.get("kv_cache.write" + suffix)
         self.prefill_fn = artifacts.get("attention.paged_prefill" + suffix)
@@ -118,8 +140,11 @@ class ModelRunner:
         return self.num_blocks
 
     def nbytes(self) -> int:
-        """Bytes of the usable pool (the scratch block excluded)."""
-        return 2 * self.k_cache[:, :self.num_blocks].numel() * self.k_cache.element_size()
+        """Bytes of the usable pool (the scratch block excluded), FP8 scales included."""
+        n = 2 * self.k_cache[:, :self.num_blocks].numel() * self.k_cache.element_size()
+        if self.k_scale is not None:
+            n += 2 * self.k_scale[:, :self.num_blocks].numel() * self.k_scale.element_size()
+        return n
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, ctx: BatchAttention,
                 last: torch.Tensor | None) -> torch.Tensor:

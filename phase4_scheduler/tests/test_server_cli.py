@@ -32,8 +32,18 @@ def free_port() -> int:
 def test_serve_help_names_every_option():
     r = titan("serve", "--help")
     assert r.returncode == 0
-    for opt in ("--model", "--host", "--port", "--max-model-len", "--kv-memory", "--api-key", "127.0.0.1"):
+    for opt in ("--model", "--host", "--port", "--max-model-len", "--kv-memory", "--api-key", "127.0.0.1",
+                "--kv-cache-dtype"):
         assert opt in r.stdout, opt
+
+
+def test_serve_parses_kv_cache_dtype():
+    from common.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--kv-cache-dtype", "fp8"]).kv_cache_dtype == "fp8"
+    assert build_parser().parse_args(["serve"]).kv_cache_dtype == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--kv-cache-dtype", "int4"])
 
 
 def test_serve_refuses_bad_setup_with_a_clear_error():
