@@ -18,8 +18,6 @@ does one argmax + one `.tolist()` for greedy batches, finished requests leave th
 """
 from __future__ import annotations
 
-import gc
-import re
 import time
 
 import torch
@@ -28,6 +26,7 @@ from common.errors import PromptTooLongError
 from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.kv_manager import KVCacheManager
+from phase4_scheduler.memory import DEFAULT_KV_MEMORY, freeze_heap, parse_memory  # noqa: F401  (re-exported)
 from phase4_scheduler.model_runner import ModelRunner, kv_bytes_per_token
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
@@ -36,32 +35,9 @@ from phase4_scheduler.sampler import Sampler, check_stop, validate_params
 from phase4_scheduler.scheduler import Scheduler
 from phase4_scheduler.step_inputs import prepare_inputs
 
-DEFAULT_KV_MEMORY = {"cpu": 256 * 2**20, "cuda": 0.5}  # bytes on CPU; a fraction of free GPU memory on CUDA
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30}
 
-
-def parse_memory(spec: str | int | float, device: torch.device) -> int:
-    """'512MiB' / '2GiB' / 1000000 (bytes) / 0.5 (a fraction of free GPU memory) -> bytes."""
-    if isinstance(spec, float) and 0 < spec < 1:
-        if device.type != "cuda":
-            raise ValueError(f"kv_memory={spec} is a fraction of free GPU memory; on {device} give bytes ('256MiB')")
-        return int(torch.cuda.mem_get_info(device)[0] * spec)
-    if isinstance(spec, (int, float)) and spec > 0:
-        return int(spec)
-    m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(spec))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def freeze_heap() -> None:
-    """gc.collect(), then gc.freeze(): whatever is alive now (modules, weights, the engine) leaves the cyclic
-    collector's view. Without it a full collection rescans ~300k startup objects every few dozen streaming steps
-    (measured on the CPU box at B=1024: ~160 ms stalls). Call once after building the engine in a long-running
-    process, as vLLM does; gc.unfreeze() undoes it (cyclic garbage made of frozen objects is not collected)."""
-    gc.collect()
-    gc.freeze()
+def _noop() -> None:
+    pass
 
 
 class LLMEngine:
@@ -190,22 +166,29 @@ class LLMEngine:
         return bool(self.requests)
 
     # -- the step ----------------------------------------------------------------------------------------------------
-    def step(self, final_only: bool = False) -> list[RequestOutput]:
+    def step(self, final_only: bool = False, on_forward=None) -> list[RequestOutput]:
         """Schedule, run one forward, sample, update requests. Outputs for every request that got a token (only for
-        those that finished with `final_only`, as LLM.generate asks: no per-token output objects)."""
+        those that finished with `final_only`, as LLM.generate asks: no per-token output objects). `on_forward()`
+        is called once the step's forward is launched (or at once if it launches none), before the host waits for
+        the device: AsyncEngine delivers the previous outputs from then on, so that work overlaps the forward."""
+        hook = on_forward or _noop
         prev = self._inflight
         if prev is not None:  # overlapped decode: launch the next step first if it can be fed from the device
             ahead = can_run_ahead(self.scheduler, prev)
             self._inflight = self._launch(self.scheduler.schedule(), prev) if ahead else None
+            hook()
             return self._update(*resolve(prev), final_only)  # else: drained; the next call steps synchronously
         plan = self.scheduler.schedule()
         if plan.is_empty:
+            hook()
             return []
         scheduled = plan.scheduled
         if self.overlap and plan.decode_only and not self.scheduler.may_admit():
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
+            hook()
             return []
         logits = self.runner.execute(*self._prepare(plan))  # [B, V]
+        hook()
         self.counters["num_steps"] += 1
         self.counters["num_batched_tokens"] += plan.num_batched_tokens
         rows, ready = [], []

@@ -225,3 +225,19 @@ def test_sample_on_device_matches_the_host_sampler(tiny):
     assert dev[0] == logits[0].argmax() and dev[3] == logits[3].argmax()
     with pytest.raises(ValueError, match="logit rows"):
         Sampler().sample_on_device(logits, a[:2])
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_on_forward_hook_fires_once_per_step_before_the_outputs(tiny, overlap):
+    """engine.step(on_forward=...) calls the hook once per step, after the launch and before the step's outputs
+    exist (AsyncEngine then delivers the previous step's outputs while the device computes)."""
+    eng = LLMEngine(tiny, num_blocks=64, block_size=8, overlap=overlap)
+    for i, p in enumerate(prompts(3, seed=27)):
+        eng.add_request(f"h{i}", p, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    fired, steps = [], 0
+    while eng.has_unfinished():
+        n_before = eng.counters["num_generation_tokens"]
+        eng.step(on_forward=lambda: fired.append(eng.counters["num_generation_tokens"]))
+        steps += 1
+        assert len(fired) == steps and fired[-1] == n_before  # fired once, before this call resolved any token
+    assert eng.counters["num_generation_tokens"] == 15
