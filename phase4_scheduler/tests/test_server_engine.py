@@ -130,3 +130,20 @@ def test_100_concurrent_streams_10pct_aborted(served):
     assert m[f"titan:num_requests_running{lab}"] == 0 and m[f"titan:num_free_blocks{lab}"] == NUM_BLOCKS
     assert m['titan:request_success_total{finished_reason="abort"}'] == 10
     assert m["titan:time_to_first_token_seconds_count"] >= 100
+
+
+def test_100_concurrent_streams_with_overlapped_decode():
+    """The acceptance test again with overlapped decode forced on (it is on by default only with CUDA graphs): the
+    server's aborts arrive while a step is in flight; the 90 others still get exactly their tokens, nothing leaks."""
+    engine = AsyncEngine.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
+                                    num_blocks=NUM_BLOCKS, max_num_seqs=32, overlap=True)
+    if engine.tokenizer is None:
+        pytest.skip("the SmolLM2 tokenizer asset is missing (run `make setup`)")
+    with BackgroundServer(create_app(engine)) as url:
+        results = asyncio.run(run_concurrent(url, MODEL, num=100, max_tokens=28, abort_every=10,
+                                                abort_max_tokens=200))
+        done = [r for r in results if r is not None]
+        assert len(done) == 90 and [u.completion_tokens for u, _ in done] == [28] * 90
+        assert wait_until(lambda: engine.stats()["num_free_blocks"] == NUM_BLOCKS, 10), engine.stats()
+        s = engine.stats()
+        assert s["num_overlapped_steps"] > 0 and s["num_running"] == 0 and s["num_waiting"] == 0
