@@ -249,10 +249,21 @@ def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
     return p
 
 
+def refine_rates(points: list[dict], n: int) -> list[float]:
+    """n rates evenly between the last stable and the first saturated point of a sweep (none without such a pair)."""
+    if n < 1 or len(points) < 2 or not points[-1]["saturated"] or points[-2]["saturated"]:
+        return []
+    lo, hi = points[-2]["rate"], points[-1]["rate"]
+    return [lo + (hi - lo) * k / (n + 1) for k in range(1, n + 1)]
+
+
 def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) -> list[dict]:
-    """Rates upward; stops after the first saturated point (kept: it brackets the capacity)."""
+    """Rates upward; stops after the first saturated point (kept: it brackets the capacity). With args.refine = n,
+    n more rates between the last stable and the first saturated one narrow that bracket; the points come back
+    sorted by rate and cut after the first saturated one."""
     points = []
-    for j, rate in enumerate(sorted(args.rates)):
+
+    def run(j, rate):
         lens, arrivals, prompts = make_point_workload(pool, rate, args.duration, args.min_requests,
                                                       args.max_requests, vocab, args.seed)
         limit = args.timeout_factor * (arrivals[-1] + 1.0) + args.timeout_slack
@@ -262,9 +273,18 @@ def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) 
         progress(f"{policy:>13} rate {rate:7.2f}/s: {p['output_tok_s']:9,.0f} out tok/s, p50 e2e {p['e2e_p50']:.3f} s, "
                  f"ttft {p['ttft_p50']:.3f} s, tpot {p['tpot_p50'] or 0:.4f} s, growth {p['queue_growth']:+.3f}"
                  + ("  SATURATED" if p["saturated"] else ""))
-        if p["saturated"]:
+        return p["saturated"]
+
+    rates = sorted(args.rates)
+    for j, rate in enumerate(rates):
+        if run(j, rate):
             break
-    return points
+    for j, rate in enumerate(refine_rates(points, getattr(args, "refine", 0)), start=len(rates)):
+        if run(j, rate):
+            break
+    points.sort(key=lambda p: p["rate"])
+    first = next((i for i, p in enumerate(points) if p["saturated"]), len(points) - 1)
+    return points[:first + 1]
 
 
 def warm_up(engine, pool, vocab: int, n: int) -> None:
@@ -339,6 +359,8 @@ def parse_args(argv=None):
     ap.add_argument("--rates", type=float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 128, 160],
                     help="request rates to sweep, req/s (each policy stops at its first saturated rate)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals per point (before clamping)")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="extra rates between each policy's last stable and first saturated rate (narrows the bracket)")
     ap.add_argument("--min-requests", type=int, default=60)
     ap.add_argument("--max-requests", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)

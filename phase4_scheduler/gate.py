@@ -103,7 +103,7 @@ def check_equal_latency():
 
     r = bench(["--device", "cuda", "--model", "tinyllama-1.1b", "--random-weights", "--fuse", "--max-num-seqs", "256",
                "--max-num-batched-tokens", "8192", "--kv-memory", "0.3", "--rates", "16", "32", "64", "96", "128",
-               "160", "192", "256", "320", "384", "--max-requests", "2000", "--duration", "5",
+               "160", "192", "256", "320", "384", "--max-requests", "2000", "--refine", "2", "--duration", "5",
                "--name", "equal_latency_gpu_gate"])
     ratio = r["summary"].get("continuous_over_static_at_equal_p50")
     return passed(f"{ratio:.2f}x at equal p50 latency" if ratio else "no ratio (see the JSON)", bool(ratio and ratio >= 3))

@@ -25,7 +25,7 @@ has static && python3 -m phase4_scheduler.bench_offline --device cuda --model ti
 # continuous vs static (and padded static) at equal p50 latency: Poisson ShareGPT arrivals, a rate sweep (~4 min)
 has equal && python3 -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights \
     --fuse --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 16 32 64 96 128 160 192 256 320 384 \
-    --duration 5 --max-requests 2000 --lengths-file "$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json" \
+    --duration 5 --max-requests 2000 --refine 2 --lengths-file "$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json" \
     --name equal_latency_gpu
 # serving: ShareGPT, Poisson 16 req/s. Needs ShareGPT and SmolLM2's tokenizer there: carry a ShareGPT slice and
 # .cache/tokenizers (the 98 MB GGUF itself does not fit a call), and point TITAN_CACHE at them

@@ -245,3 +245,17 @@ def test_cli_smoke_writes_every_point_and_the_comparison(tmp_path, monkeypatch):
     for r in saved["comparison"]:
         if r["ratio"] is not None:
             assert r["ratio_low"] <= r["ratio"] <= (r["ratio_high"] or float("inf"))
+
+
+def test_refine_narrows_the_saturation_bracket():
+    assert bel.refine_rates([{"rate": 10, "saturated": False}, {"rate": 40, "saturated": True}], 2) == [20, 30]
+    assert bel.refine_rates([{"rate": 10, "saturated": False}, {"rate": 40, "saturated": False}], 2) == []
+    assert bel.refine_rates([{"rate": 40, "saturated": True}], 2) == []
+    clock = FakeClock()  # capacity 40 req/s (4 seats x 10 tokens x 10 ms)
+    args = SimpleNamespace(rates=[10, 20, 80], duration=5.0, min_requests=50, max_requests=200, seed=0,
+                           timeout_factor=4.0, timeout_slack=30.0, saturation_slope=0.15, refine=3)
+    pts = bel.sweep(FakeEngine(clock), "fake", [(5, 10)], args, 1000, progress=lambda s: None, clock=clock,
+                    sleep=clock.sleep)
+    rates = [p["rate"] for p in pts]
+    assert rates == sorted(rates) and rates[:3] == [10, 20, 35]  # 35 stable, then 50 saturated: cut there
+    assert pts[-1]["saturated"] and not any(p["saturated"] for p in pts[:-1]) and pts[-1]["rate"] == 50
