@@ -40,116 +40,12 @@ import numpy as np
 
 from common.bench import results_dir, write_result
 from common.sampling import SamplingParams
+# the analysis half (pure functions) lives in equal_latency_analysis.py; re-exported for the tests and callers
+from phase4_scheduler.equal_latency_analysis import (  # noqa: F401
+    best_stable, compare_at, comparisons, is_saturated, left_behind, max_rate_at_latency, percentiles, queue_growth,
+    refine_rates)
 
 POLICIES = ("continuous", "static", "static_padded")
-
-
-def percentiles(xs) -> dict:
-    xs = np.asarray(xs, dtype=float)
-    if xs.size == 0:
-        return {"p50": None, "p90": None, "p99": None, "mean": None}
-    p = np.percentile(xs, [50, 90, 99])
-    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "mean": float(xs.mean())}
-
-
-def queue_growth(arrival, ttft, warmup_frac: float = 0.1) -> float:
-    """d(TTFT)/d(arrival time) by least squares, after dropping the first `warmup_frac` of requests (by arrival).
-    ~0 for a stable queue; (rate/capacity - 1) for an overloaded FCFS queue."""
-    order = np.argsort(np.asarray(arrival, dtype=float))
-    a, t = np.asarray(arrival, dtype=float)[order], np.asarray(ttft, dtype=float)[order]
-    k = int(len(a) * warmup_frac)
-    a, t = a[k:], t[k:]
-    if len(a) < 3 or np.ptp(a) == 0:
-        return 0.0
-    return float(np.polyfit(a, t, 1)[0])
-
-
-def left_behind(admissions, arrival) -> float:
-    """Of the admission steps in the second half of the arrival window (else the last one before the last arrival),
-    the fraction that left requests waiting: seats (or KV) full. A stable system's admissions drain the queue."""
-    if not admissions or len(arrival) == 0:
-        return 0.0
-    lo, hi = float(np.min(arrival)), float(np.max(arrival))
-    ev = [w for t, w in admissions if (lo + hi) / 2 <= t <= hi] or [w for t, w in admissions if t <= hi][-1:]
-    return float(np.mean([w > 0 for w in ev])) if ev else 0.0
-
-
-def is_saturated(point: dict, max_slope: float) -> bool:
-    """Overran its time limit, or the wait grows (TTFT slope) while admissions leave requests behind: the slope
-    alone is noisy for static batching (TTFT is a sawtooth of batch-long period), a full queue alone is a burst."""
-    return bool(point["timed_out"] or (point["queue_growth"] > max_slope and point["left_behind"] >= 0.5))
-
-
-def _offered(p: dict) -> float:
-    """What a point offered (a saturated point's capacity lies below it); synthetic curves carry only output_tok_s."""
-    return p.get("offered_tok_s", p["output_tok_s"])
-
-
-def max_rate_at_latency(points: list[dict], target: float, key: str = "e2e_p50") -> dict:
-    """The highest rate (and output tok/s) with points[key] <= target, from a sweep sorted or not by rate.
-
-    Walks stable points upward: at the first one above the target, interpolates linearly with the previous one
-    (limited_by 'latency'); a saturated point ends the walk (limited_by 'saturation': the answer is the last stable
-    point, and `rate_upper` / `output_tok_s_upper` what the saturated one offered: the bracket); the sweep's end gives
-    'sweep_end' (a lower bound, no upper). Below-target nowhere: rate None, limited_by 'target_below_sweep'."""
-    if not target > 0:
-        raise ValueError(f"the latency target must be > 0 seconds, got {target}")
-    pts = sorted(points, key=lambda p: p["rate"])
-    prev = None
-    for p in pts:
-        if p["saturated"]:
-            if prev is None:
-                return {"rate": None, "output_tok_s": None, "limited_by": "saturation", "rate_upper": p["rate"],
-                        "output_tok_s_upper": _offered(p)}
-            return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "saturation",
-                    "rate_upper": p["rate"], "output_tok_s_upper": max(prev["output_tok_s"], _offered(p))}
-        if p[key] > target:
-            if prev is None:
-                return {"rate": None, "output_tok_s": None, "limited_by": "target_below_sweep",
-                        "rate_upper": p["rate"], "output_tok_s_upper": p["output_tok_s"]}
-            f = (target - prev[key]) / (p[key] - prev[key])
-            rate = prev["rate"] + f * (p["rate"] - prev["rate"])
-            tok = prev["output_tok_s"] + f * (p["output_tok_s"] - prev["output_tok_s"])
-            return {"rate": rate, "output_tok_s": tok, "limited_by": "latency", "rate_upper": rate,
-                    "output_tok_s_upper": tok}
-        prev = p
-    if prev is None:
-        raise ValueError("no swept points")
-    return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "sweep_end",
-            "rate_upper": None, "output_tok_s_upper": None}
-
-
-def compare_at(cont: list[dict], static: list[dict], target: float) -> dict:
-    """continuous / static output throughput at one p50 target, with the bracket the saturation bounds allow."""
-    c, s = max_rate_at_latency(cont, target), max_rate_at_latency(static, target)
-    row = {"target_p50_s": target, "continuous": c, "static": s, "ratio": None, "ratio_low": None, "ratio_high": None}
-    if c["output_tok_s"] and s["output_tok_s"]:
-        row["ratio"] = c["output_tok_s"] / s["output_tok_s"]
-        row["ratio_low"] = c["output_tok_s"] / (s["output_tok_s_upper"] or float("inf"))
-        row["ratio_high"] = (c["output_tok_s_upper"] / s["output_tok_s"]) if c["output_tok_s_upper"] else None
-    return row
-
-
-def best_stable(points: list[dict]) -> dict | None:
-    """The highest-throughput point that is not saturated (a policy 'at its best')."""
-    ok = [p for p in points if not p["saturated"]]
-    return max(ok, key=lambda p: p["output_tok_s"]) if ok else None
-
-
-def comparisons(policies: dict[str, list[dict]], targets: list[float]) -> list[dict]:
-    """For each static variant: at the p50 of that variant at its best, and at each given target."""
-    rows, cont = [], policies.get("continuous")
-    if not cont:
-        return rows
-    for name in ("static", "static_padded"):
-        pts = policies.get(name)
-        if not pts:
-            continue
-        best = best_stable(pts)
-        ts = ([("p50 of %s at its best" % name, best["e2e_p50"])] if best else []) + [("given", t) for t in targets]
-        for why, t in ts:
-            rows.append({"baseline": name, "target": why, **compare_at(cont, pts, t)})
-    return rows
 
 
 # -- the simulation ----------------------------------------------------------------------------------------------
@@ -247,14 +143,6 @@ def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
     # which biases it low); a saturated one serves its capacity, which the busy period measures
     p["output_tok_s"] = p["measured_tok_s"] if p["saturated"] else p["offered_tok_s"]
     return p
-
-
-def refine_rates(points: list[dict], n: int) -> list[float]:
-    """n rates evenly between the last stable and the first saturated point of a sweep (none without such a pair)."""
-    if n < 1 or len(points) < 2 or not points[-1]["saturated"] or points[-2]["saturated"]:
-        return []
-    lo, hi = points[-2]["rate"], points[-1]["rate"]
-    return [lo + (hi - lo) * k / (n + 1) for k in range(1, n + 1)]
 
 
 def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) -> list[dict]:
