@@ -11,13 +11,11 @@ from phase0_tinyllama.inference_v1 import generate as generate_single
 from phase4_scheduler.engine import LLMEngine, parse_memory
 from phase4_scheduler.llm import LLM
 from phase4_scheduler.static_batching import static_engine
+from phase4_scheduler.tests.engine_helpers import drive_with_arrivals_and_aborts, prompts
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
 
-def prompts(n, seed=0, lo=3, hi=40):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, 49152) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
 
 
 def run(engine, ps, params):
@@ -77,24 +75,10 @@ def test_abort_frees_blocks(tiny):
 
 
 def test_mixed_workload_leaks_no_blocks(tiny):
-    rng = random.Random(3)
     eng = LLMEngine(tiny, num_blocks=12, block_size=8, max_num_batched_tokens=32)
     ps = prompts(12, seed=2, hi=30)
-    live, n, done, asked = [], 0, {}, {}
-    for step in range(400):
-        if n < len(ps) and rng.random() < 0.5:
-            asked[f"q{n}"] = rng.randrange(1, 15)
-            eng.add_request(f"q{n}", ps[n], SamplingParams(max_tokens=asked[f"q{n}"], temperature=0.8,
-                                                           seed=n, ignore_eos=True))
-            live.append(f"q{n}")
-            n += 1
-        if live and rng.random() < 0.1:
-            eng.abort_request(live.pop(rng.randrange(len(live))))
-        for o in eng.step():
-            if o.finished:
-                done[o.request_id] = o
-        if n == len(ps) and not eng.has_unfinished():
-            break
+    done, asked, n = drive_with_arrivals_and_aborts(eng, ps, random.Random(3), p_add=0.5, p_abort=0.1, max_new=15,
+                                                    sampling={"temperature": 0.8, "seed": True}, max_steps=400)
     assert n == len(ps) and not eng.has_unfinished()
     assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
     for rid, o in done.items():  # the ones not aborted got exactly what they asked for

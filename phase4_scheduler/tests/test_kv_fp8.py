@@ -1,7 +1,5 @@
 """The engine over phase 3's FP8 KV pool (e4m3 + an fp16 scale per token and KV head): sizing, numerics against the
 full-precision pool, determinism under preemption (recompute re-quantizes the same K/V), no leaks, bad input."""
-import random
-
 import pytest
 import torch
 
@@ -9,11 +7,7 @@ from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.llm import LLM
 from phase4_scheduler.model_runner import FP8, kv_bytes_per_token
-
-
-def prompts(n, seed=0, lo=3, hi=40):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, 49152) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+from phase4_scheduler.tests.engine_helpers import prompts
 
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)

@@ -11,12 +11,9 @@ from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.llm import LLM
 from phase4_scheduler.overlap import PLACEHOLDER
+from phase4_scheduler.tests.engine_helpers import drive_with_arrivals_and_aborts, prompts
 
 
-
-def prompts(n, seed=0, lo=3, hi=40):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, 49152) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
 
 
 def engines(tiny, **kw):
@@ -83,24 +80,14 @@ def test_stops_eos_and_stop_strings_match_sync(tiny):
 def test_arrivals_aborts_and_no_leaks(tiny):
     """Requests arrive and are aborted while steps are in flight: the survivors get their exact token counts."""
     for eng in engines(tiny, max_num_batched_tokens=64):
-        rng, ps = random.Random(5), prompts(14, seed=14, hi=25)
-        live, n, done, asked = [], 0, {}, {}
-        for _ in range(600):
-            if n < len(ps) and rng.random() < 0.3:
-                asked[f"q{n}"] = rng.randrange(1, 16)
-                eng.add_request(f"q{n}", ps[n], SamplingParams(max_tokens=asked[f"q{n}"], temperature=0,
-                                                               ignore_eos=True))
-                live.append(f"q{n}")
-                n += 1
-            if live and rng.random() < 0.08:
-                out = eng.abort_request(live.pop(rng.randrange(len(live))))
-                assert out is None or PLACEHOLDER not in out.output_token_ids
-            for o in eng.step():
-                assert PLACEHOLDER not in o.output_token_ids
-                if o.finished:
-                    done[o.request_id] = o
-            if n == len(ps) and not eng.has_unfinished():
-                break
+        ps = prompts(14, seed=14, hi=25)
+
+        def no_placeholder(out):
+            assert out is None or PLACEHOLDER not in out.output_token_ids
+
+        done, asked, n = drive_with_arrivals_and_aborts(eng, ps, random.Random(5), p_add=0.3, p_abort=0.08,
+                                                        max_new=16, sampling={"temperature": 0}, max_steps=600,
+                                                        on_abort=no_placeholder, on_output=no_placeholder)
         assert n == len(ps) and not eng.has_unfinished()
         assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
         assert done and all(len(o.output_token_ids) == asked[k] for k, o in done.items())
