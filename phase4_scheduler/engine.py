@@ -11,9 +11,10 @@ them: it owns the requests and turns each step's sampled tokens into RequestOutp
 
 NOTE (host cost per step): at 100k tokens/s over 1024 sequences a whole decode step has ~10 ms, so the Python around
 the forward must be O(B) with a tiny constant. The KV manager keeps block tables in a persistent int32 array (no
-allocator call unless a request needs a new block), `prepare_inputs` (step_inputs.py) gathers a few ints per request and does the rest
-in numpy (positions, slot mapping, the [B, W] block-table gather) and hands the runner CPU tensors, the sampler
-does one argmax + one `.tolist()` for greedy batches, finished requests leave the running list in one pass, and
+allocator call unless a request needs a new block), `prepare_inputs` (step_inputs.py) gathers a few ints per
+request and does the rest in numpy (positions, slot mapping, the [B, W] block-table gather) and hands the runner CPU
+tensors, the sampler does one argmax + one `.tolist()` for greedy batches, finished requests leave the running list
+in one pass, and
 `step(final_only=True)` (LLM.generate) builds no per-token RequestOutputs. bench_step_overhead.py measures it.
 """
 from __future__ import annotations
@@ -207,7 +208,7 @@ class LLMEngine:
         return self._update(ready, tokens, final_only)
 
     def _launch(self, plan, prev: InFlight | None) -> InFlight:
-        """Run a decode-only plan without waiting for its tokens: argmax on the device, a non-blocking copy to the
+        """Run a decode-only plan without waiting for its tokens: sampled on the device, a non-blocking copy to the
         host, a placeholder per request. With `prev`, the input ids come from prev's tokens on the device."""
         rows = [r for r, _ in plan.scheduled]
         if not plan.decode_only or (prev is not None and (plan.preempted or len(rows) != len(prev.row_of) - sum(

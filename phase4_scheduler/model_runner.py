@@ -169,8 +169,8 @@ class ModelRunner:
         """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
         [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32).
         `token_src` = (tokens [B'] long on the device, rows [B] long on the CPU): a decode-only step whose input ids
-        are tokens[rows], gathered on the device (overlapped decode: the previous step's argmax never went through
-        the host); token_ids is then ignored."""
+        are tokens[rows], gathered on the device (overlapped decode: the previous step's sampled tokens never went
+        through the host); token_ids is then ignored."""
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
         b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
         decode_only = max_q_len == 1

@@ -6,7 +6,7 @@ the next inputs, waited for the sampled tokens (`.tolist()`), checked stops and 
 cannot hide any of that: the next forward needs the tokens the host is still processing.
 
 The fix (vLLM's async scheduling, SGLang's overlap scheduler, in their spirit): in a run of decode-only steps, the
-input token of step N+1 never goes through the host. Step N's argmax stays on the device; step N+1 gathers its
+input token of step N+1 never goes through the host. Step N's sampled tokens stay on the device; step N+1 gathers its
 input ids from it on the device (`ModelRunner.execute(..., token_src=(tokens, rows))`), so the host can schedule
 and launch N+1 first and only then wait for N's tokens (a non-blocking copy into pinned memory) and process them
 while N+1 runs.
@@ -24,11 +24,11 @@ N+1 on the same CUDA stream.
 
 When it runs ahead (`can_run_ahead`), so that `schedule()` is guaranteed to produce the decode-only plan the
 in-flight tokens can feed (sampled requests included: Sampler.sample_on_device draws on the device, each seeded
-request from its own generator in step order, so its tokens are the synchronous engine's): no admission possible (`scheduler.may_admit()`: nothing waiting, or admission held by
-admission batching or by a static batch still running), every running request was in the in-flight
-step, the token budget covers every running request, and there are at least as many free KV blocks as running requests (each needs at most
-one new block, so nothing is preempted). Otherwise the in-flight step is drained (resolved alone) and the engine
-steps synchronously.
+request from its own generator in step order, so its tokens are the synchronous engine's): no admission possible
+(`scheduler.may_admit()`: nothing waiting, or admission held by admission batching or by a static batch still
+running), every running request was in the in-flight step, the token budget covers every running request, and
+there are at least as many free KV blocks as running requests (each needs at most one new block, so nothing is
+preempted). Otherwise the in-flight step is drained (resolved alone) and the engine steps synchronously.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class InFlight:
     """A launched decode step whose sampled tokens are still on their way to the host."""
     rows: list[Request]  # the step's requests in batch order
     row_of: dict[str, int]  # request_id -> row: the next step gathers its input ids from `tokens` by row
-    tokens: torch.Tensor  # [B] long, on the device: the argmax of each row
+    tokens: torch.Tensor  # [B] long, on the device: each row's sampled token
     host: torch.Tensor  # [B] long: the tokens' host copy (pinned on CUDA; filled by a non-blocking copy)
     done: object | None  # a torch.cuda.Event recorded after the copy (None on CPU: the copy was synchronous)
 
