@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from common.pdl import pdl_args, pdl_wait
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 SCALE_DTYPE = torch.float16
@@ -70,9 +72,10 @@ def round_to_e4m3(x):
 def write_kv_cache_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr,
                           stride_kt, stride_kh, stride_vt, stride_vh,
                           H: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                          QUANT: tl.constexpr):
+                          QUANT: tl.constexpr, PDL: tl.constexpr):
     """One program per new token: copy (or quantise) its [H, D] keys and values into its slot."""
     t = tl.program_id(0).to(tl.int64)
+    pdl_wait(PDL)
     slot = tl.load(slot_ptr + t).to(tl.int64)  # int64: slot * H * D passes 2^31 in a big pool
     if slot < 0:
         return
@@ -125,10 +128,11 @@ def write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale=None, v_scale=N
     if t == 0:
         return
     quant = k_cache.dtype == FP8
+    pdl, launch = pdl_args(k)
     write_kv_cache_kernel[(t,)](k, v, slot_mapping, k_cache, v_cache, k_scale if quant else k_cache,
                                 v_scale if quant else v_cache, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                 H=h, D=d, BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d),
-                                QUANT=quant)
+                                QUANT=quant, PDL=pdl, **launch)
 
 
 def write_kv_cache_ref(k, v, slot_mapping, k_cache, v_cache, k_scale=None, v_scale=None) -> None:

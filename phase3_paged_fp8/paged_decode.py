@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from common.attention import repeat_kv
+from common.pdl import pdl_args, pdl_wait
 from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE, fp8_to_float
 
 LOG2E = 1.4426950408889634
@@ -37,17 +38,21 @@ def interpreting() -> bool:
 
 @triton.jit
 def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
-                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, tokens_per_split, num_splits,
+                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, num_splits,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                         QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                        PREC: tl.constexpr):
+                        PREC: tl.constexpr, PDL: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    pdl_wait(PDL)
     seq_len = tl.load(lens_ptr + b)
-    start = split * tokens_per_split
-    end = tl.minimum(start + tokens_per_split, seq_len)
+    # the splits share THIS sequence's length (not the table's width) in whole tiles: a short sequence in a wide,
+    # graph-captured table still spreads over all its splits instead of leaving most of them empty
+    tps = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * tps
+    end = tl.minimum(start + tps, seq_len)
 
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, BLOCK_D)
@@ -108,10 +113,11 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
 @triton.jit
 def paged_decode_reduce_kernel(po_ptr, lse_ptr, o_ptr, stride_ob, stride_oh, HQ: tl.constexpr,
                                NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr,
-                               BLOCK_D: tl.constexpr):
+                               BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     """Merge NUM_SPLITS partial softmaxes of one (sequence, query head): o = sum_s 2^(lse_s - lse) * o_s."""
     b = tl.program_id(0)
     h = tl.program_id(1)
+    pdl_wait(PDL)
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, BLOCK_D)
     row = (b.to(tl.int64) * HQ + h) * NUM_SPLITS
@@ -185,9 +191,9 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     if num_splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
         num_splits = default_num_splits(b, hkv, max_len, sms, block_n)
-    tokens_per_split = triton.cdiv(triton.cdiv(max_len, num_splits), block_n) * block_n
     out = torch.empty_like(q)
     quant = k_cache.dtype == FP8
+    pdl, launch = pdl_args(q)
     if num_splits > 1:
         po = torch.empty(b, hq, num_splits, d, dtype=torch.float32, device=q.device)
         lse = torch.empty(b, hq, num_splits, dtype=torch.float32, device=q.device)
@@ -196,14 +202,15 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
-        sm_scale * LOG2E, tokens_per_split, num_splits, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
+        sm_scale * LOG2E, num_splits, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
         D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps, num_stages=num_stages,
+        **launch)
     if num_splits > 1:
         paged_decode_reduce_kernel[(b, hq)](po, lse, out, out.stride(0), out.stride(1), HQ=hq, NUM_SPLITS=num_splits,
                                             SPLITS_PAD=triton.next_power_of_2(num_splits), D=d,
-                                            BLOCK_D=triton.next_power_of_2(d), num_warps=4)
+                                            BLOCK_D=triton.next_power_of_2(d), PDL=pdl, num_warps=4, **launch)
     return out
 
 

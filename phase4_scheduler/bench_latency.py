@@ -13,12 +13,14 @@ The roofline is the weight bytes read per token / the copy bandwidth measured in
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 from tqdm.auto import tqdm
 
+from common import pdl
 from common.bench import write_result
 from common.model_loader import load_model
 from common.sampling import SamplingParams
@@ -62,6 +64,20 @@ class TimedRunner:
 
 
 def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
+    """One variant; '+nopdl' builds (and captures) it with programmatic dependent launch off (common/pdl.py)."""
+    prev = os.environ.get(pdl.ENV)
+    if "nopdl" in variant:
+        os.environ[pdl.ENV] = "0"
+    try:
+        return _measure(loaded, variant, prompt_len, new_tokens)
+    finally:
+        if prev is None:
+            os.environ.pop(pdl.ENV, None)
+        else:
+            os.environ[pdl.ENV] = prev
+
+
+def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     from phase4_scheduler.engine import LLMEngine
 
     t0 = time.perf_counter()
@@ -91,6 +107,7 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     return {"variant": variant, "setup_s": setup_s, "engine_ms_per_token": best["ms_per_token"],
             "forward_ms_median": best["forward_ms_median"], "tokens_first_16": best["tokens"][:16],
             "overlap": eng.overlap, "overlapped_steps": best["overlapped_steps"],
+            "pdl": "nopdl" not in variant and pdl.pdl_enabled(torch.empty(0, device=loaded.device)),
             "tokens": best["tokens"]}
 
 
@@ -102,7 +119,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--variants", nargs="+", default=["eager", "graph"],
                     help="any of eager, graph, fused, graph+fused; '+sync' turns overlapped decode off (it is on "
-                         "with graphs), e.g. graph+fused+sync")
+                         "with graphs), '+nopdl' programmatic dependent launch (on for Hopper), e.g. "
+                         "graph+fused+sync graph+fused+nopdl")
     ap.add_argument("--name", default="latency_gpu")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

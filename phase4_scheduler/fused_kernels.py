@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from common.pdl import pdl_args, pdl_wait
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -44,8 +46,9 @@ def _check(name: str, *tensors: torch.Tensor) -> None:
 # ---------------------------------------------------------------- (a) RMSNorm, optionally fused with the residual add
 @triton.jit
 def rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, stride_x, stride_r, stride_o, stride_ro, eps,
-                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
+    pdl_wait(PDL)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)  # [BLOCK]
@@ -74,8 +77,10 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tenso
     r_out = torch.empty_like(x) if residual is not None else out
     res = residual if residual is not None else x
     block = triton.next_power_of_2(h)
+    pdl, launch = pdl_args(x)
     rms_norm_kernel[(t,)](x, res, w, out, r_out, h, x.stride(0), res.stride(0), out.stride(0), r_out.stride(0),
-                          eps, HAS_RES=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)))
+                          eps, HAS_RES=residual is not None, BLOCK=block, PDL=pdl,
+                          num_warps=min(16, max(1, block // 256)), **launch)
     return out if residual is None else (out, r_out)
 
 
@@ -89,8 +94,9 @@ def rms_norm_ref(x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.T
 
 # ---------------------------------------------------------------- (b) SiLU(gate) * up from the packed gate_up output
 @triton.jit
-def silu_mul_kernel(gu_ptr, out_ptr, I, stride_g, stride_o, BLOCK: tl.constexpr):
+def silu_mul_kernel(gu_ptr, out_ptr, I, stride_g, stride_o, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
+    pdl_wait(PDL)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < I
     g = tl.load(gu_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
@@ -107,8 +113,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     t, i = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((t, i), dtype=gate_up.dtype, device=gate_up.device)
     block = min(1024, triton.next_power_of_2(i))
+    pdl, launch = pdl_args(gate_up)
     silu_mul_kernel[(t, triton.cdiv(i, block))](gate_up, out, i, gate_up.stride(0), out.stride(0), BLOCK=block,
-                                                num_warps=4)
+                                                PDL=pdl, num_warps=4, **launch)
     return out
 
 
@@ -120,8 +127,9 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- (c) RoPE on the q and k heads of a packed qkv row
 @triton.jit
 def rope_qk_kernel(qkv_ptr, pos_ptr, cs_ptr, stride_t, stride_cs, NUM_HEADS: tl.constexpr, H_PAD: tl.constexpr,
-                   HALF: tl.constexpr):
+                   HALF: tl.constexpr, PDL: tl.constexpr = False):
     t = tl.program_id(0).to(tl.int64)
+    pdl_wait(PDL)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     j = tl.arange(0, HALF)
     h = tl.arange(0, H_PAD)
@@ -162,9 +170,10 @@ def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Ten
     _check("rope_qk", qkv, cos_sin_cache)
     _check_rope(qkv.shape, qkv.device, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim)
     heads = num_q_heads + num_kv_heads
+    pdl, launch = pdl_args(qkv)
     rope_qk_kernel[(qkv.shape[0],)](qkv, positions, cos_sin_cache, qkv.stride(0), cos_sin_cache.stride(0),
                                     NUM_HEADS=heads, H_PAD=triton.next_power_of_2(heads), HALF=head_dim // 2,
-                                    num_warps=4)
+                                    PDL=pdl, num_warps=4, **launch)
     return qkv
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from common.pdl import pdl_args, pdl_wait
 from phase4_scheduler.fused_kernels import (_check, _check_rope, interpreting, rms_norm_ref, rope_qk_ref,
                                             silu_mul_ref)
 
@@ -84,26 +85,32 @@ def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, out_ptr, HALF: tl.constexp
 @triton.jit
 def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, N, stride_wn, eps, stride_cs,
                        ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, ROPE: tl.constexpr,
-                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once."""
+                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+    """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once.
+    The first weight tile is loaded BEFORE waiting for the previous kernel (PDL: weights never change, so that load
+    overlaps the previous kernel's tail; common/pdl.py); nothing the previous kernel writes is touched before."""
     pid = tl.program_id(0)
     k = tl.arange(0, BLOCK_K)
+    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
+    n_mask = n < N
+    rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    k0_mask = k < K
+    w0 = tl.load(rows + k[None, :], mask=n_mask[:, None] & k0_mask[None, :], other=0.0,
+                 eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
+    pdl_wait(PDL)
     inv = 1.0
     if MODE == 1:  # pass 1 over the (L2-resident) input row: its rms
         ss = tl.zeros([BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
         inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
-    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
-    n_mask = n < N
-    rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    acc = w0.to(tl.float32) * _activation(x_ptr, r_ptr, nw_ptr, k, k, k0_mask, inv, K, MODE, HAS_RES)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
         k_mask = kk < K
         xv = _activation(x_ptr, r_ptr, nw_ptr, kk, kk, k_mask, inv, K, MODE, HAS_RES)  # [BLOCK_K]
         wv = tl.load(rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
-                     eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
+                     eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]
         acc += wv.to(tl.float32) * xv[None, :]
     o = tl.sum(acc, axis=1)  # [BLOCK_N]
     if ROPE:  # rotate the pairs in registers: qkv is rounded first, as the unfused GEMM's output is
@@ -164,7 +171,8 @@ def _bench(fn, quantiles):  # autotuning timer: short, L2 flushed between runs (
 
 
 _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-                 for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 512, 8)]]
+                 for bn, bk, w in [(2, 1024, 4), (2, 2048, 4), (4, 512, 4), (4, 1024, 4), (4, 2048, 8), (8, 512, 4),
+                                   (8, 1024, 8), (16, 512, 8)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                  for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (64, 128, 4, 4)]]
 
@@ -205,11 +213,12 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     if m == 1:
         args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
+        pdl, launch = pdl_args(x)
         if interpreting() or not tune:
             bn, bk = (4, 32) if interpreting() else (8, 512)
-            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, num_warps=4)
+            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=4, **launch)
         else:
-            skinny_gemv_tuned[grid](*args, **flags)
+            skinny_gemv_tuned[grid](*args, **flags, PDL=pdl, **launch)
         return out, r_out
     args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps, cs.stride(0), rope_rows)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact

@@ -52,6 +52,22 @@ def test_split_counts_agree():
         torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=1e-5)
 
 
+def test_splits_follow_the_sequence_not_the_table():
+    """A CUDA-graph step has a wide block table (room for max_model_len) and short sequences: the splits divide each
+    sequence's own length, so with 8 splits a 40-token sequence uses tiles across all of them. Same answer as 1."""
+    gen = torch.Generator().manual_seed(2)
+    kc, vc, _, _ = random_cache(200, 4, 2, 16, torch.float32, gen=gen)
+    bt = random_block_tables(3, 64, 200, gen=gen)  # 256 token slots per row
+    lens = torch.tensor([40, 5, 1], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(3, 4, 16, generator=gen).to(DEVICE)
+    one, eight = (paged_decode(q, kc, vc, bt, lens, num_splits=s, block_n=16) for s in (1, 8))
+    torch.testing.assert_close(eight, one, atol=1e-5, rtol=1e-5)
+    for b, n in enumerate(lens.tolist()):
+        want = naive_paged_attention(q[b, :, None], kc, vc, None, None, bt[b].cpu() if DEVICE == "cpu" else bt[b], n,
+                                     n - 1)[:, 0]
+        torch.testing.assert_close(eight[b], want, atol=1e-4, rtol=1e-4)
+
+
 def test_default_num_splits():
     assert default_num_splits(32, 4, 8192, num_sms=132) == 8  # 128 (seq, head) pairs -> 1024 programs
     assert default_num_splits(1, 8, 131072, num_sms=132) == 128  # one long sequence: capped at 128 splits

@@ -228,6 +228,7 @@ COMPILE_FOR_H100 = r'''
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from phase3_paged_fp8 import cache_write as cw, paged_decode as pd
 from phase4_scheduler import fused_kernels as fk, skinny_gemm as sg
 
 def compile_(fn, sig, consts, num_warps=4, num_stages=3):
@@ -236,17 +237,29 @@ def compile_(fn, sig, consts, num_warps=4, num_stages=3):
                    options={"num_warps": num_warps, "num_stages": num_stages})
 
 bf, n = "*bf16", 0
+PDL = dict(PDL=True)  # the decode path's kernels launch with programmatic dependent launch (griddepcontrol PTX)
 compile_(fk.rms_norm_kernel, dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf, N="i32", stride_x="i32",
-         stride_r="i32", stride_o="i32", stride_ro="i32", eps="fp32"), dict(HAS_RES=True, BLOCK=2048), 8)
-compile_(fk.silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I="i32", stride_g="i32", stride_o="i32"), dict(BLOCK=1024))
+         stride_r="i32", stride_o="i32", stride_ro="i32", eps="fp32"), dict(HAS_RES=True, BLOCK=2048, **PDL), 8)
+compile_(fk.silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I="i32", stride_g="i32", stride_o="i32"),
+         dict(BLOCK=1024, **PDL))
 compile_(fk.rope_qk_kernel, dict(qkv_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32", stride_t="i32", stride_cs="i32"),
-         dict(NUM_HEADS=36, H_PAD=64, HALF=32))
-n += 3
+         dict(NUM_HEADS=36, H_PAD=64, HALF=32, **PDL))
+compile_(pd.paged_decode_kernel, dict(q_ptr=bf, kc_ptr=bf, vc_ptr=bf, ks_ptr=bf, vs_ptr=bf, bt_ptr="*i32",
+         lens_ptr="*i32", o_ptr=bf, po_ptr="*fp32", lse_ptr="*fp32", stride_qb="i32", stride_qh="i32", stride_bt="i32",
+         stride_ob="i32", stride_oh="i32", sm_scale_log2="fp32", num_splits="i32"),
+         dict(BS=16, HKV=4, G=8, G_PAD=16, D=64, BLOCK_D=64, BLOCK_N=32, SPLIT=True, QUANT=False, DOT_F32=False,
+              PREC="tf32", **PDL), 4, 2)
+compile_(pd.paged_decode_reduce_kernel, dict(po_ptr="*fp32", lse_ptr="*fp32", o_ptr=bf, stride_ob="i32",
+         stride_oh="i32"), dict(HQ=32, NUM_SPLITS=16, SPLITS_PAD=16, D=64, BLOCK_D=64, **PDL))
+compile_(cw.write_kv_cache_kernel, dict(k_ptr=bf, v_ptr=bf, slot_ptr="*i64", kc_ptr=bf, vc_ptr=bf, ks_ptr=bf,
+         vs_ptr=bf, stride_kt="i32", stride_kh="i32", stride_vt="i32", stride_vh="i32"),
+         dict(H=4, D=64, BLOCK_H=4, BLOCK_D=64, QUANT=False, **PDL))
+n += 6
 ptrs = dict(x_ptr=bf, r_ptr=bf, nw_ptr=bf, ro_ptr=bf, w_ptr=bf, out_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32")
 for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, True, 2048)]:
     flags = dict(K=k, MODE=mode, HAS_RES=True, ROPE=rope, HALF=32)
     compile_(sg.skinny_gemv_kernel, {**ptrs, **dict(N="i32", stride_wn="i32", eps="fp32", stride_cs="i32",
-             ROPE_ROWS="i32")}, {**flags, "BLOCK_N": 4, "BLOCK_K": 1024})
+             ROPE_ROWS="i32")}, {**flags, "BLOCK_N": 4, "BLOCK_K": 1024, **PDL})
     compile_(sg.skinny_gemm_kernel, {**ptrs, **dict(M="i32", N="i32", stride_xm="i32", stride_wn="i32", stride_om="i32",
              eps="fp32", stride_cs="i32", ROPE_ROWS="i32")},
              {**flags, "BLOCK_N": 32, "BLOCK_K": 256, "M_PAD": 16, "DOT_F32": False, "PREC": "tf32"})
@@ -256,16 +269,17 @@ print("compiled", n)
 
 
 def test_kernels_compile_for_the_h100():
-    """Every kernel variant the fused model launches goes through Triton's full sm_90 pipeline (TTIR -> PTX ->
-    ptxas cubin) on this CPU machine, so a GPU-only code-generation error fails here, not on the device."""
+    """Every kernel variant the fused model launches (with PDL, as the decode path launches them on a Hopper GPU)
+    goes through Triton's full sm_90 pipeline (TTIR -> PTX -> ptxas cubin) on this CPU machine, so a GPU-only
+    code-generation error fails here, not on the device."""
     import os
     import subprocess
     import sys
 
     pytest.importorskip("triton.backends.nvidia.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT functions, not interpreted
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # real JIT functions (phase 3's import would pick the interpreter)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, cwd=root, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "compiled 11" in run.stdout
+    assert "compiled 14" in run.stdout
