@@ -169,7 +169,8 @@ def cmd_serve(args) -> int:
     extra.update(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, kv_memory=args.kv_memory,
           api_key=args.api_key, device=args.device, log_level=args.log_level, served_model_name=args.served_model_name,
-          dtype=None if args.dtype == "auto" else args.dtype, random_weights=args.random_weights, **extra)
+          engine_process=args.engine_process, dtype=None if args.dtype == "auto" else args.dtype,
+          random_weights=args.random_weights, **extra)
     return 0
 
 
@@ -217,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
                    help="KV pool: the model's dtype, or FP8 (e4m3 + a scale per token and KV head: ~2x the tokens "
                         "in the same --kv-memory) (default: %(default)s)")
+    e.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
+                   help="run the engine in its own process (as vLLM V1's engine core), so that the HTTP/SSE work of "
+                        "hundreds of streams does not compete with the step loop for one Python GIL; outputs cross a "
+                        "pipe once per step. auto: on with CUDA, off on CPU (default: %(default)s)")
     h = sv.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network, "
                    "so set --api-key then (default: %(default)s)")

@@ -12,68 +12,29 @@ lock held for microseconds) and applied by the loop between steps, so `generate`
 a consumer that goes away (client disconnect: GeneratorExit / CancelledError) still gets its request aborted and its
 blocks freed at the next step boundary.
 
-NOTE (cost per step): at a few hundred streams the event loop's share of a step is per-stream work, so each request
-has a `_Stream` (a list and at most one waiting future) instead of an asyncio.Queue: `_deliver` appends and wakes a
-consumer only if it is asleep, and `generate_batches` hands over everything that arrived since the consumer last
-ran in one list (the server turns a list into one write). A consumer that lags behind by several steps catches up
-in one wake-up instead of one per step (bench_server_overhead.py measures the whole server path).
+NOTE (cost per step): the mailboxes, `generate` / `generate_batches` and delivery live in frontend.py, shared with
+ProcessEngine (process_engine.py), which runs the same LLMEngine in its own process so that this loop's per-stream
+work (chunks, JSON, socket writes) no longer competes with the step loop for one GIL.
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
 import threading
-from contextlib import aclosing
-from typing import AsyncIterator
 
 from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
-from phase4_scheduler.outputs import RequestOutput
+from phase4_scheduler.frontend import EngineDeadError, StreamFrontEnd, _Stream  # noqa: F401  (re-exported)
 
 
 HEAD_START_S = 0.005  # the longest the loop waits for a step's forward launch before delivering the previous outputs
 
 
-class EngineDeadError(RuntimeError):
-    """The background step loop failed; the engine serves no more requests (the cause is chained)."""
-
-
-class _Stream:
-    """One request's mailbox: outputs (or an exception) not yet taken, and the consumer's future while it waits."""
-    __slots__ = ("items", "waiter")
-
-    def __init__(self) -> None:
-        self.items: list = []
-        self.waiter: asyncio.Future | None = None
-
-    def put(self, item) -> None:
-        self.items.append(item)
-        w = self.waiter
-        if w is not None:
-            self.waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    async def take(self) -> list:
-        """Everything delivered since the last take (waits while there is nothing)."""
-        while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        items, self.items = self.items, []
-        return items
-
-    def __repr__(self) -> str:
-        return f"_Stream(pending={len(self.items)}, waiting={self.waiter is not None})"
-
-
-class AsyncEngine:
+class AsyncEngine(StreamFrontEnd):
     def __init__(self, engine: LLMEngine, model_name: str | None = None):
+        super().__init__()
         self.engine = engine
         self.model_name = model_name or engine.loaded.source
-        self._queues: dict[str, _Stream] = {}
         self._pending_adds: list[tuple[str, list[int], SamplingParams]] = []
         self._pending_aborts: list[str] = []
         self._abort_waiters: dict[str, list[asyncio.Future]] = {}
@@ -81,7 +42,6 @@ class AsyncEngine:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._error: BaseException | None = None
         try:
             self._step_has_hook = "on_forward" in inspect.signature(engine.step).parameters
         except (TypeError, ValueError):
@@ -127,47 +87,15 @@ class AsyncEngine:
         self._deliver(self._apply_pending())
 
     # -- requests ----------------------------------------------------------------------------------------------------
-    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
-        """Queue a request and yield its outputs as steps produce them; the last one has finished=True.
-
-        Raises (before queueing) PromptTooLongError / ValueError / TypeError for a request that cannot run."""
-        async with aclosing(self.generate_batches(prompt_token_ids, params, request_id)) as batches:
-            async for batch in batches:
-                for out in batch:
-                    yield out
-
-    async def generate_batches(self, prompt_token_ids: list[int], params: SamplingParams,
-                               request_id: str) -> AsyncIterator[list[RequestOutput]]:
-        """As generate, but yields lists: every output that arrived since the consumer last asked (one step's
-        output, or several if the consumer fell behind), in order; the last list ends with the finished one."""
-        if self._error is not None:
-            raise EngineDeadError("the engine loop has failed; restart the server") from self._error
+    def _check_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if request_id in self._queues or request_id in self.engine.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.engine.validate(list(prompt_token_ids), params)
-        await self.start()
-        stream = _Stream()
-        self._queues[request_id] = stream
+
+    def _submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         with self._lock:
             self._pending_adds.append((request_id, list(prompt_token_ids), params))
         self._wakeup.set()
-        finished = False
-        try:
-            while True:
-                items = await stream.take()
-                if isinstance(items[-1], BaseException):  # an exception is always the last thing delivered
-                    if len(items) > 1:
-                        yield items[:-1]
-                    finished = True  # nothing of it is left in the engine
-                    raise items[-1]
-                finished = items[-1].finished
-                yield items
-                if finished:
-                    return
-        finally:
-            if not finished:  # the consumer left early (disconnect, cancel, break): abort and free the blocks
-                self._abort_nowait(request_id)
 
     def _abort_nowait(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
@@ -232,20 +160,6 @@ class AsyncEngine:
             if launched is not None:
                 launched.set()
 
-    def _deliver(self, outputs: list) -> None:
-        """Hand outputs (and (request_id, exception) pairs) to their generators; runs on the event loop."""
-        for out in outputs:
-            if isinstance(out, tuple):
-                q = self._queues.pop(out[0], None)
-                if q is not None:
-                    q.put(out[1])
-                continue
-            q = self._queues.get(out.request_id)
-            if q is not None:
-                q.put(out)
-                if out.finished:
-                    self._queues.pop(out.request_id, None)
-
     async def _run(self) -> None:
         """Step while there is work. NOTE (overlap): the outputs of step k are handed to the generators after step
         k+1 is started in the worker thread; where engine.step has an `on_forward` hook, only once its forward is
@@ -276,9 +190,6 @@ class AsyncEngine:
                 pending = await step
             self._deliver(pending)
         except Exception as e:  # a failed step: every waiting generator gets the error, new requests are refused
-            self._error = e
             dead = EngineDeadError(f"the engine loop failed: {type(e).__name__}: {e}")
             dead.__cause__ = e
-            for q in self._queues.values():
-                q.put(dead)
-            self._queues.clear()
+            self._fail(e, dead)

@@ -2,6 +2,7 @@
 
     python -m phase4_scheduler.bench_server_overhead                          # N = 64, 256 streams
     python -m phase4_scheduler.bench_server_overhead --label before --name server_overhead_cpu_before
+    python -m phase4_scheduler.bench_server_overhead --hook --engine-process both --name server_overhead_cpu_process
 
 Offline, an engine step around a stubbed forward costs ~1-2 ms of Python at a few hundred requests
 (bench_step_overhead.py). `titan serve` on the H100 ran ~30 ms per decode step at ~200 concurrent streams, so the
@@ -31,6 +32,13 @@ steps where all N streams are decoding. Per step:
 decode step would: the event loop then works while the "device" does, and the figure shows how much of the
 server's work that overlap hides. Each config runs --repeats times; the run with the median CPU per step is kept.
 
+`--engine-process on` measures the same server over ProcessEngine (process_engine.py: the engine in its own
+process, as `titan serve --engine-process on` runs it); `both` alternates in-process and process runs per repeat.
+The stubbed engine is then built in the engine process (build_stub_engine, pickled by name), its step clock comes
+back through ProcessEngine.call, and the CPU figures add the two processes: `cpu_ms_mean` is all host CPU (both
+processes) over the window per step, `front_cpu_ms` the server process's part (sampled at every message from the
+engine process); in that mode `cpu_ms` is `cpu_ms_mean` (in-process it stays the per-step median).
+
 NOTE: the client side of ASGITransport buffers each response until it completes, so nothing of the client's work
 lands inside the steady window; what is measured is the server alone (no sockets: uvicorn's own per-chunk cost and
 the kernel's write() come on top in a real deployment). Times are medians over the window (one 2-core VM).
@@ -48,81 +56,10 @@ import torch
 from tqdm import tqdm
 
 from common.bench import load_result, write_result
-from common.sampling import SamplingParams
 from phase4_scheduler.async_engine import AsyncEngine
-from phase4_scheduler.bench_step_overhead import StubForward, tiny_loaded
-from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.server import create_app
-
-SAMPLE_TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers; "
-               "their ideas (relativity, quanta) changed physics — and café culture in Zürich, too! "
-               "def main():\n    return {'ok': True}  # code, numbers 3.14159 and emoji 🙂 in a stream. ")
-
-
-class TokenWalk:
-    """Replaces the engine's sampler: request i's k-th token is the text's token (i * 7 + k) mod len (no argmax)."""
-
-    def __init__(self, tokenizer):
-        self.ids = tokenizer.encode(SAMPLE_TEXT * 4)
-        self.pos: dict[str, int] = {}
-
-    def __call__(self, logits, reqs):
-        ids, n, out = self.ids, len(self.ids), []
-        for r in reqs:
-            k = self.pos.get(r.request_id, hash(r.request_id) % n)
-            out.append(ids[k % n])
-            self.pos[r.request_id] = k + 1
-        return out
-
-
-class StepClock:
-    """Wraps engine.step (in the worker thread) and the detokenizer's methods to timestamp each step."""
-
-    def __init__(self, engine: LLMEngine, hook: bool = False):
-        self.rows: list[tuple[float, float, int, float, float]] = []  # (start, end, running, detok s, CPU s)
-        self.detok = 0.0
-        orig = engine.step
-        self.engine, self.orig = engine, orig
-
-        def step(*a, **k):
-            d0, t, cpu = self.detok, time.perf_counter(), time.process_time()
-            running = len(engine.scheduler.running)
-            out = orig(*a, **k)
-            self.rows.append((t, time.perf_counter(), running, self.detok - d0, cpu))
-            return out
-
-        def step_with_hook(*a, on_forward=None, **k):  # what the proposed engine.step(on_forward=...) does
-            engine.runner.execute.on_forward = on_forward
-            try:
-                return step(*a, **k)
-            finally:
-                engine.runner.execute.on_forward = None
-        engine.step = step_with_hook if hook else step
-
-    def wrap_detok(self, cls) -> None:
-        for name in [n for n in ("add_token", "delta") if hasattr(cls, n)]:
-            fn = getattr(cls, name)
-
-            def wrapper(*a, _fn=fn, **k):
-                t = time.perf_counter()
-                out = _fn(*a, **k)
-                self.detok += time.perf_counter() - t
-                return out
-            setattr(cls, name, wrapper)
-
-
-class SendClock:
-    """ASGI middleware: timestamps every non-empty body message the app sends (one SSE event, or a batch)."""
-
-    def __init__(self, app):
-        self.app, self.times = app, []
-
-    async def __call__(self, scope, receive, send):
-        async def timed_send(msg):
-            if msg.get("type") == "http.response.body" and msg.get("body"):
-                self.times.append((time.perf_counter(), msg["body"].count(b"data: ")))
-            await send(msg)
-        await self.app(scope, receive, timed_send)
+from phase4_scheduler.server_overhead_stubs import (DeviceWait, MarkedProcessEngine, SendClock, StepClock,  # noqa: F401
+                                                    TokenWalk, build_stub_engine, load_tokenizer, step_rows)
 
 
 async def drive(app, n: int, max_tokens: int) -> list[bytes]:
@@ -167,60 +104,38 @@ def micro_metrics_us(reps: int = 4000) -> float:
     return (time.perf_counter() - t) / reps * 1e6
 
 
-class DeviceWait(StubForward):
-    """StubForward plus `ops` small torch ops (the runner's input copies, graph replay, sampler launches) and a
-    `gpu_ms` sleep standing in for waiting on the device: both release the GIL, as torch and a CUDA sync do, so the
-    event loop's thread competes for it as on a GPU host."""
-
-    def __init__(self, max_batch: int, vocab: int, gpu_ms: float, ops: int = 12):
-        super().__init__(max_batch, vocab)
-        self.gpu_s, self.ops, self.x = gpu_ms / 1e3, ops, torch.zeros(8)
-        self.on_forward = None  # set per step by StepClock when the engine.step hook is emulated
-
-    def __call__(self, *args):
-        out = super().__call__(*args)
-        if self.gpu_s:
-            for _ in range(self.ops):
-                self.x.add_(1)
-        if self.on_forward is not None:  # the forward is "launched": the device is busy from here
-            self.on_forward()
-        if self.gpu_s:
-            time.sleep(self.gpu_s)
-        return out
-
-
-def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: float = 0.0, hook: bool = False,
-            ops: int = 12) -> dict:
-    loaded = tiny_loaded(tokenizer.vocab_size, tokenizer)
+def measure(n: int, tokenizer, steps: int, gpu_ms: float = 0.0, hook: bool = False, ops: int = 12,
+            process: bool = False) -> dict:
     max_tokens = steps + 40
-    blocks = n * (-(-(prompt_len_hint + max_tokens + 32) // 16))
-    eng = LLMEngine(loaded, max_num_seqs=n, max_num_batched_tokens=max(512, n * 32), num_blocks=blocks,
-                    block_size=16, max_model_len=4096)
-    eng.runner.execute = DeviceWait(n, 64, gpu_ms, ops)  # [B, 64] logits, never read: TokenWalk samples
-    eng.sampler = TokenWalk(tokenizer)
-    clock = StepClock(eng, hook)  # before AsyncEngine, which looks for engine.step's on_forward hook
-    aeng = AsyncEngine(eng, model_name="bench")
-    app = SendClock(create_app(aeng, served_model_name="bench"))
-    from phase4_scheduler.detokenizer import IncrementalDetokenizer
-    clock.wrap_detok(IncrementalDetokenizer)
+    if process:
+        eng, front = None, MarkedProcessEngine(build_stub_engine, dict(n=n, steps=steps, gpu_ms=gpu_ms, hook=hook,
+                                                                       ops=ops), model_name="bench")
+    else:
+        eng = build_stub_engine(n, steps, gpu_ms, hook, ops, tokenizer)
+        front = AsyncEngine(eng, model_name="bench")
+    app = SendClock(create_app(front, served_model_name="bench"))
     gc.collect()
     gc.freeze()
 
     async def main():
-        await aeng.start()
+        await front.start()
         try:
             bodies = await drive(app, n, max_tokens)
+            rows = await front.call(step_rows) if process else list(eng.bench_clock.rows)
         finally:
-            await aeng.shutdown()
-        return bodies
+            await front.shutdown()
+        return bodies, rows
 
     t0 = time.perf_counter()
-    bodies = asyncio.run(main())
+    try:
+        bodies, rows = asyncio.run(main())
+    finally:
+        gc.unfreeze()
+        if eng is not None:
+            eng.bench_clock.unwrap()
     wall = time.perf_counter() - t0
-    gc.unfreeze()
     for b in bodies:  # every stream got its tokens and ended properly
         assert b.endswith(b"data: [DONE]\n\n") and f'"completion_tokens":{max_tokens}'.encode() in b, b[-300:]
-    rows = clock.rows
     full = [i for i, r in enumerate(rows) if r[2] == n]
     win = [i for i in full[3:-2] if i + 1 < len(rows)]  # all N decoding; skip the first steps and the last
     if len(win) < 5:
@@ -228,14 +143,18 @@ def measure(n: int, tokenizer, steps: int, prompt_len_hint: int = 16, gpu_ms: fl
     step = [rows[i + 1][0] - rows[i][0] for i in win]
     engine_s = [rows[i][1] - rows[i][0] for i in win]
     detok = [rows[i][3] for i in win]
-    cpu = [rows[i + 1][4] - rows[i][4] for i in win]  # CPU seconds of the whole process (both threads) per step
+    cpu = [rows[i + 1][4] - rows[i][4] for i in win]  # CPU seconds of the engine's process (all threads) per step
+    front_cpu = sum(front.cpu_at(rows[i + 1][0]) - front.cpu_at(rows[i][0]) for i in win) if process else 0.0
+    cpu_mean_ms = (sum(cpu) + front_cpu) / len(win) * 1e3  # all host CPU, both processes where there are two
     t_a, t_b = rows[win[0]][0], rows[win[-1]][0]
     sent = sum(k for t, k in app.times if t_a <= t < t_b)  # SSE events that reached the ASGI server meanwhile
     delivered_ms = (t_b - t_a) / (sent / n) * 1e3  # wall per N delivered events: the step cost the client sees
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     chunk_us, metrics_us = micro_chunk_us(), micro_metrics_us()
-    row = {"streams": n, "gpu_ms": gpu_ms, "ops": ops if gpu_ms else 0, "hook": hook, "steady_steps": len(win),
-           "cpu_ms": med(cpu), "step_ms": med(step), "delivered_step_ms": delivered_ms,
+    row = {"streams": n, "gpu_ms": gpu_ms, "ops": ops if gpu_ms else 0, "hook": hook, "engine_process": process,
+           "steady_steps": len(win), "cpu_ms": cpu_mean_ms if process else med(cpu), "cpu_ms_mean": cpu_mean_ms,
+           "front_cpu_ms": front_cpu / len(win) * 1e3 if process else None,
+           "step_ms": med(step), "delivered_step_ms": delivered_ms,
            "step_ms_mean": statistics.mean(step) * 1e3,
            "engine_ms": med(engine_s), "detok_ms": med(detok), "loop_ms": med(step) - med(engine_s),
            "chunk_ms_est": chunk_us * n / 1e3, "metrics_ms_est": metrics_us * n / 1e3,
@@ -256,6 +175,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--hook", action="store_true",
                     help="emulate the proposed engine.step(on_forward=...) hook (AsyncEngine then delivers step k's "
                          "outputs once step k+1's forward is launched)")
+    ap.add_argument("--engine-process", choices=["off", "on", "both"], default="off",
+                    help="the engine in this process (AsyncEngine, off), in its own process (ProcessEngine, on), or "
+                         "both, alternating run by run")
     ap.add_argument("--repeats", type=int, default=3, help="runs per config; the run with the median step is kept")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval (s) for the run (default: Python's 0.005)")
@@ -264,35 +186,42 @@ def main(argv=None) -> dict:
     ap.add_argument("--compare", default="server_overhead_cpu_before", help="a results JSON to compare against")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from common.model_loader import resolve_weights
-    tok = resolve_weights("smollm2-135m", random_weights=True)[2]
-    if tok is None:
-        raise SystemExit("needs the SmolLM2 GGUF for its tokenizer (make setup)")
+    tok = load_tokenizer()
     rows = []
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.engine_process]
     for n, g in [(n, g) for g in args.gpu_ms for n in args.streams]:
-        reps = tqdm(range(args.repeats), desc=f"N={n} gpu={g}", leave=False)
-        runs = sorted((measure(n, tok, args.steps, gpu_ms=g, hook=args.hook, ops=args.ops) for _ in reps),
-                      key=lambda r: r["cpu_ms"])
-        r = runs[len(runs) // 2]  # the median run (by CPU per step)
-        r["cpu_ms_runs"] = [x["cpu_ms"] for x in runs]
-        r["delivered_step_ms_runs"] = [x["delivered_step_ms"] for x in runs]
-        r["switch_interval_s"] = sys.getswitchinterval()
-        rows.append(r)
-        print(f"N={n:4d} gpu {g:3.1f} ms: CPU {r['cpu_ms']:5.2f} ms/step | step {r['step_ms']:6.2f} ms = engine "
-              f"{r['engine_ms']:6.2f} (detok {r['detok_ms']:5.2f}) + loop {r['loop_ms']:6.2f} | est. chunk "
-              f"{r['chunk_ms_est']:5.2f}, metrics {r['metrics_ms_est']:4.2f} | delivered: "
-              f"{r['delivered_step_ms']:6.2f} ms per N events")
-    payload = {"label": args.label, "hook": args.hook, "repeats": args.repeats, "steps": args.steps, "rows": rows}
+        runs: dict[bool, list[dict]] = {m: [] for m in modes}
+        for _ in tqdm(range(args.repeats), desc=f"N={n} gpu={g}", leave=False):
+            for m in modes:  # alternating, so that drifts of the machine hit both alike
+                runs[m].append(measure(n, tok, args.steps, gpu_ms=g, hook=args.hook, ops=args.ops, process=m))
+        for m in modes:
+            ordered = sorted(runs[m], key=lambda r: r["cpu_ms"])
+            r = ordered[len(ordered) // 2]  # the median run (by CPU per step)
+            r["cpu_ms_runs"] = [x["cpu_ms"] for x in ordered]
+            r["delivered_step_ms_runs"] = [x["delivered_step_ms"] for x in ordered]
+            r["switch_interval_s"] = sys.getswitchinterval()
+            rows.append(r)
+            print(f"N={n:4d} gpu {g:3.1f} ms {'process' if m else 'thread '}: CPU {r['cpu_ms']:5.2f} ms/step (all "
+                  f"{r['cpu_ms_mean']:5.2f}) | step {r['step_ms']:6.2f} ms = engine {r['engine_ms']:6.2f} (detok "
+                  f"{r['detok_ms']:5.2f}) + loop {r['loop_ms']:6.2f} | est. chunk {r['chunk_ms_est']:5.2f}, "
+                  f"metrics {r['metrics_ms_est']:4.2f} | delivered: {r['delivered_step_ms']:6.2f} ms per N events")
+        if len(modes) == 2:
+            a, b = rows[-2], rows[-1]
+            print(f"N={n:4d} gpu {g:3.1f} ms: delivered step {a['delivered_step_ms']:6.2f} (thread) -> "
+                  f"{b['delivered_step_ms']:6.2f} ms (process), {a['delivered_step_ms'] / b['delivered_step_ms']:.2f}x;"
+                  f" host CPU per step {a['cpu_ms_mean']:5.2f} -> {b['cpu_ms_mean']:5.2f} ms")
+    payload = {"label": args.label, "hook": args.hook, "engine_process": args.engine_process,
+               "repeats": args.repeats, "steps": args.steps, "rows": rows}
     before = load_result("phase4_scheduler", args.compare) if args.compare != args.name else None
     if before is not None:
         payload["before"] = {"label": before.get("label"), "rows": before["rows"],
                              "commit": before.get("provenance", {}).get("git_commit")}
-        old = {(r["streams"], r.get("gpu_ms", 0.0)): r for r in before["rows"]}
+        old = {(r["streams"], r.get("gpu_ms", 0.0), r.get("engine_process", False)): r for r in before["rows"]}
         for r in rows:
-            if (r["streams"], r["gpu_ms"]) in old:
-                o = old[(r["streams"], r["gpu_ms"])]
+            if (r["streams"], r["gpu_ms"], r["engine_process"]) in old:
+                o = old[(r["streams"], r["gpu_ms"], r["engine_process"])]
                 r["speedup_vs_before"] = o["delivered_step_ms"] / r["delivered_step_ms"]
                 if "cpu_ms" in o:
                     r["cpu_speedup_vs_before"] = o["cpu_ms"] / r["cpu_ms"]

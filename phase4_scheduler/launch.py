@@ -41,34 +41,63 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
+def use_engine_process(mode: str, device: str) -> bool:
+    """--engine-process: "on", "off", or "auto" (on where the model runs on CUDA, where the server's host work
+    otherwise shares a GIL with a step loop that must keep the device busy; off on CPU, where the engine's own
+    threads want the cores)."""
+    if mode not in ("auto", "on", "off"):
+        raise TitanError(f"--engine-process must be auto, on or off, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    from common.device import resolve_device
+
+    return resolve_device(device).type == "cuda"
+
+
 def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
           kv_memory=None, api_key: str | None = None, device: str = "auto", log_level: str = "info",
-          served_model_name: str | None = None, **engine_kwargs) -> None:
-    """Load the model into an AsyncEngine and serve it until Ctrl-C (what `titan serve` runs)."""
+          served_model_name: str | None = None, engine_process: str = "auto", **engine_kwargs) -> None:
+    """Load the model into an engine (AsyncEngine in this process, or ProcessEngine: its own process, see
+    use_engine_process) and serve it until Ctrl-C (what `titan serve` runs)."""
     import uvicorn
 
-    from phase4_scheduler.async_engine import AsyncEngine
+    from phase4_scheduler.engine import freeze_heap
 
+    separate = use_engine_process(engine_process, device)
     try:
-        engine = AsyncEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
-                                        **engine_kwargs)
+        if separate:
+            from phase4_scheduler.process_engine import ProcessEngine
+
+            engine = ProcessEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
+                                              warmup=True, **engine_kwargs)  # warm-up and GC freeze run there
+        else:
+            from phase4_scheduler.async_engine import AsyncEngine
+
+            engine = AsyncEngine.from_model(model, max_model_len=max_model_len, kv_memory=kv_memory, device=device,
+                                            **engine_kwargs)
     except (ValueError, TypeError) as e:  # e.g. --kv-memory that holds no block: say so without a traceback
         raise TitanError(f"cannot start the engine: {e}") from e
     if engine.tokenizer is None:
+        if separate:
+            engine.close()
         raise TitanError(f"{model} has no tokenizer, so it cannot serve text. Use a model that ships one (a .gguf, "
                          "or an HF directory with tokenizer.json).")
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
-    from phase4_scheduler.engine import freeze_heap
-
-    engine.engine.warmup()  # compile the kernels now, not inside the first client's TTFT
+    if not separate:
+        engine.engine.warmup()  # compile the kernels now, not inside the first client's TTFT
     freeze_heap()  # the ~300k start-up objects leave the GC's view: no full-collection stalls mid-stream
     app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
     capacity = app.state.server.token_capacity()
     if capacity < engine.max_model_len:
         log.warning("the KV cache holds %d tokens, fewer than max_model_len %d: longer requests get a 400 "
                     "(raise --kv-memory or lower --max-model-len)", capacity, engine.max_model_len)
-    log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s", app.state.server.model_name,
-                engine.max_model_len, host, port, " (API key required)" if api_key else "")
-    uvicorn.run(app, host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=10)  # Ctrl-C: open streams get 10 s, then are cut (and aborted)
+    log.warning("serving %s (max_model_len %d) on http://%s:%d/v1%s%s", app.state.server.model_name,
+                engine.max_model_len, host, port, " (API key required)" if api_key else "",
+                f" (engine process pid {engine.pid})" if separate else "")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
+                    timeout_graceful_shutdown=10)  # Ctrl-C: open streams get 10 s, then are cut (and aborted)
+    finally:
+        if separate:
+            engine.close()  # the app's shutdown stopped it already, unless uvicorn never started

@@ -53,6 +53,12 @@ class Server:
             raise P.OpenAIError("Incorrect or missing API key: send `Authorization: Bearer <key>` with the key the "
                                 "server was started with (--api-key).", 401, code="invalid_api_key")
 
+    def check_engine(self) -> None:
+        """A dead engine (its step loop failed, or its process died) refuses with 503 before a response starts."""
+        if getattr(self.engine, "errored", False):
+            raise P.OpenAIError(f"the engine is not running ({self.engine.dead_error}): restart the server", 503,
+                                type="server_error", code="engine_dead")
+
     def check_model(self, name: str) -> None:
         if name != self.model_name:
             raise P.OpenAIError(f"The model `{name}` does not exist. This server serves `{self.model_name}` "
@@ -80,8 +86,9 @@ class Server:
     def token_capacity(self) -> int:
         """Tokens one request can hold: the context window, or the whole KV pool where that is smaller (a small
         --kv-memory on CPU), so that a chat request without max_tokens is never refused for a limit it did not set."""
-        kv = getattr(getattr(self.engine, "engine", None), "kv", None)
-        cap = getattr(kv, "num_tokens_capacity", None)
+        cap = getattr(self.engine, "num_tokens_capacity", None)  # ProcessEngine; AsyncEngine: its LLMEngine's pool
+        if cap is None:
+            cap = getattr(getattr(getattr(self.engine, "engine", None), "kv", None), "num_tokens_capacity", None)
         return min(self.engine.max_model_len, cap) if isinstance(cap, int) else self.engine.max_model_len
 
     def validate(self, prompt_ids: list[int], params: SamplingParams, param: str) -> None:
@@ -236,6 +243,7 @@ class Server:
         yield DONE
 
     async def respond(self, request: Request, req, prompt_ids: list[int], chat: bool):
+        self.check_engine()
         max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
         param = "messages" if chat else "prompt"
         params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
@@ -323,6 +331,9 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True,
 
     @app.get("/health")
     async def health():
+        if getattr(engine, "errored", False):  # the engine died: a load balancer should stop sending here
+            return JSONResponse({"status": "unhealthy", "model": server.model_name, "error": str(engine.dead_error)},
+                                status_code=503)
         stats = engine.stats()
         return {"status": "ok", "model": server.model_name, "num_running": stats.get("num_running", 0),
                 "num_waiting": stats.get("num_waiting", 0)}

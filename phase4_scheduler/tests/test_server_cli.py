@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_serve_help_names_every_option():
     r = titan("serve", "--help")
     assert r.returncode == 0
     for opt in ("--model", "--host", "--port", "--max-model-len", "--kv-memory", "--api-key", "127.0.0.1",
-                "--kv-cache-dtype"):
+                "--kv-cache-dtype", "--engine-process"):
         assert opt in r.stdout, opt
 
 
@@ -44,6 +45,18 @@ def test_serve_parses_kv_cache_dtype():
     assert build_parser().parse_args(["serve"]).kv_cache_dtype == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--kv-cache-dtype", "int4"])
+
+
+def test_serve_parses_engine_process():
+    from common.cli import build_parser
+    from phase4_scheduler.launch import use_engine_process
+
+    assert build_parser().parse_args(["serve"]).engine_process == "auto"
+    assert build_parser().parse_args(["serve", "--engine-process", "on"]).engine_process == "on"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--engine-process", "yes"])
+    assert use_engine_process("auto", "cpu") is False and use_engine_process("on", "cpu") is True
+    assert use_engine_process("off", "auto") is False
 
 
 def test_serve_refuses_bad_setup_with_a_clear_error():
@@ -82,3 +95,42 @@ def test_serve_answers_with_api_key():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_with_engine_process_answers_and_stops_both_processes():
+    """`--engine-process on`: the engine runs in a child process; Ctrl-C (SIGINT to the server's process group)
+    stops the server, which stops the engine process; neither is left behind."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--random-weights", "--num-layers", "2",
+                             "--device", "cpu", "--port", str(port), "--max-model-len", "128", "--kv-memory", "4MiB",
+                             "--engine-process", "on", "--log-level", "warning"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = ""
+        while "engine process pid" not in line:  # the server's start-up line names the engine's process
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "titan serve exited before it served"
+        engine_pid = int(line.rsplit("pid", 1)[1].strip(" )\n"))
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        r = client.completions.create(model="smollm2-135m", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 3
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: both processes get it
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while _alive(engine_pid):
+            assert time.monotonic() < deadline, "the engine process outlived the server"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,5 +1,6 @@
-"""The server over the real AsyncEngine, driven by the official `openai` client (CPU, a 2-layer random-weights
-SmolLM2 with its real tokenizer, so it is fast and never stops early by chance when `ignore_eos` is set).
+"""The server over the real engine, driven by the official `openai` client (CPU, a 2-layer random-weights SmolLM2
+with its real tokenizer, so it is fast and never stops early by chance when `ignore_eos` is set), the engine in a
+thread (AsyncEngine) and in its own process (ProcessEngine: block counts then come from the child's stats).
 
 The acceptance test of the issue: 100 concurrent streamed requests, 10% closed mid-stream by their clients; the
 other 90 get exactly their token counts, and afterwards no KV block is in use.
@@ -16,6 +17,7 @@ import pytest
 
 from phase4_scheduler.async_engine import AsyncEngine
 from phase4_scheduler.launch import BackgroundServer
+from phase4_scheduler.process_engine import ProcessEngine
 from phase4_scheduler.server import create_app
 from phase4_scheduler.tests.server_helpers import parse_metrics, run_concurrent, wait_until
 
@@ -25,11 +27,16 @@ MODEL = "smollm2-135m"
 NUM_BLOCKS = 40  # x 16 tokens: fewer than 100 requests need, so requests queue (and may be preempted)
 
 
-@pytest.fixture(scope="module")
-def served():
-    engine = AsyncEngine.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
-                                    num_blocks=NUM_BLOCKS, max_num_seqs=32)
+@pytest.fixture(scope="module", params=["thread", "process"])
+def served(request):
+    """The server over AsyncEngine (the engine steps in a thread of this process) and over ProcessEngine (in its
+    own process, as `titan serve --engine-process on` runs it): every test here runs against both."""
+    engine_cls = AsyncEngine if request.param == "thread" else ProcessEngine
+    engine = engine_cls.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
+                                   num_blocks=NUM_BLOCKS, max_num_seqs=32)
     if engine.tokenizer is None:
+        if request.param == "process":
+            engine.close()
         pytest.skip("the SmolLM2 tokenizer asset is missing (run `make setup`)")
     with BackgroundServer(create_app(engine)) as url:
         yield engine, url

@@ -104,3 +104,16 @@ def test_bench_server_overhead_toy_run(tmp_path, monkeypatch, tokenizer):
     for r in out["rows"]:
         assert r["delivered_step_ms"] > 0 and r["engine_ms"] > 0 and r["steady_steps"] >= 5
     assert out["rows"][1]["engine_ms"] >= 1.0  # the simulated device time is inside the step
+
+
+def test_bench_server_overhead_toy_run_with_the_engine_process(tmp_path, monkeypatch, tokenizer):
+    """`--engine-process both`: the same stubbed engine built in the engine process, runs alternating with the
+    in-process engine; the step clock comes back from there and the CPU figures count both processes."""
+    monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path))
+    out = bench_server_overhead.main(["--streams", "4", "--steps", "12", "--gpu-ms", "1", "--repeats", "1", "--hook",
+                                      "--engine-process", "both", "--name", "toy", "--compare", "none"])
+    thread, process = out["rows"]
+    assert (thread["engine_process"], process["engine_process"]) == (False, True)
+    for r in out["rows"]:
+        assert r["delivered_step_ms"] > 0 and r["steady_steps"] >= 5 and r["engine_ms"] >= 1.0
+    assert process["front_cpu_ms"] > 0 and process["cpu_ms"] == process["cpu_ms_mean"] > process["front_cpu_ms"]
