@@ -38,7 +38,7 @@ def interpreting() -> bool:
 
 @triton.jit
 def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
-                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, num_splits,
+                        stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, num_splits, min_tps,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                         QUANT: tl.constexpr, DOT_F32: tl.constexpr,
@@ -48,9 +48,10 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     split = tl.program_id(2)
     pdl_wait(PDL)
     seq_len = tl.load(lens_ptr + b)
-    # the splits share THIS sequence's length (not the table's width) in whole tiles: a short sequence in a wide,
-    # graph-captured table still spreads over all its splits instead of leaving most of them empty
-    tps = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    # the splits share THIS sequence's length (not the table's width) in whole tiles, at least min_tps tokens each:
+    # a short sequence in a wide, graph-captured table spreads over its splits when the batch is small (the GPU is
+    # idle otherwise) and keeps to one or a few splits when the batch alone fills the GPU (see default_min_tps)
+    tps = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_tps)
     start = split * tps
     end = tl.minimum(start + tps, seq_len)
 
@@ -162,22 +163,42 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_s
 
 
 def default_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
-    """About 8 programs per SM, rounded down to a power of two, never splits shorter than 4 tiles, at most 128.
-
-    On the H100 this picks the fastest split count of the sweep at every measured shape (B=1/4K -> 32, B=32/8K -> 8,
-    B=8/32K -> 32, B=64/2K -> 4); the earlier rule (2 waves, no rounding) chose 3-9 splits and ran up to 29% slower.
-    """
+    """The grid's split count: about 8 programs per SM, rounded down to a power of two, at most one tile of the
+    table's width each, at most 32 (or one per 1,024 tokens of a longer table, up to 128). Which splits a sequence actually uses is decided in the kernel from its own
+    length (default_min_tps), so a graph captured for a wide table still fits short sequences."""
     want = max(1, math.ceil(8 * num_sms / (batch * num_kv_heads)))
     want = 1 << (want.bit_length() - 1)
-    return max(1, min(want, max_len // (4 * block_n), 128))
+    return max(1, min(want, max_len // block_n, max(32, max_len // 1024), 128))
+
+
+def default_min_tps(batch: int, num_kv_heads: int, num_sms: int = 132, block_n: int = 64) -> int:
+    """Fewest tokens a split takes: one tile while the (sequence, KV head) pairs leave most SMs idle, more as they
+    fill them (8 * pairs / SMs tiles). Measured (H100 and H200): B=1 is fastest with one-tile splits (ctx 256 -> 8
+    splits), B=32/8K with 8 splits of 32 tiles, B=64/2K with 4 splits, B=64/512 with one split."""
+    return block_n * max(1, 8 * batch * num_kv_heads // num_sms)
+
+
+def default_tile(batch: int, num_kv_heads: int, fp8: bool) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) by regime, from phase4_scheduler/sweep_decode.py (H200, 32q/4kv d64) and
+    phase 3's sweep (H100, B=32/8K): a wide batch of short sequences (>= 512 pairs) wants 64-token tiles on 2 warps
+    with 3 stages (bf16 and FP8: 8% / 25% faster than the old default at B=1024, ctx 192); a medium batch 64-token
+    tiles on 4 warps; B <= 16 keeps phase 3's 32 (bf16) / 128 (FP8) on 4 warps, 2 stages."""
+    pairs = batch * num_kv_heads
+    if pairs >= 512:
+        return 64, 2, 3
+    if fp8:
+        return 128, 4, 2
+    return (64, 4, 2) if pairs >= 64 else (32, 4, 2)
 
 
 def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
                  num_splits: int | None = None, max_seq_len: int | None = None, block_n: int | None = None,
-                 num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                 num_warps: int | None = None, num_stages: int | None = None,
+                 min_tokens_per_split: int | None = None) -> torch.Tensor:
     """Decode attention over a paged cache. q [B, Hq, D] -> out [B, Hq, D] (q's dtype).
 
-    Defaults are the H100 sweep's best at B=32, 8K, 32q/4kv, d=64: BLOCK_N 32 (bf16) / 128 (FP8), 4 warps, 2 stages.
+    Unset tile / warps / stages / splits come from default_tile, default_num_splits and default_min_tps. An explicit
+    num_splits without min_tokens_per_split splits every sequence evenly (one tile at least per split).
     """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, "paged_decode")
     if q.dim() != 3 or q.shape[0] != block_tables.shape[0]:
@@ -185,12 +206,15 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     b, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
-    block_n = block_n or (128 if k_cache.dtype == FP8 else 32)
+    tile = default_tile(b, hkv, k_cache.dtype == FP8)
+    block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
     max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
     if num_splits is None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
         num_splits = default_num_splits(b, hkv, max_len, sms, block_n)
+        min_tokens_per_split = min_tokens_per_split or default_min_tps(b, hkv, sms, block_n)
+    min_tokens_per_split = min_tokens_per_split or block_n
     out = torch.empty_like(q)
     quant = k_cache.dtype == FP8
     pdl, launch = pdl_args(q)
@@ -202,7 +226,7 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
-        sm_scale * LOG2E, num_splits, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
+        sm_scale * LOG2E, num_splits, min_tokens_per_split, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
         D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps, num_stages=num_stages,

@@ -19,6 +19,7 @@ from common.bench import write_result
 from phase3_paged_fp8 import bench_utils as U
 from phase3_paged_fp8.bench_attention import decode_sweep
 from phase3_paged_fp8.cache_write import FP8
+from phase3_paged_fp8.paged_decode import paged_decode
 
 # (B, ctx, dtype, configs (block_n, num_warps, num_stages, num_splits))
 SMALL_B = [(bn, w, 2, sp) for bn, w in ((16, 2), (32, 2), (32, 4), (64, 4)) for sp in (1, 2, 4, 8, 16, 32)]
@@ -30,10 +31,19 @@ SHAPES = [(1, 256, torch.bfloat16, SMALL_B), (1, 1024, torch.bfloat16, SMALL_B),
           (1024, 192, FP8, WIDE_B_FP8), (256, 512, FP8, WIDE_B_FP8)]
 
 
+def time_defaults(b, ctx, dtype, hq=32, hkv=4, d=64, bs=16) -> dict:
+    """paged_decode with every knob left to its defaults (what the engine runs) at one shape."""
+    kc, vc, ks, vs, bt, lens = U.make_paged(b, ctx, hkv, d, bs, dtype)
+    q = torch.randn(b, hq, d, device=U.DEV, dtype=torch.bfloat16)
+    ms = U.gpu_ms(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs))
+    return {"b": b, "ctx": ctx, "dtype": str(dtype), "default_ms": ms, "tb_s": U.kv_bytes(kc, ks, b, ctx) / ms / 1e9}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="decode_sweep_gpu")
     ap.add_argument("--smoke", action="store_true", help="two toy configs on the CPU interpreter (checks the script)")
+    ap.add_argument("--defaults", action="store_true", help="time only paged_decode's defaults at each shape")
     args = ap.parse_args(argv)
     if args.smoke:
         U.DEV = "cpu"
@@ -45,6 +55,11 @@ def main(argv=None) -> dict:
     res = {"gpu": torch.cuda.get_device_name(0) if U.DEV == "cuda" else "cpu (smoke)", "heads": "32q/4kv d64",
            "shapes": []}
     for b, ctx, dtype, cfgs in tqdm(shapes, desc="shapes"):
+        if args.defaults:
+            res["shapes"].append(time_defaults(b, ctx, dtype))
+            print(res["shapes"][-1], flush=True)
+            write_result("phase4_scheduler", args.name, res)
+            continue
         r = decode_sweep(dtype, cfgs, b, ctx)
         res["shapes"].append(r)
         print(f"B={b} ctx={ctx} {dtype}: best {r['best']}", flush=True)

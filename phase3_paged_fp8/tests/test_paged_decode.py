@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from phase3_paged_fp8.cache_write import FP8
-from phase3_paged_fp8.paged_decode import default_num_splits, paged_decode, paged_decode_ref
+from phase3_paged_fp8.paged_decode import (default_min_tps, default_num_splits, default_tile, paged_decode,
+                                            paged_decode_ref)
 from phase3_paged_fp8.tests.helpers import DEVICE, naive_paged_attention, random_block_tables, random_cache
 
 IMPLS = {"triton": paged_decode, "ref": paged_decode_ref}
@@ -62,6 +63,8 @@ def test_splits_follow_the_sequence_not_the_table():
     q = torch.randn(3, 4, 16, generator=gen).to(DEVICE)
     one, eight = (paged_decode(q, kc, vc, bt, lens, num_splits=s, block_n=16) for s in (1, 8))
     torch.testing.assert_close(eight, one, atol=1e-5, rtol=1e-5)
+    few = paged_decode(q, kc, vc, bt, lens, num_splits=8, block_n=16, min_tokens_per_split=32)  # 2 of 8 splits used
+    torch.testing.assert_close(few, one, atol=1e-5, rtol=1e-5)
     for b, n in enumerate(lens.tolist()):
         want = naive_paged_attention(q[b, :, None], kc, vc, None, None, bt[b].cpu() if DEVICE == "cpu" else bt[b], n,
                                      n - 1)[:, 0]
@@ -74,6 +77,18 @@ def test_default_num_splits():
     assert default_num_splits(1, 4, 4096, num_sms=132, block_n=32) == 32  # splits of no fewer than 4 tiles
     assert default_num_splits(64, 4, 2048, num_sms=132, block_n=32) == 4  # 5 rounded down to a power of two
     assert default_num_splits(64, 8, 100, num_sms=132) == 1  # short context: nothing to split
+    assert default_num_splits(1, 4, 400, num_sms=132, block_n=32) == 12  # a narrow table: one tile per split at most
+    assert default_num_splits(1, 4, 2048, num_sms=132, block_n=32) == 32  # a wide one: at most 32 splits
+
+
+def test_default_min_tps_and_tile():
+    """Splits stay one tile long while the batch leaves SMs idle and grow as (sequence, KV head) pairs fill them."""
+    assert default_min_tps(1, 4, num_sms=132, block_n=32) == 32
+    assert default_min_tps(64, 4, num_sms=132, block_n=64) == 64 * 15  # 256 pairs: ~1K tokens -> B=64/512 unsplit
+    assert default_min_tps(32, 4, num_sms=132, block_n=32) == 32 * 7
+    assert default_tile(1024, 4, fp8=False) == default_tile(1024, 4, fp8=True) == (64, 2, 3)
+    assert default_tile(1, 4, fp8=False) == (32, 4, 2) and default_tile(1, 4, fp8=True) == (128, 4, 2)
+    assert default_tile(16, 4, fp8=False) == (64, 4, 2)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
