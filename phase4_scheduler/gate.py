@@ -2,8 +2,13 @@
 
 CPU criteria run the acceptance tests live (pytest on the named tests, real engine and server on a small model) and
 measure how much of the KV pool a full engine can actually use. GPU criteria run the benchmarks live on a GPU and
-otherwise quote results/*.json (H100 runs; the vLLM and serving files come from the vLLM peer's scripts, which
-write no provenance block, so their recorded text names the file and the GPU field instead).
+otherwise quote results/*.json (the latest GPU runs, an H200 since 2026-12-04; the H100 records stay beside them;
+the vLLM and serving files come from the vLLM peer's scripts, which write no provenance block, so their recorded
+text names the file and the GPU field instead).
+
+NOTE (B=1 on another GPU): the issue's 0.92 ms is 80% of the H100's 0.73 ms weight roofline. The criterion is the
+ratio -- engine ms/token against weight bytes / the copy bandwidth measured in the same run -- so an H200 (1.4x the
+bandwidth) is held to its own, lower, roofline rather than to the H100's absolute figure.
 """
 from __future__ import annotations
 
@@ -77,12 +82,14 @@ def _offline(argv: list[str]):
     return main(argv)["rows"]
 
 
-def check_b1_latency():
-    from phase4_scheduler.bench_offline import main
+B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
 
-    lat = main(["--device", "cuda", "--random-weights", "--fuse", "--num-prompts", "1", "--max-num-seqs", "1",
-                "--latency", "--name", "b1_gpu_gate"])["latency"]
-    return passed(f"{lat['ms_per_token']:.2f} ms/token", lat["ms_per_token"] <= 0.92)
+
+def check_b1_latency():
+    from phase4_scheduler.bench_latency import main
+
+    r = main(["--model", "tinyllama-1.1b", "--random-weights", "--variants", "graph+fused", "--name", "b1_gpu_gate"])
+    return passed(_b1_record(r), _b1(r)["pct_of_roofline"] >= B1_ROOFLINE_SHARE)
 
 
 def check_offline_throughput():
@@ -110,16 +117,18 @@ def check_equal_latency():
 
 
 def _b1(r: dict) -> dict:
-    """The overlapped fused engine's row of bench_latency's record (the first variant without '+sync')."""
-    return next(v for v in r["variants"] if "sync" not in v["variant"] and "engine_ms_per_token" in v)
+    """The overlapped fused engine's row of bench_latency's record (the first variant without '+sync'/'+nopdl')."""
+    return next(v for v in r["variants"] if "sync" not in v["variant"] and "nopdl" not in v["variant"]
+                and "engine_ms_per_token" in v)
 
 
 def _b1_record(r: dict) -> str:
     v = _b1(r)
-    sync = next((x for x in r["variants"] if "sync" in x["variant"] and "engine_ms_per_token" in x), None)
-    also = f"; without overlap {sync['engine_ms_per_token']:.2f} in the same run" if sync else ""
-    return (f"{v['engine_ms_per_token']:.2f} ms/token ({v['variant']}, overlapped decode; forward alone "
-            f"{v['forward_ms_median']:.2f} ms; weight roofline {v['roofline_ms']:.2f} ms{also})")
+    others = [f"{x['engine_ms_per_token']:.2f} {x['variant']}" for x in r["variants"]
+              if x is not v and "engine_ms_per_token" in x]
+    also = f"; same run: {', '.join(others)}" if others else ""
+    return (f"{v['engine_ms_per_token']:.2f} ms/token = {v['roofline_ms'] / v['engine_ms_per_token']:.0%} of the weight "
+            f"roofline {v['roofline_ms']:.2f} ms ({v['variant']}; forward alone {v['forward_ms_median']:.2f} ms{also})")
 
 
 def _equal_record(r: dict) -> str:
@@ -135,15 +144,16 @@ def _equal_record(r: dict) -> str:
 
 
 def _vllm_vs_ours(rs: dict) -> str:
-    v, o = rs["vllm_tinyllama_gpu"], rs["offline_gpu_1024"]
-    b1 = v["b1_ms_per_token"] / o["latency"]["ms_per_token"]
+    v, lat, o = (rs[n] for n in _vllm_vs_ours.names)
+    b1 = v["b1_ms_per_token"] / _b1(lat)["engine_ms_per_token"]
     off = o["rows"][0]["output_tokens_per_s"] / v["offline_1024x128x128"]["out_tok_per_s"]
     return (f"vLLM {v['vllm']}: B=1 {v['b1_ms_per_token']:.2f} ms/token, 1024x128/128 "
             f"{v['offline_1024x128x128']['out_tok_per_s']:,.0f} tok/s -> ours {b1:.2f}x faster at B=1, {off:.2f}x "
-            f"offline, on {v['gpu']} (results/vllm_tinyllama_gpu.json, results/offline_gpu_1024.json) — recorded")
+            f"offline, on {v['gpu']}, same lease ({', '.join(f'results/{n}.json' for n in _vllm_vs_ours.names)})"
+            " — recorded")
 
 
-_vllm_vs_ours.names = ("vllm_tinyllama_gpu", "offline_gpu_1024")
+_vllm_vs_ours.names = ("vllm_tinyllama_h200", "latency_pdl_h200", "offline_gpu_1024_pdl_h200")
 
 
 def check_vllm():
@@ -178,10 +188,12 @@ def criteria():
     yield Criterion("100 concurrent streams, 10% aborted mid-stream", "90 exact counts, 0 blocks leaked",
                     _pytest("test_server_engine.py::test_100_concurrent_streams_10pct_aborted"))
     yield Criterion("KV pool usable before preemption (CPU engine)", ">= 95% of reserved blocks", check_kv_usable)
-    yield Criterion("B=1 decode, TinyLlama-1.1B shapes (H100)", "<= 0.92 ms/token", check_b1_latency, needs_cuda=True,
-                    recorded=_rec("latency_overlap_gpu", _b1_record, lambda r: _b1(r)["engine_ms_per_token"] <= 0.92))
-    yield Criterion("offline 1024 x (128 in, 128 out) (H100)", ">= 100k out tok/s", check_offline_throughput,
-                    needs_cuda=True, recorded=_rec("offline_gpu_1024_overlap_b32k", lambda r: (
+    yield Criterion("B=1 decode, TinyLlama-1.1B shapes", ">= 80% of the weight roofline (0.92 ms on an H100)",
+                    check_b1_latency, needs_cuda=True, recorded=_rec(
+                        "latency_pdl_h200", _b1_record,
+                        lambda r: _b1(r)["roofline_ms"] / _b1(r)["engine_ms_per_token"] >= B1_ROOFLINE_SHARE))
+    yield Criterion("offline 1024 x (128 in, 128 out)", ">= 100k out tok/s", check_offline_throughput,
+                    needs_cuda=True, recorded=_rec("offline_gpu_1024_pdl_h200", lambda r: (
                         f"{r['rows'][0]['output_tokens_per_s']:,.0f} tok/s (max_num_seqs "
                         f"{r['workload']['max_num_seqs']}, budget {r['workload']['max_num_batched_tokens']}, fused, "
                         f"overlapped decode; GPU busy {r['rows'][0]['gpu_utilization']['util_mean_pct']:.0f}% of the "
@@ -198,7 +210,7 @@ def criteria():
                         "equal_latency_gpu",
                         _equal_record,
                         lambda r: (r["summary"].get("continuous_over_static_at_equal_p50") or 0) >= 3))
-    yield Criterion("vLLM side by side, TinyLlama shapes (H100)", "B=1 and offline recorded", check_vllm,
+    yield Criterion("vLLM side by side, TinyLlama shapes", "B=1 and offline recorded", check_vllm,
                     needs_cuda=True, recorded=_rec_plain(_vllm_vs_ours))
     yield Criterion("HF transformers eager side by side (H100)", "B=1 and B=64 recorded", check_hf,
                     needs_cuda=True, recorded=_rec("offline_gpu_1024", lambda r: (
