@@ -150,15 +150,28 @@ class LLMEngine:
         self.counters["num_aborted"] += 1
         return self._output(req)
 
-    def warmup(self, prompt_len: int = 24, max_tokens: int = 4) -> None:
+    def warmup(self, prompt_len: int = 24, max_tokens: int = 4, prefill_ladder: bool | None = None) -> None:
         """Run one short request through prefill and decode and drop it: Triton compiles its kernels (seconds on a
-        cold cache) before the first real request, not during it. The server calls this before it listens."""
+        cold cache) before the first real request, not during it. The server calls this before it listens.
+
+        prefill_ladder (default: on CUDA): also prefill prompts of 2, 4, 8, ... tokens up to the step budget, one at
+        a time, so every prefill size class has run once (cuBLAS picks and lazily loads a kernel per shape class;
+        the first ShareGPT requests on the H200 had TTFT p99 571 ms at 16 req/s, vLLM 83 ms, while p90 was 51 ms)."""
         if self.requests:
             raise RuntimeError("warmup() is for an idle engine: requests are in flight")
-        ids = [(7 * i + 11) % self.config.vocab_size for i in range(min(prompt_len, self.max_model_len - max_tokens))]
-        self.add_request("__warmup__", ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
-        while self.has_unfinished():
-            self.step()
+        if prefill_ladder is None:
+            prefill_ladder = self.runner.device.type == "cuda"
+        room = min(self.max_model_len - 1, self.kv.num_total_blocks * self.kv.block_size - 1)
+        sizes = [min(prompt_len, self.max_model_len - max_tokens)]
+        if prefill_ladder:
+            top = min(self.scheduler.max_num_batched_tokens, room)
+            sizes += [n for n in (2 ** k for k in range(1, 15)) if n < top] + [top]
+        for i, n in enumerate(sizes):
+            ids = [(7 * j + 11) % self.config.vocab_size for j in range(n)]
+            self.add_request(f"__warmup_{i}__", ids, SamplingParams(max_tokens=max_tokens if i == 0 else 1,
+                                                                   temperature=0.0, ignore_eos=True))
+            while self.has_unfinished():
+                self.step(final_only=True)
         for key in ("num_steps", "num_requests", "num_finished", "num_prompt_tokens", "num_generation_tokens",
                     "num_batched_tokens", "num_overlapped_steps"):
             self.counters[key] = 0  # the warm-up is not traffic

@@ -201,3 +201,10 @@ def test_warmup_leaves_an_idle_engine_with_zeroed_counters():
     eng.warmup()
     assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.num_total_blocks
     assert eng.counters["num_requests"] == 0 and eng.counters["num_steps"] == 0
+    seen = []
+    inner = eng.runner.execute
+    eng.runner.execute = lambda ids, *a, **k: (seen.append(len(ids)), inner(ids, *a, **k))[1]
+    eng.warmup(prefill_ladder=True)  # every prefill size class up to the step budget (64 here), one request each
+    assert {2, 4, 8, 16, 32, 63}.issubset(seen)  # 63: max_model_len - 1 caps the ladder's top
+    assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.num_total_blocks
+    assert eng.counters["num_requests"] == 0 and eng.counters["num_steps"] == 0
