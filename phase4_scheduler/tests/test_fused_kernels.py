@@ -246,15 +246,20 @@ compile_(fk.rope_qk_kernel, dict(qkv_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32", str
          dict(NUM_HEADS=36, H_PAD=64, HALF=32, **PDL))
 compile_(pd.paged_decode_kernel, dict(q_ptr=bf, kc_ptr=bf, vc_ptr=bf, ks_ptr=bf, vs_ptr=bf, bt_ptr="*i32",
          lens_ptr="*i32", o_ptr=bf, po_ptr="*fp32", lse_ptr="*fp32", stride_qb="i32", stride_qh="i32", stride_bt="i32",
-         stride_ob="i32", stride_oh="i32", sm_scale_log2="fp32", num_splits="i32"),
+         stride_ob="i32", stride_oh="i32", sm_scale_log2="fp32", num_splits="i32", min_tps="i32"),
          dict(BS=16, HKV=4, G=8, G_PAD=16, D=64, BLOCK_D=64, BLOCK_N=32, SPLIT=True, QUANT=False, DOT_F32=False,
               PREC="tf32", **PDL), 4, 2)
+compile_(pd.paged_decode_kernel, dict(q_ptr=bf, kc_ptr="*fp8e4nv", vc_ptr="*fp8e4nv", ks_ptr="*fp16", vs_ptr="*fp16",
+         bt_ptr="*i32", lens_ptr="*i32", o_ptr=bf, po_ptr="*fp32", lse_ptr="*fp32", stride_qb="i32", stride_qh="i32",
+         stride_bt="i32", stride_ob="i32", stride_oh="i32", sm_scale_log2="fp32", num_splits="i32", min_tps="i32"),
+         dict(BS=16, HKV=4, G=8, G_PAD=16, D=64, BLOCK_D=64, BLOCK_N=64, SPLIT=False, QUANT=True, DOT_F32=False,
+              PREC="tf32", **PDL), 2, 3)
 compile_(pd.paged_decode_reduce_kernel, dict(po_ptr="*fp32", lse_ptr="*fp32", o_ptr=bf, stride_ob="i32",
          stride_oh="i32"), dict(HQ=32, NUM_SPLITS=16, SPLITS_PAD=16, D=64, BLOCK_D=64, **PDL))
 compile_(cw.write_kv_cache_kernel, dict(k_ptr=bf, v_ptr=bf, slot_ptr="*i64", kc_ptr=bf, vc_ptr=bf, ks_ptr=bf,
          vs_ptr=bf, stride_kt="i32", stride_kh="i32", stride_vt="i32", stride_vh="i32"),
          dict(H=4, D=64, BLOCK_H=4, BLOCK_D=64, QUANT=False, **PDL))
-n += 6
+n += 7
 ptrs = dict(x_ptr=bf, r_ptr=bf, nw_ptr=bf, ro_ptr=bf, w_ptr=bf, out_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32")
 for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, True, 2048)]:
     flags = dict(K=k, MODE=mode, HAS_RES=True, ROPE=rope, HALF=32)
@@ -282,4 +287,4 @@ def test_kernels_compile_for_the_h100():
     run = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, cwd=root, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "compiled 14" in run.stdout
+    assert "compiled 15" in run.stdout
