@@ -14,7 +14,8 @@ ShareGPT-like text tokens, so detokenisation sees ordinary text), wrapped in Asy
 in-process by httpx.AsyncClient over ASGITransport with N streaming /v1/completions requests (include_usage).
 
 Each engine step is timestamped, and an ASGI middleware timestamps every body write; the steady window is the
-steps where all N streams are decoding. Per step:
+steps where all N streams are decoding (the engine starts stepping once all N requests have arrived:
+server_overhead_stubs.hold_until_all_arrived). Per step:
 
     cpu_ms       CPU time of the whole process (event loop + step thread) per step: the host cost, and the figure
                  least disturbed by other work on the machine (wall times below move with the VM's neighbours)

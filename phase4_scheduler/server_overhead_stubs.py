@@ -99,7 +99,9 @@ class SendClock:
 class DeviceWait(StubForward):
     """StubForward plus `ops` small torch ops (the runner's input copies, graph replay, sampler launches) and a
     `gpu_ms` sleep standing in for waiting on the device: both release the GIL, as torch and a CUDA sync do, so the
-    event loop's thread competes for it as on a GPU host."""
+    event loop's thread competes for it as on a GPU host. The device is busy from the launch on: work the
+    `on_forward` hook does in this thread (ProcessEngine's engine process pickles and sends the previous step's
+    outputs there) overlaps it, and only the rest of `gpu_ms` is waited for, as a sync after the hook would."""
 
     def __init__(self, max_batch: int, vocab: int, gpu_ms: float, ops: int = 12):
         super().__init__(max_batch, vocab)
@@ -111,10 +113,11 @@ class DeviceWait(StubForward):
         if self.gpu_s:
             for _ in range(self.ops):
                 self.x.add_(1)
+        launched = time.perf_counter()
         if self.on_forward is not None:  # the forward is "launched": the device is busy from here
             self.on_forward()
         if self.gpu_s:
-            time.sleep(self.gpu_s)
+            time.sleep(max(0.0, self.gpu_s - (time.perf_counter() - launched)))
         return out
 
 
@@ -132,6 +135,7 @@ def build_stub_engine(n: int, steps: int, gpu_ms: float = 0.0, hook: bool = Fals
     """The measured engine: SmolLM2's tokenizer over a stubbed 1-layer model (DeviceWait forward, TokenWalk
     sampler), its steps and detokenizer timed by `engine.bench_clock` (a StepClock). Module-level, so that
     ProcessEngine can build it in the engine process."""
+    torch.set_num_threads(1)  # as main() does in-process: no intra-op pool spinning on the other core
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
     loaded = tiny_loaded(tokenizer.vocab_size, tokenizer)
     blocks = n * (-(-(prompt_len_hint + steps + 40 + 32) // 16))
@@ -141,7 +145,23 @@ def build_stub_engine(n: int, steps: int, gpu_ms: float = 0.0, hook: bool = Fals
     eng.sampler = TokenWalk(tokenizer)
     eng.bench_clock = StepClock(eng, hook)  # before AsyncEngine / EngineCore look for engine.step's on_forward hook
     eng.bench_clock.wrap_detok(IncrementalDetokenizer)
+    hold_until_all_arrived(eng, n)
     return eng
+
+
+def hold_until_all_arrived(engine: LLMEngine, n: int) -> None:
+    """The engine reports no work (so its loop does not step) until n requests have been added; from then on as
+    usual. Without it the engine, if it runs ahead of the HTTP side (its own process), finishes the first requests
+    before the last ones arrive, and no step has all N streams decoding: the steady window would be empty."""
+    has_unfinished, released = engine.has_unfinished, []
+
+    def gated() -> bool:
+        if not released:
+            if len(engine.requests) < n:
+                return False
+            released.append(True)
+        return has_unfinished()
+    engine.has_unfinished = gated
 
 
 def step_rows(engine) -> list[tuple]:
