@@ -149,11 +149,11 @@ def _vllm_vs_ours(rs: dict) -> str:
     off = o["rows"][0]["output_tokens_per_s"] / v["offline_1024x128x128"]["out_tok_per_s"]
     return (f"vLLM {v['vllm']}: B=1 {v['b1_ms_per_token']:.2f} ms/token, 1024x128/128 "
             f"{v['offline_1024x128x128']['out_tok_per_s']:,.0f} tok/s -> ours {b1:.2f}x faster at B=1, {off:.2f}x "
-            f"offline, on {v['gpu']}, same lease ({', '.join(f'results/{n}.json' for n in _vllm_vs_ours.names)})"
+            f"offline, on {v['gpu']} ({', '.join(f'results/{n}.json' for n in _vllm_vs_ours.names)})"
             " — recorded")
 
 
-_vllm_vs_ours.names = ("vllm_tinyllama_h200", "latency_pdl_h200", "offline_gpu_1024_pdl_h200")
+_vllm_vs_ours.names = ("vllm_tinyllama_h200", "latency_h200", "offline_gpu_1024_h200")
 
 
 def check_vllm():
@@ -190,10 +190,10 @@ def criteria():
     yield Criterion("KV pool usable before preemption (CPU engine)", ">= 95% of reserved blocks", check_kv_usable)
     yield Criterion("B=1 decode, TinyLlama-1.1B shapes", ">= 80% of the weight roofline (0.92 ms on an H100)",
                     check_b1_latency, needs_cuda=True, recorded=_rec(
-                        "latency_pdl_h200", _b1_record,
+                        "latency_h200", _b1_record,
                         lambda r: _b1(r)["roofline_ms"] / _b1(r)["engine_ms_per_token"] >= B1_ROOFLINE_SHARE))
     yield Criterion("offline 1024 x (128 in, 128 out)", ">= 100k out tok/s", check_offline_throughput,
-                    needs_cuda=True, recorded=_rec("offline_gpu_1024_pdl_h200", lambda r: (
+                    needs_cuda=True, recorded=_rec("offline_gpu_1024_h200", lambda r: (
                         f"{r['rows'][0]['output_tokens_per_s']:,.0f} tok/s (max_num_seqs "
                         f"{r['workload']['max_num_seqs']}, budget {r['workload']['max_num_batched_tokens']}, fused, "
                         f"overlapped decode; GPU busy {r['rows'][0]['gpu_utilization']['util_mean_pct']:.0f}% of the "

@@ -30,9 +30,9 @@ def test_equal_latency_criterion_reads_its_own_file(gpu_criteria):
 
 
 def test_b1_quotes_the_json_and_its_verdict(gpu_criteria):
-    r = load_result(PHASE, "latency_pdl_h200")
+    r = load_result(PHASE, "latency_h200")
     if r is None:
-        pytest.skip("latency_pdl_h200.json not recorded")
+        pytest.skip("latency_h200.json not recorded")
     text = gpu_criteria["B=1 decode, TinyLlama-1.1B shapes"].recorded()
     v = gate._b1(r)
     assert f"{v['engine_ms_per_token']:.2f} ms/token" in text and "sync" not in v["variant"]
