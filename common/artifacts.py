@@ -61,6 +61,7 @@ TABLE: dict[str, str] = {
     # phase 4: the serving engine (scheduler, KV-cache manager, model runner, offline and async front ends)
     "engine.llm": "phase4_scheduler.llm:LLM",
     "engine.async": "phase4_scheduler.async_engine:AsyncEngine",
+    "engine.process": "phase4_scheduler.process_engine:ProcessEngine",
     "engine.core": "phase4_scheduler.engine:LLMEngine",
     "engine.scheduler": "phase4_scheduler.scheduler:Scheduler",
     "engine.kv_cache_manager": "phase4_scheduler.kv_manager:KVCacheManager",
