@@ -16,6 +16,12 @@ request and does the rest in numpy (positions, slot mapping, the [B, W] block-ta
 tensors, the sampler does one argmax + one `.tolist()` for greedy batches, finished requests leave the running list
 in one pass, and
 `step(final_only=True)` (LLM.generate) builds no per-token RequestOutputs. bench_step_overhead.py measures it.
+
+NOTE (increments): `step(increments=True)` returns, instead of RequestOutputs, only what changed, as tuples
+(request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions): the engine
+process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object and a copy of the whole
+output list per request per step only to be cut down again. The values are the ones `_output` puts in the same
+fields (tests/test_engine_increments.py checks it token for token and text for text).
 """
 from __future__ import annotations
 
@@ -180,18 +186,19 @@ class LLMEngine:
         return bool(self.requests)
 
     # -- the step ----------------------------------------------------------------------------------------------------
-    def step(self, final_only: bool = False, on_forward=None) -> list[RequestOutput]:
+    def step(self, final_only: bool = False, on_forward=None, increments: bool = False) -> list:
         """Schedule, run one forward, sample, update requests. Outputs for every request that got a token (only for
         those that finished with `final_only`, as LLM.generate asks: no per-token output objects). `on_forward()`
         is called once the step's forward is launched (or at once if it launches none), before the host waits for
-        the device: AsyncEngine delivers the previous outputs from then on, so that work overlaps the forward."""
+        the device: AsyncEngine delivers the previous outputs from then on, so that work overlaps the forward.
+        `increments=True`: increment tuples instead of RequestOutputs (the module NOTE)."""
         hook = on_forward or _noop
         prev = self._inflight
         if prev is not None:  # overlapped decode: launch the next step first if it can be fed from the device
             ahead = can_run_ahead(self.scheduler, prev)
             self._inflight = self._launch(self.scheduler.schedule(), prev) if ahead else None
             hook()
-            return self._update(*resolve(prev), final_only)  # else: drained; the next call steps synchronously
+            return self._update(*resolve(prev), final_only, increments)  # else: drained; the next steps synchronously
         plan = self.scheduler.schedule()
         if plan.is_empty:
             hook()
@@ -218,7 +225,7 @@ class LLMEngine:
         tokens = self.sampler(logits, ready)
         for req, tok in zip(ready, tokens):
             req.output_token_ids.append(tok)
-        return self._update(ready, tokens, final_only)
+        return self._update(ready, tokens, final_only, increments)
 
     def _launch(self, plan, prev: InFlight | None) -> InFlight:
         """Run a decode-only plan without waiting for its tokens: sampled on the device, a non-blocking copy to the
@@ -245,7 +252,7 @@ class LLMEngine:
     def _prepare(self, plan) -> tuple:
         return prepare_inputs(plan, self.kv, self.runner_tensors)
 
-    def _update(self, ready: list[Request], tokens: list[int], final_only: bool) -> list[RequestOutput]:
+    def _update(self, ready: list[Request], tokens: list[int], final_only: bool, increments: bool = False) -> list:
         """Each request's new token is in its output list already: check stop conditions, detokenise; finish and free
         the finished requests."""
         now = time.monotonic()
@@ -271,7 +278,8 @@ class LLMEngine:
                 drop_pending(req)  # overlapped decode: its next token is already in flight, and is dropped
                 self.requests.pop(req.request_id, None)
             self.counters["num_finished"] += len(finished)
-        return [self._output(req) for req in emit]
+        make = self._increment if increments else self._output
+        return [make(req) for req in emit]
 
     def _output(self, req: Request) -> RequestOutput:
         n = req.num_output_tokens  # placeholders of in-flight steps are not outputs yet
@@ -284,6 +292,17 @@ class LLMEngine:
         return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
                              status.value if finished else None, req.stop_reason, req.arrival_time,
                              req.first_token_time, req.num_preemptions)
+
+    def _increment(self, req: Request) -> tuple:
+        """What `_output` would put in (request_id, new_token_ids, text_delta, finish_reason, stop_reason,
+        first_token_time, num_preemptions), with the same side effects (returned tokens, emitted text)."""
+        n = req.num_output_tokens
+        new = req.output_token_ids[req.num_returned_tokens:n]
+        req.num_returned_tokens = n
+        status, det = req.status, req.detokenizer
+        finished = status.is_finished
+        return (req.request_id, new, det.delta(finished) if det is not None else "",
+                status.value if finished else None, req.stop_reason, req.first_token_time, req.num_preemptions)
 
     # -- inspection --------------------------------------------------------------------------------------------------
     def stats(self) -> dict:

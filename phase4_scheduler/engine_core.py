@@ -70,9 +70,10 @@ class EngineFacts:
 
 def pack(outputs: list) -> list[tuple]:
     """RequestOutputs -> (request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time,
-    num_preemptions): the increments only; the parent keeps the running totals (process_engine.unpack)."""
-    return [(o.request_id, o.new_token_ids, o.text_delta, o.finish_reason, o.stop_reason, o.first_token_time,
-             o.num_preemptions) for o in outputs]
+    num_preemptions): the increments only; the parent keeps the running totals (process_engine.unpack). Tuples
+    (what `LLMEngine.step(increments=True)` returns) pass as they are."""
+    return [o if type(o) is tuple else (o.request_id, o.new_token_ids, o.text_delta, o.finish_reason, o.stop_reason,
+                                        o.first_token_time, o.num_preemptions) for o in outputs]
 
 
 def _error_message(exc: BaseException) -> tuple:
@@ -94,9 +95,12 @@ class EngineCore:
         self.stopping = False
         self.parent_gone = False
         try:
-            self.step_has_hook = "on_forward" in inspect.signature(engine.step).parameters
+            params = inspect.signature(engine.step).parameters
         except (TypeError, ValueError):
-            self.step_has_hook = False
+            params = {}
+        self.step_has_hook = "on_forward" in params
+        # LLMEngine.step(increments=True): tuples, not RequestOutputs cut down by `pack` (engine.py's NOTE)
+        self.step_kwargs = {"increments": True} if "increments" in params else {}
         threading.Thread(target=self._receive, args=(conn_in,), name="titan-core-inbox", daemon=True).start()
 
     def _receive(self, conn) -> None:
@@ -170,10 +174,10 @@ class EngineCore:
                 self._send("out", outs, errors)
                 continue
             if self.step_has_hook:
-                outs += eng.step(on_forward=on_forward)
+                outs += eng.step(on_forward=on_forward, **self.step_kwargs)
             else:
                 on_forward()
-                outs += eng.step()
+                outs += eng.step(**self.step_kwargs)
             on_forward()  # a step that returned without calling its hook
             self._apply(self._take(block=False), outs, errors)  # aborts that arrived meanwhile free blocks now
             ready = (outs, errors)  # (a shutdown applied just now ends the loop at the top, with these unsent)

@@ -16,7 +16,8 @@ NOTE (what crosses the pipe): to the child, one pickled command per add (prompt 
 or shutdown, written from the event loop; from the child, one message per step: the step's outputs as tuples of
 increments (engine_core.pack: id, new token ids, text delta, finish/stop reason, first-token time, preemptions),
 the number of commands applied (acknowledging adds and aborts) and engine.stats(). The running totals
-(output_token_ids, text) are kept here per stream, so a message grows with the batch, not with the sequences; the
+(output_token_ids, text) are kept here per stream (each output shares the stream's token list and copies its
+prefix only if read: RequestOutput.sharing), so a message grows with the batch, not with the sequences; the
 final `text` equals the engine's (the joined deltas); a non-final one is the text sent so far (the engine's may
 hold back a possible stop-string prefix). `arrival_time` is this process's submit time (the same monotonic clock).
 
@@ -300,8 +301,10 @@ class ProcessEngine(StreamFrontEnd):
             _, applied, packed, errors, self._stats = msg
             while self._adds and self._adds[0] <= applied:
                 self._adds.popleft()
-            if packed or errors:
-                self._deliver(self._unpack(packed) + [(rid, _rebuild(t, text)) for rid, t, text in errors])
+            if packed:
+                self._deliver_increments(packed)
+            if errors:
+                self._deliver([(rid, _rebuild(t, text)) for rid, t, text in errors])
             while self._abort_waiters and self._abort_waiters[0][0] <= applied:
                 fut = self._abort_waiters.popleft()[1]
                 if not fut.done():
@@ -319,19 +322,23 @@ class ProcessEngine(StreamFrontEnd):
         elif kind == "error":
             self._died(msg)
 
-    def _unpack(self, packed: list[tuple]) -> list[RequestOutput]:
-        """engine_core.pack's tuples -> RequestOutputs, adding the increments to each stream's running totals."""
-        queues, outs = self._queues, []
+    def _deliver_increments(self, packed: list[tuple]) -> None:
+        """engine_core.pack's tuples -> RequestOutputs into their mailboxes, adding the increments to each stream's
+        running totals: StreamFrontEnd._deliver's rule in the same pass (this runs per stream per step)."""
+        queues = self._queues
         for rid, new, delta, reason, stop_reason, first_time, num_preemptions in packed:
             s = queues.get(rid)
             if s is None:  # its consumer left (an abort is on its way) or it never was ours
                 continue
-            s.out_ids += new
+            out_ids = s.out_ids
+            out_ids += new  # only ever appended to: the outputs share it (outputs.py, "shared totals")
             if delta:
                 s.text += delta
-            outs.append(RequestOutput(rid, s.prompt, new, list(s.out_ids), delta, s.text, reason is not None, reason,
-                                      stop_reason, first_token_time=first_time, num_preemptions=num_preemptions))
-        return outs
+            finished = reason is not None
+            s.put(RequestOutput.sharing(rid, s.prompt, new, out_ids, len(out_ids), delta, s.text, finished, reason,
+                                        stop_reason, 0.0, first_time, num_preemptions))
+            if finished:
+                del queues[rid]
 
     def _detach(self) -> None:
         if self._reading and self._loop is not None and not self._loop.is_closed():

@@ -226,7 +226,7 @@ class Server:
                         parts.append(chunk("", out.finish_reason).decode())
                     elif out.text_delta:
                         parts.append(text_event.text(out.text_delta))
-                n_out = len(batch[-1].output_token_ids)
+                n_out = batch[-1].num_output_tokens  # (a count: no copy of a shared token list)
                 if parts:
                     yield "".join(parts).encode()
             if include_usage:

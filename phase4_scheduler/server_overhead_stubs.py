@@ -11,6 +11,7 @@ that samples this process's CPU time at every message from the engine process.
 from __future__ import annotations
 
 import bisect
+import inspect
 import time
 
 import torch
@@ -63,6 +64,11 @@ class StepClock:
                 return step(*a, **k)
             finally:
                 engine.runner.execute.on_forward = None
+        # the wrappers take what the engine's step takes (engine_core reads the signature: on_forward, increments),
+        # except on_forward without `hook` (the bench's "no hook" engine)
+        sig = inspect.signature(orig)
+        step.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "on_forward"])
+        step_with_hook.__signature__ = sig
         engine.step = step_with_hook if hook else step
 
     def wrap_detok(self, cls) -> None:
