@@ -164,8 +164,9 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_s
 
 def default_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
     """The grid's split count: about 8 programs per SM, rounded down to a power of two, at most one tile of the
-    table's width each, at most 32 (or one per 1,024 tokens of a longer table, up to 128). Which splits a sequence actually uses is decided in the kernel from its own
-    length (default_min_tps), so a graph captured for a wide table still fits short sequences."""
+    table's width each, at most 32 (or one per 1,024 tokens of a longer table, up to 128). Which splits a sequence
+    actually uses is decided in the kernel from its own length (default_min_tps), so a graph captured for a wide
+    table still fits short sequences."""
     want = max(1, math.ceil(8 * num_sms / (batch * num_kv_heads)))
     want = 1 << (want.bit_length() - 1)
     return max(1, min(want, max_len // block_n, max(32, max_len // 1024), 128))
@@ -208,10 +209,10 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     g = hq // hkv
     tile = default_tile(b, hkv, k_cache.dtype == FP8)
     block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
     max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
     if num_splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
         min_tokens_per_split = min_tokens_per_split or default_min_tps(b, hkv, sms, block_n)
         # no more splits than the table holds min_tps-long pieces: an always-empty split still costs its partial
         # writes and the reduce kernel (H200: B=256/512 tokens 50 us with 2 splits of which one empty, 38 with 1)
@@ -228,8 +229,8 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
-        sm_scale * LOG2E, num_splits, min_tokens_per_split, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
-        D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
+        sm_scale * LOG2E, num_splits, min_tokens_per_split, BS=bs, HKV=hkv, G=g,
+        G_PAD=max(16, triton.next_power_of_2(g)), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps, num_stages=num_stages,
         **launch)
