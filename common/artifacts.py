@@ -56,6 +56,7 @@ TABLE: dict[str, str] = {
     "kv_cache.fp8_quantize": "phase3_paged_fp8.cache_write:quantize_fp8_ref",
     "attention.paged_decode": "phase3_paged_fp8.paged_decode:paged_decode",
     "attention.paged_decode_ref": "phase3_paged_fp8.paged_decode:paged_decode_ref",
+    "attention.paged_decode_plan": "phase3_paged_fp8.paged_decode:decode_plan",
     "attention.paged_prefill": "phase3_paged_fp8.paged_prefill:paged_prefill",
     "attention.paged_prefill_ref": "phase3_paged_fp8.paged_prefill:paged_prefill_ref",
     # phase 4: the serving engine (scheduler, KV-cache manager, model runner, offline and async front ends)
@@ -71,6 +72,8 @@ TABLE: dict[str, str] = {
     "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
     "engine.cuda_graphs": "phase4_scheduler.cuda_graphs:DecodeGraphs",
     "model.fuse": "phase4_scheduler.fused_model:fuse_model",
+    "attention.decode_fused": "phase4_scheduler.decode_attention:decode_attention",
+    "attention.decode_fused_ref": "phase4_scheduler.decode_attention:decode_attention_ref",
     "kernels.skinny_linear": "phase4_scheduler.skinny_gemm:linear",
     "bench.latency": "phase4_scheduler.bench_latency:main",
 }

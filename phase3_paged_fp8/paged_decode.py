@@ -192,6 +192,23 @@ def default_tile(batch: int, num_kv_heads: int, fp8: bool) -> tuple[int, int, in
     return (64, 4, 2) if pairs >= 64 else (32, 4, 2)
 
 
+def decode_plan(device, batch: int, num_kv_heads: int, max_len: int, fp8: bool = False, num_splits=None,
+                block_n=None, num_warps=None, num_stages=None, min_tokens_per_split=None) -> tuple[int, int, int, int, int]:
+    """(block_n, num_warps, num_stages, num_splits, min_tokens_per_split) of a decode launch: what the caller set,
+    the defaults (default_tile, default_num_splits, default_min_tps) for the rest. Phase 4's fused decode attention
+    plans its launches with this too (through the seam: "attention.paged_decode_plan")."""
+    tile = default_tile(batch, num_kv_heads, fp8)
+    block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        min_tokens_per_split = min_tokens_per_split or default_min_tps(batch, num_kv_heads, sms, block_n)
+        # no more splits than the table holds min_tps-long pieces: an always-empty split still costs its partial
+        # writes and the reduce kernel (H200: B=256/512 tokens 50 us with 2 splits of which one empty, 38 with 1)
+        num_splits = min(default_num_splits(batch, num_kv_heads, max_len, sms, block_n),
+                         max(1, max_len // min_tokens_per_split))
+    return block_n, num_warps, num_stages, num_splits, min_tokens_per_split or block_n
+
+
 def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
                  num_splits: int | None = None, max_seq_len: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
@@ -207,17 +224,11 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     b, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
-    tile = default_tile(b, hkv, k_cache.dtype == FP8)
-    block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
     max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
-    if num_splits is None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        min_tokens_per_split = min_tokens_per_split or default_min_tps(b, hkv, sms, block_n)
-        # no more splits than the table holds min_tps-long pieces: an always-empty split still costs its partial
-        # writes and the reduce kernel (H200: B=256/512 tokens 50 us with 2 splits of which one empty, 38 with 1)
-        num_splits = min(default_num_splits(b, hkv, max_len, sms, block_n), max(1, max_len // min_tokens_per_split))
-    min_tokens_per_split = min_tokens_per_split or block_n
+    block_n, num_warps, num_stages, num_splits, min_tokens_per_split = decode_plan(
+        q.device, b, hkv, max_len, k_cache.dtype == FP8, num_splits, block_n, num_warps, num_stages,
+        min_tokens_per_split)
     out = torch.empty_like(q)
     quant = k_cache.dtype == FP8
     pdl, launch = pdl_args(q)

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common import pdl
+from phase4_scheduler.model_runner import DECODE_ENV
 from common.bench import write_result
 from common.model_loader import load_model
 from common.sampling import SamplingParams
@@ -64,26 +65,34 @@ class TimedRunner:
 
 
 def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
-    """One variant; '+nopdl' builds (and captures) it with programmatic dependent launch off (common/pdl.py)."""
-    prev = os.environ.get(pdl.ENV)
-    if "nopdl" in variant:
-        os.environ[pdl.ENV] = "0"
+    """One variant; '+nopdl' builds (and captures) it with programmatic dependent launch off (common/pdl.py),
+    '+unfused' with the unfused decode attention (rope_qk + write_kv_cache + paged_decode + reduce: 4 kernels a layer
+    instead of phase4_scheduler/decode_attention.py's one)."""
+    parts = variant.split("+")
+    switches = {pdl.ENV: "0" if "nopdl" in parts else None, DECODE_ENV: "unfused" if "unfused" in parts else None}
+    prev = {k: os.environ.get(k) for k in switches}
+    for k, v in switches.items():
+        if v is not None:
+            os.environ[k] = v
     try:
-        return _measure(loaded, variant, prompt_len, new_tokens)
+        r = _measure(loaded, variant, prompt_len, new_tokens)
+        r["decode_attention"] = "unfused" if "unfused" in parts else "fused"
+        return r
     finally:
-        if prev is None:
-            os.environ.pop(pdl.ENV, None)
-        else:
-            os.environ[pdl.ENV] = prev
+        for k, v in prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     from phase4_scheduler.engine import LLMEngine
 
+    parts = variant.split("+")
     t0 = time.perf_counter()
     eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB",
-                    cuda_graph="graph" in variant, fuse="fused" in variant,
-                    overlap=False if "sync" in variant else None)
+                    cuda_graph="graph" in parts, fuse="fused" in parts, overlap=False if "sync" in parts else None)
     setup_s = time.perf_counter() - t0
     timer = TimedRunner(eng.runner)
     eng.runner.execute = timer
@@ -107,7 +116,7 @@ def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     return {"variant": variant, "setup_s": setup_s, "engine_ms_per_token": best["ms_per_token"],
             "forward_ms_median": best["forward_ms_median"], "tokens_first_16": best["tokens"][:16],
             "overlap": eng.overlap, "overlapped_steps": best["overlapped_steps"],
-            "pdl": "nopdl" not in variant and pdl.pdl_enabled(torch.empty(0, device=loaded.device)),
+            "pdl": "nopdl" not in parts and pdl.pdl_enabled(torch.empty(0, device=loaded.device)),
             "tokens": best["tokens"]}
 
 
@@ -119,7 +128,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--variants", nargs="+", default=["eager", "graph"],
                     help="any of eager, graph, fused, graph+fused; '+sync' turns overlapped decode off (it is on "
-                         "with graphs), '+nopdl' programmatic dependent launch (on for Hopper), e.g. "
+                         "with graphs), '+nopdl' programmatic dependent launch (on for Hopper), '+unfused' the 4-kernel "
+                         "decode attention, e.g. "
                          "graph+fused+sync graph+fused+nopdl")
     ap.add_argument("--name", default="latency_gpu")
     args = ap.parse_args(argv)

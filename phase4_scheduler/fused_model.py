@@ -13,7 +13,8 @@ CONTRACT (what the model runner calls):
 
   `ctx` is the runner's attention context. forward_tokens calls `ctx.attend_packed(layer, q [T, Hq, D],
   k [T, Hkv, D], v [T, Hkv, D]) -> [T, Hq, D]` when ctx has that method (no transposes: q, k, v are strided views
-  of the qkv buffer, last dim contiguous), else `ctx.attend(layer, q [1, Hq, T, D], k, v) -> [1, Hq, T, D]` exactly
+  of the qkv buffer, last dim contiguous; when `ctx.rope_in_attention` is True, q and k are NOT rotated and the call
+  is `ctx.attend_packed(layer, q, k, v, positions, cos_sin)`: the runner's fused decode kernel rotates them), else `ctx.attend(layer, q [1, Hq, T, D], k, v) -> [1, Hq, T, D]` exactly
   as common/llama.py does; it never calls ctx.advance. `fused(input_ids [B, S], positions=None, cache=None,
   last_only=False)` keeps LlamaForCausalLM's call (logits [B, S, V]; cache.advance(S) at the end), so a
   ContiguousKVCache or no cache works too.
@@ -98,13 +99,20 @@ class FusedDecoderLayer(nn.Module):
 
     def forward(self, h, residual, positions, cos_sin, ctx, b: int, s: int, ops):
         """h, residual [T, H] (residual None in layer 0) -> (mlp output, residual stream) [T, H], not yet added."""
-        qkv, residual = ops.norm_qkv_rope(h, self.input_norm, self.eps, self.qkv, residual, positions, cos_sin,
-                                          self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D], q and k rotated
+        fold = getattr(ctx, "rope_in_attention", False)  # the runner's decode kernel rotates q and k itself
+        if fold:
+            qkv, residual = ops.norm_linear(h, self.input_norm, self.eps, self.qkv, residual)
+        else:
+            qkv, residual = ops.norm_qkv_rope(h, self.input_norm, self.eps, self.qkv, residual, positions, cos_sin,
+                                              self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D], q and k rotated
         t, nq, nk = qkv.shape[0], self.hq * self.d, self.hkv * self.d
         q = qkv[:, :nq].view(t, self.hq, self.d)  # [T, Hq, D] strided views of the packed buffer
         k = qkv[:, nq:nq + nk].view(t, self.hkv, self.d)
         v = qkv[:, nq + nk:].view(t, self.hkv, self.d)
-        attn = self._attend(q, k, v, ctx, b, s).reshape(t, nq)  # [T, Hq*D]
+        if fold:
+            attn = ctx.attend_packed(self.idx, q, k, v, positions, cos_sin).reshape(t, nq)
+        else:
+            attn = self._attend(q, k, v, ctx, b, s).reshape(t, nq)  # [T, Hq*D]
         gate_up, residual = ops.norm_linear(ops.linear(attn, self.o), self.post_norm, self.eps, self.gate_up, residual)
         return ops.silu_mul_linear(gate_up, self.down), residual
 

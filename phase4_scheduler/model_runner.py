@@ -13,6 +13,8 @@ captured for the next larger batch size (phase4_scheduler/cuda_graphs.py); mixed
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,7 @@ from common import artifacts
 
 
 KV_CACHE_DTYPES = ("auto", "fp8")
+DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read when a ModelRunner is built
 FP8, SCALE_DTYPE = torch.float8_e4m3fn, torch.float16  # phase 3's FP8 cache format (phase3_paged_fp8/cache_write.py)
 
 
@@ -66,11 +69,24 @@ class BatchAttention:
         vp = v[0].transpose(0, 1).contiguous()
         return self.attend_packed(layer, qp, kp, vp).transpose(0, 1)[None]
 
-    def attend_packed(self, layer: int, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
-        """qp: [T, Hq, D]; kp, vp: [T, Hkv, D] (strided views are fine: unit stride in D). Returns [T, Hq, D]."""
+    @property
+    def rope_in_attention(self) -> bool:
+        """True when attend_packed takes UN-rotated q, k plus positions (the fused decode kernel applies RoPE)."""
+        return self.decode_only and self.runner.decode_attention_fn is not None
+
+    def attend_packed(self, layer: int, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
+                      positions: torch.Tensor | None = None, cos_sin: torch.Tensor | None = None) -> torch.Tensor:
+        """qp: [T, Hq, D]; kp, vp: [T, Hkv, D] (strided views are fine: unit stride in D). Returns [T, Hq, D].
+        positions [T] and the cos/sin table: q and k are not rotated yet (only when rope_in_attention)."""
         r = self.runner
         kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
         ks, vs = (None, None) if r.k_scale is None else (r.k_scale[layer], r.v_scale[layer])  # FP8: [N, bs, Hkv]
+        if self.decode_only and r.decode_attention_fn is not None:  # one kernel: (RoPE,) cache write, attention
+            counters = r.decode_counters if r.decode_counters.numel() >= qp.shape[0] * kp.shape[1] else None
+            return r.decode_attention_fn(qp, kp, vp, self.slot_mapping, kc, vc, self.block_tables, self.seq_lens,
+                                         positions, cos_sin, counters=counters)
+        if positions is not None:
+            raise ValueError("attend_packed: positions are only taken when rope_in_attention is True")
         if self.decode_only and r.decode_fn is not None:
             r.write_fn(kp, vp, self.slot_mapping, kc, vc, ks, vs)
             out = r.decode_fn(qp, kc, vc, self.block_tables, self.seq_lens, ks, vs)  # [B=T, Hq, D]
@@ -121,6 +137,14 @@ class ModelRunner:
         self.prefill_fn = artifacts.get("attention.paged_prefill" + suffix)
         # the reference prefill handles decode rows exactly; the Triton decode kernel is faster for decode-only steps
         self.decode_fn = artifacts.get("attention.paged_decode") if self.backend == "triton" else None
+        # decode-only steps: RoPE + cache write + attention + split merge in one kernel (decode_attention.py), unless
+        # the cache is FP8 or TITAN_DECODE_ATTENTION=unfused (the A/B switch of bench_latency's '+unfused' variant)
+        fold = (self.decode_fn is not None and not fp8 and os.environ.get(DECODE_ENV, "fused") != "unfused"
+                and cfg.head_dim >= 32 and not cfg.head_dim & (cfg.head_dim - 1))
+        self.decode_attention_fn = artifacts.get("attention.decode_fused") if fold else None
+        # its split-merge counters: zeroed once, left zeroed by every launch (so CUDA graphs can hold the pointer)
+        self.decode_counters = torch.zeros(max_num_seqs * cfg.num_key_value_heads if fold else 0,
+                                           dtype=torch.int32, device=self.device)
         self.max_model_len = max_model_len or cfg.max_position_embeddings
         if fuse:
             from phase4_scheduler.fused_model import fuse_model

@@ -1,0 +1,288 @@
+"""The engine's decode attention in ONE kernel: RoPE on the new q and k, the new K/V written into the paged cache,
+split-KV attention over the history, and the merge of the splits.
+
+    out = decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens,
+                           positions=pos, cos_sin_cache=cs, counters=ws)   # q [B, Hq, D], k/v [B, Hkv, D]
+
+is, in one launch, what the unfused decode step does in four (rope_qk, write_kv_cache, paged_decode, its reduce):
+
+    q, k = rope(q, k, positions)                      # skipped when positions is None (q and k already rotated)
+    k_cache[slot], v_cache[slot] = k, v               # slot = slot_mapping[b]: position seq_lens[b] - 1
+    out = paged_decode(q, k_cache, v_cache, block_tables, seq_lens)
+
+NOTE (why, and the three tricks). At B=1 a TinyLlama decode step is ~190 kernels; each boundary costs ~2 us even
+under CUDA graphs and PDL (common/pdl.py), and attention was four of the eight kernels of a layer.
+- The new token never goes through the cache. Positions < seq_len - 1 are read from the cache; the split that owns
+  position seq_len - 1 scores the new k (and adds the new v) straight from registers and writes them into the cache
+  for later steps. So reading the cache does not depend on anything this layer computes...
+- ...and the history is loaded BEFORE the PDL wait: the block table and the first K/V tile of every split stream in
+  while the qkv projection is still finishing (weights of earlier steps never change under a running step). Only
+  q, k, v (the previous kernel's output) are read after the wait; every write comes after it.
+- No reduce kernel: each split writes its partial (output, log-sum-exp), then bumps a per-(sequence, KV head)
+  counter (`atomic_add`, acq_rel, GPU scope, after a CTA barrier: every thread's partial stores are ordered before
+  it). The program that sees count == splits - 1 is the last one; it merges every partial (L2 reads, `.cg`: past
+  the non-coherent L1) and resets the counter to 0, so a persistent zeroed `counters` buffer stays zeroed and a CUDA
+  graph can replay the kernel forever. `counters` must not be shared by two streams at once.
+Numerics: identical to the unfused path's roundings (RoPE in fp32 on dtype-rounded cos/sin, rounded to the dtype;
+the cache holds the dtype-rounded k, v) except that the new token's score is an fp32 dot product rather than a
+tensor-core one. Not for FP8 caches (the new token would skip the quantisation every other position went through):
+the runner keeps the unfused path there.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from common import artifacts
+from common.pdl import pdl_args, pdl_wait
+from phase4_scheduler.fused_kernels import interpreting, rope_qk_ref
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tile(qs1, qs2, k1, k2, v, n_mask, m_i, l_i, acc, PREC: tl.constexpr):
+    """One online-softmax step over a [BLOCK_N] tile (k in halves: RoPE's layout). Empty tiles change nothing."""
+    s = tl.dot(qs1, tl.trans(k1.to(qs1.dtype)), input_precision=PREC)
+    s += tl.dot(qs2, tl.trans(k2.to(qs2.dtype)), input_precision=PREC)  # [G_PAD, BLOCK_N], log2 units
+    s = tl.where(n_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all-masked tile: no -inf - -inf
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    acc = acc * alpha[:, None] + tl.dot(p.to(qs1.dtype), v.to(qs1.dtype), input_precision=PREC)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
+def _kv_tile(bt_row, kc_ptr, vc_ptr, n, n_mask, kvh, j, d, BS: tl.constexpr, HKV: tl.constexpr,
+             HALF: tl.constexpr):
+    """K (as its two RoPE halves) and V of cached positions n [BLOCK_N] of one KV head."""
+    blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
+    row = (blk * BS + n % BS) * (HKV * 2 * HALF) + kvh * (2 * HALF)  # int64 element offsets
+    k1 = tl.load(kc_ptr + row[:, None] + j[None, :], mask=n_mask[:, None], other=0.0)  # [BLOCK_N, HALF]
+    k2 = tl.load(kc_ptr + row[:, None] + HALF + j[None, :], mask=n_mask[:, None], other=0.0)
+    v = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_mask[:, None], other=0.0)  # [BLOCK_N, D]
+    return k1, k2, v
+
+
+@triton.jit
+def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr,
+                            o_ptr, po_ptr, lse_ptr, cnt_ptr,
+                            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cs, stride_bt,
+                            stride_ot, stride_oh, sm_scale_log2, num_splits, min_tps,
+                            BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                            GR: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+                            S_PAD: tl.constexpr, S_CHUNK: tl.constexpr, ROPE: tl.constexpr,
+                            DOT_F32: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    D: tl.constexpr = 2 * HALF
+    HQ: tl.constexpr = HKV * G
+    j = tl.arange(0, HALF)
+    d = tl.arange(0, D)
+    # ---- before the wait: the history (written by earlier steps) and this step's tables (copied before the graph)
+    seq_len = tl.load(lens_ptr + b)
+    tps = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_tps)  # as phase 3's kernel
+    start = split * tps
+    end = tl.minimum(start + tps, seq_len)
+    cached_end = tl.minimum(end, seq_len - 1)  # the cache holds positions < seq_len - 1; the new one is in k, v
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    n = start + tl.arange(0, BLOCK_N)
+    k1, k2, v0 = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, j, d, BS, HKV, HALF)
+    pdl_wait(PDL)
+    # ---- after it: this step's q, k, v
+    dt = kc_ptr.dtype.element_ty
+    g = tl.arange(0, G_PAD)
+    g_mask = g < G
+    heads = kvh * G + g
+    q_row = q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + j[None, :]  # [G_PAD, HALF]
+    q1 = tl.load(q_row, mask=g_mask[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(q_row + HALF, mask=g_mask[:, None], other=0.0).to(tl.float32)
+    k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
+    kn1 = tl.load(k_row + j).to(tl.float32)
+    kn2 = tl.load(k_row + HALF + j).to(tl.float32)
+    vn = tl.load(v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh + d).to(tl.float32)  # [D]
+    if ROPE:  # rope_qk's arithmetic: cos/sin rounded to the dtype, each rotated half rounded to it
+        pos = tl.load(pos_ptr + b).to(tl.int64)
+        c = tl.load(cs_ptr + pos * stride_cs + j).to(dt).to(tl.float32)
+        s = tl.load(cs_ptr + pos * stride_cs + HALF + j).to(dt).to(tl.float32)
+        q1, q2 = ((q1 * c[None, :] - q2 * s[None, :]).to(dt).to(tl.float32),
+                  (q2 * c[None, :] + q1 * s[None, :]).to(dt).to(tl.float32))
+        kn1, kn2 = (kn1 * c - kn2 * s).to(dt).to(tl.float32), (kn2 * c + kn1 * s).to(dt).to(tl.float32)
+    qs1 = q1 * sm_scale_log2  # the softmax scale and log2(e) folded into q: scores in log2 units
+    qs2 = q2 * sm_scale_log2
+    if not DOT_F32:
+        qs1 = qs1.to(dt)
+        qs2 = qs2.to(dt)
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    m_i, l_i, acc = _tile(qs1, qs2, k1, k2, v0, n < cached_end, m_i, l_i, acc, PREC)
+    for n0 in range(start + BLOCK_N, cached_end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        k1, k2, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, j, d, BS, HKV, HALF)
+        m_i, l_i, acc = _tile(qs1, qs2, k1, k2, v, n < cached_end, m_i, l_i, acc, PREC)
+
+    # the new token, owned by the split whose range ends at seq_len: scored from registers, then cached
+    owner = (end == seq_len) & (start < seq_len)
+    s_new = tl.sum(qs1.to(tl.float32) * kn1[None, :] + qs2.to(tl.float32) * kn2[None, :], axis=1)  # [G_PAD]
+    s_new = tl.where(owner, s_new, float("-inf"))
+    m_new = tl.maximum(m_i, s_new)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p_new = tl.exp2(s_new - m_safe)
+    l_i = l_i * alpha + p_new
+    acc = acc * alpha[:, None] + p_new[:, None] * vn[None, :]
+    m_i = m_new
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    if owner & (slot >= 0):
+        dst = slot * (HKV * D) + kvh * D
+        tl.store(kc_ptr + dst + j, kn1.to(dt))
+        tl.store(kc_ptr + dst + HALF + j, kn2.to(dt))
+        tl.store(vc_ptr + dst + d, vn.to(dt))
+
+    safe_l = tl.where(l_i > 0, l_i, 1.0)  # 0 only in padding rows (g >= G) and empty splits
+    if not SPLIT:
+        o_rows = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + d[None, :]
+        tl.store(o_rows, (acc / safe_l[:, None]).to(o_ptr.dtype.element_ty), mask=g_mask[:, None])
+    else:
+        # partials: po [B, Hq, num_splits, D] fp32, lse [B, Hq, num_splits] (log2 units; -inf: an empty split)
+        row = (b.to(tl.int64) * HQ + heads) * num_splits + split  # [G_PAD]
+        tl.store(po_ptr + row[:, None] * D + d[None, :], acc / safe_l[:, None], mask=g_mask[:, None])
+        tl.store(lse_ptr + row, tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf")), mask=g_mask)
+        tl.debug_barrier()  # every thread's partial stores are issued before the (single-thread) release below
+        cnt_at = cnt_ptr + b * HKV + kvh
+        arrived = tl.atomic_add(cnt_at, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:  # the last split of this (sequence, KV head): merge them all
+            gr = tl.arange(0, GR)
+            gr_mask = gr < G
+            base = (b.to(tl.int64) * HQ + kvh * G + gr) * num_splits  # [GR]
+            sp = tl.arange(0, S_PAD)
+            lse = tl.load(lse_ptr + base[:, None] + sp[None, :], mask=gr_mask[:, None] & (sp < num_splits)[None, :],
+                          other=float("-inf"), cache_modifier=".cg")  # [GR, S_PAD]
+            m = tl.where(gr_mask, tl.max(lse, axis=1), 0.0)  # finite: the owner split always has the new token
+            den = tl.sum(tl.exp2(lse - m[:, None]), axis=1)
+            den = tl.where(gr_mask, den, 1.0)
+            out = tl.zeros([GR, D], tl.float32)
+            for s0 in range(0, num_splits, S_CHUNK):
+                sc = s0 + tl.arange(0, S_CHUNK)
+                msk = gr_mask[:, None] & (sc < num_splits)[None, :]  # [GR, S_CHUNK]
+                w = tl.exp2(tl.load(lse_ptr + base[:, None] + sc[None, :], mask=msk, other=float("-inf"),
+                                    cache_modifier=".cg") - m[:, None]) / den[:, None]
+                part = tl.load(po_ptr + (base[:, None, None] + sc[None, :, None]) * D + d[None, None, :],
+                               mask=msk[:, :, None], other=0.0, cache_modifier=".cg")  # [GR, S_CHUNK, D]
+                out += tl.sum(part * w[:, :, None], axis=1)
+            o_rows = o_ptr + b.to(tl.int64) * stride_ot + (kvh * G + gr)[:, None] * stride_oh + d[None, :]
+            tl.store(o_rows, out.to(o_ptr.dtype.element_ty), mask=gr_mask[:, None])
+            tl.store(cnt_at, 0)  # ready for the next launch
+
+
+def _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters):
+    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[0] != k.shape[0]:
+        raise ValueError(f"decode_attention: want q [B, Hq, D], k and v [B, Hkv, D], got q{tuple(q.shape)} "
+                         f"k{tuple(k.shape)} v{tuple(v.shape)}")
+    b, hq, d = q.shape
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or tuple(k_cache.shape[2:]) != tuple(k.shape[1:]):
+        raise ValueError(f"decode_attention: caches must both be [num_blocks, block_size, Hkv, D] with "
+                         f"[Hkv, D] = {tuple(k.shape[1:])}, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if k.shape[2] != d or hq % k.shape[1]:
+        raise ValueError(f"decode_attention: q has {hq} heads of dim {d}, k {k.shape[1]} of dim {k.shape[2]}: "
+                         "query heads must be a multiple of KV heads, of one dim")
+    if d & (d - 1) or d < 32:
+        raise ValueError(f"decode_attention: head_dim must be a power of two >= 32, got {d}")
+    if not (q.dtype == k.dtype == v.dtype == k_cache.dtype == v_cache.dtype) or q.dtype not in (
+            torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"decode_attention: q, k, v and the caches must share one of fp16/bf16/fp32, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}, {k_cache.dtype}, {v_cache.dtype} (FP8 caches: use "
+                         "write_kv_cache + paged_decode)")
+    if any(t.stride(-1) != 1 for t in (q, k, v)) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("decode_attention: q, k, v need unit stride in D and the caches must be contiguous")
+    if block_tables.dim() != 2 or block_tables.dtype != torch.int32 or block_tables.shape[0] != b:
+        raise ValueError(f"decode_attention: block_tables must be int32 [B={b}, max_blocks], got "
+                         f"{block_tables.dtype} {tuple(block_tables.shape)}")
+    for name, t in (("seq_lens", seq_lens), ("slot_mapping", slot_mapping)):
+        if t.shape != (b,) or t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"decode_attention: {name} must be int32/int64 [B={b}], got {t.dtype} {tuple(t.shape)}")
+    if (positions is None) != (cos_sin_cache is None):
+        raise ValueError("decode_attention: give positions and cos_sin_cache together (or neither: no RoPE)")
+    if positions is not None and (positions.shape != (b,) or cos_sin_cache.dim() != 2
+                                  or cos_sin_cache.shape[1] != d or cos_sin_cache.dtype != torch.float32):
+        raise ValueError(f"decode_attention: want positions [B={b}] and an fp32 cos_sin_cache [max_pos, D={d}], got "
+                         f"{tuple(positions.shape)} and {cos_sin_cache.dtype} {tuple(cos_sin_cache.shape)}")
+    if counters is not None and (counters.dtype != torch.int32 or not counters.is_contiguous()):
+        raise ValueError(f"decode_attention: counters must be a contiguous int32 buffer, got {counters.dtype}")
+    devs = {t.device for t in (q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions,
+                               cos_sin_cache, counters) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"decode_attention: all tensors must be on one device, got {devs}")
+
+
+def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions=None,
+                     cos_sin_cache=None, counters=None, sm_scale=None, num_splits: int | None = None,
+                     max_seq_len: int | None = None, block_n: int | None = None, num_warps: int | None = None,
+                     num_stages: int | None = None, min_tokens_per_split: int | None = None) -> torch.Tensor:
+    """RoPE (when positions is given) + cache write + paged decode attention in one launch; see the module NOTE.
+
+    q [B, Hq, D], k, v [B, Hkv, D]: this step's projections (strided views of the packed qkv are fine), not modified.
+    seq_lens [B] counts the new token. counters: a zeroed int32 buffer of >= B * Hkv entries that the kernel leaves
+    zeroed (a CUDA-graphed caller keeps one; None allocates one). Unset tile / splits come from phase 3's
+    decode_plan. Returns out [B, Hq, D] in q's dtype.
+    """
+    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
+    b, hq, d = q.shape
+    bs, hkv = k_cache.shape[1], k_cache.shape[2]
+    g = hq // hkv
+    max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
+    block_n, num_warps, num_stages, num_splits, min_tps = artifacts.get("attention.paged_decode_plan")(
+        q.device, b, hkv, max_len, False, num_splits, block_n, num_warps, num_stages, min_tokens_per_split)
+    out = torch.empty_like(q)
+    if b == 0:
+        return out
+    split = num_splits > 1
+    if split:
+        po = torch.empty(b, hq, num_splits, d, dtype=torch.float32, device=q.device)
+        lse = torch.empty(b, hq, num_splits, dtype=torch.float32, device=q.device)
+        if counters is None:
+            counters = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)
+        elif counters.numel() < b * hkv:
+            raise ValueError(f"decode_attention: counters holds {counters.numel()} entries; B * Hkv = {b * hkv}")
+    else:
+        po = lse = out  # unused
+        counters = counters if counters is not None else seq_lens  # unused
+    rope = positions is not None
+    gr = triton.next_power_of_2(g)
+    s_pad = triton.next_power_of_2(num_splits)
+    pdl, launch = pdl_args(q)
+    sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    decode_attention_kernel[(b, hkv, num_splits)](
+        q, k, v, positions if rope else seq_lens, cos_sin_cache if rope else q, slot_mapping, k_cache, v_cache,
+        block_tables, seq_lens, out, po, lse, counters,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos_sin_cache.stride(0) if rope else 0, block_tables.stride(0), out.stride(0), out.stride(1),
+        sm_scale * LOG2E, num_splits, min_tps, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
+        GR=gr, HALF=d // 2, BLOCK_N=block_n, SPLIT=split, S_PAD=s_pad,
+        S_CHUNK=max(1, min(s_pad, 4096 // (gr * d))), ROPE=rope,
+        DOT_F32=interpreting() or q.dtype == torch.float32, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch)
+    return out
+
+
+def decode_attention_ref(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions=None,
+                         cos_sin_cache=None, counters=None, sm_scale=None, **_tiles) -> torch.Tensor:
+    """The unfused composition in PyTorch: rope_qk_ref, phase 3's write_kv_cache_ref and paged_decode_ref (fp32)."""
+    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
+    b, hq, d = q.shape
+    hkv = k.shape[1]
+    if positions is not None:
+        qkv = rope_qk_ref(torch.cat((q.reshape(b, -1), k.reshape(b, -1), v.reshape(b, -1)), 1), positions,
+                          cos_sin_cache, hq, hkv, d)
+        q, k = qkv[:, :hq * d].view(b, hq, d), qkv[:, hq * d:(hq + hkv) * d].view(b, hkv, d)
+    artifacts.get("kv_cache.write_ref")(k, v, slot_mapping, k_cache, v_cache)
+    return artifacts.get("attention.paged_decode_ref")(q, k_cache, v_cache, block_tables, seq_lens.to(torch.int32),
+                                                       sm_scale=sm_scale)

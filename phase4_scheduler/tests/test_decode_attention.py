@@ -1,0 +1,175 @@
+"""The fused decode attention (RoPE + cache write + split-KV attention + in-kernel split merge) against the unfused
+reference on fresh random inputs: outputs, the cache slots it writes, the counters it must leave zeroed; bad input;
+the engine's greedy tokens with and without it. CPU: the Triton interpreter; GPU: realistic sizes, many splits,
+repeated launches and a CUDA graph (a race in the split merge would show up as a mismatch)."""
+import pytest
+import torch
+
+from phase4_scheduler.decode_attention import decode_attention, decode_attention_ref
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_case(lens, hq, hkv, d, bs, dtype, seed, rope=True, scratch=False):
+    """Random caches, a shuffled block table per sequence, the slot of each new token (position len - 1), q/k/v.
+    scratch: the last row is CUDA-graph padding (length 1, the scratch block, shared slot)."""
+    g = torch.Generator().manual_seed(seed)
+    nblk = sum(-(-n // bs) for n in lens) + 3
+    kc = torch.randn(nblk + 1, bs, hkv, d, generator=g).to(dtype)
+    vc = torch.randn(nblk + 1, bs, hkv, d, generator=g).to(dtype)
+    width = max(-(-n // bs) for n in lens)
+    perm = torch.randperm(nblk, generator=g).tolist()
+    bt = torch.full((len(lens), width), nblk, dtype=torch.int32)
+    slots = []
+    for b, n in enumerate(lens):
+        nb = -(-n // bs)
+        bt[b, :nb] = torch.tensor(perm[:nb], dtype=torch.int32)
+        perm = perm[nb:]
+        slots.append(int(bt[b, (n - 1) // bs]) * bs + (n - 1) % bs)
+    if scratch:
+        lens = lens + [1]
+        bt = torch.cat((bt, torch.full((1, width), nblk, dtype=torch.int32)))
+        slots.append(nblk * bs)
+    b = len(lens)
+    q, k, v = (torch.randn(b, h, d, generator=g).to(dtype) for h in (hq, hkv, hkv))
+    pos = torch.tensor([n - 1 for n in lens])
+    cs = torch.randn(max(lens) + 4, d, generator=g) if rope else None
+    t = lambda x: None if x is None else x.to(DEV)  # noqa: E731
+    return dict(q=t(q), k=t(k), v=t(v), slot_mapping=t(torch.tensor(slots)), k_cache=t(kc), v_cache=t(vc),
+                block_tables=t(bt), seq_lens=t(torch.tensor(lens, dtype=torch.int32)),
+                positions=t(pos) if rope else None, cos_sin_cache=t(cs))
+
+
+def unfused_triton_cache(case):
+    """The caches after the unfused Triton path's rope_qk + write_kv_cache (the same fp32 RoPE arithmetic)."""
+    from common import artifacts
+    from phase4_scheduler.fused_kernels import rope_qk
+
+    b, hq, d = case["q"].shape
+    hkv = case["k"].shape[1]
+    kc, vc = case["k_cache"].clone(), case["v_cache"].clone()
+    qkv = torch.cat([case[x].reshape(b, -1) for x in "qkv"], 1)
+    if case["positions"] is not None:
+        rope_qk(qkv, case["positions"], case["cos_sin_cache"], hq, hkv, d)
+    k, v = qkv[:, hq * d:(hq + hkv) * d].view(b, hkv, d), qkv[:, (hq + hkv) * d:].view(b, hkv, d)
+    artifacts.get("kv_cache.write")(k, v, case["slot_mapping"], kc, vc)
+    return kc, vc
+
+
+def check(case, atol, **tiles):
+    ref = {k: (v.clone() if k in ("k_cache", "v_cache") else v) for k, v in case.items()}
+    want_kc, want_vc = unfused_triton_cache(case)
+    hkv = case["k"].shape[1]
+    counters = torch.zeros(case["q"].shape[0] * hkv + 5, dtype=torch.int32, device=DEV)
+    got = decode_attention(**case, counters=counters, **tiles)
+    want = decode_attention_ref(**ref)
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=atol)
+    torch.testing.assert_close(case["k_cache"].float(), ref["k_cache"].float(), atol=atol, rtol=atol)
+    assert torch.equal(case["k_cache"], want_kc) and torch.equal(case["v_cache"], want_vc), \
+        "the cache must hold exactly what the unfused Triton path (rope_qk + write_kv_cache) writes"
+    assert int(counters.abs().sum()) == 0, "the last split of every (sequence, head) must reset its counter"
+    return got
+
+
+@pytest.mark.parametrize("splits", [None, 1, 3, 8])
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("hq,hkv,d", [(8, 2, 32), (9, 3, 64), (4, 4, 32)])
+def test_matches_unfused_reference(splits, rope, hq, hkv, d):
+    case = make_case([21, 1, 13, 2, 40], hq, hkv, d, bs=4, dtype=torch.float32, seed=hq * d + (splits or 0),
+                     rope=rope, scratch=True)
+    check(case, 1e-5, num_splits=splits)
+
+
+def test_splits_beyond_the_sequence_and_one_token_splits():
+    """More splits than tiles (empty splits still count towards the merge), 1-token minimum split size."""
+    case = make_case([3, 70, 5], 8, 2, 32, bs=8, dtype=torch.float32, seed=7)
+    check(case, 1e-5, num_splits=16, block_n=16, min_tokens_per_split=16)
+
+
+def test_bf16_matches_within_rounding():
+    case = make_case([33, 9, 64], 8, 2, 64, bs=16, dtype=torch.bfloat16, seed=3)
+    check(case, 3e-2, num_splits=4)
+
+
+def test_counters_none_allocates_and_strided_views_work():
+    case = make_case([17, 30], 8, 2, 32, bs=4, dtype=torch.float32, seed=11)
+    b, hq, d = case["q"].shape
+    hkv = case["k"].shape[1]
+    qkv = torch.cat([case["q"].reshape(b, -1), case["k"].reshape(b, -1), case["v"].reshape(b, -1)], 1)
+    views = dict(case, q=qkv[:, :hq * d].view(b, hq, d), k=qkv[:, hq * d:(hq + hkv) * d].view(b, hkv, d),
+                 v=qkv[:, (hq + hkv) * d:].view(b, hkv, d))
+    ref = {k: (v.clone() if k in ("k_cache", "v_cache") else v) for k, v in case.items()}
+    got = decode_attention(**views, num_splits=3)
+    torch.testing.assert_close(got, decode_attention_ref(**ref), atol=1e-5, rtol=1e-5)
+    assert torch.equal(qkv[:, :hq * d].view(b, hq, d), case["q"]), "q, k, v are inputs: never rotated in place"
+
+
+def test_bad_input_is_refused():
+    case = make_case([5, 6], 8, 2, 32, bs=4, dtype=torch.float32, seed=1)
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(**dict(case, q=case["q"][..., :24], k=case["k"][..., :24], v=case["v"][..., :24],
+                                k_cache=case["k_cache"][..., :24].contiguous(),
+                                v_cache=case["v_cache"][..., :24].contiguous()))
+    with pytest.raises(ValueError, match="share one"):
+        decode_attention(**dict(case, q=case["q"].half()))
+    with pytest.raises(ValueError, match="together"):
+        decode_attention(**dict(case, cos_sin_cache=None))
+    with pytest.raises(ValueError, match="counters holds"):
+        decode_attention(**case, counters=torch.zeros(1, dtype=torch.int32, device=DEV), num_splits=2)
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        decode_attention(**dict(case, q=torch.randn(2, 7, 32, device=DEV)))
+    with pytest.raises(ValueError, match="block_tables"):
+        decode_attention(**dict(case, block_tables=case["block_tables"].long()))
+
+
+def test_engine_greedy_tokens_fused_equals_unfused(monkeypatch):
+    """The engine's decode-only steps take the fused kernel (RoPE folded out of the fused model's layer) and give
+    the tokens the unfused path gives: TinyLlama shapes, random weights, fused model, 2 layers."""
+    from common.sampling import SamplingParams
+    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.llm import LLM
+
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    ps = [[1, 5, 9, 200, 31], [7] * 19, [3, 4]]
+    out = {}
+    for mode in ("fused", "unfused"):
+        monkeypatch.setenv("TITAN_DECODE_ATTENTION", mode)
+        eng = LLMEngine.from_model("tinyllama-1.1b", device=DEV, random_weights=True, num_layers=2, num_blocks=16,
+                                   max_model_len=64, backend="triton", fuse=True, dtype=torch.float32)
+        assert (eng.runner.decode_attention_fn is not None) == (mode == "fused")
+        calls = []
+        if mode == "fused":
+            inner = eng.runner.decode_attention_fn
+            eng.runner.decode_attention_fn = lambda *a, **k: (calls.append(k is not None), inner(*a, **k))[1]
+        out[mode] = [o.output_token_ids for o in LLM(engine=eng).generate(ps, params)]
+        if mode == "fused":
+            assert calls, "decode-only steps must go through the fused kernel"
+    assert out["fused"] == out["unfused"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hq,hkv,d", [(32, 4, 64), (9, 3, 64), (32, 8, 128)])
+def test_gpu_large_many_splits_repeated(hq, hkv, d):
+    """Realistic sizes in bf16; every split count the planner picks and forced ones; 20 fresh launches each (a
+    missing barrier or fence in the split merge shows up as an intermittent mismatch)."""
+    lens = [4999, 1, 333, 2048, 77, 257, 8191, 64]
+    for rep in range(20):
+        case = make_case(lens, hq, hkv, d, bs=16, dtype=torch.bfloat16, seed=rep, scratch=rep % 2 == 0)
+        check(case, 3e-2, num_splits=(None, 2, 7, 32, 128)[rep % 5])
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replays_with_persistent_counters():
+    case = make_case([300, 17, 1024, 5], 32, 4, 64, bs=16, dtype=torch.bfloat16, seed=5)
+    counters = torch.zeros(64, dtype=torch.int32, device=DEV)
+    pristine = (case["k_cache"].clone(), case["v_cache"].clone())
+    decode_attention(**case, counters=counters)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = decode_attention(**case, counters=counters)
+    for _ in range(50):
+        g.replay()
+    torch.cuda.synchronize()
+    ref = dict(case, k_cache=pristine[0].clone(), v_cache=pristine[1].clone())
+    torch.testing.assert_close(out.float(), decode_attention_ref(**ref).float(), atol=3e-2, rtol=3e-2)
+    assert int(counters.abs().sum()) == 0
