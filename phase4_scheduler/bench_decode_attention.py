@@ -1,0 +1,125 @@
+"""GPU A/B of the decode step's attention: the fused kernel (decode_attention.py: RoPE + cache write + attention +
+split merge, one launch) against the unfused sequence (rope_qk, write_kv_cache, paged_decode and its reduce: up to
+four launches), at the engine's regimes, TinyLlama shapes (32 q / 4 KV heads x 64, bf16, 16-token blocks).
+
+    PYTHONPATH=$PWD TITAN_RESULTS_DIR=$OUT python3 -m phase4_scheduler.bench_decode_attention [--cases 1x256 64x512]
+
+Each timing is one CUDA graph that runs the attention of all `--layers` layers (each layer its own cache, as in the
+model, so the history is read from HBM rather than L2) with PDL as the engine launches it; reported per layer.
+Both paths are checked against each other on the same inputs before timing. Writes
+results/decode_attention_gpu.json (name with --name).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from tqdm.auto import tqdm
+
+from common import artifacts
+from common.bench import write_result
+from phase4_scheduler import fused_kernels as fk
+from phase4_scheduler.decode_attention import decode_attention
+
+HQ, HKV, D, BS = 32, 4, 64, 16
+
+
+def build(b: int, ctx: int, layers: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    per_seq = -(-ctx // BS)
+    nblk = b * per_seq + 1
+    caches = [(torch.randn(nblk, BS, HKV, D, device="cuda", generator=g, dtype=torch.bfloat16),
+               torch.randn(nblk, BS, HKV, D, device="cuda", generator=g, dtype=torch.bfloat16)) for _ in range(layers)]
+    bt = torch.randperm(nblk - 1, device="cuda", generator=g)[:b * per_seq].view(b, per_seq).to(torch.int32)
+    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+    pos = (lens - 1).long()
+    slots = (bt[:, (ctx - 1) // BS].long() * BS + (ctx - 1) % BS)
+    qkv = torch.randn(b, (HQ + 2 * HKV) * D, device="cuda", generator=g, dtype=torch.bfloat16)
+    cs = torch.randn(ctx + 8, D, device="cuda", generator=g)
+    return caches, bt, lens, pos, slots, qkv, cs
+
+
+def views(qkv, b):
+    nq, nk = HQ * D, HKV * D
+    return (qkv[:, :nq].view(b, HQ, D), qkv[:, nq:nq + nk].view(b, HKV, D), qkv[:, nq + nk:].view(b, HKV, D))
+
+
+def unfused(caches, bt, lens, pos, slots, qkv, cs, layer):
+    b = qkv.shape[0]
+    fk.rope_qk(qkv, pos, cs, HQ, HKV, D)
+    q, k, v = views(qkv, b)
+    kc, vc = caches[layer]
+    artifacts.get("kv_cache.write")(k, v, slots, kc, vc)
+    return artifacts.get("attention.paged_decode")(q, kc, vc, bt, lens)
+
+
+def fused(caches, bt, lens, pos, slots, qkv, cs, layer, counters):
+    q, k, v = views(qkv, qkv.shape[0])
+    kc, vc = caches[layer]
+    return decode_attention(q, k, v, slots, kc, vc, bt, lens, pos, cs, counters=counters)
+
+
+def graph_us(fn, layers: int, reps: int = 20) -> float:
+    """Median us per layer: one CUDA graph calls fn(layer) for every layer (warm-up outside the capture)."""
+    for i in range(layers):
+        fn(i)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(layers):
+            fn(i)
+    g.replay()
+    times = []
+    for _ in range(reps):
+        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        times.append(a.elapsed_time(e) * 1e3 / layers)
+    return statistics.median(times)
+
+
+def run_case(b: int, ctx: int, layers: int) -> dict:
+    caches, bt, lens, pos, slots, qkv, cs = build(b, ctx, layers)
+    counters = torch.zeros(b * HKV, dtype=torch.int32, device="cuda")
+    # correctness on the same inputs: the fused path (q, k, v untouched) vs the unfused one (rotates a copy in place)
+    c0 = [(k.clone(), v.clone()) for k, v in caches[:1]]
+    want = unfused(c0, bt, lens, pos, slots, qkv.clone(), cs, 0)
+    got = fused(caches, bt, lens, pos, slots, qkv, cs, 0, counters)
+    err = (got.float() - want.float()).abs().max().item()
+    cache_equal = torch.equal(caches[0][0], c0[0][0]) and torch.equal(caches[0][1], c0[0][1])
+    plan = artifacts.get("attention.paged_decode_plan")(qkv.device, b, HKV, bt.shape[1] * BS)
+    work = qkv.clone()  # the unfused path rotates its input in place on every call
+    t_unfused = graph_us(lambda i: unfused(caches, bt, lens, pos, slots, work, cs, i), layers)
+    t_fused = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters), layers)
+    kv_bytes = 2 * b * ctx * HKV * D * 2
+    return {"batch": b, "ctx": ctx, "num_splits": plan[3], "block_n": plan[0], "max_abs_diff": err,
+            "cache_equal": cache_equal, "counters_zero": int(counters.abs().sum()) == 0,
+            "unfused_us": t_unfused, "fused_us": t_fused, "speedup": t_unfused / t_fused,
+            "fused_kv_TBps": kv_bytes / t_fused / 1e6, "unfused_kv_TBps": kv_bytes / t_unfused / 1e6}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["1x256", "1x2048", "8x1024", "64x512", "256x512", "1024x192"],
+                    help="BATCHxCONTEXT pairs (context includes the new token)")
+    ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
+    ap.add_argument("--name", default="decode_attention_gpu")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_decode_attention needs CUDA (it times kernels on the GPU)")
+    rows, res = [], {}
+    for c in tqdm(args.cases, desc="cases"):
+        b, ctx = map(int, c.split("x"))
+        r = run_case(b, ctx, args.layers)
+        print(r, flush=True)
+        rows.append(r)
+        res = {"model_shapes": f"{HQ}q/{HKV}kv x {D}, bf16, block {BS}", "layers": args.layers, "rows": rows}
+        write_result("phase4_scheduler", args.name, res)  # after every case: a failure keeps the earlier rows
+    return res
+
+
+if __name__ == "__main__":
+    main()
