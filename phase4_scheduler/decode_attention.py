@@ -44,29 +44,32 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _tile(qs1, qs2, k1, k2, v, n_mask, m_i, l_i, acc, PREC: tl.constexpr):
-    """One online-softmax step over a [BLOCK_N] tile (k in halves: RoPE's layout). Empty tiles change nothing."""
-    s = tl.dot(qs1, tl.trans(k1.to(qs1.dtype)), input_precision=PREC)
-    s += tl.dot(qs2, tl.trans(k2.to(qs2.dtype)), input_precision=PREC)  # [G_PAD, BLOCK_N], log2 units
+def _tile(qs, k, v, n_mask, m_i, l_i, acc, PREC: tl.constexpr):
+    """One online-softmax step over a [BLOCK_N] tile. An all-masked tile changes nothing."""
+    s = tl.dot(qs, tl.trans(k.to(qs.dtype)), input_precision=PREC)  # [G_PAD, BLOCK_N], log2 units
     s = tl.where(n_mask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all-masked tile: no -inf - -inf
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
-    acc = acc * alpha[:, None] + tl.dot(p.to(qs1.dtype), v.to(qs1.dtype), input_precision=PREC)
+    acc = acc * alpha[:, None] + tl.dot(p.to(qs.dtype), v.to(qs.dtype), input_precision=PREC)
     return m_new, l_i * alpha + tl.sum(p, axis=1), acc
 
 
 @triton.jit
-def _kv_tile(bt_row, kc_ptr, vc_ptr, n, n_mask, kvh, j, d, BS: tl.constexpr, HKV: tl.constexpr,
-             HALF: tl.constexpr):
-    """K (as its two RoPE halves) and V of cached positions n [BLOCK_N] of one KV head."""
+def _kv_tile(bt_row, kc_ptr, vc_ptr, n, n_mask, kvh, d, BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
+    """K and V [BLOCK_N, D] of cached positions n [BLOCK_N] of one KV head (the cache holds rotated keys)."""
     blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
-    row = (blk * BS + n % BS) * (HKV * 2 * HALF) + kvh * (2 * HALF)  # int64 element offsets
-    k1 = tl.load(kc_ptr + row[:, None] + j[None, :], mask=n_mask[:, None], other=0.0)  # [BLOCK_N, HALF]
-    k2 = tl.load(kc_ptr + row[:, None] + HALF + j[None, :], mask=n_mask[:, None], other=0.0)
-    v = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_mask[:, None], other=0.0)  # [BLOCK_N, D]
-    return k1, k2, v
+    off = ((blk * BS + n % BS) * (HKV * D) + kvh * D)[:, None] + d[None, :]  # int64 element offsets
+    return tl.load(kc_ptr + off, mask=n_mask[:, None], other=0.0), tl.load(vc_ptr + off, mask=n_mask[:, None],
+                                                                          other=0.0)
+
+
+@triton.jit
+def _rope(x, partner, c, s, dt):
+    """x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1): `partner` is x at (d + D/2) mod D, c / s the
+    cos / sin of d mod D/2 broadcast over D, negated sin in the first half. Rounded to the dtype (rope_qk's result)."""
+    return (x * c + partner * s).to(dt).to(tl.float32)
 
 
 @triton.jit
@@ -83,7 +86,6 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     split = tl.program_id(2)
     D: tl.constexpr = 2 * HALF
     HQ: tl.constexpr = HKV * G
-    j = tl.arange(0, HALF)
     d = tl.arange(0, D)
     # ---- before the wait: the history (written by earlier steps) and this step's tables (copied before the graph)
     seq_len = tl.load(lens_ptr + b)
@@ -93,45 +95,43 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     cached_end = tl.minimum(end, seq_len - 1)  # the cache holds positions < seq_len - 1; the new one is in k, v
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     n = start + tl.arange(0, BLOCK_N)
-    k1, k2, v0 = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, j, d, BS, HKV, HALF)
+    k0, v0 = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
     pdl_wait(PDL)
     # ---- after it: this step's q, k, v
     dt = kc_ptr.dtype.element_ty
     g = tl.arange(0, G_PAD)
     g_mask = g < G
     heads = kvh * G + g
-    q_row = q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + j[None, :]  # [G_PAD, HALF]
-    q1 = tl.load(q_row, mask=g_mask[:, None], other=0.0).to(tl.float32)
-    q2 = tl.load(q_row + HALF, mask=g_mask[:, None], other=0.0).to(tl.float32)
+    dp = (d + HALF) % D  # rotate_half's partner of each dim
+    q_row = q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh  # [G_PAD, 1]
+    q = tl.load(q_row + d[None, :], mask=g_mask[:, None], other=0.0).to(tl.float32)  # [G_PAD, D]
     k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
-    kn1 = tl.load(k_row + j).to(tl.float32)
-    kn2 = tl.load(k_row + HALF + j).to(tl.float32)
+    kn = tl.load(k_row + d).to(tl.float32)  # [D]
     vn = tl.load(v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh + d).to(tl.float32)  # [D]
-    if ROPE:  # rope_qk's arithmetic: cos/sin rounded to the dtype, each rotated half rounded to it
+    if ROPE:  # rope_qk's arithmetic: cos/sin rounded to the dtype, the rotated value rounded to it
         pos = tl.load(pos_ptr + b).to(tl.int64)
-        c = tl.load(cs_ptr + pos * stride_cs + j).to(dt).to(tl.float32)
-        s = tl.load(cs_ptr + pos * stride_cs + HALF + j).to(dt).to(tl.float32)
-        q1, q2 = ((q1 * c[None, :] - q2 * s[None, :]).to(dt).to(tl.float32),
-                  (q2 * c[None, :] + q1 * s[None, :]).to(dt).to(tl.float32))
-        kn1, kn2 = (kn1 * c - kn2 * s).to(dt).to(tl.float32), (kn2 * c + kn1 * s).to(dt).to(tl.float32)
-    qs1 = q1 * sm_scale_log2  # the softmax scale and log2(e) folded into q: scores in log2 units
-    qs2 = q2 * sm_scale_log2
+        c = tl.load(cs_ptr + pos * stride_cs + d % HALF).to(dt).to(tl.float32)
+        s = tl.load(cs_ptr + pos * stride_cs + HALF + d % HALF).to(dt).to(tl.float32)
+        s = tl.where(d < HALF, -s, s)
+        q = _rope(q, tl.load(q_row + dp[None, :], mask=g_mask[:, None], other=0.0).to(tl.float32), c[None, :],
+                  s[None, :], dt)
+        kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
+    qs = q * sm_scale_log2  # the softmax scale and log2(e) folded into q: scores in log2 units
     if not DOT_F32:
-        qs1 = qs1.to(dt)
-        qs2 = qs2.to(dt)
+        qs = qs.to(dt)
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    m_i, l_i, acc = _tile(qs1, qs2, k1, k2, v0, n < cached_end, m_i, l_i, acc, PREC)
+    m_i, l_i, acc = _tile(qs, k0, v0, n < cached_end, m_i, l_i, acc, PREC)
     for n0 in range(start + BLOCK_N, cached_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        k1, k2, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, j, d, BS, HKV, HALF)
-        m_i, l_i, acc = _tile(qs1, qs2, k1, k2, v, n < cached_end, m_i, l_i, acc, PREC)
+        k, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
+        m_i, l_i, acc = _tile(qs, k, v, n < cached_end, m_i, l_i, acc, PREC)
 
     # the new token, owned by the split whose range ends at seq_len: scored from registers, then cached
     owner = (end == seq_len) & (start < seq_len)
-    s_new = tl.sum(qs1.to(tl.float32) * kn1[None, :] + qs2.to(tl.float32) * kn2[None, :], axis=1)  # [G_PAD]
+    s_new = tl.sum(qs.to(tl.float32) * kn[None, :], axis=1)  # [G_PAD]
     s_new = tl.where(owner, s_new, float("-inf"))
     m_new = tl.maximum(m_i, s_new)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -143,8 +143,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     slot = tl.load(slot_ptr + b).to(tl.int64)
     if owner & (slot >= 0):
         dst = slot * (HKV * D) + kvh * D
-        tl.store(kc_ptr + dst + j, kn1.to(dt))
-        tl.store(kc_ptr + dst + HALF + j, kn2.to(dt))
+        tl.store(kc_ptr + dst + d, kn.to(dt))
         tl.store(vc_ptr + dst + d, vn.to(dt))
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)  # 0 only in padding rows (g >= G) and empty splits
