@@ -80,6 +80,13 @@ def test_matches_unfused_reference(splits, rope, hq, hkv, d):
     check(case, 1e-5, num_splits=splits)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_without_the_first_tile_prefetch(splits):
+    """The large-batch variant (history loaded after the wait, the first tile inside the loop)."""
+    case = make_case([21, 1, 13, 40], 8, 2, 32, bs=4, dtype=torch.float32, seed=17 + splits, scratch=True)
+    check(case, 1e-5, num_splits=splits, prefetch=False)
+
+
 def test_splits_beyond_the_sequence_and_one_token_splits():
     """More splits than tiles (empty splits still count towards the merge), 1-token minimum split size."""
     case = make_case([3, 70, 5], 8, 2, 32, bs=8, dtype=torch.float32, seed=7)
@@ -155,7 +162,7 @@ def test_gpu_large_many_splits_repeated(hq, hkv, d):
     lens = [4999, 1, 333, 2048, 77, 257, 8191, 64]
     for rep in range(20):
         case = make_case(lens, hq, hkv, d, bs=16, dtype=torch.bfloat16, seed=rep, scratch=rep % 2 == 0)
-        check(case, 3e-2, num_splits=(None, 2, 7, 32, 128)[rep % 5])
+        check(case, 3e-2, num_splits=(None, 2, 7, 32, 128)[rep % 5], prefetch=rep % 3 != 0)
 
 
 @pytest.mark.gpu

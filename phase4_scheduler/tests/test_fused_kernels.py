@@ -261,14 +261,15 @@ compile_(cw.write_kv_cache_kernel, dict(k_ptr=bf, v_ptr=bf, slot_ptr="*i64", kc_
          dict(H=4, D=64, BLOCK_H=4, BLOCK_D=64, QUANT=False, **PDL))
 n += 7
 from phase4_scheduler import decode_attention as da
-for g, gpad, gr, split, rope, bn in [(8, 16, 8, True, True, 32), (3, 16, 4, True, False, 64), (8, 16, 8, False, True, 32)]:
+for g, gpad, gr, split, rope, bn, pre in [(8, 16, 8, True, True, 32, True), (3, 16, 4, True, False, 64, True),
+                                          (8, 16, 8, False, True, 64, False)]:
     compile_(da.decode_attention_kernel, dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32",
              slot_ptr="*i64", kc_ptr=bf, vc_ptr=bf, bt_ptr="*i32", lens_ptr="*i32", o_ptr=bf, po_ptr="*fp32",
              lse_ptr="*fp32", cnt_ptr="*i32", stride_qt="i32", stride_qh="i32", stride_kt="i32", stride_kh="i32",
              stride_vt="i32", stride_vh="i32", stride_cs="i32", stride_bt="i32", stride_ot="i32", stride_oh="i32",
              sm_scale_log2="fp32", num_splits="i32", min_tps="i32"),
              dict(BS=16, HKV=4, G=g, G_PAD=gpad, GR=gr, HALF=32, BLOCK_N=bn, SPLIT=split, S_PAD=16, S_CHUNK=8,
-                  ROPE=rope, DOT_F32=False, PREC="tf32", **PDL), 4, 2)
+                  ROPE=rope, PREFETCH=pre, DOT_F32=False, PREC="tf32", **PDL), 4, 2)
     n += 1
 ptrs = dict(x_ptr=bf, r_ptr=bf, nw_ptr=bf, ro_ptr=bf, w_ptr=bf, out_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32")
 for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, True, 2048)]:
