@@ -23,6 +23,11 @@ from common import artifacts
 
 KV_CACHE_DTYPES = ("auto", "fp8")
 DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read when a ModelRunner is built
+# decode steps with fewer (sequence, KV head) pairs than this run the fused decode attention; larger ones the unfused
+# four kernels. Measured on the H200 (results/decode_attention_h200.json, decode_attention_gated_h200.json; 22
+# layers, TinyLlama shapes, us per layer): B=1/256 tokens 3.9 vs 5.2, B=64/512 16.6 vs 21.5, but B=256/512 45.5 vs
+# 40.4 and B=1024/192 66.7 vs 62.1 (with or without the first-tile prefetch; not yet explained).
+FUSED_DECODE_MAX_PAIRS = 512
 FP8, SCALE_DTYPE = torch.float8_e4m3fn, torch.float16  # phase 3's FP8 cache format (phase3_paged_fp8/cache_write.py)
 
 
@@ -70,9 +75,17 @@ class BatchAttention:
         return self.attend_packed(layer, qp, kp, vp).transpose(0, 1)[None]
 
     @property
+    def fused_decode(self) -> bool:
+        """Does this step's attention run as phase4_scheduler/decode_attention.py's one kernel? Decode-only steps of
+        fewer than FUSED_DECODE_MAX_PAIRS (sequence, KV head) pairs, when the runner has the kernel."""
+        r = self.runner
+        return (self.decode_only and r.decode_attention_fn is not None
+                and self.block_tables.shape[0] * r.config.num_key_value_heads < FUSED_DECODE_MAX_PAIRS)
+
+    @property
     def rope_in_attention(self) -> bool:
         """True when attend_packed takes UN-rotated q, k plus positions (the fused decode kernel applies RoPE)."""
-        return self.decode_only and self.runner.decode_attention_fn is not None
+        return self.fused_decode
 
     def attend_packed(self, layer: int, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
                       positions: torch.Tensor | None = None, cos_sin: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,7 +94,7 @@ class BatchAttention:
         r = self.runner
         kc, vc = r.k_cache[layer], r.v_cache[layer]  # [N, bs, Hkv, D]
         ks, vs = (None, None) if r.k_scale is None else (r.k_scale[layer], r.v_scale[layer])  # FP8: [N, bs, Hkv]
-        if self.decode_only and r.decode_attention_fn is not None:  # one kernel: (RoPE,) cache write, attention
+        if self.fused_decode:  # one kernel: (RoPE,) cache write, attention, split merge
             counters = r.decode_counters if r.decode_counters.numel() >= qp.shape[0] * kp.shape[1] else None
             return r.decode_attention_fn(qp, kp, vp, self.slot_mapping, kc, vc, self.block_tables, self.seq_lens,
                                          positions, cos_sin, counters=counters)

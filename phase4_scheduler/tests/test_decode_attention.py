@@ -180,3 +180,21 @@ def test_gpu_cuda_graph_replays_with_persistent_counters():
     ref = dict(case, k_cache=pristine[0].clone(), v_cache=pristine[1].clone())
     torch.testing.assert_close(out.float(), decode_attention_ref(**ref).float(), atol=3e-2, rtol=3e-2)
     assert int(counters.abs().sum()) == 0
+
+
+def test_runner_uses_the_fused_kernel_only_below_the_pair_threshold():
+    """Decode-only steps with B * Hkv < FUSED_DECODE_MAX_PAIRS take the fused kernel; wider ones, prefill steps and
+    runners without the kernel (FP8 cache, TITAN_DECODE_ATTENTION=unfused) do not."""
+    from types import SimpleNamespace
+
+    from phase4_scheduler.model_runner import FUSED_DECODE_MAX_PAIRS, BatchAttention
+
+    runner = SimpleNamespace(decode_attention_fn=decode_attention, config=SimpleNamespace(num_key_value_heads=4))
+    step = lambda b, q_len=1: BatchAttention(runner, torch.zeros(b, 2, dtype=torch.int32),  # noqa: E731
+                                             torch.ones(b, dtype=torch.int32), torch.zeros(b), max_q_len=q_len)
+    below = FUSED_DECODE_MAX_PAIRS // 4 - 1
+    assert step(1).fused_decode and step(below).fused_decode and step(below).rope_in_attention
+    assert not step(below + 1).fused_decode and not step(below + 1).rope_in_attention
+    assert not step(4, q_len=3).fused_decode
+    runner.decode_attention_fn = None
+    assert not step(1).fused_decode
