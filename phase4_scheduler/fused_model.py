@@ -1,6 +1,7 @@
 """The fused Llama forward: packed qkv and gate_up weights, fused add+RMSNorm, in-place RoPE, SiLU-and-mul, and the
 skinny GEMM for decode-sized steps with the norm and SiLU folded into it. Same numbers as common/llama.py (fp32: to
-rounding); a decode layer is 5 launches + attention (norm+qkv, rope, o, norm+gate_up, silu+down). See FUSED.md.
+rounding); a decode layer is 5 launches (norm+qkv, the runner's one-kernel decode attention with RoPE in it, o,
+norm+gate_up, silu+down), or 5 + the unfused attention's rope/write/decode/reduce. See FUSED.md.
 
 CONTRACT (what the model runner calls):
 

@@ -20,8 +20,8 @@ def test_every_gpu_criterion_quotes_a_record(gpu_criteria):
 
 
 def test_equal_latency_criterion_reads_its_own_file(gpu_criteria):
-    c = gpu_criteria["continuous vs static at equal p50 latency, ShareGPT, Poisson (H100)"]
-    r = load_result(PHASE, "equal_latency_gpu")
+    c = gpu_criteria["continuous vs static at equal p50 latency, ShareGPT, Poisson"]
+    r = load_result(PHASE, gate.EQUAL_RECORD)
     text = c.recorded()
     if r is None:
         assert "no GPU run recorded" in text
@@ -30,9 +30,9 @@ def test_equal_latency_criterion_reads_its_own_file(gpu_criteria):
 
 
 def test_b1_quotes_the_json_and_its_verdict(gpu_criteria):
-    r = load_result(PHASE, "latency_h200")
+    r = load_result(PHASE, gate.B1_RECORD)
     if r is None:
-        pytest.skip("latency_h200.json not recorded")
+        pytest.skip(f"{gate.B1_RECORD}.json not recorded")
     text = gpu_criteria["B=1 decode, TinyLlama-1.1B shapes"].recorded()
     v = gate._b1(r)
     assert f"{v['engine_ms_per_token']:.2f} ms/token" in text and "sync" not in v["variant"]
