@@ -25,6 +25,8 @@ fields (tests/test_engine_increments.py checks it token for token and text for t
 """
 from __future__ import annotations
 
+import os
+
 import time
 
 import torch
@@ -47,13 +49,17 @@ def _noop() -> None:
     pass
 
 
+def _mixed_graphs(flag: bool | None) -> bool:
+    return os.environ.get("TITAN_MIXED_GRAPHS", "0") in ("1", "on") if flag is None else flag
+
+
 class LLMEngine:
     def __init__(self, loaded, *, max_model_len: int | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, block_size: int = 16, num_blocks: int | None = None,
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
                  cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None,
-                 overlap: bool | None = None, kv_cache_dtype: str = "auto"):
+                 overlap: bool | None = None, kv_cache_dtype: str = "auto", mixed_graphs: bool | None = None):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
         `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
@@ -63,7 +69,9 @@ class LLMEngine:
         `overlap`: overlapped decode (overlap.py: launch step N+1 before step N's tokens reach the host); default on
         with CUDA graphs. step() then returns a decode step's outputs one call later.
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
-        twice the blocks for the same kv_memory)."""
+        twice the blocks for the same kv_memory).
+        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget (mixed_graphs.py; needs
+        CUDA graphs and `fuse`); default: TITAN_MIXED_GRAPHS=1 turns it on, else off (not yet the default)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -79,7 +87,8 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, block_size)
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse,
-                                  kv_cache_dtype=kv_cache_dtype)
+                                  kv_cache_dtype=kv_cache_dtype,
+                                  mixed_graph_tokens=max_num_batched_tokens if _mixed_graphs(mixed_graphs) else 0)
         if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,

@@ -101,19 +101,30 @@ class FusedDecoderLayer(nn.Module):
     def forward(self, h, residual, positions, cos_sin, ctx, b: int, s: int, ops):
         """h, residual [T, H] (residual None in layer 0) -> (mlp output, residual stream) [T, H], not yet added."""
         fold = getattr(ctx, "rope_in_attention", False)  # the runner's decode kernel rotates q and k itself
+        qkv, residual = self.pre_attention(h, residual, positions, cos_sin, ops, rotate=not fold)
+        q, k, v = self.split_qkv(qkv)
+        t = qkv.shape[0]
         if fold:
-            qkv, residual = ops.norm_linear(h, self.input_norm, self.eps, self.qkv, residual)
+            attn = ctx.attend_packed(self.idx, q, k, v, positions, cos_sin)
         else:
-            qkv, residual = ops.norm_qkv_rope(h, self.input_norm, self.eps, self.qkv, residual, positions, cos_sin,
-                                              self.hq, self.hkv, self.d)  # [T, (Hq+2Hkv)D], q and k rotated
+            attn = self._attend(q, k, v, ctx, b, s)
+        return self.post_attention(attn.reshape(t, self.hq * self.d), residual, ops)
+
+    def pre_attention(self, h, residual, positions, cos_sin, ops, rotate: bool = True):
+        """(add + RMSNorm + qkv projection (+ RoPE when `rotate`), the residual stream): [T, (Hq+2Hkv)D], [T, H]."""
+        if not rotate:
+            return ops.norm_linear(h, self.input_norm, self.eps, self.qkv, residual)
+        return ops.norm_qkv_rope(h, self.input_norm, self.eps, self.qkv, residual, positions, cos_sin, self.hq,
+                                 self.hkv, self.d)
+
+    def split_qkv(self, qkv):
+        """q [T, Hq, D], k, v [T, Hkv, D]: strided views of the packed buffer."""
         t, nq, nk = qkv.shape[0], self.hq * self.d, self.hkv * self.d
-        q = qkv[:, :nq].view(t, self.hq, self.d)  # [T, Hq, D] strided views of the packed buffer
-        k = qkv[:, nq:nq + nk].view(t, self.hkv, self.d)
-        v = qkv[:, nq + nk:].view(t, self.hkv, self.d)
-        if fold:
-            attn = ctx.attend_packed(self.idx, q, k, v, positions, cos_sin).reshape(t, nq)
-        else:
-            attn = self._attend(q, k, v, ctx, b, s).reshape(t, nq)  # [T, Hq*D]
+        return (qkv[:, :nq].view(t, self.hq, self.d), qkv[:, nq:nq + nk].view(t, self.hkv, self.d),
+                qkv[:, nq + nk:].view(t, self.hkv, self.d))
+
+    def post_attention(self, attn, residual, ops):
+        """attn [T, Hq*D] -> (o projection, add + RMSNorm, gate_up, SiLU-and-mul, down): (mlp output, residual)."""
         gate_up, residual = ops.norm_linear(ops.linear(attn, self.o), self.post_norm, self.eps, self.gate_up, residual)
         return ops.silu_mul_linear(gate_up, self.down), residual
 

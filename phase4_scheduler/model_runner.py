@@ -119,12 +119,14 @@ class BatchAttention:
 class ModelRunner:
     def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto",
                  cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None,
-                 fuse: bool = False, kv_cache_dtype: str = "auto"):
+                 fuse: bool = False, kv_cache_dtype: str = "auto", mixed_graph_tokens: int = 0):
         """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto".
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (e4m3 K/V with an fp16 scale per token and KV head,
         phase 3's format: ~half the bytes; `kv_bytes_per_token` gives the size of either).
         `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton).
-        `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model)."""
+        `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model).
+        `mixed_graph_tokens`: > 0 captures piecewise graphs for steps with a prefill, up to that many tokens
+        (mixed_graphs.py; CUDA, fused model and decode graphs required); 0: such steps run eagerly."""
         cfg = loaded.config
         if cfg.is_mla:
             raise NotImplementedError("the phase-4 engine runs Llama-family models; MLA models need a latent paged "
@@ -171,6 +173,11 @@ class ModelRunner:
             from phase4_scheduler.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self, max_num_seqs, self.max_model_len)
+        self.mixed = None
+        if mixed_graph_tokens and self.graphs is not None and hasattr(self.model, "forward_tokens"):  # fused model
+            from phase4_scheduler.mixed_graphs import MixedGraphs
+
+            self.mixed = MixedGraphs(self, mixed_graph_tokens)
 
     @property
     def null_block(self) -> int:
@@ -228,10 +235,13 @@ class ModelRunner:
             ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
         last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
+        if not decode_only and self.mixed is not None and self.mixed.fits(ids.shape[0]):
+            return self.mixed.run(ids, pos, ctx, last)  # everything but attention from graphs
         return self.forward(ids, pos, ctx, last)
 
     def __repr__(self) -> str:
         L, N, bs, H, D = self.k_cache.shape
         g = f", {self.graphs}" if self.graphs is not None else ""
+        g += f", {self.mixed}" if self.mixed is not None else ""
         return (f"ModelRunner(backend={self.backend}, device={self.device}, dtype={self.dtype}, KV pool {N - 1} "
                 f"blocks x {bs} tokens x {L} layers, {self.nbytes() / 2**20:.1f} MiB{g})")

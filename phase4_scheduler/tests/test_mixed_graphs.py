@@ -1,0 +1,84 @@
+"""Piecewise graphs for steps with a prefill (mixed_graphs.py): the segmented forward gives the eager forward's
+logits whatever sits in the padding rows, the engine's greedy tokens are unchanged, bad setups are refused. CPU:
+segments run eagerly (capture=False) on the fused reference model; GPU: captured, against the eager engine."""
+import pytest
+import torch
+
+from common.sampling import SamplingParams
+from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.llm import LLM
+from phase4_scheduler.mixed_graphs import MixedGraphs, token_buckets
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+GREEDY = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+PROMPTS = [[1, 5, 9, 200, 31] * 3, [7] * 19, [3, 4], list(range(100, 140))]
+
+
+def engine(**kw):
+    return LLMEngine.from_model("tinyllama-1.1b", device=DEV, random_weights=True, num_layers=2, num_blocks=32,
+                                max_model_len=128, max_num_batched_tokens=48, fuse=True, dtype=torch.float32, **kw)
+
+
+def test_token_buckets():
+    assert token_buckets(8192) == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    assert token_buckets(48) == [16, 32, 48] and token_buckets(10) == [10]
+    with pytest.raises(ValueError, match="at least 2"):
+        token_buckets(1)
+
+
+def test_segmented_forward_matches_the_eager_one_with_garbage_padding():
+    eng = engine(cuda_graph=False)
+    r = eng.runner
+    mixed = MixedGraphs(r, 48, capture=False)
+    # a mixed step: a 5-token prefill chunk of request 0 and a 9-token one of request 1 (positions from 0 and 3)
+    from phase4_scheduler.model_runner import BatchAttention
+    ids = torch.tensor([11, 12, 13, 14, 15, 21, 22, 23, 24, 25, 26, 27, 28, 29])
+    pos = torch.tensor([0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    cu = torch.tensor([0, 5, 14], dtype=torch.int32)
+    tables = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
+    slots = torch.tensor([0, 1, 2, 3, 4, 35, 36, 37, 38, 39, 40, 41, 42, 43])
+    lens = torch.tensor([5, 12], dtype=torch.int32)
+    last = cu[1:].long() - 1
+    kc0, vc0 = r.k_cache.clone(), r.v_cache.clone()
+    want = r.forward(ids, pos, BatchAttention(r, tables, lens, slots, cu, 9), last)
+    for buf in (mixed.h, mixed.res, mixed.qkv, mixed.attn):
+        buf.normal_(0, 1e3)  # the padding rows (14..16 of bucket 16) hold garbage: it must not matter
+    r.k_cache.copy_(kc0)
+    r.v_cache.copy_(vc0)
+    got = mixed.run(ids, pos, BatchAttention(r, tables, lens, slots, cu, 9), last)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.shape == (2, eng.config.vocab_size)
+
+
+def test_engine_tokens_unchanged_with_segmented_mixed_steps():
+    ref = [o.output_token_ids for o in LLM(engine=engine(cuda_graph=False)).generate(PROMPTS, GREEDY)]
+    eng = engine(cuda_graph=False)
+    eng.runner.mixed = MixedGraphs(eng.runner, 48, capture=False)
+    calls = []
+    inner = eng.runner.mixed.run
+    eng.runner.mixed.run = lambda *a: (calls.append(a[0].shape[0]), inner(*a))[1]
+    assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
+    assert calls and max(calls) <= 48, "the prefill steps must have gone through the segmented forward"
+
+
+def test_refused_without_the_fused_model_or_a_gpu():
+    eng = LLMEngine.from_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1, num_blocks=8,
+                               max_model_len=64)
+    with pytest.raises(TypeError, match="fused model"):
+        MixedGraphs(eng.runner, 32, capture=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            MixedGraphs(engine(cuda_graph=False).runner, 32)
+
+
+@pytest.mark.gpu
+def test_gpu_engine_with_mixed_graphs_gives_the_eager_tokens():
+    base = dict(cuda_graph=True)
+    ref = [o.output_token_ids for o in LLM(engine=engine(mixed_graphs=False, **base)).generate(PROMPTS, GREEDY)]
+    eng = engine(mixed_graphs=True, **base)
+    assert eng.runner.mixed is not None and eng.runner.mixed.buckets == [16, 32, 48]
+    calls = []
+    inner = eng.runner.mixed.run
+    eng.runner.mixed.run = lambda *a: (calls.append(a[0].shape[0]), inner(*a))[1]
+    assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
+    assert calls
