@@ -71,6 +71,7 @@ TABLE: dict[str, str] = {
     "bench.serve": "phase4_scheduler.bench_serve:main",
     "engine.static_batching": "phase4_scheduler.static_batching:static_engine",
     "engine.cuda_graphs": "phase4_scheduler.cuda_graphs:DecodeGraphs",
+    "engine.mixed_graphs": "phase4_scheduler.mixed_graphs:MixedGraphs",
     "model.fuse": "phase4_scheduler.fused_model:fuse_model",
     "attention.decode_fused": "phase4_scheduler.decode_attention:decode_attention",
     "attention.decode_fused_ref": "phase4_scheduler.decode_attention:decode_attention_ref",

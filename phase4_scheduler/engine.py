@@ -50,7 +50,8 @@ def _noop() -> None:
 
 
 def _mixed_graphs(flag: bool | None) -> bool:
-    return os.environ.get("TITAN_MIXED_GRAPHS", "0") in ("1", "on") if flag is None else flag
+    """None: on unless TITAN_MIXED_GRAPHS=0 (the runner builds them only with CUDA graphs and the fused model)."""
+    return os.environ.get("TITAN_MIXED_GRAPHS", "1") not in ("0", "off") if flag is None else flag
 
 
 class LLMEngine:
@@ -70,8 +71,8 @@ class LLMEngine:
         with CUDA graphs. step() then returns a decode step's outputs one call later.
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
         twice the blocks for the same kv_memory).
-        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget (mixed_graphs.py; needs
-        CUDA graphs and `fuse`); default: TITAN_MIXED_GRAPHS=1 turns it on, else off (not yet the default)."""
+        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget (mixed_graphs.py; built
+        only with CUDA graphs and the fused model); default on (TITAN_MIXED_GRAPHS=0 turns it off)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:

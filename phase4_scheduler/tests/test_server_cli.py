@@ -34,7 +34,7 @@ def test_serve_help_names_every_option():
     r = titan("serve", "--help")
     assert r.returncode == 0
     for opt in ("--model", "--host", "--port", "--max-model-len", "--kv-memory", "--api-key", "127.0.0.1",
-                "--kv-cache-dtype", "--engine-process"):
+                "--kv-cache-dtype", "--engine-process", "--mixed-graphs"):
         assert opt in r.stdout, opt
 
 
@@ -57,6 +57,23 @@ def test_serve_parses_engine_process():
         build_parser().parse_args(["serve", "--engine-process", "yes"])
     assert use_engine_process("auto", "cpu") is False and use_engine_process("on", "cpu") is True
     assert use_engine_process("off", "auto") is False
+
+
+def test_serve_mixed_graphs_switch_reaches_the_engine(monkeypatch):
+    """--mixed-graphs on/off becomes LLMEngine(mixed_graphs=True/False); auto leaves it to the engine's default (on
+    unless TITAN_MIXED_GRAPHS=0; the runner builds the graphs only with CUDA graphs and the fused model)."""
+    from common import cli
+    from phase4_scheduler import engine, launch
+
+    seen = []
+    monkeypatch.setattr(launch, "serve", lambda model, **kw: seen.append(kw))
+    for flag, want in (("on", True), ("off", False), ("auto", "absent")):
+        cli.cmd_serve(cli.build_parser().parse_args(["serve", "--mixed-graphs", flag]))
+        assert seen[-1].get("mixed_graphs", "absent") == want
+    monkeypatch.setenv("TITAN_MIXED_GRAPHS", "0")
+    assert engine._mixed_graphs(None) is False and engine._mixed_graphs(True) is True
+    monkeypatch.delenv("TITAN_MIXED_GRAPHS")
+    assert engine._mixed_graphs(None) is True
 
 
 def test_serve_refuses_bad_setup_with_a_clear_error():
