@@ -12,7 +12,6 @@ results/decode_attention_gpu.json (name with --name).
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from common import artifacts
 from common.bench import write_result
 from phase4_scheduler import fused_kernels as fk
+from phase4_scheduler.bench_fused import graph_ms
 from phase4_scheduler.decode_attention import decode_attention
 
 HQ, HKV, D, BS = 32, 4, 64, 16
@@ -61,25 +61,10 @@ def fused(caches, bt, lens, pos, slots, qkv, cs, layer, counters, rope=True):
                             counters=counters)
 
 
-def graph_us(fn, layers: int, reps: int = 20) -> float:
-    """Median us per layer: one CUDA graph calls fn(layer) for every layer (warm-up outside the capture)."""
-    for i in range(layers):
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(layers):
-            fn(i)
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        times.append(a.elapsed_time(e) * 1e3 / layers)
-    return statistics.median(times)
+def graph_us(fn, layers: int) -> float:
+    """Median us per layer: one CUDA graph calls fn(layer) for every layer (bench_fused.graph_ms: warm-up outside
+    the capture, median of the replays)."""
+    return graph_ms([lambda i=i: fn(i) for i in range(layers)], reps=20) * 1e3
 
 
 def run_case(b: int, ctx: int, layers: int) -> dict:

@@ -26,7 +26,6 @@ fields (tests/test_engine_increments.py checks it token for token and text for t
 from __future__ import annotations
 
 import os
-
 import time
 
 import torch

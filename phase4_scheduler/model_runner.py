@@ -7,9 +7,11 @@ that from a `BatchAttention` context (cu_seqlens, seq_lens, block tables, slot m
 `attend(layer, q, k, v)` interface common/llama.py calls.
 
 NOTE (paths): on CUDA, phase 3's Triton kernels through the seam ("kv_cache.write" + "attention.paged_decode" for
-decode-only steps, "attention.paged_prefill" for anything with a prefill); on CPU their plain-PyTorch references
-("*_ref": gather each sequence's pages, SDPA), exact in fp32. Decode-only steps on CUDA replay a CUDA graph
-captured for the next larger batch size (phase4_scheduler/cuda_graphs.py); mixed steps run eagerly.
+decode-only steps, or phase 4's one-kernel "attention.decode_fused" below 512 (sequence, KV head) pairs;
+"attention.paged_prefill" for anything with a prefill); on CPU their plain-PyTorch references ("*_ref": gather each
+sequence's pages, SDPA), exact in fp32. Decode-only steps on CUDA replay a CUDA graph captured for the next larger
+batch size (phase4_scheduler/cuda_graphs.py); steps with a prefill replay piecewise graphs around eager attention
+with the fused model (mixed_graphs.py), else run eagerly.
 """
 from __future__ import annotations
 
