@@ -1,7 +1,7 @@
 """What the MLA decode kernel costs in registers, spills and shared memory on Hopper — measured on a CPU machine.
 
-Triton compiles for a GPU it does not have: `triton.compile(..., target=GPUTarget("cuda", 90, 32))` lowers the
-kernel to PTX, and the ptxas bundled with Triton reports registers per thread, spill stores and the kernel's
+Triton compiles for a GPU it does not have (common/ptxas.py: `triton.compile` for sm_90 lowers the kernel to PTX, and
+the ptxas bundled with Triton reports registers per thread and spill stores); the PTX shows the kernel's
 instructions (wgmma = Hopper tensor cores, mma.sync = the older path). This is how the slow configurations of the
 H100 sweep were explained without another GPU run.
 
@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 WGMMA_SHAPE = r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\."  # per-thread wgmma count by shape: a warpgroup's share
 ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 12
@@ -28,37 +25,23 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
     Pointers and integer arguments are declared 16-divisible, as Triton specializes them at a real launch with
     these shapes; the strides that are 1 here (lse's split stride, the output's value stride) are constants, as Triton
     specializes an integer argument equal to 1."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    from common.ptxas import hopper_resources
     from phase2_mla.mla_decode import mla_decode_kernel
     kernel = kernel or mla_decode_kernel
 
     consts = dict(DC=dc, DR=dr, BLOCK_DC=dc, BLOCK_DR=dr, PAGE=page, BLOCK_H=block_h, BLOCK_N=block_n, NUM_SPLITS=1,
                   LOOP_ITERS=0, PREC="tf32", DV_SPLIT=dv_split, RELOAD_Q=reload_q, SWAP_AB=swap_ab, sl_h=1, so_d=1)
     runtime = [n for n in kernel.arg_names if n not in consts]
-    sig = {**dict(zip(runtime, ARGS)), **{k: "constexpr" for k in consts}}
-    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in runtime
-             if n != "scale_log2"}
-    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
-    ptx = k.asm["ptx"]
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "k.ptx"
-        src.write_text(ptx)
-        r = subprocess.run([str(ptxas), "-v", "--gpu-name=sm_90a", str(src), "-o", str(src.with_suffix(".o"))],
-                           capture_output=True, text=True)
-    regs = re.findall(r"Used (\d+) registers", r.stderr)
-    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    res = hopper_resources(kernel, dict(zip(runtime, ARGS)), consts, num_warps, num_stages,
+                           divisible=[n for n in runtime if n != "scale_log2"])
+    ptx = res["ptx"]
     return {"block_h": block_h, "block_n": block_n, "num_warps": num_warps, "num_stages": num_stages,
-            "dv_split": dv_split, "reload_q": reload_q, "registers": int(regs[0]) if regs else None,
-            "spill_store_bytes": int(spills[0]) if spills else None, "shared_bytes": k.metadata.shared,
+            "dv_split": dv_split, "reload_q": reload_q, "registers": res["registers"],
+            "spill_store_bytes": res["spill_store_bytes"], "shared_bytes": res["shared_bytes"],
             "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
             "wgmma_shapes": {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(WGMMA_SHAPE, ptx)))},
             "swap_ab": swap_ab,
-            "ptxas_error": r.stderr[-300:] if r.returncode else ""}
+            "ptxas_error": res["ptxas_error"]}
 
 
 CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 16, 2),

@@ -67,6 +67,15 @@ def _kv_tile(bt_row, kc_ptr, vc_ptr, n, n_mask, kvh, d, BS: tl.constexpr, HKV: t
 
 
 @triton.jit
+def _cos_sin(cs_ptr, pos_ptr, b, stride_cs, d, HALF: tl.constexpr, dt):
+    """cos and sin of dims d [D] at sequence b's position, rounded to the dtype; sin negated in the first half."""
+    pos = tl.load(pos_ptr + b).to(tl.int64)
+    c = tl.load(cs_ptr + pos * stride_cs + d % HALF).to(dt).to(tl.float32)
+    s = tl.load(cs_ptr + pos * stride_cs + HALF + d % HALF).to(dt).to(tl.float32)
+    return c, tl.where(d < HALF, -s, s)
+
+
+@triton.jit
 def _rope(x, partner, c, s, dt):
     """x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1): `partner` is x at (d + D/2) mod D, c / s the
     cos / sin of d mod D/2 broadcast over D, negated sin in the first half. Rounded to the dtype (rope_qk's result)."""
@@ -108,17 +117,10 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     dp = (d + HALF) % D  # rotate_half's partner of each dim
     q_row = q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh  # [G_PAD, 1]
     q = tl.load(q_row + d[None, :], mask=g_mask[:, None], other=0.0).to(tl.float32)  # [G_PAD, D]
-    k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
-    kn = tl.load(k_row + d).to(tl.float32)  # [D]
-    vn = tl.load(v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh + d).to(tl.float32)  # [D]
     if ROPE:  # rope_qk's arithmetic: cos/sin rounded to the dtype, the rotated value rounded to it
-        pos = tl.load(pos_ptr + b).to(tl.int64)
-        c = tl.load(cs_ptr + pos * stride_cs + d % HALF).to(dt).to(tl.float32)
-        s = tl.load(cs_ptr + pos * stride_cs + HALF + d % HALF).to(dt).to(tl.float32)
-        s = tl.where(d < HALF, -s, s)
+        c, s = _cos_sin(cs_ptr, pos_ptr, b, stride_cs, d, HALF, dt)
         q = _rope(q, tl.load(q_row + dp[None, :], mask=g_mask[:, None], other=0.0).to(tl.float32), c[None, :],
                   s[None, :], dt)
-        kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
     qs = q * sm_scale_log2  # the softmax scale and log2(e) folded into q: scores in log2 units
     if not DOT_F32:
         qs = qs.to(dt)
@@ -135,7 +137,15 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
         k, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
         m_i, l_i, acc = _tile(qs, k, v, n < cached_end, m_i, l_i, acc, PREC)
 
-    # the new token, owned by the split whose range ends at seq_len: scored from registers, then cached
+    # the new token, owned by the split whose range ends at seq_len: scored from registers, then cached. Its k and v
+    # are loaded (and k rotated) only now, so they hold no registers through the loop above (2 warps at large
+    # batches: registers per thread decide how many programs share an SM)
+    k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
+    kn = tl.load(k_row + d).to(tl.float32)  # [D]
+    vn = tl.load(v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh + d).to(tl.float32)  # [D]
+    if ROPE:
+        c, s = _cos_sin(cs_ptr, pos_ptr, b, stride_cs, d, HALF, dt)
+        kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
     owner = (end == seq_len) & (start < seq_len)
     s_new = tl.sum(qs.to(tl.float32) * kn[None, :], axis=1)  # [G_PAD]
     s_new = tl.where(owner, s_new, float("-inf"))
@@ -240,14 +250,16 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
                      cos_sin_cache=None, counters=None, sm_scale=None, num_splits: int | None = None,
                      max_seq_len: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None, min_tokens_per_split: int | None = None,
-                     prefetch: bool | None = None) -> torch.Tensor:
+                     prefetch: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
     """RoPE (when positions is given) + cache write + paged decode attention in one launch; see the module NOTE.
 
     q [B, Hq, D], k, v [B, Hkv, D]: this step's projections (strided views of the packed qkv are fine), not modified.
     seq_lens [B] counts the new token. counters: a zeroed int32 buffer of >= B * Hkv entries that the kernel leaves
     zeroed (a CUDA-graphed caller keeps one; None allocates one). Unset tile / splits come from phase 3's
-    decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile. Returns out [B, Hq, D] in
-    q's dtype.
+    decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile; `maxnreg` caps registers
+    per thread (decode_resources.py: at the large-batch tile the kernel takes 128 against phase 3's 112, so 8
+    programs share an SM instead of 9; ptxas fits 112 without spilling; not yet timed on a GPU, so None by default).
+    Returns out [B, Hq, D] in q's dtype.
     """
     _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
     b, hq, d = q.shape
@@ -284,7 +296,8 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
         GR=gr, HALF=d // 2, BLOCK_N=block_n, SPLIT=split, S_PAD=s_pad,
         S_CHUNK=max(1, min(s_pad, 4096 // (gr * d))), ROPE=rope, PREFETCH=prefetch_first_tile(b, hkv) if prefetch is None else prefetch,
         DOT_F32=interpreting() or q.dtype == torch.float32, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch)
+        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch,
+        **({"maxnreg": maxnreg} if maxnreg and not interpreting() else {}))
     return out
 
 

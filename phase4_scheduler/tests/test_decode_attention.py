@@ -198,3 +198,26 @@ def test_runner_uses_the_fused_kernel_only_below_the_pair_threshold():
     assert not step(4, q_len=3).fused_decode
     runner.decode_attention_fn = None
     assert not step(1).fused_decode
+
+
+@pytest.mark.slow
+def test_register_accounting_compiles_for_hopper_and_the_cap_binds():
+    """decode_resources.py compiles phase 3's decode kernel and the fused one for sm_90a on this machine (ptxas -v):
+    every row reports registers; the capped fused row uses no more than phase 3's kernel at its tile, and so fits as
+    many programs per SM. A subprocess: the interpreter (set for this suite) never compiles."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # real JIT functions (phase 3's import would pick the interpreter)
+    code = "import json; from phase4_scheduler.decode_resources import rows; print(json.dumps(rows()))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(0 < row["registers"] <= 255 and not row["ptxas_error"] for row in out)
+    for regime in {row["regime"] for row in out}:
+        rs = [row for row in out if row["regime"] == regime]
+        phase3, capped = rs[0], rs[-1]
+        assert capped["maxnreg"] == phase3["registers"] >= capped["registers"]
+        assert capped["programs_per_sm"] >= phase3["programs_per_sm"]

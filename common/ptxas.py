@@ -1,0 +1,52 @@
+"""What a Triton kernel costs on Hopper -- registers per thread, spills, shared memory -- measured on a CPU machine.
+
+`triton.compile(..., target=GPUTarget("cuda", 90, 32))` lowers a kernel to PTX for a GPU that is not here, and the
+ptxas bundled with Triton reports registers per thread and spill stores for sm_90a. Registers decide how many
+programs share an SM (65,536 per SM: a 64-thread program at 128 registers fits 8 times, at 112 nine times), which is
+often the whole story of a memory-bound kernel's speed. Run it without TRITON_INTERPRET (the interpreter never
+compiles).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def hopper_resources(kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                     divisible=(), maxnreg: int | None = None) -> dict:
+    """Compile `kernel` (a @triton.jit function) for sm_90a. signature: runtime argument -> Triton type ("*bf16",
+    "i32", "fp32", ...); constexprs: name -> value; divisible: the runtime arguments declared 16-divisible, as Triton
+    specializes them at a real launch with aligned pointers and strides; maxnreg: the launch option of that name (a
+    register cap ptxas must meet, spilling if it has to). Returns registers, spill_store_bytes,
+    shared_bytes, the PTX and ptxas's stderr tail on failure."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {**signature, **{k: "constexpr" for k in constexprs}}
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {})))
+    ptx = k.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        r = subprocess.run([str(ptxas), "-v", "--gpu-name=sm_90a", str(src), "-o", str(src.with_suffix(".o"))],
+                           capture_output=True, text=True)
+    regs = re.findall(r"Used (\d+) registers", r.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    return {"registers": int(regs[0]) if regs else None, "spill_store_bytes": int(spills[0]) if spills else None,
+            "shared_bytes": k.metadata.shared, "ptx": ptx, "ptxas_error": r.stderr[-300:] if r.returncode else ""}
+
+
+def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, regs_per_sm: int = 65536,
+                    smem_per_sm: int = 228 * 1024, max_warps: int = 64) -> int:
+    """Resident programs per Hopper SM, from registers (allocated per warp in units of 256), shared memory and warps."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_regs = regs_per_sm // (per_warp * num_warps)
+    by_smem = smem_per_sm // max(1, shared_bytes + 1024)  # + the 1 KiB the driver reserves per block
+    return max(0, min(by_regs, by_smem, max_warps // num_warps, 32))
