@@ -124,6 +124,21 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     qs = q * sm_scale_log2  # the softmax scale and log2(e) folded into q: scores in log2 units
     if not DOT_F32:
         qs = qs.to(dt)
+    # the new token, owned by the split whose range ends at seq_len: scored from registers and cached HERE, before
+    # the loop, so neither its k nor an elementwise copy of q stays live through the loop (at the large-batch tile
+    # that costs ~25 registers per thread, i.e. programs per SM: decode_resources.py); v is re-read after the loop
+    k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
+    v_row = v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh
+    kn = tl.load(k_row + d).to(tl.float32)  # [D]
+    if ROPE:
+        kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
+    owner = (end == seq_len) & (start < seq_len)
+    s_new = tl.where(owner, tl.sum(qs.to(tl.float32) * kn[None, :], axis=1), float("-inf"))  # [G_PAD]
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    if owner & (slot >= 0):  # nobody reads this slot in this launch: the history ends at seq_len - 2
+        dst = slot * (HKV * D) + kvh * D
+        tl.store(kc_ptr + dst + d, kn.to(dt))
+        tl.store(vc_ptr + dst + d, tl.load(v_row + d))
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
@@ -137,18 +152,8 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
         k, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
         m_i, l_i, acc = _tile(qs, k, v, n < cached_end, m_i, l_i, acc, PREC)
 
-    # the new token, owned by the split whose range ends at seq_len: scored from registers, then cached. Its k and v
-    # are loaded (and k rotated) only now, so they hold no registers through the loop above (2 warps at large
-    # batches: registers per thread decide how many programs share an SM)
-    k_row = k_ptr + b.to(tl.int64) * stride_kt + kvh * stride_kh
-    kn = tl.load(k_row + d).to(tl.float32)  # [D]
-    vn = tl.load(v_ptr + b.to(tl.int64) * stride_vt + kvh * stride_vh + d).to(tl.float32)  # [D]
-    if ROPE:
-        c, s = _cos_sin(cs_ptr, pos_ptr, b, stride_cs, d, HALF, dt)
-        kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
-    owner = (end == seq_len) & (start < seq_len)
-    s_new = tl.sum(qs.to(tl.float32) * kn[None, :], axis=1)  # [G_PAD]
-    s_new = tl.where(owner, s_new, float("-inf"))
+    # merge the new token's score (s_new, -inf outside the owner split) into the running softmax
+    vn = tl.load(v_row + d).to(tl.float32)  # [D]
     m_new = tl.maximum(m_i, s_new)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
@@ -156,11 +161,6 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     l_i = l_i * alpha + p_new
     acc = acc * alpha[:, None] + p_new[:, None] * vn[None, :]
     m_i = m_new
-    slot = tl.load(slot_ptr + b).to(tl.int64)
-    if owner & (slot >= 0):
-        dst = slot * (HKV * D) + kvh * D
-        tl.store(kc_ptr + dst + d, kn.to(dt))
-        tl.store(vc_ptr + dst + d, vn.to(dt))
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)  # 0 only in padding rows (g >= G) and empty splits
     if not SPLIT:
@@ -257,8 +257,8 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
     seq_lens [B] counts the new token. counters: a zeroed int32 buffer of >= B * Hkv entries that the kernel leaves
     zeroed (a CUDA-graphed caller keeps one; None allocates one). Unset tile / splits come from phase 3's
     decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile; `maxnreg` caps registers
-    per thread (decode_resources.py: at the large-batch tile the kernel takes 128 against phase 3's 112, so 8
-    programs share an SM instead of 9; ptxas fits 112 without spilling; not yet timed on a GPU, so None by default).
+    per thread (a launch option; decode_resources.py reports what each tile takes: since the new token is handled
+    before the loop, no more than phase 3's kernel without the prefetch, so None by default).
     Returns out [B, Hq, D] in q's dtype.
     """
     _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)

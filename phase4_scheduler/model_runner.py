@@ -28,7 +28,8 @@ DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read wh
 # decode steps with fewer (sequence, KV head) pairs than this run the fused decode attention; larger ones the unfused
 # four kernels. Measured on the H200 (results/decode_attention_h200.json, decode_attention_gated_h200.json; 22
 # layers, TinyLlama shapes, us per layer): B=1/256 tokens 3.9 vs 5.2, B=64/512 16.6 vs 21.5, but B=256/512 45.5 vs
-# 40.4 and B=1024/192 66.7 vs 62.1 (with or without the first-tile prefetch; not yet explained).
+# 40.4 and B=1024/192 66.7 vs 62.1: registers (136 vs 112 per thread at that tile, 7 vs 9 programs per SM;
+# decode_resources.py). The kernel now takes 103 there; raise this once the GPU has timed it.
 FUSED_DECODE_MAX_PAIRS = 512
 FP8, SCALE_DTYPE = torch.float8_e4m3fn, torch.float16  # phase 3's FP8 cache format (phase3_paged_fp8/cache_write.py)
 

@@ -221,3 +221,7 @@ def test_register_accounting_compiles_for_hopper_and_the_cap_binds():
         phase3, capped = rs[0], rs[-1]
         assert capped["maxnreg"] == phase3["registers"] >= capped["registers"]
         assert capped["programs_per_sm"] >= phase3["programs_per_sm"]
+        # the new token is scored and cached before the history loop, so the fused kernel (no prefetch: the
+        # large-batch variant) keeps no more state through the loop than phase 3's kernel does
+        fused = next(row for row in rs if row["kernel"] == "fused, RoPE on, prefetch off")
+        assert fused["registers"] <= phase3["registers"] and fused["spill_store_bytes"] == 0
