@@ -12,6 +12,8 @@ Tile sizes are autotuned per (N, K, path): run every shape once before capturing
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -181,6 +183,34 @@ def _prune(configs, named_args, **kwargs):  # with the RoPE epilogue a program's
     return [c for c in configs if not kwargs.get("ROPE") or kwargs["HALF"] % (c.kwargs["BLOCK_N"] // 2) == 0]
 
 
+# Pinned M == 1 tiles, (N, K, MODE) -> (BLOCK_N, BLOCK_K, num_warps), bypassing the autotuner. Why: the autotuner
+# times each candidate ALONE (do_bench), where loading weights before the PDL wait gains nothing; in the decode step
+# each GEMV follows another kernel, and a tile that prefetches its whole slab before the wait may win there while
+# losing alone. sweep_gemv_chain.py times the candidates inside the real B=1 step and pins them this way. Set from
+# TITAN_GEMV_TILES="2048x2048x0=2,2048,4;2560x2048x1=2,2048,4" at import, or by assigning PINNED_TILES.
+GEMV_TILES_ENV = "TITAN_GEMV_TILES"
+
+
+def parse_tiles(spec: str) -> dict:
+    """"NxKxMODE=BLOCK_N,BLOCK_K,WARPS;..." -> {(N, K, MODE): (BLOCK_N, BLOCK_K, WARPS)}; clear errors otherwise."""
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(";"))):
+        try:
+            shape, tile = item.split("=")
+            n, k, mode = (int(v) for v in shape.split("x"))
+            bn, bk, w = (int(v) for v in tile.split(","))
+        except ValueError:
+            raise ValueError(f"{GEMV_TILES_ENV}: want 'NxKxMODE=BLOCK_N,BLOCK_K,WARPS' items separated by ';', got "
+                             f"{item!r}") from None
+        if bn & (bn - 1) or bk & (bk - 1) or w & (w - 1) or mode not in (0, 1, 2):
+            raise ValueError(f"{GEMV_TILES_ENV}: BLOCK_N, BLOCK_K and WARPS must be powers of two and MODE 0, 1 or 2, "
+                             f"got {item!r}")
+        out[(n, k, mode)] = (bn, bk, w)
+    return out
+
+
+PINNED_TILES: dict = parse_tiles(os.environ.get(GEMV_TILES_ENV, ""))
+
 # HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
 skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE"], do_bench=_bench,
                                     prune_configs_by={"early_config_prune": _prune})(skinny_gemv_kernel)
@@ -214,7 +244,12 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     if m == 1:
         args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
         pdl, launch = pdl_args(x)
-        if interpreting() or not tune:
+        pinned = PINNED_TILES.get((n, k, mode))
+        if pinned is not None:
+            bn, bk, warps = pinned
+            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=warps,
+                                     **launch)
+        elif interpreting() or not tune:
             bn, bk = (4, 32) if interpreting() else (8, 512)
             skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=4, **launch)
         else:
