@@ -23,7 +23,6 @@ from phase4_scheduler.bench_fused import graph_ms
 from phase4_scheduler.decode_attention import decode_attention
 
 HQ, HKV, D, BS = 32, 4, 64, 16
-MAXNREG = {2: 112, 4: 72}  # num_warps -> phase 3's registers per thread at the engine's tiles (decode_resources.py)
 
 
 def build(b: int, ctx: int, layers: int, seed: int = 0):
@@ -55,11 +54,11 @@ def unfused(caches, bt, lens, pos, slots, qkv, cs, layer):
     return artifacts.get("attention.paged_decode")(q, kc, vc, bt, lens)
 
 
-def fused(caches, bt, lens, pos, slots, qkv, cs, layer, counters, rope=True, maxnreg=None):
+def fused(caches, bt, lens, pos, slots, qkv, cs, layer, counters, rope=True):
     q, k, v = views(qkv, qkv.shape[0])
     kc, vc = caches[layer]
     return decode_attention(q, k, v, slots, kc, vc, bt, lens, pos if rope else None, cs if rope else None,
-                            counters=counters, maxnreg=maxnreg)
+                            counters=counters)
 
 
 def graph_us(fn, layers: int) -> float:
@@ -83,14 +82,10 @@ def run_case(b: int, ctx: int, layers: int) -> dict:
     t_fused = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters), layers)
     # ablation: the same kernel without RoPE (q and k taken as already rotated)
     t_norope = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters, rope=False), layers)
-    # registers capped at phase 3's count at this tile (decode_resources.py): as many programs per SM as it has
-    cap = MAXNREG.get(plan[1])
-    t_cap = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters, maxnreg=cap), layers)
     kv_bytes = 2 * b * ctx * HKV * D * 2
     return {"batch": b, "ctx": ctx, "num_splits": plan[3], "block_n": plan[0], "max_abs_diff": err,
             "cache_equal": cache_equal, "counters_zero": int(counters.abs().sum()) == 0,
             "unfused_us": t_unfused, "fused_us": t_fused, "fused_without_rope_us": t_norope,
-            "fused_maxnreg": cap, "fused_maxnreg_us": t_cap,
             "speedup": t_unfused / t_fused,
             "fused_kv_TBps": kv_bytes / t_fused / 1e6, "unfused_kv_TBps": kv_bytes / t_unfused / 1e6}
 

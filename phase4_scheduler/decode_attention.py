@@ -250,15 +250,14 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
                      cos_sin_cache=None, counters=None, sm_scale=None, num_splits: int | None = None,
                      max_seq_len: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None, min_tokens_per_split: int | None = None,
-                     prefetch: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
+                     prefetch: bool | None = None) -> torch.Tensor:
     """RoPE (when positions is given) + cache write + paged decode attention in one launch; see the module NOTE.
 
     q [B, Hq, D], k, v [B, Hkv, D]: this step's projections (strided views of the packed qkv are fine), not modified.
     seq_lens [B] counts the new token. counters: a zeroed int32 buffer of >= B * Hkv entries that the kernel leaves
     zeroed (a CUDA-graphed caller keeps one; None allocates one). Unset tile / splits come from phase 3's
-    decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile; `maxnreg` caps registers
-    per thread (a launch option; decode_resources.py reports what each tile takes: since the new token is handled
-    before the loop, no more than phase 3's kernel without the prefetch, so None by default).
+    decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile (registers per tile:
+    decode_resources.py).
     Returns out [B, Hq, D] in q's dtype.
     """
     _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
@@ -296,8 +295,7 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
         GR=gr, HALF=d // 2, BLOCK_N=block_n, SPLIT=split, S_PAD=s_pad,
         S_CHUNK=max(1, min(s_pad, 4096 // (gr * d))), ROPE=rope, PREFETCH=prefetch_first_tile(b, hkv) if prefetch is None else prefetch,
         DOT_F32=interpreting() or q.dtype == torch.float32, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch,
-        **({"maxnreg": maxnreg} if maxnreg and not interpreting() else {}))
+        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch)
     return out
 
 
