@@ -21,13 +21,20 @@ def hopper_resources(kernel, signature: dict, constexprs: dict, num_warps: int, 
     specializes them at a real launch with aligned pointers and strides; maxnreg: the launch option of that name (a
     register cap ptxas must meet, spilling if it has to). Returns registers, spill_store_bytes,
     shared_bytes, the PTX and ptxas's stderr tail on failure."""
+    from triton.compiler import ASTSource
+    return compile_resources(ASTSource, kernel, signature, constexprs, num_warps, num_stages, divisible, maxnreg)
+
+
+def compile_resources(source_cls, kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                      divisible=(), maxnreg: int | None = None) -> dict:
+    """`hopper_resources` for any front end: source_cls is Triton's ASTSource or Gluon's GluonASTSource (a Gluon
+    kernel's tensor descriptors are declared as "tensordesc<bf16[64, 512],NVMMASharedLayout(...)>")."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     sig = {**signature, **{k: "constexpr" for k in constexprs}}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
+    k = triton.compile(source_cls(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {})))
     ptx = k.asm["ptx"]

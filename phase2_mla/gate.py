@@ -19,7 +19,8 @@ ROPE_GATE_SHAPES = ("decode B=1024, Llama", "prefill 16K tokens, L")  # bench_ml
 MLA_TB_S_TARGET = 2.4   # MLA decode at DeepSeek-V3 dims (FlashMLA: ~3.0 on H800)
 LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=32, num_warps=8, num_stages=2, num_splits=1),
                     dict(block_h=64, block_n=64, num_warps=8, num_stages=2, num_splits=None),
-                    dict(block_h=32, block_n=32, num_warps=4, num_stages=2, num_splits=None)]
+                    dict(block_h=32, block_n=32, num_warps=4, num_stages=2, num_splits=None),
+                    dict(backend="gluon", num_splits=1)]  # mla_decode_gluon (Hopper): each score tile computed once
 
 
 def _bench():
@@ -151,7 +152,8 @@ def live_mla_best(heads: int = 128, batch: int = 64, ctx: int = 4096) -> dict:
     from phase2_mla import bench_mla
 
     rec = (_bench() or {}).get("summary", {}).get("mla_dsv3_best")
-    keys = ("block_h", "block_n", "num_warps", "num_stages", "num_splits", "dv_split", "reload_q", "swap_ab")
+    keys = ("backend", "block_h", "block_n", "num_warps", "num_stages", "num_splits", "dv_split", "reload_q",
+            "swap_ab")
     cfgs = ([{k: rec[k] for k in keys if k in rec}] if rec else []) + LIVE_MLA_CONFIGS
     return bench_mla.sweep_mla(batch, heads, ctx, cfgs, "live MLA")["best"]
 

@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
               f"dv_split={row['dv_split']} reload_q={row['reload_q']!s:5} swap_ab={row['swap_ab']!s:5}: "
               f"{row['registers']} regs, {row['spill_store_bytes']} B spilled, {row['shared_bytes'] // 1024} KiB smem, "
               f"{row['wgmma_shapes'] or 'mma.sync'}", flush=True)
-    write_result("phase2_mla", "kernel_resources", {"target": "sm_90a (compiled on CPU)", "rows": rows})
+    from phase2_mla.mla_decode_gluon import hopper_resources_gluon
+    gluon = hopper_resources_gluon()
+    print(f"gluon kernel (64 heads x 64 tokens, 8 warps, 2 TMA stages): {gluon['registers']} regs, "
+          f"{gluon['spill_store_bytes']} B spilled, {gluon['shared_bytes'] // 1024} KiB smem, {gluon['wgmma_shapes']}")
+    write_result("phase2_mla", "kernel_resources", {"target": "sm_90a (compiled on CPU)", "rows": rows,
+                                                    "gluon": gluon})
     return 0
 
 

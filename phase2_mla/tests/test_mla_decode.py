@@ -169,3 +169,70 @@ def test_kernel_compiles_for_hopper_on_cpu_and_reports_resources():
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0 < row["registers"] <= 255 and row["shared_bytes"] > 0 and not row["ptxas_error"]
     assert row["mma_sync"] + row["wgmma"] > 0  # tensor-core instructions were generated
+
+
+def test_gluon_backend_refuses_what_it_cannot_run():
+    """backend="gluon" is Hopper-only (bf16 / fp16, latent 512 + rope 64, pages of 64k): anything else is a clear
+    ValueError, never a silent fallback; an unknown backend name is one too."""
+    q_lat, q_pe, kv, bt, sl = make_case([5, 9], 8, device="cpu")
+    with pytest.raises(ValueError, match="gluon"):
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="gluon")
+    with pytest.raises(ValueError, match="backend"):
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="cuda")
+
+
+@pytest.mark.slow
+def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
+    """mla_decode_gluon's kernel lowers to sm_90a here (no GPU): no spills, within the 227 KB of shared memory a
+    block may take, and per warpgroup 36 m64n32k16 score wgmmas (576 deep / 16; 32 = half the 64-token tile: the
+    warpgroups split the tile instead of both computing it, as the Triton kernel's 72 do) and 4 m64n256k16 value
+    wgmmas (64 tokens / 16; 256 = half the 512 value dims)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+            "print(json.dumps([r(page=64), r(page=128, num_splits=3)]))")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for row in json.loads(p.stdout.strip().splitlines()[-1]):
+        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 227 * 1024, row
+        assert row["wgmma_shapes"] == {"m64n32k16": 36, "m64n256k16": 4}, row
+        assert row["tma_loads"] >= 4, row  # q, q_pe, then the latent and rope key of a tile
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lens, page, h", [([1, 77, 300, 1025], 64, 128), ([513, 4096, 33, 64], 128, 128),
+                                           ([70, 200], 64, 16), ([129, 5], 64, 100)],
+                         ids=["ragged-page64", "long-page128", "16-heads", "100-heads"])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_gluon_kernel_matches_reference(lens, page, h, num_splits):
+    """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
+    token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon MLA kernel is built for Hopper (sm_90)")
+    q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=h, dc=512, dr=64, dtype=torch.bfloat16, seed=11)
+    ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5, num_splits=num_splits, backend="gluon")
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan():
+    """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
+    their latent rows before p @ c, so the output stays finite and equal to the reference."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon MLA kernel is built for Hopper (sm_90)")
+    lens, page = [1, 100, 191], 64
+    q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=128, dc=512, dr=64, dtype=torch.bfloat16, seed=3)
+    for b, n in enumerate(lens):
+        for t in range(n, bt.shape[1] * page):
+            kv[bt[b, t // page], t % page] = float("nan")
+    ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.07)
+    for splits in (1, 2):
+        out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.07, num_splits=splits, backend="gluon")
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -1,0 +1,255 @@
+"""Absorbed-MLA paged decode in Gluon (Triton's explicit-layout dialect) for Hopper: each score tile computed ONCE.
+
+Same contract as `mla_decode.mla_paged_decode` (q_lat [B, H, DC], q_pe [B, H, DR], a paged latent cache
+[num_blocks, page, DC + DR], block table, seq_lens) and the same split-KV + merge scheme; bf16 / fp16 on sm_90 only.
+
+NOTE (why a second kernel): the Triton kernel spends its tensor-core time twice on the scores. Triton lays a dot out
+with every warp along M when its result feeds another dot (flash attention's p @ v), so with 8 warps and a 64-head
+block BOTH warpgroups compute the SAME 64 x 64 score tile; only the value GEMM is split between them (each keeps
+256 of the 512 value dims). That is 1.53x the minimal MMA work at DeepSeek-V3's 128 heads, where decode is
+tensor-core bound (~240 FLOPs per KV byte). A Triton variant tried during development (not kept) routed p and the
+rescale factor through a global scratch to break the chain: the score GEMM did get the split layout ([4, 2]), but
+the CTA barrier it needs switched off Triton's software pipeliner (sm_90a compile: no async copies, 255 registers
+and 68 bytes spilled; without the barrier it pipelined but wanted 240 KB of shared memory, over the 227 KB a block
+may take). Gluon states what FlashMLA does by hand:
+
+  - 8 warps = 2 warpgroups. The score tile s [64 heads, 64 tokens] has the layout warps [4, 2]: warpgroup g computes
+    the scores of tokens 32g .. 32g + 31 (m64n32k16 wgmmas over the 576-deep q . [c | k_pe]); the row max and sum
+    cross the two warpgroups (a small shared-memory reduction the compiler emits).
+  - p (bf16) goes to shared memory; after a fence and a CTA barrier both warpgroups use the whole tile: warpgroup g
+    accumulates value dims 256g .. 256g + 255 (m64n256k16, a 64 x 256 fp32 accumulator = 128 registers a thread).
+  - The KV tile (one page of 64 rows, 72 KB: the latent and the rope key) arrives by TMA into a 2-stage ring while
+    the previous tile computes; q (72 KB) stays in shared memory. 72 + 2 x 72 + 8 (p) = 224 KB of the 227 KB.
+  - A partial last tile may hold garbage (even NaN) past the sequence end: its scores are masked to -inf, and its
+    latent rows are zeroed in shared memory before p @ c (0 x NaN would be NaN).
+
+Not done here (the next steps FlashMLA takes): overlapping one warpgroup's softmax with the other's MMAs (ping-pong
+/ its "seesaw" schedule), q in registers. Correctness is checked on the GPU only: Triton's CPU interpreter does not
+run Gluon. On the CPU the kernel is compiled for sm_90a (`hopper_resources`), which checks shapes, layouts and the
+shared-memory budget.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
+BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
+NUM_WARPS = 8
+NUM_STAGES = 2
+
+
+def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16):
+    """Shared layouts of the q / latent / rope-key / p tiles (128-byte swizzle: what TMA and wgmma both read)."""
+    return (gl.NVMMASharedLayout.get_default_for([BLOCK_H, dc], dtype),
+            gl.NVMMASharedLayout.get_default_for([BLOCK_H, dr], dtype),
+            gl.NVMMASharedLayout.get_default_for([block_n, dc], dtype),
+            gl.NVMMASharedLayout.get_default_for([block_n, dr], dtype))
+
+
+@gluon.jit
+def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
+                            s_bt, so_b, so_h, so_s, sl_b, sl_h, H,
+                            DC: gl.constexpr, DR: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
+                            NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr):
+    """Grid (cdiv(H, 64), NUM_SPLITS, B), like the Triton kernel: partial o [64, DC] and lse of one token range
+    (or, with one split, the normalised output itself)."""
+    BH: gl.constexpr = q_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+    # scores: warpgroup g owns token columns [32g, 32g + 32); output: warpgroup g owns value dims [256g, 256g + 256)
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                       instr_shape=[16, BLOCK_N // 2, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                       instr_shape=[16, DC // 2, 16])
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])  # for zeroing a [BLOCK_N, 64] chunk
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_N], dtype)
+
+    hb = gl.program_id(0)
+    split = gl.program_id(1)
+    b = gl.program_id(2)
+    seq_len = gl.load(lens_ptr + b)
+    per_split = gl.cdiv(gl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = gl.minimum(start + per_split, seq_len)
+    n_tiles = gl.maximum(gl.cdiv(end - start, BLOCK_N), 0)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BH, DC], q_desc.layout)
+    qpe_smem = gl.allocate_shared_memory(dtype, [BH, DR], qpe_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DC], c_desc.layout)
+    pe_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DR], pe_desc.layout)
+    p_smem = gl.allocate_shared_memory(dtype, [BH, BLOCK_N], p_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(kv_bar.index(i), count=1)
+    fence_async_shared()  # the barriers' initialisation is visible to the TMA unit
+
+    q_row = b * H + hb * BH  # q viewed as [B * H, DC]: rows past this sequence's heads are loaded, never stored
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(qpe_desc, [q_row, 0], q_bar, qpe_smem)
+
+    tile_bytes: gl.constexpr = c_desc.block_type.nbytes + pe_desc.block_type.nbytes
+    bt_row = bt_ptr + b * s_bt
+    # tile 0 -> stage 0 (predicated off for an empty split)
+    page0 = gl.load(bt_row + start // PAGE, mask=n_tiles > 0, other=0)
+    r0 = page0 * PAGE + start % PAGE
+    mbarrier.expect(kv_bar.index(0), tile_bytes, pred=n_tiles > 0)
+    tma.async_copy_global_to_shared(c_desc, [r0, 0], kv_bar.index(0), c_smem.index(0), pred=n_tiles > 0)
+    tma.async_copy_global_to_shared(pe_desc, [r0, DC], kv_bar.index(0), pe_smem.index(0), pred=n_tiles > 0)
+
+    m_i = gl.full([BH], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BH], gl.float32, layout=row_s)
+    acc = gl.zeros([BH, DC], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([BH, BLOCK_N], gl.float32, layout=s_layout)
+    mbarrier.wait(q_bar, phase=0)
+
+    for t in range(n_tiles):
+        stage = t % STAGES
+        n0 = start + t * BLOCK_N
+        # every warpgroup is done with tile t - 1 (its p @ c waited) and with p_smem: the ring slot t + 1 is free
+        gl.thread_barrier()
+        nxt = t + 1 < n_tiles
+        ns = (t + 1) % STAGES
+        n1 = n0 + BLOCK_N
+        page1 = gl.load(bt_row + n1 // PAGE, mask=nxt, other=0)
+        r1 = page1 * PAGE + n1 % PAGE
+        mbarrier.expect(kv_bar.index(ns), tile_bytes, pred=nxt)
+        tma.async_copy_global_to_shared(c_desc, [r1, 0], kv_bar.index(ns), c_smem.index(ns), pred=nxt)
+        tma.async_copy_global_to_shared(pe_desc, [r1, DC], kv_bar.index(ns), pe_smem.index(ns), pred=nxt)
+
+        mbarrier.wait(kv_bar.index(stage), phase=(t // STAGES) & 1)
+        c_tile = c_smem.index(stage)
+        valid = end - n0
+        if valid < BLOCK_N:  # the last, partial tile: zero the latent rows past the end (they may hold NaN)
+            rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
+            for j in gl.static_range(DC // 64):
+                chunk = c_tile.slice(64 * j, 64, dim=1)
+                x = chunk.load(zero_layout)
+                chunk.store(gl.where(rows[:, None] < valid, x, gl.zeros_like(x)))
+            fence_async_shared()
+            gl.thread_barrier()
+
+        s = warpgroup_mma(q_smem, c_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma(qpe_smem, pe_smem.index(stage).permute((1, 0)), s, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+
+        tok = n0 + gl.arange(0, BLOCK_N, layout=col_s)
+        s = gl.where((tok < end)[None, :], s * scale_log2, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        alpha = gl.exp2(m_i - m_new)  # m_new is finite: every tile holds at least one token of the range
+        p = gl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        m_i = m_new
+
+        p_smem.store(p.to(dtype))
+        fence_async_shared()  # p's generic-proxy writes before the wgmma (async proxy) reads them
+        gl.thread_barrier()  # both warpgroups' halves of p are written
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        acc = warpgroup_mma(p_smem, c_tile, acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(kv_bar.index(i))
+
+    empty = l_i == 0.0  # a split past the end of a short sequence
+    inv_l = 1.0 / gl.where(empty, 1.0, l_i)
+    lse = gl.where(empty, float("-inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+    out = acc * gl.convert_layout(inv_l, gl.SliceLayout(1, o_layout))[:, None]
+    h_o = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
+    d_o = gl.arange(0, DC, layout=gl.SliceLayout(0, o_layout))
+    gl.store(o_ptr + b * so_b + h_o[:, None] * so_h + split * so_s + d_o[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=(h_o < H)[:, None])
+    h_s = hb * BH + gl.arange(0, BH, layout=row_s)
+    gl.store(lse_ptr + b * sl_b + h_s * sl_h + split, lse, mask=h_s < H)
+
+
+def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
+    """None when the Gluon kernel can take these inputs, else the reason (the caller falls back to Triton)."""
+    if not q_lat.is_cuda or torch.cuda.get_device_capability(q_lat.device)[0] != 9:
+        return "needs a Hopper GPU (sm_90)"
+    if q_lat.dtype not in (torch.bfloat16, torch.float16):
+        return f"needs bf16 / fp16, got {q_lat.dtype}"
+    dc, page = q_lat.shape[2], kv_cache.shape[1]
+    dr = kv_cache.shape[2] - dc
+    if dc != 512 or dr != 64:
+        return f"built for DeepSeek-V3's latent 512 + rope 64, got {dc} + {dr}"
+    if page % BLOCK_N:
+        return f"needs pages of a multiple of {BLOCK_N} tokens, got {page}"
+    if not q_lat.is_contiguous() or not kv_cache.is_contiguous():
+        return "needs contiguous q_lat and kv_cache"
+    return None
+
+
+def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int = 1,
+                           check: bool = True) -> torch.Tensor:
+    """o_lat [B, H, DC] (see the module NOTE). `num_splits` token ranges per sequence, merged by their log-sum-exp
+    with the Triton kernel's merge. Raises ValueError on inputs it cannot take (`supported`)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from phase2_mla.mla_decode import check_args, mla_merge_kernel
+    if check:
+        check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
+        why = supported(q_lat, kv_cache)
+        if why:
+            raise ValueError(f"mla_paged_decode_gluon: {why}")
+    b, h, dc = q_lat.shape
+    dr, page = q_pe.shape[2], kv_cache.shape[1]
+    gdt = gl.bfloat16 if q_lat.dtype == torch.bfloat16 else gl.float16
+    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr, BLOCK_N, gdt)
+    q2 = q_lat.reshape(b * h, dc)
+    qpe2 = q_pe.reshape(b * h, dr).contiguous()
+    kv2 = kv_cache.view(-1, dc + dr)
+    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [BLOCK_H, dc], q_l)
+    qpe_desc = TensorDescriptor(qpe2, list(qpe2.shape), list(qpe2.stride()), [BLOCK_H, dr], qpe_l)
+    c_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [BLOCK_N, dc], c_l)
+    pe_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [BLOCK_N, dr], pe_l)
+    hb = triton.cdiv(h, BLOCK_H)
+    out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
+    lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
+    o_part = out.view(b, h, 1, dc) if num_splits == 1 else torch.empty(b, h, num_splits, dc, dtype=torch.float32,
+                                                                       device=q_lat.device)
+    so = o_part.stride()
+    mla_decode_gluon_kernel[(hb, num_splits, b)](
+        q_desc, qpe_desc, c_desc, pe_desc, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
+        block_table.stride(0), so[0], so[1], so[2], lse.stride(0), lse.stride(1), h,
+        DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES, num_warps=NUM_WARPS)
+    if num_splits > 1:
+        mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
+                                 out.stride(0), out.stride(1), DC=dc, BLOCK_DC=triton.next_power_of_2(dc),
+                                 NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+    return out
+
+
+def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64) -> dict:
+    """Compile the kernel for sm_90a on any machine (no GPU): registers, spills, shared memory, the PTX's wgmma
+    shapes and TMA copies (common/ptxas.py does the ptxas part)."""
+    import re
+
+    from common.ptxas import compile_resources
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr)
+    sig = {"q_desc": f"tensordesc<bf16[{BLOCK_H}, {dc}],{q_l!r}>",
+           "qpe_desc": f"tensordesc<bf16[{BLOCK_H}, {dr}],{qpe_l!r}>",
+           "c_desc": f"tensordesc<bf16[{BLOCK_N}, {dc}],{c_l!r}>",
+           "pe_desc": f"tensordesc<bf16[{BLOCK_N}, {dr}],{pe_l!r}>",
+           "bt_ptr": "*i32", "lens_ptr": "*i32", "o_ptr": "*bf16" if num_splits == 1 else "*fp32", "lse_ptr": "*fp32",
+           "scale_log2": "fp32", "s_bt": "i32", "so_b": "i32", "so_h": "i32", "so_s": "i32", "sl_b": "i32",
+           "sl_h": "i32", "H": "i32"}
+    consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES)
+    res = compile_resources(GluonASTSource, mla_decode_gluon_kernel, sig, consts, NUM_WARPS, 1,
+                            divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "sl_b"])
+    ptx = res.pop("ptx")
+    res.pop("ttgir", None)
+    res["wgmma_shapes"] = {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))}
+    res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
+    return res
