@@ -67,9 +67,13 @@ class TimedRunner:
 def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     """One variant; '+nopdl' builds (and captures) it with programmatic dependent launch off (common/pdl.py),
     '+unfused' with the unfused decode attention (rope_qk + write_kv_cache + paged_decode + reduce: 4 kernels a layer
-    instead of phase4_scheduler/decode_attention.py's one)."""
+    instead of phase4_scheduler/decode_attention.py's one), '+l2pfN' with an N MB budget of L2 prefetch before each
+    GEMV's PDL wait (skinny_gemm.PREFETCH_ENV; '+l2pf' = 16 MB)."""
+    from phase4_scheduler.skinny_gemm import PREFETCH_ENV
     parts = variant.split("+")
-    switches = {pdl.ENV: "0" if "nopdl" in parts else None, DECODE_ENV: "unfused" if "unfused" in parts else None}
+    l2pf = [p[4:] or "16" for p in parts if p.startswith("l2pf")]
+    switches = {pdl.ENV: "0" if "nopdl" in parts else None, DECODE_ENV: "unfused" if "unfused" in parts else None,
+                PREFETCH_ENV: l2pf[-1] if l2pf else "0"}
     prev = {k: os.environ.get(k) for k in switches}
     for k, v in switches.items():
         if v is not None:
@@ -77,6 +81,7 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     try:
         r = _measure(loaded, variant, prompt_len, new_tokens)
         r["decode_attention"] = "unfused" if "unfused" in parts else "fused"
+        r["gemv_l2_prefetch_mb"] = float(l2pf[-1]) if l2pf else 0.0
         return r
     finally:
         for k, v in prev.items():
@@ -129,7 +134,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", nargs="+", default=["eager", "graph"],
                     help="any of eager, graph, fused, graph+fused; '+sync' turns overlapped decode off (it is on "
                          "with graphs), '+nopdl' programmatic dependent launch (on for Hopper), '+unfused' the 4-kernel "
-                         "decode attention, e.g. "
+                         "decode attention, '+l2pfN' an N MB L2-prefetch budget per GEMV ('+l2pf': 16), e.g. "
                          "graph+fused+sync graph+fused+nopdl")
     ap.add_argument("--name", default="latency_gpu")
     args = ap.parse_args(argv)

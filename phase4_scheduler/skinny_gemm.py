@@ -66,7 +66,12 @@ def _squares(x_ptr, r_ptr, ro_ptr, offs, mask, write, HAS_RES: tl.constexpr):
 def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
     """The weight rows a program owns. With ROPE, a program in the q/k region takes BLOCK_N / 2 rotation PAIRS
     (rows j and j + D/2 of a head, interleaved), so its epilogue can rotate them; v rows stay contiguous."""
-    i = tl.arange(0, BLOCK_N)
+    return _row_ids(pid, tl.arange(0, BLOCK_N), ROPE, ROPE_ROWS, HALF, BLOCK_N)
+
+
+@triton.jit
+def _row_ids(pid, i, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row i (0 <= i < BLOCK_N) of program pid's slab (see _rows)."""
     n = pid * BLOCK_N + i
     if ROPE:
         pair = pid * (BLOCK_N // 2) + i // 2
@@ -85,14 +90,35 @@ def _rotate(x1, x2, j, pos, cs_ptr, stride_cs, apply, out_ptr, HALF: tl.constexp
 
 
 @triton.jit
+def _prefetch_rows_l2(w_ptr, pid, N, stride_wn, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr,
+                      BLOCK_N: tl.constexpr, PREFETCH_BYTES: tl.constexpr):
+    """Ask L2 for the first PREFETCH_BYTES of each of this program's weight rows: one `cp.async.bulk.prefetch.L2`
+    per row, issued by lane i < BLOCK_N of warp 0 (a [32] tensor has one element per lane, repeated in every warp;
+    the other warps and lanes are predicated off). A hint: no data returns, nothing waits for it."""
+    i = tl.arange(0, 32)
+    n = _row_ids(pid, i % BLOCK_N, ROPE, ROPE_ROWS, HALF, BLOCK_N)
+    own = ((i < BLOCK_N) & (n < N)).to(tl.int32)
+    size = tl.full([32], PREFETCH_BYTES, tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .u32 t; mov.u32 t, %tid.x; setp.lt.u32 q, t, 32; setp.ne.s32 p, $2, 0; "
+        "and.pred p, p, q; @p cp.async.bulk.prefetch.L2.global [$1], $3; mov.u32 $0, 0; }",
+        "=r,l,r,r", [w_ptr + n.to(tl.int64) * stride_wn, own, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, N, stride_wn, eps, stride_cs,
                        ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, ROPE: tl.constexpr,
-                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+                       HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+                       PREFETCH_BYTES: tl.constexpr = 0):
     """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once.
     The first weight tile is loaded BEFORE waiting for the previous kernel (PDL: weights never change, so that load
-    overlaps the previous kernel's tail; common/pdl.py); nothing the previous kernel writes is touched before."""
+    overlaps the previous kernel's tail; common/pdl.py); nothing the previous kernel writes is touched before.
+    PREFETCH_BYTES > 0 (TITAN_GEMV_PREFETCH_MB, see `prefetch_bytes`) also asks L2 for that much of every row
+    before the wait, so a projection that follows a light kernel (attention at B=1) streams its weights meanwhile."""
     pid = tl.program_id(0)
     k = tl.arange(0, BLOCK_K)
+    if PREFETCH_BYTES > 0:
+        _prefetch_rows_l2(w_ptr, pid, N, stride_wn, ROPE, ROPE_ROWS, HALF, BLOCK_N, PREFETCH_BYTES)
     n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
     n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
@@ -211,6 +237,32 @@ def parse_tiles(spec: str) -> dict:
 
 PINNED_TILES: dict = parse_tiles(os.environ.get(GEMV_TILES_ENV, ""))
 
+# L2 prefetch before the PDL wait (skinny_gemv_kernel's PREFETCH_BYTES), off unless TITAN_GEMV_PREFETCH_MB > 0.
+# NOTE (why, and why a budget): at B=1 the decode attention (~4 us a layer on the H200) barely touches DRAM, and each
+# small projection pays ~1.5 us of ramp above its bandwidth time (fused_kernels_h200: o at 2.38 TB/s alone). With
+# PDL the next GEMV's programs are resident while the previous kernel runs; a bulk L2 prefetch of their rows there
+# turns that idle DRAM time into the next projection's reads. L2 holds 50 MB (H100 / H200): prefetching a 46 MB
+# gate_up whole would evict its own first rows, so each launch prefetches at most the budget, split evenly over the
+# rows (the start of each row; the rest streams as before). Read at launch time, like TITAN_PDL: a CUDA graph keeps
+# what was set when it was captured. Not yet measured on a GPU (bench_latency's '+l2pf' variants).
+PREFETCH_ENV = "TITAN_GEMV_PREFETCH_MB"
+
+
+def prefetch_bytes(n: int, k: int, elem_bytes: int, pdl: bool) -> int:
+    """Bytes of each of the n weight rows (k elements) to prefetch into L2 before the PDL wait: the budget
+    (TITAN_GEMV_PREFETCH_MB) split over the rows, rounded down to 128-byte lines, at most the whole row; 0 = off
+    (no budget, no PDL, or under the interpreter, which cannot run the PTX)."""
+    raw = os.environ.get(PREFETCH_ENV, "").strip()
+    if not pdl or not raw or interpreting():
+        return 0
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"{PREFETCH_ENV} must be a number of MB, got {raw!r}") from None
+    row = k * elem_bytes
+    per_row = int(mb * 2 ** 20 / n) // 128 * 128
+    return max(0, min(row // 16 * 16, per_row))
+
 # HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
 skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE"], do_bench=_bench,
                                     prune_configs_by={"early_config_prune": _prune})(skinny_gemv_kernel)
@@ -244,6 +296,7 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     if m == 1:
         args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
         pdl, launch = pdl_args(x)
+        launch = dict(launch, PREFETCH_BYTES=prefetch_bytes(n, k, w.element_size(), pdl))
         pinned = PINNED_TILES.get((n, k, mode))
         if pinned is not None:
             bn, bk, warps = pinned

@@ -275,7 +275,8 @@ ptrs = dict(x_ptr=bf, r_ptr=bf, nw_ptr=bf, ro_ptr=bf, w_ptr=bf, out_ptr=bf, pos_
 for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, True, 2048)]:
     flags = dict(K=k, MODE=mode, HAS_RES=True, ROPE=rope, HALF=32)
     compile_(sg.skinny_gemv_kernel, {**ptrs, **dict(N="i32", stride_wn="i32", eps="fp32", stride_cs="i32",
-             ROPE_ROWS="i32")}, {**flags, "BLOCK_N": 4, "BLOCK_K": 1024, **PDL})
+             ROPE_ROWS="i32")}, {**flags, "BLOCK_N": 4, "BLOCK_K": 1024, "PREFETCH_BYTES": 4096 if mode else 0,
+                                 **PDL})
     compile_(sg.skinny_gemm_kernel, {**ptrs, **dict(M="i32", N="i32", stride_xm="i32", stride_wn="i32", stride_om="i32",
              eps="fp32", stride_cs="i32", ROPE_ROWS="i32")},
              {**flags, "BLOCK_N": 32, "BLOCK_K": 256, "M_PAD": 16, "DOT_F32": False, "PREC": "tf32"})

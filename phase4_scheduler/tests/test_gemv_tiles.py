@@ -49,3 +49,75 @@ def test_sweep_needs_cuda():
     from phase4_scheduler.sweep_gemv_chain import main
     with pytest.raises(SystemExit, match="needs CUDA"):
         main(["--random-weights"])
+
+
+def test_prefetch_budget_is_split_over_rows_and_capped(monkeypatch):
+    """TITAN_GEMV_PREFETCH_MB: the budget over N rows, in whole 128-byte lines, never past the row; off without a
+    budget or without PDL (the prefetch sits before the PDL wait, and only pays while a previous kernel runs)."""
+    monkeypatch.setattr(sg, "interpreting", lambda: False)
+    monkeypatch.delenv(sg.PREFETCH_ENV, raising=False)
+    assert sg.prefetch_bytes(2048, 2048, 2, True) == 0
+    monkeypatch.setenv(sg.PREFETCH_ENV, "16")
+    assert sg.prefetch_bytes(2048, 2048, 2, True) == 4096  # o: 8 MB < 16 MB, the whole 4 KB row
+    assert sg.prefetch_bytes(11264, 2048, 2, True) == 16 * 2 ** 20 // 11264 // 128 * 128 == 1408  # gate_up: a third
+    assert sg.prefetch_bytes(32000, 2048, 2, True) == 512  # lm_head: 16 MB / 32000 rows -> 4 lines
+    assert sg.prefetch_bytes(2048, 2048, 2, False) == 0
+    monkeypatch.setenv(sg.PREFETCH_ENV, "lots")
+    with pytest.raises(ValueError, match="TITAN_GEMV_PREFETCH_MB"):
+        sg.prefetch_bytes(2048, 2048, 2, True)
+
+
+def test_prefetch_is_off_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv(sg.PREFETCH_ENV, "16")
+    monkeypatch.setattr(sg, "interpreting", lambda: True)
+    assert sg.prefetch_bytes(2048, 2048, 2, True) == 0
+
+
+@pytest.mark.slow
+def test_prefetch_compiles_to_one_bulk_l2_prefetch_per_row_for_hopper():
+    """Compiled for sm_90a here (no GPU): with PREFETCH_BYTES the GEMV carries cp.async.bulk.prefetch.L2 before its
+    griddepcontrol.wait, without it none; no spills either way."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = '''
+import json
+from common.ptxas import hopper_resources
+from phase4_scheduler import skinny_gemm as sg
+bf = "*bf16"
+sig = dict(x_ptr=bf, r_ptr=bf, nw_ptr=bf, ro_ptr=bf, w_ptr=bf, out_ptr=bf, pos_ptr="*i64", cs_ptr="*fp32", N="i32",
+           stride_wn="i32", eps="fp32", stride_cs="i32", ROPE_ROWS="i32")
+out = []
+for pf, rope in [(0, False), (4096, False), (1408, True)]:
+    r = hopper_resources(sg.skinny_gemv_kernel, sig, dict(K=2048, MODE=1, HAS_RES=True, ROPE=rope, HALF=32, BLOCK_N=4,
+                         BLOCK_K=1024, PDL=True, PREFETCH_BYTES=pf), 4, 1, divisible=["w_ptr", "stride_wn"])
+    ptx = r["ptx"]
+    out.append(dict(pf=pf, regs=r["registers"], spill=r["spill_store_bytes"], n=ptx.count("cp.async.bulk.prefetch.L2"),
+                    before=ptx.find("cp.async.bulk.prefetch.L2") < ptx.find("griddepcontrol.wait")))
+print(json.dumps(out))
+'''
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    off, on, rope = json.loads(p.stdout.strip().splitlines()[-1])
+    assert off["n"] == 0 and on["n"] >= 1 and rope["n"] >= 1 and on["before"] and rope["before"], (off, on, rope)
+    assert off["spill"] == on["spill"] == rope["spill"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, k", [(2048, 2048), (11264, 2048), (2048, 5632)])
+def test_prefetch_leaves_the_numbers_bitwise_unchanged(monkeypatch, n, k):
+    """The L2 prefetch is a hint: the GEMV's output with a budget is bitwise the one without (pinned tile, so the
+    same kernel runs both times), on the GPU where PDL and the PTX are live."""
+    g = torch.Generator(device="cuda").manual_seed(n + k)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (4, 1024, 4))
+    monkeypatch.delenv(sg.PREFETCH_ENV, raising=False)
+    base = sg.linear_small_m(x, w)
+    monkeypatch.setenv(sg.PREFETCH_ENV, "16")
+    assert sg.prefetch_bytes(n, k, 2, True) > 0
+    torch.testing.assert_close(sg.linear_small_m(x, w), base, atol=0, rtol=0)
