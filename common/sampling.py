@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+MAX_LOGPROBS = 20  # top alternatives per token, at most (OpenAI's chat API allows 20)
+
+
 @dataclass
 class SamplingParams:
     """What to generate: temperature 0 is greedy; top_k 0 (or -1) and top_p 1.0 disable those filters."""
@@ -17,6 +20,9 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    # log-probabilities of each sampled token under the model (its raw distribution: before temperature / top-k /
+    # top-p), plus that many top alternatives; None: none (phase 4's engine computes them; 0 = the sampled token's)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -27,6 +33,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"top_k must be an integer >= -1 (0 or -1 disable it), got {self.top_k!r}")
+        lp = self.logprobs
+        if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or None, "
+                             f"got {self.logprobs!r}")
 
     @property
     def greedy(self) -> bool:

@@ -18,10 +18,14 @@ in one pass, and
 `step(final_only=True)` (LLM.generate) builds no per-token RequestOutputs. bench_step_overhead.py measures it.
 
 NOTE (increments): `step(increments=True)` returns, instead of RequestOutputs, only what changed, as tuples
-(request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions): the engine
-process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object and a copy of the whole
-output list per request per step only to be cut down again. The values are the ones `_output` puts in the same
+(request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions,
+new_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object
+and a copy of the whole output list per request per step only to be cut down again. The values are the ones `_output` puts in the same
 fields (tests/test_engine_increments.py checks it token for token and text for text).
+
+NOTE (logprobs): a request with SamplingParams.logprobs gets (token, logprob, top alternatives) per output token,
+from the step's logits (sampler.token_logprobs). While such a request runs, decode stays synchronous (no overlapped
+steps: their logits are gone by the time the tokens resolve), so other requests pay the overlap's ~10% then too.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from phase4_scheduler.model_runner import ModelRunner, kv_bytes_per_token
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
 from phase4_scheduler.request import Request, RequestStatus
-from phase4_scheduler.sampler import Sampler, check_stop, validate_params
+from phase4_scheduler.sampler import Sampler, check_stop, token_logprobs, validate_params
 from phase4_scheduler.scheduler import Scheduler
 from phase4_scheduler.step_inputs import prepare_inputs
 
@@ -102,6 +106,7 @@ class LLMEngine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
+        self._logprob_ids: set[str] = set()  # unfinished requests that asked for logprobs
         self.overlap = self.runner.graphs is not None if overlap is None else overlap
         self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
         self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
@@ -147,6 +152,9 @@ class LLMEngine:
         if not validated:
             self.validate(prompt_token_ids, params)
         req = Request(request_id, list(prompt_token_ids), params)
+        if params.logprobs is not None:
+            req.logprobs = []
+            self._logprob_ids.add(request_id)  # such a request keeps decode synchronous (see step)
         if self.detokenize:
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, params.stop)
         self.requests[request_id] = req
@@ -160,6 +168,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
+        self._logprob_ids.discard(request_id)
         drop_pending(req)
         self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
         self.counters["num_aborted"] += 1
@@ -213,7 +222,7 @@ class LLMEngine:
             hook()
             return []
         scheduled = plan.scheduled
-        if self.overlap and plan.decode_only and not self.scheduler.may_admit():
+        if self.overlap and plan.decode_only and not self.scheduler.may_admit() and not self._logprob_ids:
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             hook()
             return []
@@ -234,6 +243,9 @@ class LLMEngine:
         tokens = self.sampler(logits, ready)
         for req, tok in zip(ready, tokens):
             req.output_token_ids.append(tok)
+        if self._logprob_ids:  # logprobs come from these logits: such requests never run overlapped (above)
+            for i, entry in (token_logprobs(logits, ready, tokens) or {}).items():
+                ready[i].logprobs.append(entry)
         return self._update(ready, tokens, final_only, increments)
 
     def _launch(self, plan, prev: InFlight | None) -> InFlight:
@@ -286,6 +298,7 @@ class LLMEngine:
             for req, _ in finished:
                 drop_pending(req)  # overlapped decode: its next token is already in flight, and is dropped
                 self.requests.pop(req.request_id, None)
+                self._logprob_ids.discard(req.request_id)
             self.counters["num_finished"] += len(finished)
         make = self._increment if increments else self._output
         return [make(req) for req in emit]
@@ -294,24 +307,31 @@ class LLMEngine:
         n = req.num_output_tokens  # placeholders of in-flight steps are not outputs yet
         out_ids = req.output_token_ids[:n] if req.num_pending_tokens else req.output_token_ids
         new = out_ids[req.num_returned_tokens:]
+        lps = req.logprobs
+        new_lps = lps[req.num_returned_tokens:n] if lps is not None else None
         req.num_returned_tokens = n
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         delta, text = (det.delta(finished), det.text) if det is not None else ("", "")
         return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
                              status.value if finished else None, req.stop_reason, req.arrival_time,
-                             req.first_token_time, req.num_preemptions)
+                             req.first_token_time, req.num_preemptions, new_lps,
+                             lps[:n] if lps is not None else None)
 
     def _increment(self, req: Request) -> tuple:
         """What `_output` would put in (request_id, new_token_ids, text_delta, finish_reason, stop_reason,
-        first_token_time, num_preemptions), with the same side effects (returned tokens, emitted text)."""
+        first_token_time, num_preemptions, new_logprobs), with the same side effects (returned tokens, emitted
+        text)."""
         n = req.num_output_tokens
         new = req.output_token_ids[req.num_returned_tokens:n]
+        lps = req.logprobs
+        new_lps = lps[req.num_returned_tokens:n] if lps is not None else None
         req.num_returned_tokens = n
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         return (req.request_id, new, det.delta(finished) if det is not None else "",
-                status.value if finished else None, req.stop_reason, req.first_token_time, req.num_preemptions)
+                status.value if finished else None, req.stop_reason, req.first_token_time, req.num_preemptions,
+                new_lps)
 
     # -- inspection --------------------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -30,18 +30,23 @@ class RequestOutput:
     arrival_time: float = 0.0  # time.monotonic() when the request was added
     first_token_time: float | None = None  # time.monotonic() when its first token was sampled
     num_preemptions: int = 0
+    # with SamplingParams.logprobs: (token id, logprob, ((id, logprob), ...) top alternatives) per token; else None
+    new_logprobs: list | None = None  # for new_token_ids
+    logprobs: list | None = None  # for output_token_ids
 
     @classmethod
     def sharing(cls, request_id: str, prompt_token_ids: list[int], new_token_ids: list[int], totals: list[int],
                 n: int, text_delta: str, text: str, finished: bool, finish_reason: str | None,
                 stop_reason: int | str | None, arrival_time: float, first_token_time: float | None,
-                num_preemptions: int) -> "RequestOutput":
+                num_preemptions: int, new_logprobs: list | None = None,
+                logprobs: list | None = None) -> "RequestOutput":
         """An output whose output_token_ids is `totals[:n]`, copied only when read (the module NOTE)."""
         out = cls.__new__(cls)
         out.__dict__.update(request_id=request_id, prompt_token_ids=prompt_token_ids, new_token_ids=new_token_ids,
                             text_delta=text_delta, text=text, finished=finished, finish_reason=finish_reason,
                             stop_reason=stop_reason, arrival_time=arrival_time, first_token_time=first_token_time,
-                            num_preemptions=num_preemptions, _totals=(totals, n))
+                            num_preemptions=num_preemptions, new_logprobs=new_logprobs, logprobs=logprobs,
+                            _totals=(totals, n))
         return out
 
     @property

@@ -12,7 +12,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.sampling import MAX_LOGPROBS
 
 
 class OpenAIError(Exception):
@@ -98,12 +100,16 @@ class _SamplingFields(BaseModel):
     def unsupported(self) -> None:
         """Hook for endpoint-specific refusals (raise OpenAIError)."""
 
+    def logprobs_k(self) -> int | None:
+        """SamplingParams.logprobs for this request: top alternatives per token, or None for no logprobs."""
+        return None
+
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)   # OpenAI's default for /v1/completions
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # top alternatives per token (+ the sampled one)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -114,12 +120,8 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("echo=true is not supported")
         return v
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v is not None:
-            raise ValueError("logprobs are not supported by this engine")
-        return v
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
     @field_validator("best_of")
     @classmethod
@@ -170,14 +172,17 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[Any] | None = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("logprobs are not supported by this engine")
-        return v
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        return self
+
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("tools")
     @classmethod
@@ -216,28 +221,58 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_response(rid: str, model: str, text: str, finish_reason: str | None, n_prompt: int, n_out: int,
-                        created: int | None = None) -> dict:
+                        created: int | None = None, logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": created or int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
             "usage": usage(n_prompt, n_out)}
 
 
 def chat_response(rid: str, model: str, text: str, finish_reason: str | None, n_prompt: int, n_out: int,
-                  created: int | None = None) -> dict:
+                  created: int | None = None, logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion", "created": created or int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                          "finish_reason": finish_reason}],
             "usage": usage(n_prompt, n_out)}
 
 
-def completion_chunk(rid: str, model: str, created: int, text: str, finish_reason: str | None) -> dict:
+def completion_chunk(rid: str, model: str, created: int, text: str, finish_reason: str | None,
+                     logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None) -> dict:
+def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None,
+               logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+
+
+# ---- logprobs (the engine's (token, logprob, ((id, logprob), ...)) entries in OpenAI's two shapes) ----------------
+
+def chat_logprobs(entries: list, token_str) -> dict:
+    """Chat's `logprobs`: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
+    token_str: token id -> its text."""
+    def item(t: int, lp: float) -> dict:
+        s = token_str(t)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+    return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in top]} for t, lp, top in entries]}
+
+
+def completion_logprobs(entries: list, token_str, offset: int = 0) -> tuple[dict, int]:
+    """The legacy completions `logprobs`: {tokens, token_logprobs, top_logprobs: [{text: logprob}] (the top k plus
+    the sampled token, as OpenAI returns up to k + 1), text_offset}; and the offset after the last token (a stream
+    continues from it)."""
+    tokens, offsets, tops = [], [], []
+    for t, lp, top in entries:
+        s = token_str(t)
+        tokens.append(s)
+        offsets.append(offset)
+        offset += len(s)
+        d = {token_str(a): b for a, b in top}
+        d.setdefault(s, lp)
+        tops.append(d)
+    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries], "top_logprobs": tops,
+            "text_offset": offsets}, offset
 
 
 def usage_chunk(rid: str, model: str, created: int, obj: str, n_prompt: int, n_out: int) -> dict:

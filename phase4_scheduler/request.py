@@ -52,6 +52,7 @@ class Request:
     detokenizer: object | None = None  # an IncrementalDetokenizer when the engine has a tokenizer
     num_returned_tokens: int = 0  # how many output tokens earlier RequestOutputs already carried
     num_pending_tokens: int = 0  # placeholders at the tail of output_token_ids still on the device (overlap.py)
+    logprobs: list | None = None  # with params.logprobs: one (token, logprob, top alternatives) per output token
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -56,6 +56,36 @@ class Sampler:
         return tokens
 
 
+def token_logprobs(logits: torch.Tensor, requests: list[Request], tokens: list[int]) -> dict[int, tuple] | None:
+    """For each row whose request asks for logprobs: (token id, its log-probability, ((id, logprob), ...) the
+    request's top-k alternatives, most likely first), keyed by row; None when no row asks (the common case: no work).
+
+    NOTE: the log-probabilities are the model's own distribution (log_softmax of the raw logits, in fp32), before
+    temperature, top-k and top-p reshape it for sampling (vLLM's default "raw" logprobs): they say how likely the
+    model finds a token, whatever the sampling settings. One batched log_softmax over the rows that ask, one top-k
+    at the largest k asked, one device->host copy."""
+    rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+    if not rows:
+        return None
+    idx = torch.tensor(rows, dtype=torch.long, device=logits.device)
+    lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)  # [R, V]
+    chosen = torch.tensor([tokens[i] for i in rows], dtype=torch.long, device=logits.device)
+    parts = [lp.gather(1, chosen[:, None])[:, 0]]
+    k = max(requests[i].params.logprobs for i in rows)
+    if k:
+        top = lp.topk(k, dim=-1)
+        parts += [top.values.flatten(), top.indices.flatten().to(lp.dtype)]  # ids < 2^24: exact in fp32
+    flat = torch.cat(parts).tolist()
+    n = len(rows)
+    out = {}
+    for j, i in enumerate(rows):
+        kj = requests[i].params.logprobs
+        vals = flat[n + j * k: n + j * k + kj]
+        ids = flat[n + n * k + j * k: n + n * k + j * k + kj]
+        out[i] = (tokens[i], flat[j], tuple((int(t), v) for t, v in zip(ids, vals)))
+    return out
+
+
 def _rows(rows: list[int], device: torch.device) -> torch.Tensor:
     """Row indices on `device` without a blocking copy (pinned staging on CUDA)."""
     t = torch.tensor(rows, dtype=torch.long, pin_memory=device.type == "cuda")

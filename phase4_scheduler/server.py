@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -42,6 +43,9 @@ class Server:
         self.engine, self.api_key = engine, api_key or None  # "" (an unset env var) means no key
         self.model_name = model_name or engine.model_name
         self.metrics = ServerMetrics()
+        # a token's own text, special tokens shown (logprobs responses; cached: the same ids recur)
+        self.token_str = functools.lru_cache(maxsize=1 << 16)(
+            lambda t: self.engine.tokenizer.decode([t], skip_special_tokens=False))
 
     # ---- checks ------------------------------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
@@ -79,7 +83,7 @@ class Server:
         try:
             return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k,
                                   top_p=req.top_p, seed=req.seed, stop_token_ids=stop_ids, stop=list(req.stop or []),
-                                  ignore_eos=req.ignore_eos)
+                                  ignore_eos=req.ignore_eos, logprobs=req.logprobs_k())
         except ValueError as e:
             raise P.OpenAIError(str(e), 400) from None
 
@@ -190,12 +194,19 @@ class Server:
         (client disconnect: EventStream closes this generator) aborts the request, as `generate` does."""
         created, n_out, n_prompt = int(time.time()), 0, len(prompt_ids)
         extra = {"usage": None} if include_usage else {}
+        want_lp, offset = params.logprobs is not None, 0
 
-        def chunk(text: str, finish_reason: str | None, first: bool = False) -> bytes:
+        def chunk(text: str, finish_reason: str | None, first: bool = False, lps: list | None = None) -> bytes:
+            nonlocal offset
+            lp = None
+            if lps:  # (a request that asked for logprobs: the slow path, a dict per chunk)
+                lp = P.chat_logprobs(lps, self.token_str) if chat else None
+                if not chat:
+                    lp, offset = P.completion_logprobs(lps, self.token_str, offset)
             if chat:
                 delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-                return sse({**P.chat_chunk(rid, model, created, delta, finish_reason), **extra})
-            return sse({**P.completion_chunk(rid, model, created, text, finish_reason), **extra})
+                return sse({**P.chat_chunk(rid, model, created, delta, finish_reason, lp), **extra})
+            return sse({**P.completion_chunk(rid, model, created, text, finish_reason, lp), **extra})
 
         if chat:
             text_event = ChunkTemplate(lambda t: {**P.chat_chunk(rid, model, created, {"content": t}, None), **extra})
@@ -217,6 +228,13 @@ class Server:
                 track.batch(batch)
                 parts: list[str] = []
                 for out in batch:
+                    if want_lp:
+                        if out.new_logprobs or out.text_delta:
+                            parts.append(chunk(out.text_delta, None if chat else out.finish_reason,
+                                               lps=out.new_logprobs).decode())
+                        if out.finished and (chat or not (out.new_logprobs or out.text_delta)):
+                            parts.append(chunk("", out.finish_reason).decode())
+                        continue
                     if out.finished:
                         if not chat:
                             parts.append(chunk(out.text_delta, out.finish_reason).decode())
@@ -260,7 +278,12 @@ class Server:
         if out is None:  # the client left; nobody reads this
             return JSONResponse(P.error_body("client disconnected"), status_code=499)
         make = P.chat_response if chat else P.completion_response
-        return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids))
+        lp = None
+        if out.logprobs is not None:
+            lp = P.chat_logprobs(out.logprobs, self.token_str) if chat else \
+                P.completion_logprobs(out.logprobs, self.token_str)[0]
+        return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
+                    logprobs=lp)
 
 
 def create_app(engine, api_key: str | None = None, manage_engine: bool = True,

@@ -62,6 +62,40 @@ def test_completion_stream_matches_non_stream(client, served):
         r.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
 
 
+def test_logprobs_completions_and_chat_streamed_and_not(client, served):
+    """logprobs through the official client, both endpoints, both modes, both engines: one entry per generated
+    token, the top alternatives sorted (chat: top_logprobs of them; completions: the top k plus the sampled token),
+    the greedy token the most likely one, and the streamed entries equal to the non-streamed ones."""
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, logprobs=3, **greedy())
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    for tok, val, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert val <= 0 and 1 <= len(top) <= 4 and top[tok] == val == max(top.values())  # greedy: the top token
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    chunks = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, logprobs=3,
+                                            stream=True, **greedy()))
+    streamed = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+
+    msgs = [{"role": "user", "content": "Say hello"}]
+    c = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, logprobs=True, top_logprobs=2,
+                                       **greedy())
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens == 5
+    for item in content:
+        assert [t.logprob for t in item.top_logprobs] == sorted((t.logprob for t in item.top_logprobs), reverse=True)
+        assert len(item.top_logprobs) == 2 and item.top_logprobs[0].logprob == item.logprob
+        assert item.bytes == list(item.token.encode("utf-8"))
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, logprobs=True,
+                                                 stream=True, **greedy()))
+    items = [i for ch in chunks if ch.choices and ch.choices[0].logprobs for i in ch.choices[0].logprobs.content]
+    assert [i.logprob for i in items] == pytest.approx([i.logprob for i in content], abs=1e-6)
+    assert all(i.top_logprobs == [] for i in items)  # logprobs=True without top_logprobs: the tokens only
+    plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, **greedy())
+    assert plain.choices[0].logprobs is None
+
+
 def test_chat_uses_the_chat_template(client, served):
     engine = served[0]
     msgs = [{"role": "user", "content": "Say hi"}]

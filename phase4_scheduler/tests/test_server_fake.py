@@ -151,7 +151,7 @@ def test_models_and_health(client, served):
     ({"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", None, "batch of 2 prompts"),
     ({"model": MODEL, "prompt": ""}, 400, "prompt", None, "empty"),
     ({"model": MODEL, "prompt": [5, 300]}, 400, "prompt", None, "outside the vocabulary"),
-    ({"model": MODEL, "prompt": "hi", "logprobs": 2}, 400, "logprobs", None, "not supported"),
+    ({"model": MODEL, "prompt": "hi", "logprobs": 21}, 400, "logprobs", None, "less than or equal to 20"),
     ({"model": MODEL, "prompt": "hi", "logit_bias": {"5": 1}}, 400, "logit_bias", None, "not supported"),
     ({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format", None,
      "only plain text"),
@@ -181,6 +181,10 @@ def test_completion_errors(served, body, status, param, code, words):
      "tool calling"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10_000},
      "exceeds the context of 256 tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+     "top_logprobs needs logprobs=true"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21},
+     "less than or equal to 20"),
 ])
 def test_chat_errors(served, body, words):
     r = httpx.post(served[1] + "/v1/chat/completions", json=body)

@@ -1,0 +1,90 @@
+"""Log-probabilities (SamplingParams.logprobs): each output token's logprob and top alternatives equal log_softmax of
+the reference model's logits at that position (the model's raw distribution, whatever temperature / top-k sampled
+it), through the synchronous and the overlapped engine, and refused when out of range."""
+import math
+
+import pytest
+import torch
+
+from common.sampling import MAX_LOGPROBS, SamplingParams
+from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.tests.engine_helpers import prompts
+
+
+def reference_logprobs(model, prompt: list[int], out: list[int]) -> torch.Tensor:
+    """log_softmax of the reference model's logits at every output position: [len(out), V] (fp32, one forward)."""
+    ids = torch.tensor([prompt + out[:-1]])
+    with torch.no_grad():
+        logits = model(ids)[0, len(prompt) - 1:]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def run(eng: LLMEngine, reqs: dict) -> dict:
+    for rid, (p, sp) in reqs.items():
+        eng.add_request(rid, p, sp)
+    done = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o
+    return done
+
+
+def check(model, prompt, out, k):
+    ref = reference_logprobs(model, prompt, out.output_token_ids)
+    assert len(out.logprobs) == len(out.output_token_ids)
+    for pos, (tok, lp, top) in enumerate(out.logprobs):
+        assert tok == out.output_token_ids[pos]
+        assert lp == pytest.approx(ref[pos, tok].item(), abs=1e-4)
+        assert len(top) == k
+        want = ref[pos].topk(k)
+        assert [t for t, _ in top] == want.indices.tolist()
+        assert [v for _, v in top] == pytest.approx(want.values.tolist(), abs=1e-4)
+        assert all(a >= b for (_, a), (_, b) in zip(top, top[1:]))
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap-engine"])
+def test_logprobs_match_the_reference_model(tiny, overlap):
+    """Greedy, sampled (temperature + top-k: still the raw distribution's logprobs) and k = 0 requests next to one
+    that asks for none (which gets None), in one engine."""
+    ps = prompts(4, seed=11)
+    reqs = {"greedy": (ps[0], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=5)),
+            "sampled": (ps[1], SamplingParams(max_tokens=6, temperature=0.8, top_k=3, seed=1, ignore_eos=True,
+                                              logprobs=2)),
+            "only-token": (ps[2], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=0)),
+            "none": (ps[3], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))}
+    done = run(LLMEngine(tiny, num_blocks=64, block_size=8, overlap=overlap), reqs)
+    check(tiny.model, ps[0], done["greedy"], 5)
+    check(tiny.model, ps[1], done["sampled"], 2)
+    check(tiny.model, ps[2], done["only-token"], 0)
+    assert done["none"].logprobs is None and done["none"].new_logprobs is None
+    g = done["greedy"].logprobs
+    assert all(top[0][0] == tok for tok, _, top in g)  # greedy picks the most likely token
+    assert all(lp <= 0 and sum(math.exp(v) for _, v in top) <= 1 + 1e-6 for _, lp, top in g)
+
+
+def test_streamed_increments_add_up_and_overlap_pauses_only_while_asked(tiny):
+    """Per-step outputs carry the new tokens' logprobs (joined: the final list); the overlapped engine stays
+    synchronous while a logprobs request runs and overlaps again once it has finished."""
+    eng = LLMEngine(tiny, num_blocks=64, block_size=8, overlap=True)
+    ps = prompts(2, seed=5)
+    eng.add_request("lp", ps[0], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, logprobs=1))
+    eng.add_request("long", ps[1], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    joined, final, overlapped_while = [], None, 0
+    while eng.has_unfinished():
+        before = eng.counters["num_overlapped_steps"]
+        for o in eng.step():
+            if o.request_id == "lp":
+                joined += o.new_logprobs
+                final = o if o.finished else final
+        if final is None:
+            overlapped_while += eng.counters["num_overlapped_steps"] - before
+    assert joined == final.logprobs and len(joined) == 5
+    assert overlapped_while == 0 and eng.counters["num_overlapped_steps"] > 0
+
+
+def test_bad_logprobs_are_refused():
+    for bad in (-1, MAX_LOGPROBS + 1, 2.5, True):
+        with pytest.raises(ValueError, match="logprobs"):
+            SamplingParams(logprobs=bad)
+    assert SamplingParams(logprobs=MAX_LOGPROBS).logprobs == MAX_LOGPROBS
