@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.sampling import MAX_LOGPROBS
 
+MAX_N = 16  # choices per request, at most (choices.py: each is a full engine request; OpenAI allows more)
+
 
 class OpenAIError(Exception):
     """An error the server answers with OpenAI's JSON body: {"error": {message, type, param, code}}."""
@@ -45,7 +47,7 @@ class _SamplingFields(BaseModel):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_N)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1)             # extension; 0 or -1 = off
@@ -72,14 +74,6 @@ class _SamplingFields(BaseModel):
     def _text_only(cls, v):
         if v and v.get("type", "text") != "text":
             raise ValueError(f"response_format {v.get('type')!r} is not supported (only plain text)")
-        return v
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(f"n={v} is not supported: this server returns one choice per request (n=1); "
-                             "send separate requests for more samples")
         return v
 
     @field_validator("stop")

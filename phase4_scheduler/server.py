@@ -267,6 +267,8 @@ class Server:
         params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
         self.validate(prompt_ids, params, param)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
+        if req.n > 1:  # several choices: n engine requests (choices.py)
+            return await self.respond_choices(request, req, prompt_ids, params, rid, chat)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(self.stream(prompt_ids, params, rid, req.model, chat, include_usage))
@@ -284,6 +286,22 @@ class Server:
                 P.completion_logprobs(out.logprobs, self.token_str)[0]
         return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
                     logprobs=lp)
+
+
+    async def respond_choices(self, request: Request, req, prompt_ids: list[int], params: SamplingParams, rid: str,
+                              chat: bool):
+        from phase4_scheduler.choices import choice_params, collect_choices, stream_choices
+        plist = choice_params(params, req.n)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventStream(stream_choices(self, prompt_ids, plist, rid, req.model, chat, include_usage))
+        try:
+            body = await collect_choices(self, request, prompt_ids, plist, rid, req.model, chat)
+        except PromptTooLongError as e:
+            raise P.OpenAIError(str(e), 400, param="prompt", code="context_length_exceeded") from None
+        if body is None:  # the client left; nobody reads this
+            return JSONResponse(P.error_body("client disconnected"), status_code=499)
+        return body
 
 
 def create_app(engine, api_key: str | None = None, manage_engine: bool = True,

@@ -96,6 +96,38 @@ def test_logprobs_completions_and_chat_streamed_and_not(client, served):
     assert plain.choices[0].logprobs is None
 
 
+def test_n_choices_streamed_and_not(client, served):
+    """n > 1: n choices indexed 0..n-1; greedy choices are identical, seeded sampled ones reproducible (seed + i
+    per choice) and not all the same; streamed chunks reassemble into the non-streamed choices; usage counts the
+    prompt once and every completion token; afterwards no request is left in the engine."""
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5, n=3, **greedy())
+    assert [c.index for c in r.choices] == [0, 1, 2] and len({c.text for c in r.choices}) == 1
+    n_prompt = len(served[0].tokenizer.encode("Once upon a time", add_special_tokens=True))
+    assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 15
+    kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=8, n=4, temperature=1.0, seed=7,
+              extra_body={"ignore_eos": True})
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices] and len({c.text for c in a.choices}) > 1
+    texts = {}
+    for ch in client.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        for c in ch.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+        if ch.usage:
+            assert ch.usage.completion_tokens == 32
+    assert [texts[i] for i in range(4)] == [c.text for c in a.choices]
+    msgs = [{"role": "user", "content": "Tell me a story"}]
+    c = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, n=2, logprobs=True, seed=3,
+                                       temperature=0.9, extra_body={"ignore_eos": True})
+    assert [ch.index for ch in c.choices] == [0, 1] and all(len(ch.logprobs.content) == 4 for ch in c.choices)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, n=2, seed=3,
+                                                 temperature=0.9, stream=True, extra_body={"ignore_eos": True}))
+    for i in range(2):
+        mine = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == i]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "length"
+        assert "".join(m.delta.content or "" for m in mine) == c.choices[i].message.content
+    assert wait_until(lambda: served[0].stats()["num_running"] == 0 and served[0].stats()["num_waiting"] == 0)
+
+
 def test_chat_uses_the_chat_template(client, served):
     engine = served[0]
     msgs = [{"role": "user", "content": "Say hi"}]

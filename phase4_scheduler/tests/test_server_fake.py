@@ -142,7 +142,8 @@ def test_models_and_health(client, served):
 # ---- errors: status code + OpenAI error JSON ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, status, param, code, words", [
-    ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n", None, "n=2 is not supported"),
+    ({"model": MODEL, "prompt": "hi", "n": 17}, 400, "n", None, "less than or equal to 16"),
+    ({"model": MODEL, "prompt": "hi", "n": 0}, 400, "n", None, "greater than or equal to 1"),
     ({"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "temperature", None, "less than or equal to 2"),
     ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p", None, "greater than 0"),
     ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens", None, "greater than or equal to 1"),
@@ -207,7 +208,7 @@ def test_openai_client_raises_typed_errors(client):
         client.completions.create(model="nope", prompt="hi")
     assert e.value.code == "model_not_found" and e.value.status_code == 404
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=30)
     assert e.value.param == "n"
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="z" * 400, stream=True)
@@ -283,6 +284,32 @@ def test_disconnect_mid_stream_aborts(served):
             rid = json.loads(first[6:])["id"]
     assert wait_until(lambda: rid in engine.abort_calls), "the server did not abort the request"
     assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks)
+
+
+def test_disconnect_aborts_every_choice(served):
+    """n=3, streamed and not: a client that leaves mid-generation gets all three choices' requests aborted and
+    their blocks back."""
+    engine, url = served
+    with httpx.Client() as h:
+        with h.stream("POST", url + "/v1/completions",
+                      json={"model": MODEL, "prompt": "abc", "max_tokens": 200, "stream": True, "n": 3}) as r:
+            first = next(line for line in r.iter_lines() if line.startswith("data: "))
+            rid = json.loads(first[6:])["id"]
+    assert wait_until(lambda: {f"{rid}-{i}" for i in range(3)} <= set(engine.abort_calls)), engine.abort_calls
+    assert wait_until(lambda: engine.num_free_blocks == engine.num_total_blocks)
+
+    slow = FakeEngine(step_s=0.02)  # 200 tokens take 4 s: the non-streamed choices are still running when it leaves
+    with BackgroundServer(create_app(slow)) as slow_url:
+        async def leave_early():
+            async with httpx.AsyncClient(base_url=slow_url, timeout=30) as c:
+                task = asyncio.create_task(c.post("/v1/completions", json={"model": MODEL, "prompt": "xyz",
+                                                                           "max_tokens": 200, "n": 3}))
+                assert await asyncio.to_thread(wait_until, lambda: len(slow.running) == 3)
+                task.cancel()
+        asyncio.run(leave_early())
+        assert wait_until(lambda: len(slow.abort_calls) == 3), slow.abort_calls
+        assert wait_until(lambda: slow.num_free_blocks == slow.num_total_blocks)
+        assert slow.counters["num_finished"] == 0
 
 
 def with_asgi_spec(app, version: str | None):
