@@ -23,6 +23,11 @@ class SamplingParams:
     # log-probabilities of each sampled token under the model (its raw distribution: before temperature / top-k /
     # top-p), plus that many top alternatives; None: none (phase 4's engine computes them; 0 = the sampled token's)
     logprobs: int | None = None
+    # logits processors (phase 4's sampler applies them; they change what is sampled, greedy included):
+    presence_penalty: float = 0.0  # OpenAI: minus this from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI: minus this times how often the token was generated
+    repetition_penalty: float = 1.0  # CTRL / HF / vLLM: tokens of prompt or output: logit / p if > 0, else * p
+    logit_bias: dict[int, float] | None = None  # OpenAI: token id -> added to its logit (-100 bans, +100 forces)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -37,10 +42,24 @@ class SamplingParams:
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or None, "
                              f"got {self.logprobs!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        for t, b in (self.logit_bias or {}).items():
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0 or not -100.0 <= b <= 100.0:
+                raise ValueError(f"logit_bias maps token ids (integers >= 0) to biases in [-100, 100], got {t!r}: {b!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def processes_logits(self) -> bool:
+        """True when a penalty or a logit bias changes the logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -23,9 +23,11 @@ new_logprobs): the engine process (engine_core.py) sends exactly these, and a Re
 and a copy of the whole output list per request per step only to be cut down again. The values are the ones `_output` puts in the same
 fields (tests/test_engine_increments.py checks it token for token and text for text).
 
-NOTE (logprobs): a request with SamplingParams.logprobs gets (token, logprob, top alternatives) per output token,
-from the step's logits (sampler.token_logprobs). While such a request runs, decode stays synchronous (no overlapped
-steps: their logits are gone by the time the tokens resolve), so other requests pay the overlap's ~10% then too.
+NOTE (logprobs, penalties, logit bias): a request with SamplingParams.logprobs gets (token, logprob, top
+alternatives) per output token, from the step's logits (sampler.token_logprobs); penalties and logit_bias reshape its
+logits before sampling (sampler.process_logits, from its token history on the host). While such a request runs,
+decode stays synchronous (an overlapped step's logits are gone by the time its tokens resolve, and its history
+holds placeholders), so other requests pay the overlap's ~10% then too.
 """
 from __future__ import annotations
 
@@ -106,7 +108,7 @@ class LLMEngine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
-        self._logprob_ids: set[str] = set()  # unfinished requests that asked for logprobs
+        self._sync_ids: set[str] = set()  # unfinished requests with logprobs or logits processors (see step)
         self.overlap = self.runner.graphs is not None if overlap is None else overlap
         self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
         self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
@@ -133,6 +135,9 @@ class LLMEngine:
         vocab = self.config.vocab_size
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab}), the model's vocabulary")
+        bad = [t for t in (params.logit_bias or {}) if t >= vocab]
+        if bad:
+            raise ValueError(f"logit_bias names token ids {bad[:5]} outside the vocabulary [0, {vocab})")
         check_prompt_fits(len(prompt_token_ids), params.max_tokens, self.max_model_len)
         need = len(prompt_token_ids) + params.max_tokens
         if need > self.kv.num_tokens_capacity:
@@ -154,7 +159,8 @@ class LLMEngine:
         req = Request(request_id, list(prompt_token_ids), params)
         if params.logprobs is not None:
             req.logprobs = []
-            self._logprob_ids.add(request_id)  # such a request keeps decode synchronous (see step)
+        if params.logprobs is not None or params.processes_logits:
+            self._sync_ids.add(request_id)  # such a request keeps decode synchronous (see step)
         if self.detokenize:
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, params.stop)
         self.requests[request_id] = req
@@ -168,7 +174,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
-        self._logprob_ids.discard(request_id)
+        self._sync_ids.discard(request_id)
         drop_pending(req)
         self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
         self.counters["num_aborted"] += 1
@@ -222,7 +228,7 @@ class LLMEngine:
             hook()
             return []
         scheduled = plan.scheduled
-        if self.overlap and plan.decode_only and not self.scheduler.may_admit() and not self._logprob_ids:
+        if self.overlap and plan.decode_only and not self.scheduler.may_admit() and not self._sync_ids:
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             hook()
             return []
@@ -240,10 +246,11 @@ class LLMEngine:
             return []
         if len(ready) < len(scheduled):  # some rows were mid-prompt chunks: they sample nothing
             logits = logits[torch.tensor(rows, device=logits.device)]
-        tokens = self.sampler(logits, ready)
+        sync = bool(self._sync_ids)
+        tokens = self.sampler(logits, ready, process=True) if sync else self.sampler(logits, ready)
         for req, tok in zip(ready, tokens):
             req.output_token_ids.append(tok)
-        if self._logprob_ids:  # logprobs come from these logits: such requests never run overlapped (above)
+        if sync:  # logprobs come from these logits: such requests never run overlapped (above)
             for i, entry in (token_logprobs(logits, ready, tokens) or {}).items():
                 ready[i].logprobs.append(entry)
         return self._update(ready, tokens, final_only, increments)
@@ -298,7 +305,7 @@ class LLMEngine:
             for req, _ in finished:
                 drop_pending(req)  # overlapped decode: its next token is already in flight, and is dropped
                 self.requests.pop(req.request_id, None)
-                self._logprob_ids.discard(req.request_id)
+                self._sync_ids.discard(req.request_id)
             self.counters["num_finished"] += len(finished)
         make = self._increment if increments else self._output
         return [make(req) for req in emit]

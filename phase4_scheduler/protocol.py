@@ -57,17 +57,26 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list)  # extension
     ignore_eos: bool = False                 # extension: generate exactly max_tokens
     user: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)  # extension (vLLM's): 1 = off
     logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, v):
-        if v:
-            raise ValueError("logit_bias is not supported by this engine")
-        return v
+    def _token_id_keys(cls, v):
+        """OpenAI sends token ids as JSON object keys (strings): integers >= 0 mapped to biases in [-100, 100]."""
+        if not v:
+            return None
+        out = {}
+        for k, b in v.items():
+            if not k.strip().isdigit():
+                raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got {k!r}")
+            if not -100.0 <= b <= 100.0:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {b} for token {k}")
+            out[int(k)] = float(b)
+        return out
 
     @field_validator("response_format")
     @classmethod
@@ -83,13 +92,6 @@ class _SamplingFields(BaseModel):
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalties(cls, v: float) -> float:
-        if v != 0.0:
-            raise ValueError("presence/frequency penalties are not supported by this engine (leave them at 0)")
-        return v
 
     def unsupported(self) -> None:
         """Hook for endpoint-specific refusals (raise OpenAIError)."""

@@ -27,17 +27,52 @@ def validate_params(params: SamplingParams) -> None:
         raise ValueError(f"stop strings must be non-empty strings, got {params.stop!r}")
 
 
-class Sampler:
-    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
-        """logits [B, V] (row i belongs to requests[i]) -> B token ids on the host (one device->host copy)."""
-        return self.sample_on_device(logits, requests).tolist()
+def process_logits(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    """The logits with each request's penalties and logit bias applied (SamplingParams.processes_logits), as a new
+    fp32 tensor; `logits` itself is left as it is (logprobs are reported from it: the model's raw distribution).
 
-    def sample_on_device(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    NOTE (semantics, in this order): repetition_penalty over every token of prompt and output (a positive logit is
+    divided by it, a negative one multiplied: CTRL / HF / vLLM); frequency_penalty x count + presence_penalty
+    subtracted for every token already generated (OpenAI's formula, over the output only); logit_bias added. The
+    history is read on the host: the engine keeps such requests' steps synchronous (no placeholders in flight)."""
+    rows = [i for i, r in enumerate(requests) if r.params.processes_logits]
+    if not rows:
+        return logits
+    out = logits.float()
+    if out is logits:
+        out = out.clone()
+    dev = out.device
+    for i in rows:
+        req, p, row = requests[i], requests[i].params, out[i]
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(req.prompt_token_ids).union(req.output_token_ids)), dtype=torch.long,
+                                device=dev)
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and req.output_token_ids:
+            ids, counts = torch.tensor(req.output_token_ids, dtype=torch.long, device=dev).unique(return_counts=True)
+            row[ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=dev)
+            row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=torch.float32, device=dev)
+    return out
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, requests: list[Request], process: bool = False) -> list[int]:
+        """logits [B, V] (row i belongs to requests[i]) -> B token ids on the host (one device->host copy)."""
+        return self.sample_on_device(logits, requests, process).tolist()
+
+    def sample_on_device(self, logits: torch.Tensor, requests: list[Request], process: bool = False) -> torch.Tensor:
         """logits [B, V] -> token ids [B] (long) on logits' device, with no host sync of its own: overlapped decode
         keeps them there to feed the next step. Greedy rows: one argmax; unseeded sampled rows: one batched draw per
-        (temperature, top_k, top_p) group; seeded rows: one draw each with the request's own generator."""
+        (temperature, top_k, top_p) group; seeded rows: one draw each with the request's own generator.
+        `process`: some request may have penalties or a logit bias (the engine knows; checking every row every step
+        would cost the common case): `process_logits` first."""
         if logits.shape[0] != len(requests):
             raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
+        if process:
+            logits = process_logits(logits, requests)
         tokens = logits.argmax(-1)  # [B]: right for every greedy row
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):

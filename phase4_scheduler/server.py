@@ -83,7 +83,9 @@ class Server:
         try:
             return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k,
                                   top_p=req.top_p, seed=req.seed, stop_token_ids=stop_ids, stop=list(req.stop or []),
-                                  ignore_eos=req.ignore_eos, logprobs=req.logprobs_k())
+                                  ignore_eos=req.ignore_eos, logprobs=req.logprobs_k(),
+                                  presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                                  repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias)
         except ValueError as e:
             raise P.OpenAIError(str(e), 400) from None
 

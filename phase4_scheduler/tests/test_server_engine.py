@@ -128,6 +128,30 @@ def test_n_choices_streamed_and_not(client, served):
     assert wait_until(lambda: served[0].stats()["num_running"] == 0 and served[0].stats()["num_waiting"] == 0)
 
 
+def test_penalties_and_logit_bias(client, served):
+    """logit_bias +100 forces a token, -100 bans the one greedy would pick; penalties are accepted and change a
+    greedy answer that repeats itself; a bias on a token outside the vocabulary is a 400."""
+    tok = served[0].tokenizer
+    target = tok.encode(" Paris")[0]
+    r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, logit_bias={str(target): 100},
+                                  **greedy())
+    assert r.choices[0].text == tok.decode([target] * 4)
+    base = client.completions.create(model=MODEL, prompt="Hello", max_tokens=12, logprobs=0, **greedy())
+    first = base.choices[0].logprobs.tokens[0]
+    ids = tok.encode(first)
+    assert len(ids) == 1 and tok.decode(ids) == first  # its id, to ban it
+    banned = client.completions.create(model=MODEL, prompt="Hello", max_tokens=1, logprobs=0,
+                                       logit_bias={str(ids[0]): -100}, **greedy())
+    assert banned.choices[0].logprobs.tokens[0] != first
+    pen = client.completions.create(model=MODEL, prompt="Hello", max_tokens=12, presence_penalty=2.0,
+                                    frequency_penalty=1.0, logprobs=0, **greedy())
+    assert len(set(base.choices[0].logprobs.tokens)) < 12  # the plain greedy answer repeats itself ...
+    assert len(set(pen.choices[0].logprobs.tokens)) > len(set(base.choices[0].logprobs.tokens))  # ... less so
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, logit_bias={str(tok.vocab_size + 5): 1})
+    assert "outside the vocabulary" in str(e.value)
+
+
 def test_chat_uses_the_chat_template(client, served):
     engine = served[0]
     msgs = [{"role": "user", "content": "Say hi"}]
