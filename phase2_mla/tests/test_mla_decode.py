@@ -236,3 +236,43 @@ def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan():
         out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.07, num_splits=splits, backend="gluon")
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch):
+    """The host side of mla_decode_gluon on the CPU (the kernel itself needs a Hopper GPU): a stand-in kernel
+    records the launch; the grid, the TMA descriptors' tensors and block shapes, the strides and the merge match
+    what the kernel indexes, for one split (output written in place) and three (fp32 partials + the merge)."""
+    from phase2_mla import mla_decode, mla_decode_gluon as gk
+
+    launches, merges = [], []
+
+    class Stub:
+        def __init__(self, sink):
+            self.sink = sink
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: self.sink.append((grid, a, kw))
+
+    monkeypatch.setattr(gk, "mla_decode_gluon_kernel", Stub(launches))
+    monkeypatch.setattr(mla_decode, "mla_merge_kernel", Stub(merges))
+    b, h, page = 3, 100, 128
+    q_lat, q_pe, kv, bt, sl = make_case([5, 300, 129], page, h=h, dc=512, dr=64, dtype=torch.bfloat16, device="cpu")
+    for splits in (1, 3):
+        launches.clear(), merges.clear()
+        out = gk.mla_paged_decode_gluon(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=splits, check=False)
+        (grid, a, kw), = launches
+        assert grid == (2, splits, b) and out.shape == (b, h, 512) and out.dtype == torch.bfloat16
+        q_desc, qpe_desc, c_desc, pe_desc, bt_arg, sl_arg, o_part, lse = a[:8]
+        assert q_desc.block_shape == [64, 512] and qpe_desc.block_shape == [64, 64]
+        assert c_desc.block_shape == [64, 512] and pe_desc.block_shape == [64, 64]
+        assert q_desc.shape == [b * h, 512] and c_desc.shape == pe_desc.shape == [kv.shape[0] * page, 576]
+        assert c_desc.base.data_ptr() == kv.data_ptr() and q_desc.base.data_ptr() == q_lat.data_ptr()
+        assert bt_arg is bt and sl_arg is sl and a[9] == bt.stride(0) and a[-1] == h
+        assert kw["PAGE"] == page and kw["NUM_SPLITS"] == splits and kw["num_warps"] == 8
+        assert lse.shape == (b, h, splits)
+        if splits == 1:
+            assert o_part.data_ptr() == out.data_ptr() and not merges  # written in place, no merge
+        else:
+            assert o_part.dtype == torch.float32 and o_part.shape == (b, h, splits, 512) and len(merges) == 1
+            assert merges[0][0] == (b, h) and merges[0][2]["NUM_SPLITS"] == splits
+        assert tuple(a[10:15]) == (o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1))
