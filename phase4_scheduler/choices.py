@@ -29,16 +29,6 @@ def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
 
 
-def choice_logprobs(out, chat: bool, token_str, offset: int = 0):
-    """(the OpenAI logprobs object of out.new_logprobs or None, the completions text offset after it)."""
-    lps = out.new_logprobs
-    if not lps:
-        return None, offset
-    if chat:
-        return P.chat_logprobs(lps, token_str), offset
-    return P.completion_logprobs(lps, token_str, offset)
-
-
 async def collect_choices(server, request, prompt_ids: list[int], params: list[SamplingParams], rid: str,
                           model: str, chat: bool):
     """Every choice to its end (concurrently), then one response with n choices; None if the client left."""
@@ -49,10 +39,7 @@ async def collect_choices(server, request, prompt_ids: list[int], params: list[S
     make = P.chat_response if chat else P.completion_response
     created, choices, n_out = int(time.time()), [], 0
     for i, out in enumerate(finals):
-        lp = None
-        if out.logprobs is not None:
-            lp = P.chat_logprobs(out.logprobs, server.token_str) if chat else \
-                P.completion_logprobs(out.logprobs, server.token_str)[0]
+        lp = P.logprobs_object(out.logprobs, chat, server.token_str)[0]
         body = make(rid, model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids), created,
                     logprobs=lp)
         choices.append({**body["choices"][0], "index": i})
@@ -101,7 +88,7 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
                 continue
             parts = []
             for out in batch:
-                lp, offsets[i] = choice_logprobs(out, chat, server.token_str, offsets[i])
+                lp, offsets[i] = P.logprobs_object(out.new_logprobs, chat, server.token_str, offsets[i])
                 if out.text_delta or lp:
                     parts.append(chunk(i, out.text_delta, None if chat else out.finish_reason, lp))
                 if out.finished and (chat or not (out.text_delta or lp)):

@@ -245,6 +245,16 @@ def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: s
 
 # ---- logprobs (the engine's (token, logprob, ((id, logprob), ...)) entries in OpenAI's two shapes) ----------------
 
+def logprobs_object(entries: list | None, chat: bool, token_str, offset: int = 0) -> tuple[dict | None, int]:
+    """(a choice's `logprobs` for these entries, or None when there are none; the completions text offset after
+    them: a stream continues from it). token_str: token id -> its text."""
+    if not entries:
+        return None, offset
+    if chat:
+        return chat_logprobs(entries, token_str), offset
+    return completion_logprobs(entries, token_str, offset)
+
+
 def chat_logprobs(entries: list, token_str) -> dict:
     """Chat's `logprobs`: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
     token_str: token id -> its text."""

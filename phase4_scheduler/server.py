@@ -200,11 +200,7 @@ class Server:
 
         def chunk(text: str, finish_reason: str | None, first: bool = False, lps: list | None = None) -> bytes:
             nonlocal offset
-            lp = None
-            if lps:  # (a request that asked for logprobs: the slow path, a dict per chunk)
-                lp = P.chat_logprobs(lps, self.token_str) if chat else None
-                if not chat:
-                    lp, offset = P.completion_logprobs(lps, self.token_str, offset)
+            lp, offset = P.logprobs_object(lps, chat, self.token_str, offset)  # (logprobs: a dict per chunk)
             if chat:
                 delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
                 return sse({**P.chat_chunk(rid, model, created, delta, finish_reason, lp), **extra})
@@ -282,10 +278,7 @@ class Server:
         if out is None:  # the client left; nobody reads this
             return JSONResponse(P.error_body("client disconnected"), status_code=499)
         make = P.chat_response if chat else P.completion_response
-        lp = None
-        if out.logprobs is not None:
-            lp = P.chat_logprobs(out.logprobs, self.token_str) if chat else \
-                P.completion_logprobs(out.logprobs, self.token_str)[0]
+        lp = P.logprobs_object(out.logprobs, chat, self.token_str)[0]
         return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
                     logprobs=lp)
 
