@@ -40,8 +40,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be an integer >= -1 (0 or -1 disable it), got {self.top_k!r}")
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or None, "
-                             f"got {self.logprobs!r}")
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or "
+                             f"None, got {self.logprobs!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
@@ -49,7 +49,8 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         for t, b in (self.logit_bias or {}).items():
             if isinstance(t, bool) or not isinstance(t, int) or t < 0 or not -100.0 <= b <= 100.0:
-                raise ValueError(f"logit_bias maps token ids (integers >= 0) to biases in [-100, 100], got {t!r}: {b!r}")
+                raise ValueError(f"logit_bias maps token ids (integers >= 0) to biases in [-100, 100], got "
+                                 f"{t!r}: {b!r}")
 
     @property
     def greedy(self) -> bool:

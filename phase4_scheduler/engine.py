@@ -20,8 +20,8 @@ in one pass, and
 NOTE (increments): `step(increments=True)` returns, instead of RequestOutputs, only what changed, as tuples
 (request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions,
 new_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object
-and a copy of the whole output list per request per step only to be cut down again. The values are the ones `_output` puts in the same
-fields (tests/test_engine_increments.py checks it token for token and text for text).
+and a copy of the whole output list per request per step only to be cut down again. The values are the ones
+`_output` puts in the same fields (tests/test_engine_increments.py checks it token for token and text for text).
 
 NOTE (logprobs, penalties, logit bias): a request with SamplingParams.logprobs gets (token, logprob, top
 alternatives) per output token, from the step's logits (sampler.token_logprobs); penalties and logit_bias reshape its
