@@ -23,6 +23,9 @@ class SamplingParams:
     # log-probabilities of each sampled token under the model (its raw distribution: before temperature / top-k /
     # top-p), plus that many top alternatives; None: none (phase 4's engine computes them; 0 = the sampled token's)
     logprobs: int | None = None
+    # the same for every prompt token after the first (its log-probability given the tokens before it): what
+    # evaluation harnesses score (e.g. lm-eval's loglikelihood over /v1/completions with echo)
+    prompt_logprobs: int | None = None
     # logits processors (phase 4's sampler applies them; they change what is sampled, greedy included):
     presence_penalty: float = 0.0  # OpenAI: minus this from every token already generated
     frequency_penalty: float = 0.0  # OpenAI: minus this times how often the token was generated
@@ -38,10 +41,11 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"top_k must be an integer >= -1 (0 or -1 disable it), got {self.top_k!r}")
-        lp = self.logprobs
-        if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or "
-                             f"None, got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            lp = getattr(self, name)
+            if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
+                raise ValueError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or "
+                                 f"None, got {lp!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")

@@ -90,7 +90,7 @@ def front_us(n: int, length: int, steps: int = 100) -> float:
         words = [" the", " quick", " brown", " fox", "."]
 
         def message(k: int, last: bool = False) -> tuple:
-            return ("out", 0, [(rid, [100 + k], words[(k + i) % 5], "length" if last else None, None, 1.0, 0, None)
+            return ("out", 0, [(rid, [100 + k], words[(k + i) % 5], "length" if last else None, None, 1.0, 0, None, None)
                                for i, rid in enumerate(rids)], [], {})
 
         t = None

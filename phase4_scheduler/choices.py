@@ -30,7 +30,7 @@ def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
 
 
 async def collect_choices(server, request, prompt_ids: list[int], params: list[SamplingParams], rid: str,
-                          model: str, chat: bool):
+                          model: str, chat: bool, echo: str | None = None):
     """Every choice to its end (concurrently), then one response with n choices; None if the client left."""
     finals = await asyncio.gather(*(server.collect(request, server.generate(prompt_ids, p, f"{rid}-{i}"))
                                     for i, p in enumerate(params)))
@@ -39,16 +39,16 @@ async def collect_choices(server, request, prompt_ids: list[int], params: list[S
     make = P.chat_response if chat else P.completion_response
     created, choices, n_out = int(time.time()), [], 0
     for i, out in enumerate(finals):
-        lp = P.logprobs_object(out.logprobs, chat, server.token_str)[0]
-        body = make(rid, model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids), created,
-                    logprobs=lp)
+        text, entries = P.echoed(out, echo)
+        body = make(rid, model, text, out.finish_reason, len(prompt_ids), len(out.output_token_ids), created,
+                    logprobs=P.logprobs_object(entries, chat, server.token_str)[0])
         choices.append({**body["choices"][0], "index": i})
         n_out += len(out.output_token_ids)
     return {**body, "choices": choices, "usage": P.usage(len(prompt_ids), n_out)}
 
 
 async def stream_choices(server, prompt_ids: list[int], params: list[SamplingParams], rid: str, model: str,
-                         chat: bool, include_usage: bool):
+                         chat: bool, include_usage: bool, echo: str | None = None):
     """The SSE events of n choices interleaved as they come (each chunk names its choice's `index`), then usage
     (when asked) and [DONE]. A consumer that stops early cancels every choice's pump, whose generator aborts its
     request."""
@@ -75,7 +75,7 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
         return sse({**body, **extra}).decode()
 
     tasks = [asyncio.ensure_future(pump(i, p)) for i, p in enumerate(params)]
-    n_out, offsets, live = [0] * n, [0] * n, n
+    n_out, offsets, live, echoing = [0] * n, [0] * n, n, [echo is not None] * n
     try:
         if chat:
             yield "".join(chunk(i, "", None, first=True) for i in range(n)).encode()
@@ -87,6 +87,10 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
                 live -= 1
                 continue
             parts = []
+            if echoing[i]:  # the prompt first (completions with echo), its logprobs with the first output
+                lp, offsets[i] = P.logprobs_object(batch[0].prompt_logprobs, chat, server.token_str, offsets[i])
+                parts.append(chunk(i, echo, None, lp))
+                echoing[i] = False
             for out in batch:
                 lp, offsets[i] = P.logprobs_object(out.new_logprobs, chat, server.token_str, offsets[i])
                 if out.text_delta or lp:

@@ -19,7 +19,7 @@ in one pass, and
 
 NOTE (increments): `step(increments=True)` returns, instead of RequestOutputs, only what changed, as tuples
 (request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions,
-new_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object
+new_logprobs, prompt_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object
 and a copy of the whole output list per request per step only to be cut down again. The values are the ones
 `_output` puts in the same fields (tests/test_engine_increments.py checks it token for token and text for text).
 
@@ -45,9 +45,15 @@ from phase4_scheduler.model_runner import ModelRunner, kv_bytes_per_token
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
 from phase4_scheduler.request import Request, RequestStatus
-from phase4_scheduler.sampler import Sampler, check_stop, token_logprobs, validate_params
+from phase4_scheduler.sampler import Sampler, check_stop, logprob_entries, token_logprobs, validate_params
 from phase4_scheduler.scheduler import Scheduler
 from phase4_scheduler.step_inputs import prepare_inputs
+
+
+def _done_prompt_logprobs(req: Request) -> list | None:
+    """The request's prompt logprobs once all are computed, else None."""
+    p = req.prompt_logprobs
+    return p if p is not None and len(p) == len(req.prompt_token_ids) else None
 
 
 def _noop() -> None:
@@ -109,6 +115,7 @@ class LLMEngine:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
         self._sync_ids: set[str] = set()  # unfinished requests with logprobs or logits processors (see step)
+        self._prompt_lp_ids: set[str] = set()  # requests whose prompt logprobs are not all computed yet
         self.overlap = self.runner.graphs is not None if overlap is None else overlap
         self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
         self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
@@ -159,7 +166,11 @@ class LLMEngine:
         req = Request(request_id, list(prompt_token_ids), params)
         if params.logprobs is not None:
             req.logprobs = []
-        if params.logprobs is not None or params.processes_logits:
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [(req.prompt_token_ids[0], None, ())]  # the first token has no context to score
+            if len(req.prompt_token_ids) > 1:
+                self._prompt_lp_ids.add(request_id)
+        if params.logprobs is not None or params.prompt_logprobs is not None or params.processes_logits:
             self._sync_ids.add(request_id)  # such a request keeps decode synchronous (see step)
         if self.detokenize:
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, params.stop)
@@ -175,6 +186,7 @@ class LLMEngine:
         if req is None:
             return None
         self._sync_ids.discard(request_id)
+        self._prompt_lp_ids.discard(request_id)
         drop_pending(req)
         self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
         self.counters["num_aborted"] += 1
@@ -232,8 +244,14 @@ class LLMEngine:
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             hook()
             return []
-        logits = self.runner.execute(*self._prepare(plan))  # [B, V]
+        extra = self._prompt_rows(scheduled) if self._prompt_lp_ids else None
+        if extra:  # prompt logprobs: those rows' logits too (an eager forward)
+            logits, prompt_logits = self.runner.execute(*self._prepare(plan), extra_rows=extra[0])
+        else:
+            logits = self.runner.execute(*self._prepare(plan))  # [B, V]
         hook()
+        if extra:
+            self._add_prompt_logprobs(prompt_logits, *extra[1:])
         self.counters["num_steps"] += 1
         self.counters["num_batched_tokens"] += plan.num_batched_tokens
         rows, ready = [], []
@@ -254,6 +272,28 @@ class LLMEngine:
             for i, entry in (token_logprobs(logits, ready, tokens) or {}).items():
                 ready[i].logprobs.append(entry)
         return self._update(ready, tokens, final_only, increments)
+
+    def _prompt_rows(self, scheduled) -> tuple | None:
+        """(token rows, their requests, the prompt tokens they score) for this step's prompt-logprobs requests: a
+        row at prompt position p scores prompt token p + 1. Only positions not scored before (a preempted request
+        recomputes its prompt without scoring it twice); None when there are none."""
+        rows, owners, targets, off = [], [], [], 0
+        for req, n in scheduled:
+            lps = req.prompt_logprobs
+            if lps is not None and req.request_id in self._prompt_lp_ids:
+                prompt, c = req.prompt_token_ids, req.num_computed_tokens
+                for p in range(max(c, len(lps) - 1), min(c + n, len(prompt) - 1)):
+                    rows.append(off + p - c)
+                    owners.append(req)
+                    targets.append(prompt[p + 1])
+            off += n
+        return (rows, owners, targets) if rows else None
+
+    def _add_prompt_logprobs(self, logits, owners: list[Request], targets: list[int]) -> None:
+        for req, entry in zip(owners, logprob_entries(logits, targets, [r.params.prompt_logprobs for r in owners])):
+            req.prompt_logprobs.append(entry)
+            if len(req.prompt_logprobs) == len(req.prompt_token_ids):
+                self._prompt_lp_ids.discard(req.request_id)
 
     def _launch(self, plan, prev: InFlight | None) -> InFlight:
         """Run a decode-only plan without waiting for its tokens: sampled on the device, a non-blocking copy to the
@@ -306,6 +346,7 @@ class LLMEngine:
                 drop_pending(req)  # overlapped decode: its next token is already in flight, and is dropped
                 self.requests.pop(req.request_id, None)
                 self._sync_ids.discard(req.request_id)
+                self._prompt_lp_ids.discard(req.request_id)
             self.counters["num_finished"] += len(finished)
         make = self._increment if increments else self._output
         return [make(req) for req in emit]
@@ -323,22 +364,23 @@ class LLMEngine:
         return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
                              status.value if finished else None, req.stop_reason, req.arrival_time,
                              req.first_token_time, req.num_preemptions, new_lps,
-                             lps[:n] if lps is not None else None)
+                             lps[:n] if lps is not None else None, _done_prompt_logprobs(req))
 
     def _increment(self, req: Request) -> tuple:
         """What `_output` would put in (request_id, new_token_ids, text_delta, finish_reason, stop_reason,
-        first_token_time, num_preemptions, new_logprobs), with the same side effects (returned tokens, emitted
-        text)."""
+        first_token_time, num_preemptions, new_logprobs, prompt_logprobs (in the first increment only)), with the
+        same side effects (returned tokens, emitted text)."""
         n = req.num_output_tokens
         new = req.output_token_ids[req.num_returned_tokens:n]
         lps = req.logprobs
         new_lps = lps[req.num_returned_tokens:n] if lps is not None else None
+        plps = _done_prompt_logprobs(req) if req.num_returned_tokens == 0 else None  # sent once, with the first
         req.num_returned_tokens = n
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         return (req.request_id, new, det.delta(finished) if det is not None else "",
                 status.value if finished else None, req.stop_reason, req.first_token_time, req.num_preemptions,
-                new_lps)
+                new_lps, plps)
 
     # -- inspection --------------------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -70,10 +70,12 @@ class EngineFacts:
 
 def pack(outputs: list) -> list[tuple]:
     """RequestOutputs -> (request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time,
-    num_preemptions, new_logprobs): the increments only; the parent keeps the running totals
+    num_preemptions, new_logprobs, prompt_logprobs): the increments only; the parent keeps the running totals
     (process_engine.unpack). Tuples (what `LLMEngine.step(increments=True)` returns) pass as they are."""
     return [o if type(o) is tuple else (o.request_id, o.new_token_ids, o.text_delta, o.finish_reason, o.stop_reason,
-                                        o.first_token_time, o.num_preemptions, o.new_logprobs) for o in outputs]
+                                        o.first_token_time, o.num_preemptions, o.new_logprobs,
+                                        o.prompt_logprobs if o.num_output_tokens == len(o.new_token_ids) else None)
+            for o in outputs]  # (prompt logprobs: with a request's first output only, as LLMEngine's increments)
 
 
 def _error_message(exc: BaseException) -> tuple:

@@ -212,19 +212,20 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping,
-                token_src: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                token_src: tuple[torch.Tensor, torch.Tensor] | None = None, extra_rows: list[int] | None = None):
         """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
         [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32).
         `token_src` = (tokens [B'] long on the device, rows [B] long on the CPU): a decode-only step whose input ids
         are tokens[rows], gathered on the device (overlapped decode: the previous step's sampled tokens never went
-        through the host); token_ids is then ignored."""
+        through the host); token_ids is then ignored. `extra_rows`: token rows whose logits are wanted too (prompt
+        logprobs): then returns (logits [B, V], their logits [len(extra_rows), V]), from an eager forward."""
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
         b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
         decode_only = max_q_len == 1
         if token_src is not None and (not decode_only or token_src[1].shape != (b,)):
             raise ValueError(f"token_src is for decode-only steps with one row index per sequence; got q_lens max "
                              f"{max_q_len}, {tuple(token_src[1].shape)} rows for {b} sequences")
-        if decode_only and self.graphs is not None and self.graphs.fits(b):
+        if decode_only and self.graphs is not None and self.graphs.fits(b) and extra_rows is None:
             return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping, token_src)
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
@@ -238,6 +239,10 @@ class ModelRunner:
             ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
         last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
+        if extra_rows is not None:  # the last rows, then the extra ones, in one lm_head call
+            rows = torch.cat((cu[1:].long() - 1, torch.tensor(extra_rows, dtype=torch.long))).to(dev)
+            logits = self.forward(ids, pos, ctx, rows)
+            return logits[:b], logits[b:]
         if not decode_only and self.mixed is not None and self.mixed.fits(ids.shape[0]):
             return self.mixed.run(ids, pos, ctx, last)  # everything but attention from graphs
         return self.forward(ids, pos, ctx, last)

@@ -33,20 +33,22 @@ class RequestOutput:
     # with SamplingParams.logprobs: (token id, logprob, ((id, logprob), ...) top alternatives) per token; else None
     new_logprobs: list | None = None  # for new_token_ids
     logprobs: list | None = None  # for output_token_ids
+    prompt_logprobs: list | None = None  # with SamplingParams.prompt_logprobs, once the prompt is done: per prompt
+    # token (token id, logprob, top alternatives); the first token's logprob is None
 
     @classmethod
     def sharing(cls, request_id: str, prompt_token_ids: list[int], new_token_ids: list[int], totals: list[int],
                 n: int, text_delta: str, text: str, finished: bool, finish_reason: str | None,
                 stop_reason: int | str | None, arrival_time: float, first_token_time: float | None,
                 num_preemptions: int, new_logprobs: list | None = None,
-                logprobs: list | None = None) -> "RequestOutput":
+                logprobs: list | None = None, prompt_logprobs: list | None = None) -> "RequestOutput":
         """An output whose output_token_ids is `totals[:n]`, copied only when read (the module NOTE)."""
         out = cls.__new__(cls)
         out.__dict__.update(request_id=request_id, prompt_token_ids=prompt_token_ids, new_token_ids=new_token_ids,
                             text_delta=text_delta, text=text, finished=finished, finish_reason=finish_reason,
                             stop_reason=stop_reason, arrival_time=arrival_time, first_token_time=first_token_time,
                             num_preemptions=num_preemptions, new_logprobs=new_logprobs, logprobs=logprobs,
-                            _totals=(totals, n))
+                            prompt_logprobs=prompt_logprobs, _totals=(totals, n))
         return out
 
     @property

@@ -50,11 +50,11 @@ SHUTDOWN_TIMEOUT_S = 30.0  # how long shutdown waits for the child's last messag
 
 class _RemoteStream(_Stream):
     """A mailbox plus the running totals of its request (the child sends increments)."""
-    __slots__ = ("prompt", "out_ids", "text", "logprobs")
+    __slots__ = ("prompt", "out_ids", "text", "logprobs", "prompt_logprobs")
 
     def __init__(self, prompt: list[int]) -> None:
         super().__init__()
-        self.prompt, self.out_ids, self.text, self.logprobs = prompt, [], "", None
+        self.prompt, self.out_ids, self.text, self.logprobs, self.prompt_logprobs = prompt, [], "", None, None
 
 
 def _reap(proc, *conns) -> None:
@@ -326,7 +326,7 @@ class ProcessEngine(StreamFrontEnd):
         """engine_core.pack's tuples -> RequestOutputs into their mailboxes, adding the increments to each stream's
         running totals: StreamFrontEnd._deliver's rule in the same pass (this runs per stream per step)."""
         queues = self._queues
-        for rid, new, delta, reason, stop_reason, first_time, num_preemptions, new_lps in packed:
+        for rid, new, delta, reason, stop_reason, first_time, num_preemptions, new_lps, prompt_lps in packed:
             s = queues.get(rid)
             if s is None:  # its consumer left (an abort is on its way) or it never was ours
                 continue
@@ -338,8 +338,11 @@ class ProcessEngine(StreamFrontEnd):
             lps = None
             if new_lps is not None:  # (asked for logprobs: the rare path, a copy per output is fine)
                 s.logprobs = lps = (s.logprobs or []) + new_lps
+            if prompt_lps is not None:
+                s.prompt_logprobs = prompt_lps
             s.put(RequestOutput.sharing(rid, s.prompt, new, out_ids, len(out_ids), delta, s.text, finished, reason,
-                                        stop_reason, 0.0, first_time, num_preemptions, new_lps, lps))
+                                        stop_reason, 0.0, first_time, num_preemptions, new_lps, lps,
+                                        s.prompt_logprobs))
             if finished:
                 del queues[rid]
 

@@ -100,6 +100,10 @@ class _SamplingFields(BaseModel):
         """SamplingParams.logprobs for this request: top alternatives per token, or None for no logprobs."""
         return None
 
+    def prompt_logprobs_k(self) -> int | None:
+        """SamplingParams.prompt_logprobs: the same for the prompt's tokens (completions with echo)."""
+        return None
+
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
@@ -109,15 +113,11 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = None
     suffix: str | None = None
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("echo=true is not supported")
-        return v
-
     def logprobs_k(self) -> int | None:
         return self.logprobs
+
+    def prompt_logprobs_k(self) -> int | None:
+        return self.logprobs if self.echo else None
 
     @field_validator("best_of")
     @classmethod
@@ -245,6 +245,14 @@ def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: s
 
 # ---- logprobs (the engine's (token, logprob, ((id, logprob), ...)) entries in OpenAI's two shapes) ----------------
 
+def echoed(out, echo: str | None) -> tuple[str, list | None]:
+    """A finished output's text and logprob entries, with the prompt's in front when echoing (completions)."""
+    if echo is None:
+        return out.text, out.logprobs
+    entries = None if out.logprobs is None else (out.prompt_logprobs or []) + out.logprobs
+    return echo + out.text, entries
+
+
 def logprobs_object(entries: list | None, chat: bool, token_str, offset: int = 0) -> tuple[dict | None, int]:
     """(a choice's `logprobs` for these entries, or None when there are none; the completions text offset after
     them: a stream continues from it). token_str: token id -> its text."""
@@ -274,6 +282,9 @@ def completion_logprobs(entries: list, token_str, offset: int = 0) -> tuple[dict
         tokens.append(s)
         offsets.append(offset)
         offset += len(s)
+        if lp is None:  # an echoed prompt's first token: nothing before it to score it by
+            tops.append(None)
+            continue
         d = {token_str(a): b for a, b in top}
         d.setdefault(s, lp)
         tops.append(d)

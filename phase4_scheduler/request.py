@@ -53,6 +53,7 @@ class Request:
     num_returned_tokens: int = 0  # how many output tokens earlier RequestOutputs already carried
     num_pending_tokens: int = 0  # placeholders at the tail of output_token_ids still on the device (overlap.py)
     logprobs: list | None = None  # with params.logprobs: one (token, logprob, top alternatives) per output token
+    prompt_logprobs: list | None = None  # with params.prompt_logprobs: the same per prompt token (the first: None)
 
     @property
     def all_token_ids(self) -> list[int]:

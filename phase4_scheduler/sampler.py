@@ -103,21 +103,29 @@ def token_logprobs(logits: torch.Tensor, requests: list[Request], tokens: list[i
     if not rows:
         return None
     idx = torch.tensor(rows, dtype=torch.long, device=logits.device)
-    lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)  # [R, V]
-    chosen = torch.tensor([tokens[i] for i in rows], dtype=torch.long, device=logits.device)
+    entries = logprob_entries(logits.index_select(0, idx), [tokens[i] for i in rows],
+                              [requests[i].params.logprobs for i in rows])
+    return dict(zip(rows, entries))
+
+
+def logprob_entries(logits: torch.Tensor, targets: list[int], ks: list[int]) -> list[tuple]:
+    """logits [R, V] (any float dtype), the token each row is scored for, each row's number of alternatives ->
+    R entries (target, its log-probability, ((id, logprob), ...) the top k, most likely first): one log_softmax in
+    fp32, one top-k at the largest k, one device->host copy."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
+    chosen = torch.tensor(targets, dtype=torch.long, device=logits.device)
     parts = [lp.gather(1, chosen[:, None])[:, 0]]
-    k = max(requests[i].params.logprobs for i in rows)
+    k = max(ks)
     if k:
         top = lp.topk(k, dim=-1)
         parts += [top.values.flatten(), top.indices.flatten().to(lp.dtype)]  # ids < 2^24: exact in fp32
     flat = torch.cat(parts).tolist()
-    n = len(rows)
-    out = {}
-    for j, i in enumerate(rows):
-        kj = requests[i].params.logprobs
+    n = len(targets)
+    out = []
+    for j, (t, kj) in enumerate(zip(targets, ks)):
         vals = flat[n + j * k: n + j * k + kj]
         ids = flat[n + n * k + j * k: n + n * k + j * k + kj]
-        out[i] = (tokens[i], flat[j], tuple((int(t), v) for t, v in zip(ids, vals)))
+        out.append((t, flat[j], tuple((int(a), v) for a, v in zip(ids, vals))))
     return out
 
 

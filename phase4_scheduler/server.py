@@ -84,6 +84,7 @@ class Server:
             return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k,
                                   top_p=req.top_p, seed=req.seed, stop_token_ids=stop_ids, stop=list(req.stop or []),
                                   ignore_eos=req.ignore_eos, logprobs=req.logprobs_k(),
+                                  prompt_logprobs=req.prompt_logprobs_k(),
                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                   repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias)
         except ValueError as e:
@@ -186,14 +187,15 @@ class Server:
                 task.cancel()
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams, rid: str, model: str, chat: bool,
-                     include_usage: bool):
+                     include_usage: bool, echo: str | None = None):
         """The SSE events of one streamed request, in OpenAI's chunk format: one write per list of outputs.
 
         NOTE (cost): this is the per-stream, per-step code of the server, so it reads the engine's output lists
         itself (what `generate` does, without another generator layer in between), and the common event (a text
         delta, no finish reason) comes from a ChunkTemplate rendered once per request; the rare ones (first chat
         chunk, finish, usage, errors) are built as dicts. Same bytes either way. A consumer that stops early
-        (client disconnect: EventStream closes this generator) aborts the request, as `generate` does."""
+        (client disconnect: EventStream closes this generator) aborts the request, as `generate` does.
+        `echo` (completions): the prompt's text, sent first with the first output (and its logprobs when asked)."""
         created, n_out, n_prompt = int(time.time()), 0, len(prompt_ids)
         extra = {"usage": None} if include_usage else {}
         want_lp, offset = params.logprobs is not None, 0
@@ -225,6 +227,9 @@ class Server:
                     raise
                 track.batch(batch)
                 parts: list[str] = []
+                if echo is not None:  # the first output carries the prompt's logprobs (when asked)
+                    parts.append(chunk(echo, None, lps=batch[0].prompt_logprobs).decode())
+                    echo = None
                 for out in batch:
                     if want_lp:
                         if out.new_logprobs or out.text_delta:
@@ -265,11 +270,12 @@ class Server:
         params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
         self.validate(prompt_ids, params, param)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
+        echo = self.echo_text(req, prompt_ids)
         if req.n > 1:  # several choices: n engine requests (choices.py)
-            return await self.respond_choices(request, req, prompt_ids, params, rid, chat)
+            return await self.respond_choices(request, req, prompt_ids, params, rid, chat, echo)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(self.stream(prompt_ids, params, rid, req.model, chat, include_usage))
+            return EventStream(self.stream(prompt_ids, params, rid, req.model, chat, include_usage, echo))
         gen = self.generate(prompt_ids, params, rid)
         try:
             out = await self.collect(request, gen)
@@ -278,20 +284,27 @@ class Server:
         if out is None:  # the client left; nobody reads this
             return JSONResponse(P.error_body("client disconnected"), status_code=499)
         make = P.chat_response if chat else P.completion_response
-        lp = P.logprobs_object(out.logprobs, chat, self.token_str)[0]
-        return make(rid, req.model, out.text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
-                    logprobs=lp)
+        text, entries = P.echoed(out, echo)
+        return make(rid, req.model, text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
+                    logprobs=P.logprobs_object(entries, chat, self.token_str)[0])
+
+    def echo_text(self, req, prompt_ids: list[int]) -> str | None:
+        """Completions with echo: the prompt as text (as sent, or its token ids decoded); else None."""
+        if not getattr(req, "echo", False):
+            return None
+        return req.prompt if isinstance(req.prompt, str) else \
+            self.engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
 
 
     async def respond_choices(self, request: Request, req, prompt_ids: list[int], params: SamplingParams, rid: str,
-                              chat: bool):
+                              chat: bool, echo: str | None = None):
         from phase4_scheduler.choices import choice_params, collect_choices, stream_choices
         plist = choice_params(params, req.n)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(stream_choices(self, prompt_ids, plist, rid, req.model, chat, include_usage))
+            return EventStream(stream_choices(self, prompt_ids, plist, rid, req.model, chat, include_usage, echo))
         try:
-            body = await collect_choices(self, request, prompt_ids, plist, rid, req.model, chat)
+            body = await collect_choices(self, request, prompt_ids, plist, rid, req.model, chat, echo)
         except PromptTooLongError as e:
             raise P.OpenAIError(str(e), 400, param="prompt", code="context_length_exceeded") from None
         if body is None:  # the client left; nobody reads this

@@ -28,6 +28,7 @@ def lockstep(full: LLMEngine, inc: LLMEngine, seed: int, n: int = 10, max_steps:
         if added < n and rng.random() < 0.5:
             sp = SamplingParams(max_tokens=rng.randrange(1, 24), ignore_eos=True, stop=stops[added % 4],
                                 logprobs=(None, 0, 3)[added % 3] if added % 5 == 1 else None,
+                                prompt_logprobs=2 if added % 4 == 3 else None,
                                 **({"temperature": 0.9, "top_k": 40, "seed": added} if added % 3 == 0 else
                                    {"temperature": 0}))
             for eng in (full, inc):

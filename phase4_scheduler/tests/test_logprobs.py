@@ -118,3 +118,32 @@ def test_gpu_logprobs_and_processors_under_cuda_graphs():
     assert all(mixed[k].output_token_ids == alone[k].output_token_ids for k in plain)
     check(model, ps[3], mixed["lp"], 4, tol=1e-3)  # (the GPU's kernels: not bit-equal to the reference)
     assert mixed["bias"].output_token_ids == [77] * 5
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(max_num_batched_tokens=7), dict(num_blocks=9)],
+                         ids=["whole-prompts", "chunked-prefill", "preemption"])
+def test_prompt_logprobs_match_the_reference_model(tiny, kw):
+    """SamplingParams.prompt_logprobs: every prompt token after the first scored given the ones before it (the
+    first: None), equal to the reference model's log_softmax, whether the prompt is prefilled whole, in chunks of 7
+    tokens, or recomputed after a preemption (scored once); beside requests that ask for nothing."""
+    ps = prompts(4, seed=31, lo=9, hi=30)
+    reqs = {f"r{i}": (p, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True,
+                                         prompt_logprobs=(3, None, 0, 1)[i])) for i, p in enumerate(ps)}
+    eng = LLMEngine(tiny, **{"num_blocks": 64, "block_size": 8, **kw})
+    done = run(eng, reqs)
+    assert eng.scheduler.num_preemptions > 0 if "num_blocks" in kw else True
+    for i, p in enumerate(ps):
+        out, k = done[f"r{i}"], reqs[f"r{i}"][1].prompt_logprobs
+        if k is None:
+            assert out.prompt_logprobs is None
+            continue
+        assert len(out.prompt_logprobs) == len(p) and out.prompt_logprobs[0] == (p[0], None, ())
+        ids = torch.tensor([p], device=next(tiny.model.parameters()).device)
+        with torch.no_grad():
+            ref = torch.log_softmax(tiny.model(ids)[0, :-1].float(), -1)  # row j scores prompt token j + 1
+        for j, (tok, lp, top) in enumerate(out.prompt_logprobs[1:]):
+            assert tok == p[j + 1] and lp == pytest.approx(ref[j, tok].item(), abs=1e-4)
+            want = ref[j].topk(k)
+            assert [t for t, _ in top] == want.indices.tolist()
+            assert [v for _, v in top] == pytest.approx(want.values.tolist(), abs=1e-4)
+    assert not eng._prompt_lp_ids and not eng._sync_ids

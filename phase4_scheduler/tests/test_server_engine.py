@@ -115,6 +115,9 @@ def test_n_choices_streamed_and_not(client, served):
         if ch.usage:
             assert ch.usage.completion_tokens == 32
     assert [texts[i] for i in range(4)] == [c.text for c in a.choices]
+    echoed = client.completions.create(**{**kw, "echo": True, "logprobs": 0})
+    assert [c.text for c in echoed.choices] == ["Once upon a time" + c.text for c in a.choices]
+    assert all(c.logprobs.token_logprobs[0] is None and len(c.logprobs.tokens) == n_prompt + 8 for c in echoed.choices)
     msgs = [{"role": "user", "content": "Tell me a story"}]
     c = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, n=2, logprobs=True, seed=3,
                                        temperature=0.9, extra_body={"ignore_eos": True})
@@ -150,6 +153,36 @@ def test_penalties_and_logit_bias(client, served):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, logit_bias={str(tok.vocab_size + 5): 1})
     assert "outside the vocabulary" in str(e.value)
+
+
+def test_echo_with_logprobs_scores_the_prompt(client, served):
+    """lm-eval's loglikelihood request (token ids, echo, max_tokens=1, logprobs=1, greedy): the text starts with the
+    prompt, every prompt token after the first is scored given the ones before it, equal to the reference model's
+    log_softmax (the same random weights, loaded here), streamed and not; echo without logprobs echoes the text."""
+    import torch
+
+    from common.model_loader import load_model
+
+    tok = served[0].tokenizer
+    ids = tok.encode("The quick brown fox jumps over the lazy", add_special_tokens=True)
+    kw = dict(model=MODEL, prompt=ids, max_tokens=1, logprobs=1, echo=True, temperature=0)
+    ch = client.completions.create(**kw).choices[0]
+    lp = ch.logprobs
+    assert ch.text.startswith(tok.decode(ids, skip_special_tokens=False))
+    assert len(lp.tokens) == len(ids) + 1 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    ref_model = load_model(MODEL, random_weights=True, num_layers=2, device="cpu").model
+    with torch.no_grad():
+        ref = torch.log_softmax(ref_model(torch.tensor([ids]))[0].float(), -1)  # row j scores token j + 1
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx([ref[j - 1, ids[j]].item() for j in range(1, len(ids))],
+                                                          abs=1e-4)
+    assert lp.token_logprobs[-1] == pytest.approx(ref[-1].max().item(), abs=1e-4)  # the greedy continuation
+    assert all(len(d) <= 2 for d in lp.top_logprobs[1:])
+    chunks = list(client.completions.create(stream=True, **kw))
+    streamed = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ch.text
+    plain = client.completions.create(model=MODEL, prompt="Hello there", max_tokens=2, echo=True, **greedy())
+    assert plain.choices[0].text.startswith("Hello there") and plain.choices[0].logprobs is None
 
 
 def test_chat_uses_the_chat_template(client, served):
