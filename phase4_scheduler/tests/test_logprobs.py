@@ -92,9 +92,9 @@ def test_bad_logprobs_are_refused():
 
 @pytest.mark.gpu
 def test_gpu_logprobs_and_processors_under_cuda_graphs():
-    """On the GPU with CUDA graphs and overlapped decode (the defaults), in fp32: logprobs equal the reference
-    model's log_softmax, a logit-bias request is forced, and the other requests' tokens are those of the engine
-    without any such request (the synchronous steps they force change nothing but timing)."""
+    """On the GPU with CUDA graphs and overlapped decode (the defaults), in fp32: logprobs and prompt logprobs equal
+    the reference model's log_softmax, a logit-bias request is forced, and the other requests' tokens are those of
+    the engine without any such request (the synchronous steps they force change nothing but timing)."""
     from common.config import ModelConfig
     from common.llama import LlamaForCausalLM
     from common.model_loader import LoadedModel
@@ -108,7 +108,8 @@ def test_gpu_logprobs_and_processors_under_cuda_graphs():
     loaded = LoadedModel(cfg, model, None, "tiny", dev, torch.float32)
     ps = prompts(5, seed=8)
     plain = {f"p{i}": (ps[i], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)) for i in range(3)}
-    extra = {"lp": (ps[3], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=4)),
+    extra = {"lp": (ps[3], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=4,
+                                          prompt_logprobs=2)),
              "bias": (ps[4], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, logit_bias={77: 100.0}))}
     kw = dict(num_blocks=128, block_size=16, max_num_seqs=16, cuda_graph=True, detokenize=False)
     alone = run(LLMEngine(loaded, **kw), dict(plain))
@@ -117,6 +118,12 @@ def test_gpu_logprobs_and_processors_under_cuda_graphs():
     mixed = run(mixed_eng, {**plain, **extra})
     assert all(mixed[k].output_token_ids == alone[k].output_token_ids for k in plain)
     check(model, ps[3], mixed["lp"], 4, tol=1e-3)  # (the GPU's kernels: not bit-equal to the reference)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ps[3]], device=dev))[0, :-1].float(), -1)
+    got = mixed["lp"].prompt_logprobs
+    assert len(got) == len(ps[3]) and got[0][1] is None
+    assert [e[1] for e in got[1:]] == pytest.approx([ref[j, ps[3][j + 1]].item() for j in range(len(ps[3]) - 1)],
+                                                    abs=1e-3)
     assert mixed["bias"].output_token_ids == [77] * 5
 
 
