@@ -1,10 +1,11 @@
-"""`n > 1`: several choices for one prompt, as n engine requests (ids `<rid>-0` .. `<rid>-<n-1>`).
+"""Several choices in one response: `n > 1`, and a batch of prompts (completions), each choice its own engine
+request (ids `<rid>-0` .. `<rid>-<k-1>`; choice index = prompt index x n + j, OpenAI's order).
 
-NOTE (what n costs here): each choice is its own request, so the prompt is prefilled n times (no prefix sharing
-before phase 8's radix cache) and n requests compete for seats and KV blocks like any others. Choice i samples with
-seed + i when a seed is given (the choices differ, reproducibly); unseeded choices draw from their own random state;
-greedy choices are identical (as OpenAI's). usage counts the prompt once and every choice's completion tokens.
-If the client leaves, every choice is aborted (each through Server.generate's release).
+NOTE (what n costs here): each choice is its own request, so a prompt is prefilled n times (no prefix sharing
+before phase 8's radix cache) and the requests compete for seats and KV blocks like any others. Choice j samples
+with seed + j when a seed is given (the choices differ, reproducibly); unseeded choices draw from their own random
+state; greedy choices are identical (as OpenAI's). usage counts each prompt once and every choice's completion
+tokens. If the client leaves, every choice is aborted (each through Server.generate's release).
 """
 from __future__ import annotations
 
@@ -29,36 +30,36 @@ def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
 
 
-async def collect_choices(server, request, prompt_ids: list[int], params: list[SamplingParams], rid: str,
-                          model: str, chat: bool, echo: str | None = None):
-    """Every choice to its end (concurrently), then one response with n choices; None if the client left."""
-    finals = await asyncio.gather(*(server.collect(request, server.generate(prompt_ids, p, f"{rid}-{i}"))
-                                    for i, p in enumerate(params)))
+async def collect_choices(server, request, choices: list[tuple], n_prompt: int, rid: str, model: str, chat: bool):
+    """choices: (prompt ids, SamplingParams, echo text or None) each. Every choice to its end (concurrently), then one
+    response with all of them; None if the client left."""
+    finals = await asyncio.gather(*(server.collect(request, server.generate(ids, p, f"{rid}-{i}"))
+                                    for i, (ids, p, _) in enumerate(choices)))
     if any(f is None for f in finals):  # the client left: each collect aborted its own request
         return None
     make = P.chat_response if chat else P.completion_response
-    created, choices, n_out = int(time.time()), [], 0
-    for i, out in enumerate(finals):
+    created, bodies, n_out = int(time.time()), [], 0
+    for i, (out, (_, _, echo)) in enumerate(zip(finals, choices)):
         text, entries = P.echoed(out, echo)
-        body = make(rid, model, text, out.finish_reason, len(prompt_ids), len(out.output_token_ids), created,
+        body = make(rid, model, text, out.finish_reason, n_prompt, len(out.output_token_ids), created,
                     logprobs=P.logprobs_object(entries, chat, server.token_str)[0])
-        choices.append({**body["choices"][0], "index": i})
+        bodies.append({**body["choices"][0], "index": i})
         n_out += len(out.output_token_ids)
-    return {**body, "choices": choices, "usage": P.usage(len(prompt_ids), n_out)}
+    return {**body, "choices": bodies, "usage": P.usage(n_prompt, n_out)}
 
 
-async def stream_choices(server, prompt_ids: list[int], params: list[SamplingParams], rid: str, model: str,
-                         chat: bool, include_usage: bool, echo: str | None = None):
+async def stream_choices(server, choices: list[tuple], n_prompt: int, rid: str, model: str, chat: bool,
+                         include_usage: bool):
     """The SSE events of n choices interleaved as they come (each chunk names its choice's `index`), then usage
     (when asked) and [DONE]. A consumer that stops early cancels every choice's pump, whose generator aborts its
     request."""
-    created, n = int(time.time()), len(params)
+    created, n = int(time.time()), len(choices)
     extra = {"usage": None} if include_usage else {}
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(i: int, p: SamplingParams) -> None:
+    async def pump(i: int, ids: list[int], p: SamplingParams) -> None:
         try:
-            async with aclosing(server.generate(prompt_ids, p, f"{rid}-{i}")) as gen:
+            async with aclosing(server.generate(ids, p, f"{rid}-{i}")) as gen:
                 async for batch in gen:
                     queue.put_nowait((i, batch, None))
             queue.put_nowait((i, None, None))
@@ -74,8 +75,8 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
         body["choices"][0]["index"] = i
         return sse({**body, **extra}).decode()
 
-    tasks = [asyncio.ensure_future(pump(i, p)) for i, p in enumerate(params)]
-    n_out, offsets, live, echoing = [0] * n, [0] * n, n, [echo is not None] * n
+    tasks = [asyncio.ensure_future(pump(i, ids, p)) for i, (ids, p, _) in enumerate(choices)]
+    n_out, offsets, live, echoes = [0] * n, [0] * n, n, [echo for *_, echo in choices]
     try:
         if chat:
             yield "".join(chunk(i, "", None, first=True) for i in range(n)).encode()
@@ -87,10 +88,10 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
                 live -= 1
                 continue
             parts = []
-            if echoing[i]:  # the prompt first (completions with echo), its logprobs with the first output
+            if echoes[i] is not None:  # the prompt first (completions with echo), its logprobs with the first output
                 lp, offsets[i] = P.logprobs_object(batch[0].prompt_logprobs, chat, server.token_str, offsets[i])
-                parts.append(chunk(i, echo, None, lp))
-                echoing[i] = False
+                parts.append(chunk(i, echoes[i], None, lp))
+                echoes[i] = None
             for out in batch:
                 lp, offsets[i] = P.logprobs_object(out.new_logprobs, chat, server.token_str, offsets[i])
                 if out.text_delta or lp:
@@ -102,7 +103,7 @@ async def stream_choices(server, prompt_ids: list[int], params: list[SamplingPar
                 yield "".join(parts).encode()
         if include_usage:
             obj = "chat.completion.chunk" if chat else "text_completion"
-            yield sse(P.usage_chunk(rid, model, created, obj, len(prompt_ids), sum(n_out)))
+            yield sse(P.usage_chunk(rid, model, created, obj, n_prompt, sum(n_out)))
     except PromptTooLongError as e:
         yield sse(P.error_body(str(e), code="context_length_exceeded"))
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.sampling import MAX_LOGPROBS
 
 MAX_N = 16  # choices per request, at most (choices.py: each is a full engine request; OpenAI allows more)
+MAX_PROMPTS = 64  # prompts in one completions request (a batch; each prompt x n choices is an engine request)
 
 
 class OpenAIError(Exception):
@@ -135,14 +136,22 @@ class CompletionRequest(_SamplingFields):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list) and v and isinstance(v[0], (str, list)):
-            if len(v) != 1:
-                raise ValueError(f"a batch of {len(v)} prompts is not supported: send one prompt per request")
-            v = v[0]
-        if isinstance(v, list) and not v or v == "":
-            raise ValueError("the prompt is empty")
+    def _prompt_batch(cls, v):
+        batch = _batch(v)
+        if len(batch) > MAX_PROMPTS:
+            raise ValueError(f"a batch of {len(batch)} prompts: at most {MAX_PROMPTS} per request")
+        for i, p in enumerate(batch):
+            if isinstance(p, list) and not p or p == "":
+                raise ValueError("the prompt is empty" if len(batch) == 1 else f"prompt {i} of the batch is empty")
         return v
+
+    def prompts(self) -> list:
+        """The prompts of this request: one, or a batch (a list of strings or of token-id lists)."""
+        return _batch(self.prompt)
+
+
+def _batch(prompt) -> list:
+    return prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
 
 
 class ChatMessage(BaseModel):

@@ -263,16 +263,20 @@ class Server:
                 await self._release(rid, track, outputs)
         yield DONE
 
-    async def respond(self, request: Request, req, prompt_ids: list[int], chat: bool):
+    async def respond(self, request: Request, req, prompts: list, prompt_ids_list: list[list[int]], chat: bool):
+        """One request's response: `prompts` as sent (a batch for completions) and their token ids."""
         self.check_engine()
         max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
         param = "messages" if chat else "prompt"
-        params = self.sampling_params(req, len(prompt_ids), max_tokens, param)
-        self.validate(prompt_ids, params, param)
+        params_list = []
+        for prompt_ids in prompt_ids_list:  # every prompt is checked before anything runs
+            params_list.append(self.sampling_params(req, len(prompt_ids), max_tokens, param))
+            self.validate(prompt_ids, params_list[-1], param)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
-        echo = self.echo_text(req, prompt_ids)
-        if req.n > 1:  # several choices: n engine requests (choices.py)
-            return await self.respond_choices(request, req, prompt_ids, params, rid, chat, echo)
+        echoes = [self.echo_text(req, p, ids) for p, ids in zip(prompts, prompt_ids_list)]
+        if req.n > 1 or len(prompt_ids_list) > 1:  # several choices: an engine request each (choices.py)
+            return await self.respond_choices(request, req, prompt_ids_list, params_list, echoes, rid, chat)
+        prompt_ids, params, echo = prompt_ids_list[0], params_list[0], echoes[0]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(self.stream(prompt_ids, params, rid, req.model, chat, include_usage, echo))
@@ -288,23 +292,25 @@ class Server:
         return make(rid, req.model, text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
                     logprobs=P.logprobs_object(entries, chat, self.token_str)[0])
 
-    def echo_text(self, req, prompt_ids: list[int]) -> str | None:
+    def echo_text(self, req, prompt, prompt_ids: list[int]) -> str | None:
         """Completions with echo: the prompt as text (as sent, or its token ids decoded); else None."""
         if not getattr(req, "echo", False):
             return None
-        return req.prompt if isinstance(req.prompt, str) else \
-            self.engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
 
 
-    async def respond_choices(self, request: Request, req, prompt_ids: list[int], params: SamplingParams, rid: str,
-                              chat: bool, echo: str | None = None):
+    async def respond_choices(self, request: Request, req, prompt_ids_list: list[list[int]],
+                              params_list: list[SamplingParams], echoes: list, rid: str, chat: bool):
+        """n choices of each prompt, choice index = prompt index x n + j (OpenAI's order)."""
         from phase4_scheduler.choices import choice_params, collect_choices, stream_choices
-        plist = choice_params(params, req.n)
+        choices = [(ids, p, echo) for ids, params, echo in zip(prompt_ids_list, params_list, echoes)
+                   for p in choice_params(params, req.n)]
+        n_prompt = sum(len(ids) for ids in prompt_ids_list)  # usage: each prompt once
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(stream_choices(self, prompt_ids, plist, rid, req.model, chat, include_usage, echo))
+            return EventStream(stream_choices(self, choices, n_prompt, rid, req.model, chat, include_usage))
         try:
-            body = await collect_choices(self, request, prompt_ids, plist, rid, req.model, chat, echo)
+            body = await collect_choices(self, request, choices, n_prompt, rid, req.model, chat)
         except PromptTooLongError as e:
             raise P.OpenAIError(str(e), 400, param="prompt", code="context_length_exceeded") from None
         if body is None:  # the client left; nobody reads this
@@ -358,12 +364,13 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True,
     @app.post("/v1/completions", dependencies=auth)
     async def completions(req: P.CompletionRequest, request: Request):
         server.check_model(req.model)
-        return await server.respond(request, req, server.prompt_ids(req.prompt), chat=False)
+        prompts = req.prompts()
+        return await server.respond(request, req, prompts, [server.prompt_ids(p) for p in prompts], chat=False)
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(req: P.ChatCompletionRequest, request: Request):
         server.check_model(req.model)
-        return await server.respond(request, req, engine.tokenizer.chat_ids(req.chat()), chat=True)
+        return await server.respond(request, req, [None], [engine.tokenizer.chat_ids(req.chat())], chat=True)
 
     def model_card() -> dict:
         return {"id": server.model_name, "object": "model", "created": int(time.time()), "owned_by": "titaninfer",

@@ -185,6 +185,32 @@ def test_echo_with_logprobs_scores_the_prompt(client, served):
     assert plain.choices[0].text.startswith("Hello there") and plain.choices[0].logprobs is None
 
 
+def test_a_batch_of_prompts(client, served):
+    """prompt = a list of prompts (strings or token ids) x n: choice index = prompt index x n + j, each choice
+    equal to its prompt sent alone (greedy), usage counts each prompt once; lm-eval's batched loglikelihood shape
+    (token-id prompts, echo, logprobs) included; streamed chunks reassemble per index."""
+    tok = served[0].tokenizer
+    texts = ["The sky is", "Once upon a time there", "1, 2, 3,"]
+    alone = [client.completions.create(model=MODEL, prompt=t, max_tokens=4, **greedy()).choices[0].text
+             for t in texts]
+    r = client.completions.create(model=MODEL, prompt=texts, max_tokens=4, n=2, **greedy())
+    assert [c.index for c in r.choices] == list(range(6))
+    assert [c.text for c in r.choices] == [t for t in alone for _ in range(2)]
+    n_prompt = sum(len(tok.encode(t, add_special_tokens=True)) for t in texts)
+    assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 24
+    ids = [tok.encode(t, add_special_tokens=True) for t in texts]
+    scored = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, logprobs=1, echo=True, temperature=0)
+    for c, p in zip(scored.choices, ids):
+        assert len(c.logprobs.token_logprobs) == len(p) + 1 and c.logprobs.token_logprobs[0] is None
+        single = client.completions.create(model=MODEL, prompt=p, max_tokens=1, logprobs=1, echo=True, temperature=0)
+        assert c.logprobs.token_logprobs[1:] == pytest.approx(single.choices[0].logprobs.token_logprobs[1:], abs=1e-5)
+    got = {}
+    for ch in client.completions.create(model=MODEL, prompt=texts, max_tokens=4, stream=True, **greedy()):
+        for c in ch.choices:
+            got[c.index] = got.get(c.index, "") + c.text
+    assert [got[i] for i in range(3)] == alone
+
+
 def test_chat_uses_the_chat_template(client, served):
     engine = served[0]
     msgs = [{"role": "user", "content": "Say hi"}]
