@@ -296,7 +296,9 @@ class Server:
         """Completions with echo: the prompt as text (as sent, or its token ids decoded); else None."""
         if not getattr(req, "echo", False):
             return None
-        return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        if isinstance(prompt, str):
+            return prompt
+        return self.engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
 
 
     async def respond_choices(self, request: Request, req, prompt_ids_list: list[list[int]],
