@@ -151,3 +151,21 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_lm_eval_check_without_lm_eval_says_so(tmp_path, capsys):
+    """The lm-eval check is optional: without lm_eval importable it exits 2 with the reason; its task files are a
+    JSON-lines dataset of the built-in questions and a YAML that points at it."""
+    import importlib.util
+    import json
+
+    from phase4_scheduler import lm_eval_check as L
+
+    if importlib.util.find_spec("lm_eval") is None:
+        assert L.main(["--base-url", "http://127.0.0.1:9"]) == 2
+        assert "lm_eval is not importable" in capsys.readouterr().out
+    L.write_task(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    assert [(r["question"], r["choices"], r["label"]) for r in rows] == [(q, c, y) for q, c, y in L.QUESTIONS]
+    yaml_text = (tmp_path / "toy.yaml").read_text()
+    assert f"task: {L.TASK}" in yaml_text and str(tmp_path / "toy.jsonl") in yaml_text
