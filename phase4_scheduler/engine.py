@@ -364,7 +364,8 @@ class LLMEngine:
         return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
                              status.value if finished else None, req.stop_reason, req.arrival_time,
                              req.first_token_time, req.num_preemptions, new_lps,
-                             lps[:n] if lps is not None else None, _done_prompt_logprobs(req))
+                             lps[:n] if lps is not None else None,
+                             None if req.prompt_logprobs is None else _done_prompt_logprobs(req))
 
     def _increment(self, req: Request) -> tuple:
         """What `_output` would put in (request_id, new_token_ids, text_delta, finish_reason, stop_reason,
