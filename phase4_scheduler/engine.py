@@ -19,9 +19,10 @@ in one pass, and
 
 NOTE (increments): `step(increments=True)` returns, instead of RequestOutputs, only what changed, as tuples
 (request_id, new_token_ids, text_delta, finish_reason, stop_reason, first_token_time, num_preemptions,
-new_logprobs, prompt_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would cost it an object
-and a copy of the whole output list per request per step only to be cut down again. The values are the ones
-`_output` puts in the same fields (tests/test_engine_increments.py checks it token for token and text for text).
+new_logprobs, prompt_logprobs): the engine process (engine_core.py) sends exactly these, and a RequestOutput would
+cost it an object and a copy of the whole output list per request per step only to be cut down again. The values
+are the ones `_output` puts in the same fields (tests/test_engine_increments.py checks it token for token and text
+for text).
 
 NOTE (logprobs, penalties, logit bias): a request with SamplingParams.logprobs gets (token, logprob, top
 alternatives) per output token, from the step's logits (sampler.token_logprobs); penalties and logit_bias reshape its
@@ -354,18 +355,21 @@ class LLMEngine:
     def _output(self, req: Request) -> RequestOutput:
         n = req.num_output_tokens  # placeholders of in-flight steps are not outputs yet
         out_ids = req.output_token_ids[:n] if req.num_pending_tokens else req.output_token_ids
-        new = out_ids[req.num_returned_tokens:]
-        lps = req.logprobs
-        new_lps = lps[req.num_returned_tokens:n] if lps is not None else None
+        returned = req.num_returned_tokens
+        new = out_ids[returned:]
         req.num_returned_tokens = n
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         delta, text = (det.delta(finished), det.text) if det is not None else ("", "")
-        return RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
-                             status.value if finished else None, req.stop_reason, req.arrival_time,
-                             req.first_token_time, req.num_preemptions, new_lps,
-                             lps[:n] if lps is not None else None,
-                             None if req.prompt_logprobs is None else _done_prompt_logprobs(req))
+        out = RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
+                            status.value if finished else None, req.stop_reason, req.arrival_time,
+                            req.first_token_time, req.num_preemptions)
+        lps = req.logprobs
+        if lps is not None or req.prompt_logprobs is not None:  # (outputs.py: set only when asked)
+            out.new_logprobs = lps[returned:n] if lps is not None else None
+            out.logprobs = lps[:n] if lps is not None else None
+            out.prompt_logprobs = _done_prompt_logprobs(req)
+        return out
 
     def _increment(self, req: Request) -> tuple:
         """What `_output` would put in (request_id, new_token_ids, text_delta, finish_reason, stop_reason,

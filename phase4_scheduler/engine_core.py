@@ -74,7 +74,8 @@ def pack(outputs: list) -> list[tuple]:
     (process_engine.unpack). Tuples (what `LLMEngine.step(increments=True)` returns) pass as they are."""
     return [o if type(o) is tuple else (o.request_id, o.new_token_ids, o.text_delta, o.finish_reason, o.stop_reason,
                                         o.first_token_time, o.num_preemptions, o.new_logprobs,
-                                        o.prompt_logprobs if o.num_output_tokens == len(o.new_token_ids) else None)
+                                        o.prompt_logprobs if o.prompt_logprobs is not None
+                                        and o.num_output_tokens == len(o.new_token_ids) else None)
             for o in outputs]  # (prompt logprobs: with a request's first output only, as LLMEngine's increments)
 
 

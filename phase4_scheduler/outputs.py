@@ -30,11 +30,7 @@ class RequestOutput:
     arrival_time: float = 0.0  # time.monotonic() when the request was added
     first_token_time: float | None = None  # time.monotonic() when its first token was sampled
     num_preemptions: int = 0
-    # with SamplingParams.logprobs: (token id, logprob, ((id, logprob), ...) top alternatives) per token; else None
-    new_logprobs: list | None = None  # for new_token_ids
-    logprobs: list | None = None  # for output_token_ids
-    prompt_logprobs: list | None = None  # with SamplingParams.prompt_logprobs, once the prompt is done: per prompt
-    # token (token id, logprob, top alternatives); the first token's logprob is None
+    # (+ new_logprobs, logprobs, prompt_logprobs: see the class attributes after the class)
 
     @classmethod
     def sharing(cls, request_id: str, prompt_token_ids: list[int], new_token_ids: list[int], totals: list[int],
@@ -47,8 +43,9 @@ class RequestOutput:
         out.__dict__.update(request_id=request_id, prompt_token_ids=prompt_token_ids, new_token_ids=new_token_ids,
                             text_delta=text_delta, text=text, finished=finished, finish_reason=finish_reason,
                             stop_reason=stop_reason, arrival_time=arrival_time, first_token_time=first_token_time,
-                            num_preemptions=num_preemptions, new_logprobs=new_logprobs, logprobs=logprobs,
-                            prompt_logprobs=prompt_logprobs, _totals=(totals, n))
+                            num_preemptions=num_preemptions, _totals=(totals, n))
+        if new_logprobs is not None or logprobs is not None or prompt_logprobs is not None:
+            out.new_logprobs, out.logprobs, out.prompt_logprobs = new_logprobs, logprobs, prompt_logprobs
         return out
 
     @property
@@ -82,3 +79,11 @@ class _SharedTotals:
 
 
 RequestOutput.output_token_ids = _SharedTotals()  # after @dataclass: __init__ keeps its default_factory
+
+# Log-probabilities, set on an output only when its request asked for them (SamplingParams.logprobs /
+# prompt_logprobs); class attributes, not dataclass fields, so that the common output costs nothing more to build
+# (LLMEngine._output runs per request per step). Each entry: (token id, logprob, ((id, logprob), ...) the top
+# alternatives); prompt_logprobs (once the whole prompt is scored) starts with the first prompt token, logprob None.
+RequestOutput.new_logprobs = None  # for new_token_ids
+RequestOutput.logprobs = None  # for output_token_ids
+RequestOutput.prompt_logprobs = None  # for prompt_token_ids
