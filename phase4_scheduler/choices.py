@@ -67,13 +67,7 @@ async def stream_choices(server, choices: list[tuple], n_prompt: int, rid: str, 
             queue.put_nowait((i, None, e))
 
     def chunk(i: int, text: str, finish: str | None, lp=None, first: bool = False) -> str:
-        if chat:
-            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-            body = P.chat_chunk(rid, model, created, delta, finish, lp)
-        else:
-            body = P.completion_chunk(rid, model, created, text, finish, lp)
-        body["choices"][0]["index"] = i
-        return sse({**body, **extra}).decode()
+        return sse({**P.stream_chunk(rid, model, created, chat, text, finish, lp, first, i), **extra}).decode()
 
     tasks = [asyncio.ensure_future(pump(i, ids, p)) for i, (ids, p, _) in enumerate(choices)]
     n_out, offsets, live, echoes = [0] * n, [0] * n, n, [echo for *_, echo in choices]

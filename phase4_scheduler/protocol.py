@@ -252,6 +252,20 @@ def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: s
             "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
+def stream_chunk(rid: str, model: str, created: int, chat: bool, text: str, finish_reason: str | None,
+                 logprobs: dict | None = None, first: bool = False, index: int = 0) -> dict:
+    """One streamed chunk of choice `index`: a chat delta (the first one also names the role; an empty text sends
+    an empty delta) or a completion's text."""
+    if chat:
+        delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+        body = chat_chunk(rid, model, created, delta, finish_reason, logprobs)
+    else:
+        body = completion_chunk(rid, model, created, text, finish_reason, logprobs)
+    if index:
+        body["choices"][0]["index"] = index
+    return body
+
+
 # ---- logprobs (the engine's (token, logprob, ((id, logprob), ...)) entries in OpenAI's two shapes) ----------------
 
 def echoed(out, echo: str | None) -> tuple[str, list | None]:

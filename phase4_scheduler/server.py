@@ -203,10 +203,7 @@ class Server:
         def chunk(text: str, finish_reason: str | None, first: bool = False, lps: list | None = None) -> bytes:
             nonlocal offset
             lp, offset = P.logprobs_object(lps, chat, self.token_str, offset)  # (logprobs: a dict per chunk)
-            if chat:
-                delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-                return sse({**P.chat_chunk(rid, model, created, delta, finish_reason, lp), **extra})
-            return sse({**P.completion_chunk(rid, model, created, text, finish_reason, lp), **extra})
+            return sse({**P.stream_chunk(rid, model, created, chat, text, finish_reason, lp, first), **extra})
 
         if chat:
             text_event = ChunkTemplate(lambda t: {**P.chat_chunk(rid, model, created, {"content": t}, None), **extra})
