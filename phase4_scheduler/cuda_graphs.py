@@ -6,12 +6,15 @@ step while the GPU works 2.8 ms). A captured graph replays the same kernels with
     sizes    1 2 4 8 16 24 ... 256 320 384 ... max_num_seqs   (small powers of two, multiples of 8, then of 64)
     a step with B decode tokens replays the graph of the smallest size >= B; rows B.. are padding
 
-NOTE (static buffers and the scratch page): a graph reads its inputs from fixed addresses, so every step copies
-its token ids, positions, seq_lens, slot mapping and block tables INTO preallocated device buffers (one host->device
-copy of one pinned buffer) and replays. Padding rows must be harmless: they write their K/V into a scratch block
-that no request owns (index num_blocks of the pool, one block past what the allocator hands out) and attend over
-one token of it. The block-table buffer is as wide as max_model_len needs, so the decode kernel's split count (a
-function of the table width) is the same at capture and at every replay.
+NOTE (static buffers and the scratch page): a graph reads its inputs from fixed addresses, so every step writes its
+token ids, positions, slot mapping, seq_lens and block tables into ONE pinned host buffer laid out exactly like the
+device buffer the graphs read (int64 ids | pos | slots | rows, then int32 seq_lens | tables: the dtypes the kernels
+take), and ONE host->device copy moves it: nothing else runs between two replays (an overlapped step adds one
+index_select, its ids gathered on the device from the previous step's tokens). Padding rows must be harmless: they
+write their K/V into a scratch block that no request owns (index num_blocks of the pool, one block past what the
+allocator hands out) and attend over one token of it; they are written on the host, and only the rows a larger
+step left behind are re-padded. The block-table buffer is as wide as max_model_len needs, so the decode kernel's
+split count (a function of the table width) is the same at capture and at every replay.
 """
 from __future__ import annotations
 
@@ -46,19 +49,20 @@ class DecodeGraphs:
         self.max_batch = self.sizes[-1]
         self.width = -(-max_model_len // runner.block_size)  # block-table columns
         n, w, dev = self.max_batch, self.width, runner.device
-        # one pinned host staging buffer, one device buffer: ids | pos | slots | seq_lens | tables, all int64
-        self.host = torch.zeros(4 * n + n * w, dtype=torch.long, pin_memory=capture)
+        self.host = torch.zeros(self._nbytes(n), dtype=torch.uint8, pin_memory=capture)  # pinned staging
         self.dev = torch.zeros_like(self.host, device=dev)
-        self.ids, self.pos, self.slots = self.dev[:n], self.dev[n:2 * n], self.dev[2 * n:3 * n]
-        self.lens32 = torch.ones(n, dtype=torch.int32, device=dev)  # [Bmax] the kernels want int32
-        self.tables32 = torch.full((n, w), runner.null_block, dtype=torch.int32, device=dev)  # [Bmax, W]
+        h, d = self._views(self.host), self._views(self.dev)
+        self.h_ids, self.h_pos, self.h_slots, self.h_rows, self.h_lens, self.h_tables = h
+        self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = d
+        self.filled = n  # rows [0, filled) of the staging buffer may hold something other than padding
+        self._pad_host(0)
+        self.dev.copy_(self.host)
         self.copied = torch.cuda.Event() if capture else None  # the staging buffer is free once its copy has run
         self.graphs: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         t0 = time.perf_counter()
         pool = None
         for b in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory pool
-            self._pad(0)
             ctx = BatchAttention(runner, self.tables32[:b], self.lens32[:b], self.slots[:b])
 
             def step(b=b, ctx=ctx):
@@ -78,45 +82,62 @@ class DecodeGraphs:
     def fits(self, batch: int) -> bool:
         return batch <= self.max_batch
 
-    def _pad(self, b: int) -> None:
-        """Rows b.. of the device buffers become harmless padding: scratch slot, one cached token."""
-        r = self.runner
-        self.ids[b:].zero_()
-        self.pos[b:].zero_()
-        self.slots[b:].fill_(r.null_block * r.block_size)
-        self.lens32[b:].fill_(1)
-        self.tables32[b:].fill_(r.null_block)
+    def _nbytes(self, rows: int, table_rows: int | None = None) -> int:
+        """Bytes of the staging layout up to `table_rows` block-table rows (all of them when None)."""
+        return 8 * 4 * rows + 4 * rows + 4 * self.width * (rows if table_rows is None else table_rows)
+
+    def _views(self, buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """ids, pos, slots, rows [n] int64, seq_lens [n] int32, tables [n, W] int32: typed views of one byte buffer."""
+        n, w = self.max_batch, self.width
+        i64 = buf[:32 * n].view(torch.int64)
+        lens = buf[32 * n:36 * n].view(torch.int32)
+        tables = buf[36 * n:].view(torch.int32).view(n, w)
+        return i64[:n], i64[n:2 * n], i64[2 * n:3 * n], i64[3 * n:], lens, tables
+
+    def _pad_host(self, b: int) -> None:
+        """Staging rows b.. become harmless padding (scratch slot, one cached token); only rows a larger step left."""
+        if self.filled <= b:
+            return
+        r, rows = self.runner, slice(b, self.filled)
+        self.h_ids[rows] = 0
+        self.h_pos[rows] = 0
+        self.h_rows[rows] = 0
+        self.h_slots[rows] = r.null_block * r.block_size
+        self.h_lens[rows] = 1
+        self.h_tables[rows] = r.null_block
+        self.filled = b
 
     def run(self, token_ids, positions, seq_lens, block_tables, slot_mapping, token_src=None) -> torch.Tensor:
-        """Copy one decode step's inputs into the static buffers, replay the graph for the next size >= B.
-        `token_src` = (tokens on the device, rows [B] on the CPU): the ids are tokens[rows], gathered on the device
-        after the copy (the staging buffer carries the row indices in the ids' place)."""
-        ids = as_cpu_tensor(token_ids, torch.long) if token_src is None else token_src[1]
+        """Stage one decode step's inputs on the host, copy them to the static buffers (one copy), replay the graph
+        for the next size >= B. `token_src` = (tokens on the device, rows [B] on the CPU): the ids are tokens[rows],
+        gathered on the device after the copy."""
+        rows = None if token_src is None else as_cpu_tensor(token_src[1], torch.long)
+        ids = as_cpu_tensor(token_ids, torch.long) if rows is None else rows
         b = ids.shape[0]
         size = next(s for s in self.sizes if s >= b)
-        n, w = self.max_batch, self.width
         tables = pad_tables(block_tables)
-        if tables.shape[1] > w:
-            raise ValueError(f"a block table has {tables.shape[1]} blocks; the graphs hold {w} (max_model_len)")
-        h = self.host
+        if tables.shape[1] > self.width:
+            raise ValueError(f"a block table has {tables.shape[1]} blocks; the graphs hold {self.width} "
+                             f"(max_model_len)")
         if self.copied is not None:
-            self.copied.synchronize()
-        h[:b] = ids
-        h[n:n + b] = as_cpu_tensor(positions, torch.long)
-        h[2 * n:2 * n + b] = as_cpu_tensor(slot_mapping, torch.long)
-        h[3 * n:3 * n + b] = as_cpu_tensor(seq_lens, torch.long)
-        tv = h[4 * n:].view(n, w)
-        tv[:b].fill_(self.runner.null_block)
-        tv[:b, :tables.shape[1]] = tables
-        rows = 4 * n + b * w  # copy only what this step uses (ids..seq_lens in full: their tails are padding)
-        self.dev[:rows].copy_(h[:rows], non_blocking=True)
+            self.copied.synchronize()  # the previous step's copy has read the staging buffer
+        self._pad_host(b)
+        self.filled = b
+        if rows is None:
+            self.h_ids[:b] = ids
+        else:
+            self.h_rows[:b] = rows
+        self.h_pos[:b] = as_cpu_tensor(positions, torch.long)
+        self.h_slots[:b] = as_cpu_tensor(slot_mapping, torch.long)
+        self.h_lens[:b] = as_cpu_tensor(seq_lens, torch.int32)
+        self.h_tables[:b].fill_(self.runner.null_block)
+        self.h_tables[:b, :tables.shape[1]] = tables
+        nbytes = self._nbytes(self.max_batch, size)  # rows of this graph's size: the padding rows included
+        self.dev[:nbytes].copy_(self.host[:nbytes], non_blocking=True)
         if self.copied is not None:
             self.copied.record()
-        if token_src is not None:  # rows -> the previous step's tokens, on the device (queued after that step)
-            self.ids[:b].copy_(token_src[0].index_select(0, self.ids[:b]))
-        self.lens32[:b].copy_(self.dev[3 * n:3 * n + b])
-        self.tables32[:b].copy_(self.dev[4 * n:4 * n + b * w].view(b, w))
-        self._pad(b)
+        if rows is not None:  # rows -> the previous step's tokens, on the device (queued after that step)
+            torch.index_select(token_src[0], 0, self.rows[:b], out=self.ids[:b])
         if self.copied is None:  # capture=False: run the same forward on the same buffers
             return self.graphs[size]()[:b]
         self.graphs[size].replay()

@@ -86,3 +86,35 @@ def test_static_buffer_path_matches_eager_on_cpu():
     want = runner.execute(*args)
     torch.testing.assert_close(got, want)
     assert set(written) == {s // 4 for s in args[5]} | {runner.null_block}  # the new slots' blocks + the scratch page
+
+
+def test_static_buffers_repad_rows_a_larger_step_left_and_gather_overlapped_ids():
+    """One staging copy a step: after a B=4 step, a B=3 step replays the same size-4 graph, and its 4th row must be
+    padding again (a stale slot would write K/V into a block another request owns). An overlapped step's ids come
+    from the previous step's tokens on the device (token_src): same logits as passing the ids."""
+    from common.model_loader import load_model
+    from phase4_scheduler.cuda_graphs import DecodeGraphs
+
+    lm = load_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1)
+    runner = ModelRunner(lm, num_blocks=16, block_size=4)
+    graphs = DecodeGraphs(runner, max_num_seqs=4, max_model_len=32, capture=False)
+    tables = [[0, 1], [4, 5], [8, 9], [12, 13]]
+
+    def step(lens, ids, token_src=None):
+        b = len(lens)
+        slots = [tables[i][n // 4] * 4 + n % 4 for i, n in enumerate(lens)]
+        before = runner.k_cache.clone()
+        out = graphs.run(ids, lens, [n + 1 for n in lens], tables[:b], slots, token_src).clone()
+        touched = set((runner.k_cache != before).any(-1).any(-1).nonzero()[:, 1].tolist())
+        pad = {runner.null_block} if b < 4 else set()  # padding rows write the scratch block only
+        assert touched == {s // 4 for s in slots} | pad, (touched, slots)
+        runner.k_cache.copy_(before)  # the next step writes these slots afresh
+        return out
+
+    step([3, 2, 5, 1], [11, 12, 13, 14])
+    want = step([4, 3, 6], [21, 22, 23])  # size 4 again: row 3 re-padded
+    assert graphs.filled == 3 and int(graphs.slots[3]) == runner.null_block * runner.block_size
+    tokens = torch.tensor([0, 23, 0, 21, 22])  # the "previous step's" tokens, on the device (here the CPU)
+    got = step([4, 3, 6], None, (tokens, torch.tensor([3, 4, 1])))
+    torch.testing.assert_close(got, want)
+    assert graphs.ids[:3].tolist() == [21, 22, 23] and int(graphs.ids[3]) == 0
