@@ -203,9 +203,22 @@ def check_args(q_lat, q_pe, kv_cache, block_table, seq_lens) -> None:
                          f"{tuple(block_table.shape)}")
     if seq_lens.shape != (b,) or seq_lens.dtype != torch.int32:
         raise ValueError(f"seq_lens must be int32 [B={b}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+    if block_table.stride(1) != 1 or seq_lens.stride(0) != 1:
+        raise ValueError("block_table's rows and seq_lens must be contiguous (the kernels index them with unit stride)")
     devs = {t.device for t in (q_lat, q_pe, kv_cache, block_table, seq_lens)}
     if len(devs) != 1:
         raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
+    page = kv_cache.shape[1]
+    if int(seq_lens.min()) < 1:  # one host sync: check=False skips it (CUDA graphs, benchmarks)
+        raise ValueError("every sequence needs at least one cached token (seq_lens >= 1)")
+    if int(seq_lens.max()) > block_table.shape[1] * page:
+        raise ValueError(f"seq_lens up to {int(seq_lens.max())} need more than block_table's "
+                         f"{block_table.shape[1]} blocks of {page} tokens")
+
+
+def check_splits(num_splits: int) -> None:
+    if not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
 
 
 def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int = 132) -> int:
@@ -240,11 +253,8 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
     b, h, dc = q_lat.shape
     dr, page = q_pe.shape[2], kv_cache.shape[1]
-    if check and int(seq_lens.min()) < 1:
-        raise ValueError("every sequence needs at least one cached token (seq_lens >= 1)")
-    if check and int(seq_lens.max()) > block_table.shape[1] * page:
-        raise ValueError(f"seq_lens up to {int(seq_lens.max())} need more than block_table's "
-                         f"{block_table.shape[1]} blocks of {page} tokens")
+    if num_splits is not None:
+        check_splits(num_splits)
     if backend not in ("triton", "gluon"):
         raise ValueError(f"backend must be 'triton' or 'gluon', got {backend!r}")
     if backend == "gluon":

@@ -195,7 +195,8 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     with the Triton kernel's merge. Raises ValueError on inputs it cannot take (`supported`)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from phase2_mla.mla_decode import check_args, mla_merge_kernel
+    from phase2_mla.mla_decode import check_args, check_splits, mla_merge_kernel
+    check_splits(num_splits)
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
         why = supported(q_lat, kv_cache)
@@ -247,9 +248,13 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
            "sl_h": "i32", "H": "i32"}
     consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES)
     res = compile_resources(GluonASTSource, mla_decode_gluon_kernel, sig, consts, NUM_WARPS, 1,
-                            divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "sl_b"])
+                            divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s", "sl_b", "H"])
     ptx = res.pop("ptx")
     res.pop("ttgir", None)
     res["wgmma_shapes"] = {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))}
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
+    # the synchronisation the NOTE relies on, as emitted (a CPU test guards it: dropping a fence or a wait fails)
+    res["sync"] = {"mbarrier_waits": ptx.count("mbarrier.try_wait"), "wgmma_waits": ptx.count("wgmma.wait_group"),
+                   "async_fences": ptx.count("fence.proxy.async"),
+                   "expect_tx_bytes": sorted({int(x) for x in re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)})}
     return res

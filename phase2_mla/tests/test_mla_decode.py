@@ -97,6 +97,12 @@ def test_bad_inputs_raise_clear_errors():
         mla_paged_decode(q_lat, q_pe, kv, bt, torch.tensor([0, 3], dtype=torch.int32), 0.1)
     with pytest.raises(ValueError, match="need more than block_table"):
         mla_paged_decode(q_lat, q_pe, kv, bt, torch.tensor([5, 99], dtype=torch.int32), 0.1)
+    with pytest.raises(ValueError, match="need more than block_table"):  # check_args itself (the Gluon wrapper's)
+        check_args(q_lat, q_pe, kv, bt, torch.tensor([5, 99], dtype=torch.int32))
+    with pytest.raises(ValueError, match="contiguous"):
+        check_args(q_lat, q_pe, kv, torch.cat([bt, bt], 1)[:, ::2], sl)
+    with pytest.raises(ValueError, match="num_splits"):
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, 0.1, num_splits=0)
 
 
 def test_default_split_count():
@@ -202,6 +208,11 @@ def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
         assert row["shared_bytes"] <= 227 * 1024, row
         assert row["wgmma_shapes"] == {"m64n32k16": 36, "m64n256k16": 4}, row
         assert row["tma_loads"] >= 4, row  # q, q_pe, then the latent and rope key of a tile
+        # the synchronisation as emitted: a wait on q and on the ring, one wgmma wait per GEMM, the three async
+        # fences (barrier init, zeroed partial tile, p before the value GEMM), and every expect-tx = one full box
+        # (q + q_pe = one KV tile = 64 x 576 bf16 = 73,728 bytes)
+        assert row["sync"] == {"mbarrier_waits": 2, "wgmma_waits": 2, "async_fences": 3,
+                               "expect_tx_bytes": [73728]}, row
 
 
 @pytest.mark.gpu
