@@ -215,10 +215,47 @@ def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
                                "expect_tx_bytes": [73728]}, row
 
 
+@pytest.mark.slow
+def test_gluon_smoke_kernel_compiles_with_the_mla_kernels_mma_shapes():
+    """gluon_smoke.py (the MLA kernel's TMA / wgmma / shared-p plumbing on one tile, a debugging ladder for the
+    GPU) lowers to sm_90a with the same wgmma shapes as the MLA kernel, so it exercises the same code paths."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import json; from phase2_mla.gluon_smoke import smoke_resources as r; print(json.dumps(r()))"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = json.loads(p.stdout.strip().splitlines()[-1])
+    assert not row["ptxas_error"] and row["spill_store_bytes"] == 0, row
+    assert row["wgmma_shapes"] == {"m64n32k16": 36, "m64n256k16": 4}, row
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("lens, page, h", [([1, 77, 300, 1025], 64, 128), ([513, 4096, 33, 64], 128, 128),
+def test_gluon_smoke_tile_matches_torch():
+    """Rung 1 of the ladder: one tile's scores (a @ c^T over latent + rope, two chained async wgmmas, each
+    warpgroup half the columns) and value GEMM (p through shared memory, each warpgroup half the latent dims)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("Gluon wgmma / TMA kernels are built for Hopper (sm_90)")
+    from phase2_mla.gluon_smoke import run_smoke, smoke_reference
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    a = torch.randn(64, 576, generator=gen, device="cuda").to(torch.bfloat16)
+    c = (torch.randn(64, 576, generator=gen, device="cuda") / 8).to(torch.bfloat16)
+    s, o = run_smoke(a, c)
+    rs, ro = smoke_reference(a, c)
+    torch.testing.assert_close(s, rs, atol=1e-2, rtol=1e-3)
+    torch.testing.assert_close(o, ro, atol=2e-1, rtol=2e-2)  # p rounded to bf16 on both sides; fp32 sums differ
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lens, page, h", [([64], 64, 64), ([1], 64, 64), ([128], 64, 64),  # simplest first
+                                           ([1, 77, 300, 1025], 64, 128), ([513, 4096, 33, 64], 128, 128),
                                            ([70, 200], 64, 16), ([129, 5], 64, 100)],
-                         ids=["ragged-page64", "long-page128", "16-heads", "100-heads"])
+                         ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
+                              "100-heads"])
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
