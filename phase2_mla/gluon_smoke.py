@@ -20,7 +20,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from phase2_mla.mla_decode_gluon import BLOCK_H, BLOCK_N, NUM_WARPS, _layouts
+from phase2_mla.mla_decode_gluon import BLOCK_H, BLOCK_N, NUM_WARPS, _layouts, split_columns_layout
 
 
 @gluon.jit
@@ -29,10 +29,8 @@ def smoke_kernel(a_desc, ape_desc, c_desc, cpe_desc, s_ptr, o_ptr, DC: gl.conste
     BH: gl.constexpr = a_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[0]
     dtype: gl.constexpr = a_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                       instr_shape=[16, BN // 2, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                       instr_shape=[16, DC // 2, 16])
+    s_layout: gl.constexpr = split_columns_layout(BN)
+    o_layout: gl.constexpr = split_columns_layout(DC)
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BN], dtype)
 
     a_smem = gl.allocate_shared_memory(dtype, [BH, DC], a_desc.layout)

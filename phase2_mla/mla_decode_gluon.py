@@ -51,6 +51,13 @@ def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16):
             gl.NVMMASharedLayout.get_default_for([block_n, dr], dtype))
 
 
+@gluon.constexpr_function
+def split_columns_layout(n):
+    """The wgmma accumulator layout of a [64, n] tile split by columns between the 2 warpgroups (warps [4, 2]):
+    each warpgroup issues m64 x (n / 2) wgmmas over its half."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, n // 2, 16])
+
+
 @gluon.jit
 def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
                             s_bt, so_b, so_h, so_s, sl_b, sl_h, H,
@@ -60,11 +67,8 @@ def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr,
     (or, with one split, the normalised output itself)."""
     BH: gl.constexpr = q_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
-    # scores: warpgroup g owns token columns [32g, 32g + 32); output: warpgroup g owns value dims [256g, 256g + 256)
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                       instr_shape=[16, BLOCK_N // 2, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                       instr_shape=[16, DC // 2, 16])
+    s_layout: gl.constexpr = split_columns_layout(BLOCK_N)  # warpgroup g: token columns [32g, 32g + 32)
+    o_layout: gl.constexpr = split_columns_layout(DC)  # warpgroup g: value dims [256g, 256g + 256)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])  # for zeroing a [BLOCK_N, 64] chunk
