@@ -95,8 +95,10 @@ class DecodeGraphs:
         return i64[:n], i64[n:2 * n], i64[2 * n:3 * n], i64[3 * n:], lens, tables
 
     def _pad_host(self, b: int) -> None:
-        """Staging rows b.. become harmless padding (scratch slot, one cached token); only rows a larger step left."""
+        """Staging rows b.. become harmless padding (scratch slot, one cached token); only rows a larger step left.
+        Rows [0, b) are the caller's to fill."""
         if self.filled <= b:
+            self.filled = b
             return
         r, rows = self.runner, slice(b, self.filled)
         self.h_ids[rows] = 0
@@ -122,7 +124,6 @@ class DecodeGraphs:
         if self.copied is not None:
             self.copied.synchronize()  # the previous step's copy has read the staging buffer
         self._pad_host(b)
-        self.filled = b
         if rows is None:
             self.h_ids[:b] = ids
         else:
