@@ -50,6 +50,13 @@ def compile_resources(source_cls, kernel, signature: dict, constexprs: dict, num
             "shared_bytes": k.metadata.shared, "ptx": ptx, "ptxas_error": r.stderr[-300:] if r.returncode else ""}
 
 
+def wgmma_shapes(ptx: str) -> dict:
+    """{wgmma shape: occurrences} in a kernel's PTX, e.g. {"m64n32k16": 36, "m64n256k16": 4}: the PTX is per thread,
+    so each count is one warpgroup's share."""
+    shapes = sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))
+    return {m: ptx.count(f".{m}.") for m in shapes}
+
+
 def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, regs_per_sm: int = 65536,
                     smem_per_sm: int = 228 * 1024, max_warps: int = 64) -> int:
     """Resident programs per Hopper SM, from registers (allocated per warp in units of 256), shared memory and warps."""

@@ -20,7 +20,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from phase2_mla.mla_decode_gluon import BLOCK_H, BLOCK_N, NUM_WARPS, _layouts, split_columns_layout
+from phase2_mla.mla_decode_gluon import (BLOCK_H, BLOCK_N, NUM_WARPS, _layouts, split_columns_layout,
+                                         tile_desc_signature)
 
 
 @gluon.jit
@@ -94,27 +95,27 @@ def run_smoke(a: torch.Tensor, c: torch.Tensor, dc: int = 512) -> tuple[torch.Te
 
 def smoke_resources(dc: int = 512, dr: int = 64) -> dict:
     """Compile smoke_kernel for sm_90a on any machine: registers, spills, shared memory, its wgmma shapes."""
-    import re
-
-    from common.ptxas import compile_resources
+    from common.ptxas import compile_resources, wgmma_shapes
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    a_l, ape_l, c_l, cpe_l = _layouts(dc, dr)
-    sig = {"a_desc": f"tensordesc<bf16[{BLOCK_H}, {dc}],{a_l!r}>", "ape_desc": f"tensordesc<bf16[{BLOCK_H}, {dr}],{ape_l!r}>",
-           "c_desc": f"tensordesc<bf16[{BLOCK_N}, {dc}],{c_l!r}>", "cpe_desc": f"tensordesc<bf16[{BLOCK_N}, {dr}],{cpe_l!r}>",
-           "s_ptr": "*fp32", "o_ptr": "*fp32"}
+    sig = {**tile_desc_signature(("a_desc", "ape_desc", "c_desc", "cpe_desc"), dc, dr), "s_ptr": "*fp32",
+           "o_ptr": "*fp32"}
     res = compile_resources(GluonASTSource, smoke_kernel, sig, dict(DC=dc, DR=dr), NUM_WARPS, 1,
                             divisible=["s_ptr", "o_ptr"])
-    ptx = res.pop("ptx")
-    res["wgmma_shapes"] = {m: ptx.count(f".{m}.") for m in
-                           sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))}
+    res["wgmma_shapes"] = wgmma_shapes(res.pop("ptx"))
     return res
 
 
+def smoke_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """a [64, 576] ~ N(0, 1) and c [64, 576] ~ N(0, 1/64), bf16 on the GPU (scores and outputs of order 3)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randn(BLOCK_H, 576, generator=gen, device="cuda").to(torch.bfloat16)
+    c = (torch.randn(BLOCK_N, 576, generator=gen, device="cuda") / 8).to(torch.bfloat16)
+    return a, c
+
+
 def main() -> None:
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    a, c = (torch.randn(64, 576, generator=gen, device="cuda").to(torch.bfloat16) for _ in range(2))
-    c = c / 8
+    a, c = smoke_inputs()
     s, o = run_smoke(a, c)
     torch.cuda.synchronize()
     rs, ro = smoke_reference(a, c)

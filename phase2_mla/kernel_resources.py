@@ -12,10 +12,8 @@ NOTE: run it without TRITON_INTERPRET (the interpreter never compiles); `main` r
 from __future__ import annotations
 
 import os
-import re
 import sys
 
-WGMMA_SHAPE = r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\."  # per-thread wgmma count by shape: a warpgroup's share
 ARGS = ["*bf16", "*bf16", "*bf16", "*i32", "*i32", "*fp32", "*fp32", "fp32"] + ["i32"] * 12
 
 
@@ -25,7 +23,7 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
     Pointers and integer arguments are declared 16-divisible, as Triton specializes them at a real launch with
     these shapes; the strides that are 1 here (lse's split stride, the output's value stride) are constants, as Triton
     specializes an integer argument equal to 1."""
-    from common.ptxas import hopper_resources
+    from common.ptxas import hopper_resources, wgmma_shapes
     from phase2_mla.mla_decode import mla_decode_kernel
     kernel = kernel or mla_decode_kernel
 
@@ -39,7 +37,7 @@ def resources(block_h: int, block_n: int, num_warps: int, num_stages: int, dv_sp
             "dv_split": dv_split, "reload_q": reload_q, "registers": res["registers"],
             "spill_store_bytes": res["spill_store_bytes"], "shared_bytes": res["shared_bytes"],
             "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
-            "wgmma_shapes": {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(WGMMA_SHAPE, ptx)))},
+            "wgmma_shapes": wgmma_shapes(ptx),
             "swap_ab": swap_ab,
             "ptxas_error": res["ptxas_error"]}
 

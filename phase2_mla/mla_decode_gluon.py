@@ -234,31 +234,36 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     return out
 
 
+def tile_desc_signature(names, dc: int = 512, dr: int = 64) -> dict:
+    """Compile-time signatures of the four TMA descriptors (q latent, q rope, tile latent, tile rope key) under
+    `names`, for compiling a kernel that takes them on a machine without a GPU."""
+    shapes = ([BLOCK_H, dc], [BLOCK_H, dr], [BLOCK_N, dc], [BLOCK_N, dr])
+    return {n: f"tensordesc<bf16[{s[0]}, {s[1]}],{lay!r}>" for n, s, lay in zip(names, shapes, _layouts(dc, dr))}
+
+
 def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64) -> dict:
     """Compile the kernel for sm_90a on any machine (no GPU): registers, spills, shared memory, the PTX's wgmma
     shapes and TMA copies (common/ptxas.py does the ptxas part)."""
     import re
 
-    from common.ptxas import compile_resources
+    from common.ptxas import compile_resources, wgmma_shapes
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr)
-    sig = {"q_desc": f"tensordesc<bf16[{BLOCK_H}, {dc}],{q_l!r}>",
-           "qpe_desc": f"tensordesc<bf16[{BLOCK_H}, {dr}],{qpe_l!r}>",
-           "c_desc": f"tensordesc<bf16[{BLOCK_N}, {dc}],{c_l!r}>",
-           "pe_desc": f"tensordesc<bf16[{BLOCK_N}, {dr}],{pe_l!r}>",
+    sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr),
            "bt_ptr": "*i32", "lens_ptr": "*i32", "o_ptr": "*bf16" if num_splits == 1 else "*fp32", "lse_ptr": "*fp32",
            "scale_log2": "fp32", "s_bt": "i32", "so_b": "i32", "so_h": "i32", "so_s": "i32", "sl_b": "i32",
            "sl_h": "i32", "H": "i32"}
     consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES)
     res = compile_resources(GluonASTSource, mla_decode_gluon_kernel, sig, consts, NUM_WARPS, 1,
-                            divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s", "sl_b", "H"])
+                            divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
+                                       "sl_b", "H"])
     ptx = res.pop("ptx")
     res.pop("ttgir", None)
-    res["wgmma_shapes"] = {m: ptx.count(f".{m}.") for m in sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))}
+    res["wgmma_shapes"] = wgmma_shapes(ptx)
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
     # the synchronisation the NOTE relies on, as emitted (a CPU test guards it: dropping a fence or a wait fails)
+    expect_tx = re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)
     res["sync"] = {"mbarrier_waits": ptx.count("mbarrier.try_wait"), "wgmma_waits": ptx.count("wgmma.wait_group"),
                    "async_fences": ptx.count("fence.proxy.async"),
-                   "expect_tx_bytes": sorted({int(x) for x in re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)})}
+                   "expect_tx_bytes": sorted({int(x) for x in expect_tx})}
     return res

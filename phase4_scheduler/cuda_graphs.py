@@ -82,9 +82,9 @@ class DecodeGraphs:
     def fits(self, batch: int) -> bool:
         return batch <= self.max_batch
 
-    def _nbytes(self, rows: int, table_rows: int | None = None) -> int:
-        """Bytes of the staging layout up to `table_rows` block-table rows (all of them when None)."""
-        return 8 * 4 * rows + 4 * rows + 4 * self.width * (rows if table_rows is None else table_rows)
+    def _nbytes(self, table_rows: int) -> int:
+        """Bytes of the staging layout (`_views`) through `table_rows` block-table rows."""
+        return 36 * self.max_batch + 4 * self.width * table_rows
 
     def _views(self, buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """ids, pos, slots, rows [n] int64, seq_lens [n] int32, tables [n, W] int32: typed views of one byte buffer."""
@@ -133,7 +133,7 @@ class DecodeGraphs:
         self.h_lens[:b] = as_cpu_tensor(seq_lens, torch.int32)
         self.h_tables[:b].fill_(self.runner.null_block)
         self.h_tables[:b, :tables.shape[1]] = tables
-        nbytes = self._nbytes(self.max_batch, size)  # rows of this graph's size: the padding rows included
+        nbytes = self._nbytes(size)  # the tables of this graph's size: its padding rows included
         self.dev[:nbytes].copy_(self.host[:nbytes], non_blocking=True)
         if self.copied is not None:
             self.copied.record()

@@ -239,11 +239,9 @@ def test_gluon_smoke_tile_matches_torch():
     warpgroup half the columns) and value GEMM (p through shared memory, each warpgroup half the latent dims)."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("Gluon wgmma / TMA kernels are built for Hopper (sm_90)")
-    from phase2_mla.gluon_smoke import run_smoke, smoke_reference
+    from phase2_mla.gluon_smoke import run_smoke, smoke_inputs, smoke_reference
 
-    gen = torch.Generator(device="cuda").manual_seed(5)
-    a = torch.randn(64, 576, generator=gen, device="cuda").to(torch.bfloat16)
-    c = (torch.randn(64, 576, generator=gen, device="cuda") / 8).to(torch.bfloat16)
+    a, c = smoke_inputs(seed=5)
     s, o = run_smoke(a, c)
     rs, ro = smoke_reference(a, c)
     torch.testing.assert_close(s, rs, atol=1e-2, rtol=1e-3)
