@@ -267,21 +267,24 @@ def mla_configs(heads: int) -> list[dict]:
     (m64n32, no duplicate) and an m64n256 value GEMM; swap_ab puts tokens / value dims on M instead.
     Run 2 (results/bench_mla.json, H100) measured eight 128-head configurations; the sweep now keeps its winner
     (64 x 64, 284 us), the best of the other two layouts, and backend="gluon" (mla_decode_gluon.py: the score tile
-    split between the warpgroups and computed once, TMA double buffering), which is the candidate."""
+    split between the warpgroups and computed once, TMA double buffering), which is the candidate, and its
+    pipelined schedule (gluon_schedule="pipelined": the next tile's score wgmma during this tile's softmax)."""
     def c(bh, bn, nw, st=2, dv_split=1, swap_ab=False, splits=1, backend="triton"):
         return dict(backend=backend, block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=splits,
                     dv_split=dv_split, reload_q=False, swap_ab=swap_ab)
     gluon = c(64, 64, 8, splits=None if heads < 64 else 1, backend="gluon")  # mla_decode_gluon: fixed 64 x 64 x 8
+    # the same kernel's pipelined schedule (mla_decode_gluon_pipelined: 32-token tiles, next scores during softmax)
+    gluon_pipe = dict(gluon, block_n=32, gluon_schedule="pipelined")
     if heads < 64:
-        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon]  # run 1: 16 x 64 x 8 best
+        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon, gluon_pipe]
     return [c(64, 64, 8),  # run 1's best (284 us with 1 split): the reference point, re-measured in the same run
-            gluon, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
+            gluon, gluon_pipe, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
     """The best configuration again with other split counts (the main sweep uses 1: 128 programs of one SM each)."""
     base = {k: best[k] for k in ("backend", "block_h", "block_n", "num_warps", "num_stages", "dv_split", "reload_q",
-                                 "swap_ab") if k in best}
+                                 "swap_ab", "gluon_schedule") if k in best}
     return sweep_mla(b, h, ctx, [dict(base, num_splits=s) for s in (2, 4) if s != best["num_splits"]], label)
 
 
@@ -357,8 +360,8 @@ def print_summary(res: dict) -> None:
     s = res.get("summary") or {}
     f = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     best = s.get("mla_dsv3_best") or {}
-    cfg = {k: best[k] for k in ("backend", "block_h", "block_n", "num_warps", "num_stages", "num_splits", "dv_split",
-                                "swap_ab") if k in best}
+    cfg = {k: best[k] for k in ("backend", "gluon_schedule", "block_h", "block_n", "num_warps", "num_stages",
+                                "num_splits", "dv_split", "swap_ab") if k in best}
     print("=" * 100)
     print(f"copy ceiling {f(s.get('copy_ceiling_tb_s'), '.2f')} TB/s | MLA 128 heads B=64 ctx 4K: "
           f"{f(s.get('mla_us'), '.1f')} us, mla_tb_s={f(s.get('mla_tb_s'), '.2f')}, "

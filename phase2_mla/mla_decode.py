@@ -243,12 +243,13 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
                      num_splits: int | None = None,
                      block_h: int | None = None, block_n: int = 64, num_warps: int = 8, num_stages: int = 2,
                      dv_split: int = 1, reload_q: bool = False, swap_ab: bool = False,
-                     backend: str = "triton", check: bool = True) -> torch.Tensor:
+                     backend: str = "triton", check: bool = True, gluon_schedule: str = "serial") -> torch.Tensor:
     """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count. `swap_ab`
     computes s^T and o^T (tokens / value dims as the MMA's rows; see the module NOTE); it takes no dv_split. Defaults:
     the H100 sweep's winners (`default_block_h`, 64-token tiles, 8 warps, 2 stages, `default_num_splits`).
     `backend="gluon"` runs mla_decode_gluon.py's Hopper kernel instead (64-head blocks, 64-token tiles; the Triton
-    layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU)."""
+    layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU); `gluon_schedule` picks its loop:
+    "serial" or "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax)."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
     b, h, dc = q_lat.shape
@@ -257,8 +258,11 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
         check_splits(num_splits)
     if backend not in ("triton", "gluon"):
         raise ValueError(f"backend must be 'triton' or 'gluon', got {backend!r}")
+    if backend != "gluon" and gluon_schedule != "serial":
+        raise ValueError(f"gluon_schedule={gluon_schedule!r} needs backend='gluon'")
     if backend == "gluon":
         from phase2_mla import mla_decode_gluon as gk
+        gk.schedule_kernel(gluon_schedule)  # ValueError for an unknown schedule, before the device checks
         why = gk.supported(q_lat, kv_cache)
         if why:
             raise ValueError(f"backend='gluon' {why}")
@@ -266,7 +270,8 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
             max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
             num_splits = default_num_splits(b, triton.cdiv(h, gk.BLOCK_H), max_len,
                                             torch.cuda.get_device_properties(q_lat.device).multi_processor_count)
-        return gk.mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale, num_splits, check=False)
+        return gk.mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale, num_splits, check=False,
+                                         schedule=gluon_schedule)
     block_h = default_block_h(h) if block_h is None else block_h
     bh = min(block_h, triton.next_power_of_2(h)) if q_lat.device.type == "cpu" else max(16, block_h)
     hb = triton.cdiv(h, bh)

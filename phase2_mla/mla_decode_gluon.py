@@ -23,10 +23,11 @@ may take). Gluon states what FlashMLA does by hand:
   - A partial last tile may hold garbage (even NaN) past the sequence end: its scores are masked to -inf, and its
     latent rows are zeroed in shared memory before p @ c (0 x NaN would be NaN).
 
-Not done here (the next steps FlashMLA takes): overlapping one warpgroup's softmax with the other's MMAs (ping-pong
-/ its "seesaw" schedule), q in registers. Correctness is checked on the GPU only: Triton's CPU interpreter does not
-run Gluon. On the CPU the kernel is compiled for sm_90a (`hopper_resources`), which checks shapes, layouts and the
-shared-memory budget.
+`schedule="pipelined"` runs mla_decode_gluon_pipelined.py's kernel instead: the next tile's score wgmma overlaps
+this tile's softmax (32-token tiles, a 4-slot ring; its NOTE), sharing this module's tile / softmax / store helpers.
+Not done here (the next steps FlashMLA takes): the two-warpgroup "seesaw" form of that overlap, q in registers.
+Correctness is checked on the GPU only: Triton's CPU interpreter does not run Gluon. On the CPU the kernel is
+compiled for sm_90a (`hopper_resources_gluon`), which checks shapes, layouts and the shared-memory budget.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
+SCHEDULES = ("serial", "pipelined")
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16):
@@ -58,6 +60,90 @@ def split_columns_layout(n):
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, n // 2, 16])
 
 
+SPLIT_ALIGN = gl.constexpr(64)  # split ranges start on multiples of 64 tokens in every schedule (same partials)
+
+
+@gluon.jit
+def split_range(lens_ptr, b, split, NUM_SPLITS: gl.constexpr, BLOCK_N: gl.constexpr):
+    """(start, end, n_tiles) of this program's token range: split `split` of sequence b, in tiles of BLOCK_N."""
+    seq_len = gl.load(lens_ptr + b)
+    per_split = gl.cdiv(gl.cdiv(seq_len, NUM_SPLITS), SPLIT_ALIGN) * SPLIT_ALIGN
+    start = split * per_split
+    end = gl.minimum(start + per_split, seq_len)
+    return start, end, gl.maximum(gl.cdiv(end - start, BLOCK_N), 0)
+
+
+@gluon.jit
+def load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0, slot, pred, PAGE: gl.constexpr):
+    """TMA the tile at token n0 (latent rows and rope keys, one page's slice) into ring slot `slot`, if pred."""
+    DC: gl.constexpr = c_desc.block_type.shape[1]
+    page = gl.load(bt_row + n0 // PAGE, mask=pred, other=0)
+    r = page * PAGE + n0 % PAGE
+    bar = kv_bar.index(slot)
+    mbarrier.expect(bar, c_desc.block_type.nbytes + pe_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(c_desc, [r, 0], bar, c_smem.index(slot), pred=pred)
+    tma.async_copy_global_to_shared(pe_desc, [r, DC], bar, pe_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def wait_tile(kv_bar, c_smem, i, n0, end, pred, STAGES: gl.constexpr):
+    """Wait (if pred) for tile i (token n0) in slot i % STAGES; in a partial last tile zero the latent rows past
+    `end` (they may hold NaN: 0 x NaN would reach p @ c). Returns the slot's latent tile."""
+    BLOCK_N: gl.constexpr = c_smem.shape[1]
+    DC: gl.constexpr = c_smem.shape[2]
+    slot = i % STAGES
+    mbarrier.wait(kv_bar.index(slot), phase=(i // STAGES) & 1, pred=pred)
+    c_tile = c_smem.index(slot)
+    valid = end - n0
+    if (valid > 0) & (valid < BLOCK_N):  # uniform: only the last tile of a range is partial
+        zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [gl.num_warps(), 1], [1, 0])
+        rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
+        for j in gl.static_range(DC // 64):
+            chunk = c_tile.slice(64 * j, 64, dim=1)
+            x = chunk.load(zero_layout)
+            chunk.store(gl.where(rows[:, None] < valid, x, gl.zeros_like(x)))
+        fence_async_shared()
+        gl.thread_barrier()
+    return c_tile
+
+
+@gluon.jit
+def score_mma(q_smem, qpe_smem, c_tile, pe_tile, s_zero):
+    """S = q . [c | k_pe]^T of one tile, issued asynchronously (two commit groups: latent, rope key)."""
+    s = warpgroup_mma(q_smem, c_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    return warpgroup_mma(qpe_smem, pe_tile.permute((1, 0)), s, is_async=True)
+
+
+@gluon.jit
+def online_softmax(s, m_i, l_i, n0, end, scale_log2):
+    """One tile of the online softmax (base 2): mask tokens past `end`, new row max, p, the rescale factor alpha."""
+    BLOCK_N: gl.constexpr = s.shape[1]
+    tok = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
+    s = gl.where((tok < end)[None, :], s * scale_log2, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    alpha = gl.exp2(m_i - m_new)  # m_new is finite: every tile holds at least one token of the range
+    p = gl.exp2(s - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
+
+
+@gluon.jit
+def store_partial(acc, m_i, l_i, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H):
+    """o = acc / l and lse = m + log2 l of this range (an empty range: o = 0, lse = -inf) for heads < H."""
+    BH: gl.constexpr = acc.shape[0]
+    DC: gl.constexpr = acc.shape[1]
+    o_layout: gl.constexpr = acc.type.layout
+    empty = l_i == 0.0  # a split past the end of a short sequence
+    inv_l = 1.0 / gl.where(empty, 1.0, l_i)
+    lse = gl.where(empty, float("-inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+    out = acc * gl.convert_layout(inv_l, gl.SliceLayout(1, o_layout))[:, None]
+    h_o = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
+    d_o = gl.arange(0, DC, layout=gl.SliceLayout(0, o_layout))
+    gl.store(o_ptr + b * so_b + h_o[:, None] * so_h + split * so_s + d_o[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=(h_o < H)[:, None])
+    h_s = hb * BH + gl.arange(0, BH, layout=m_i.type.layout)
+    gl.store(lse_ptr + b * sl_b + h_s * sl_h + split, lse, mask=h_s < H)
+
+
 @gluon.jit
 def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
                             s_bt, so_b, so_h, so_s, sl_b, sl_h, H,
@@ -69,19 +155,12 @@ def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr,
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = split_columns_layout(BLOCK_N)  # warpgroup g: token columns [32g, 32g + 32)
     o_layout: gl.constexpr = split_columns_layout(DC)  # warpgroup g: value dims [256g, 256g + 256)
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-    zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])  # for zeroing a [BLOCK_N, 64] chunk
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_N], dtype)
 
     hb = gl.program_id(0)
     split = gl.program_id(1)
     b = gl.program_id(2)
-    seq_len = gl.load(lens_ptr + b)
-    per_split = gl.cdiv(gl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    start = split * per_split
-    end = gl.minimum(start + per_split, seq_len)
-    n_tiles = gl.maximum(gl.cdiv(end - start, BLOCK_N), 0)
+    start, end, n_tiles = split_range(lens_ptr, b, split, NUM_SPLITS, BLOCK_N)
 
     q_smem = gl.allocate_shared_memory(dtype, [BH, DC], q_desc.layout)
     qpe_smem = gl.allocate_shared_memory(dtype, [BH, DR], qpe_desc.layout)
@@ -99,59 +178,26 @@ def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr,
     mbarrier.expect(q_bar, q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
     tma.async_copy_global_to_shared(qpe_desc, [q_row, 0], q_bar, qpe_smem)
-
-    tile_bytes: gl.constexpr = c_desc.block_type.nbytes + pe_desc.block_type.nbytes
     bt_row = bt_ptr + b * s_bt
-    # tile 0 -> stage 0 (predicated off for an empty split)
-    page0 = gl.load(bt_row + start // PAGE, mask=n_tiles > 0, other=0)
-    r0 = page0 * PAGE + start % PAGE
-    mbarrier.expect(kv_bar.index(0), tile_bytes, pred=n_tiles > 0)
-    tma.async_copy_global_to_shared(c_desc, [r0, 0], kv_bar.index(0), c_smem.index(0), pred=n_tiles > 0)
-    tma.async_copy_global_to_shared(pe_desc, [r0, DC], kv_bar.index(0), pe_smem.index(0), pred=n_tiles > 0)
+    load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, start, 0, n_tiles > 0, PAGE)  # tile 0 -> slot 0
 
-    m_i = gl.full([BH], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([BH], gl.float32, layout=row_s)
+    m_i = gl.full([BH], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BH, DC], gl.float32, layout=o_layout)
     s_zero = gl.zeros([BH, BLOCK_N], gl.float32, layout=s_layout)
     mbarrier.wait(q_bar, phase=0)
 
     for t in range(n_tiles):
-        stage = t % STAGES
         n0 = start + t * BLOCK_N
         # every warpgroup is done with tile t - 1 (its p @ c waited) and with p_smem: the ring slot t + 1 is free
         gl.thread_barrier()
-        nxt = t + 1 < n_tiles
-        ns = (t + 1) % STAGES
-        n1 = n0 + BLOCK_N
-        page1 = gl.load(bt_row + n1 // PAGE, mask=nxt, other=0)
-        r1 = page1 * PAGE + n1 % PAGE
-        mbarrier.expect(kv_bar.index(ns), tile_bytes, pred=nxt)
-        tma.async_copy_global_to_shared(c_desc, [r1, 0], kv_bar.index(ns), c_smem.index(ns), pred=nxt)
-        tma.async_copy_global_to_shared(pe_desc, [r1, DC], kv_bar.index(ns), pe_smem.index(ns), pred=nxt)
+        load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + BLOCK_N, (t + 1) % STAGES,
+                  t + 1 < n_tiles, PAGE)
+        c_tile = wait_tile(kv_bar, c_smem, t, n0, end, True, STAGES)
 
-        mbarrier.wait(kv_bar.index(stage), phase=(t // STAGES) & 1)
-        c_tile = c_smem.index(stage)
-        valid = end - n0
-        if valid < BLOCK_N:  # the last, partial tile: zero the latent rows past the end (they may hold NaN)
-            rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
-            for j in gl.static_range(DC // 64):
-                chunk = c_tile.slice(64 * j, 64, dim=1)
-                x = chunk.load(zero_layout)
-                chunk.store(gl.where(rows[:, None] < valid, x, gl.zeros_like(x)))
-            fence_async_shared()
-            gl.thread_barrier()
-
-        s = warpgroup_mma(q_smem, c_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s = warpgroup_mma(qpe_smem, pe_smem.index(stage).permute((1, 0)), s, is_async=True)
+        s = score_mma(q_smem, qpe_smem, c_tile, pe_smem.index(t % STAGES), s_zero)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-
-        tok = n0 + gl.arange(0, BLOCK_N, layout=col_s)
-        s = gl.where((tok < end)[None, :], s * scale_log2, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        alpha = gl.exp2(m_i - m_new)  # m_new is finite: every tile holds at least one token of the range
-        p = gl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        m_i = m_new
+        p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, n0, end, scale_log2)
 
         p_smem.store(p.to(dtype))
         fence_async_shared()  # p's generic-proxy writes before the wgmma (async proxy) reads them
@@ -163,17 +209,17 @@ def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr,
     mbarrier.invalidate(q_bar)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(kv_bar.index(i))
+    store_partial(acc, m_i, l_i, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)
 
-    empty = l_i == 0.0  # a split past the end of a short sequence
-    inv_l = 1.0 / gl.where(empty, 1.0, l_i)
-    lse = gl.where(empty, float("-inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
-    out = acc * gl.convert_layout(inv_l, gl.SliceLayout(1, o_layout))[:, None]
-    h_o = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
-    d_o = gl.arange(0, DC, layout=gl.SliceLayout(0, o_layout))
-    gl.store(o_ptr + b * so_b + h_o[:, None] * so_h + split * so_s + d_o[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=(h_o < H)[:, None])
-    h_s = hb * BH + gl.arange(0, BH, layout=row_s)
-    gl.store(lse_ptr + b * sl_b + h_s * sl_h + split, lse, mask=h_s < H)
+
+def schedule_kernel(schedule: str):
+    """(kernel, tokens per tile, ring slots) of a schedule name (ValueError for another name)."""
+    if schedule == "serial":
+        return mla_decode_gluon_kernel, BLOCK_N, NUM_STAGES
+    if schedule == "pipelined":
+        from phase2_mla import mla_decode_gluon_pipelined as pk
+        return pk.mla_decode_gluon_pipelined_kernel, pk.PIPE_BLOCK_N, pk.PIPE_STAGES
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -194,13 +240,15 @@ def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
 
 
 def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int = 1,
-                           check: bool = True) -> torch.Tensor:
+                           check: bool = True, schedule: str = "serial") -> torch.Tensor:
     """o_lat [B, H, DC] (see the module NOTE). `num_splits` token ranges per sequence, merged by their log-sum-exp
-    with the Triton kernel's merge. Raises ValueError on inputs it cannot take (`supported`)."""
+    with the Triton kernel's merge; `schedule` "serial" (this module's kernel) or "pipelined" (the overlapped one,
+    same outputs). Raises ValueError on inputs it cannot take (`supported`) or an unknown schedule."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from phase2_mla.mla_decode import check_args, check_splits, mla_merge_kernel
     check_splits(num_splits)
+    kernel, block_n, stages = schedule_kernel(schedule)
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
         why = supported(q_lat, kv_cache)
@@ -209,24 +257,24 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     b, h, dc = q_lat.shape
     dr, page = q_pe.shape[2], kv_cache.shape[1]
     gdt = gl.bfloat16 if q_lat.dtype == torch.bfloat16 else gl.float16
-    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr, BLOCK_N, gdt)
+    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr, block_n, gdt)
     q2 = q_lat.reshape(b * h, dc)
     qpe2 = q_pe.reshape(b * h, dr).contiguous()
     kv2 = kv_cache.view(-1, dc + dr)
     q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [BLOCK_H, dc], q_l)
     qpe_desc = TensorDescriptor(qpe2, list(qpe2.shape), list(qpe2.stride()), [BLOCK_H, dr], qpe_l)
-    c_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [BLOCK_N, dc], c_l)
-    pe_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [BLOCK_N, dr], pe_l)
+    c_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [block_n, dc], c_l)
+    pe_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [block_n, dr], pe_l)
     hb = triton.cdiv(h, BLOCK_H)
     out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
     lse = torch.empty(b, h, num_splits, dtype=torch.float32, device=q_lat.device)
     o_part = out.view(b, h, 1, dc) if num_splits == 1 else torch.empty(b, h, num_splits, dc, dtype=torch.float32,
                                                                        device=q_lat.device)
     so = o_part.stride()
-    mla_decode_gluon_kernel[(hb, num_splits, b)](
+    kernel[(hb, num_splits, b)](
         q_desc, qpe_desc, c_desc, pe_desc, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         block_table.stride(0), so[0], so[1], so[2], lse.stride(0), lse.stride(1), h,
-        DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES, num_warps=NUM_WARPS)
+        DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=NUM_WARPS)
     if num_splits > 1:
         mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
                                  out.stride(0), out.stride(1), DC=dc, BLOCK_DC=triton.next_power_of_2(dc),
@@ -234,30 +282,36 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     return out
 
 
-def tile_desc_signature(names, dc: int = 512, dr: int = 64) -> dict:
+def tile_desc_signature(names, dc: int = 512, dr: int = 64, block_n: int = BLOCK_N) -> dict:
     """Compile-time signatures of the four TMA descriptors (q latent, q rope, tile latent, tile rope key) under
     `names`, for compiling a kernel that takes them on a machine without a GPU."""
-    shapes = ([BLOCK_H, dc], [BLOCK_H, dr], [BLOCK_N, dc], [BLOCK_N, dr])
-    return {n: f"tensordesc<bf16[{s[0]}, {s[1]}],{lay!r}>" for n, s, lay in zip(names, shapes, _layouts(dc, dr))}
+    shapes = ([BLOCK_H, dc], [BLOCK_H, dr], [block_n, dc], [block_n, dr])
+    return {n: f"tensordesc<bf16[{s[0]}, {s[1]}],{lay!r}>"
+            for n, s, lay in zip(names, shapes, _layouts(dc, dr, block_n))}
 
 
-def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64) -> dict:
-    """Compile the kernel for sm_90a on any machine (no GPU): registers, spills, shared memory, the PTX's wgmma
-    shapes and TMA copies (common/ptxas.py does the ptxas part)."""
+def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64,
+                           schedule: str = "serial", keep_ptx: bool = False) -> dict:
+    """Compile a schedule's kernel for sm_90a on any machine (no GPU): registers, spills, shared memory, the PTX's
+    wgmma shapes, TMA copies and synchronisation, and `mma_order` (mla_decode_gluon_pipelined.ptx_mma_order: the
+    wgmma / commit / wait / barrier sequence of the loop, where the overlap shows). common/ptxas.py does ptxas."""
     import re
 
     from common.ptxas import compile_resources, wgmma_shapes
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr),
+    from phase2_mla.mla_decode_gluon_pipelined import ptx_mma_order, wgmma_serialization_warnings
+
+    kernel, block_n, stages = schedule_kernel(schedule)
+    sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr, block_n),
            "bt_ptr": "*i32", "lens_ptr": "*i32", "o_ptr": "*bf16" if num_splits == 1 else "*fp32", "lse_ptr": "*fp32",
            "scale_log2": "fp32", "s_bt": "i32", "so_b": "i32", "so_h": "i32", "so_s": "i32", "sl_b": "i32",
            "sl_h": "i32", "H": "i32"}
-    consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, STAGES=NUM_STAGES)
-    res = compile_resources(GluonASTSource, mla_decode_gluon_kernel, sig, consts, NUM_WARPS, 1,
+    consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages)
+    res = compile_resources(GluonASTSource, kernel, sig, consts, NUM_WARPS, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
                                        "sl_b", "H"])
-    ptx = res.pop("ptx")
+    ptx = res["ptx"] if keep_ptx else res.pop("ptx")
     res.pop("ttgir", None)
     res["wgmma_shapes"] = wgmma_shapes(ptx)
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
@@ -265,5 +319,8 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     expect_tx = re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)
     res["sync"] = {"mbarrier_waits": ptx.count("mbarrier.try_wait"), "wgmma_waits": ptx.count("wgmma.wait_group"),
                    "async_fences": ptx.count("fence.proxy.async"),
-                   "expect_tx_bytes": sorted({int(x) for x in expect_tx})}
+                   "expect_tx_bytes": sorted({int(x) for x in expect_tx}),
+                   "wgmma_commits": ptx.count("wgmma.commit_group")}
+    res["mma_order"] = ptx_mma_order(ptx)
+    res["wgmma_serialized"] = wgmma_serialization_warnings(ptx)
     return res

@@ -158,21 +158,26 @@ def test_kernel_bf16_at_deepseek_dims(lens, page):
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2, msg=lambda m: f"{cfg}: {m}")
 
 
-@pytest.mark.slow
-def test_kernel_compiles_for_hopper_on_cpu_and_reports_resources():
-    """The kernel lowers to sm_90a PTX here (no GPU) and ptxas reports its registers: the basis of the README's
-    spill analysis. Runs in a subprocess because the interpreter (set for this suite) never compiles."""
+def sm90_compile(code: str):
+    """Run `code` (which prints one JSON line last) in a fresh interpreter without TRITON_INTERPRET: an sm_90a
+    compile on this machine (the interpreter never compiles). Returns the parsed JSON."""
     import json
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from phase2_mla.kernel_resources import resources; "
-            "print(json.dumps(resources(16, 16, 4, 2, page=16)))")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-2000:]
-    row = json.loads(r.stdout.strip().splitlines()[-1])
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_hopper_on_cpu_and_reports_resources():
+    """The kernel lowers to sm_90a PTX here (no GPU) and ptxas reports its registers: the basis of the README's
+    spill analysis. Runs in a subprocess because the interpreter (set for this suite) never compiles."""
+    row = sm90_compile("import json; from phase2_mla.kernel_resources import resources; "
+                       "print(json.dumps(resources(16, 16, 4, 2, page=16)))")
     assert 0 < row["registers"] <= 255 and row["shared_bytes"] > 0 and not row["ptxas_error"]
     assert row["mma_sync"] + row["wgmma"] > 0  # tensor-core instructions were generated
 
@@ -185,6 +190,10 @@ def test_gluon_backend_refuses_what_it_cannot_run():
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="gluon")
     with pytest.raises(ValueError, match="backend"):
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="cuda")
+    with pytest.raises(ValueError, match="schedule"):  # an unknown schedule, before the device check
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="gluon", gluon_schedule="seesaw")
+    with pytest.raises(ValueError, match="gluon_schedule"):  # the Triton backend has no such loop
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, gluon_schedule="pipelined")
 
 
 @pytest.mark.slow
@@ -193,17 +202,9 @@ def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
     block may take, and per warpgroup 36 m64n32k16 score wgmmas (576 deep / 16; 32 = half the 64-token tile: the
     warpgroups split the tile instead of both computing it, as the Triton kernel's 72 do) and 4 m64n256k16 value
     wgmmas (64 tokens / 16; 256 = half the 512 value dims)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
             "print(json.dumps([r(page=64), r(page=128, num_splits=3)]))")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    for row in json.loads(p.stdout.strip().splitlines()[-1]):
+    for row in sm90_compile(code):
         assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
         assert row["shared_bytes"] <= 227 * 1024, row
         assert row["wgmma_shapes"] == {"m64n32k16": 36, "m64n256k16": 4}, row
@@ -212,23 +213,46 @@ def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
         # fences (barrier init, zeroed partial tile, p before the value GEMM), and every expect-tx = one full box
         # (q + q_pe = one KV tile = 64 x 576 bf16 = 73,728 bytes)
         assert row["sync"] == {"mbarrier_waits": 2, "wgmma_waits": 2, "async_fences": 3,
-                               "expect_tx_bytes": [73728]}, row
+                               "expect_tx_bytes": [73728], "wgmma_commits": 3}, row
+        assert row["wgmma_serialized"] == [], row
+
+
+@pytest.mark.slow
+def test_gluon_pipelined_kernel_compiles_for_hopper_with_the_overlap_in_the_ptx():
+    """schedule="pipelined" (mla_decode_gluon_pipelined.py) lowers to sm_90a: no spills, <= 255 registers, within
+    the 227 KB of shared memory (q + a 4-slot ring of 32-token tiles + 2 p buffers), per warpgroup 2 x 36 m64n16k16
+    score wgmmas (the prologue's S_0 and the loop's S_{t+1}: 16 = half the 32-token tile) and 2 m64n256k16 value
+    wgmmas (32 tokens / 16). The PTX of the loop issues and commits S_{t+1}, then runs the softmax (ex2), the p
+    fence, the p barrier and the TMA refill, then issues O_t, and only then waits (wait_group 0): the overlap is in
+    the emitted code. ptxas serialises no wgmma (it would for a group left in flight across the back edge)."""
+    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+            "print(json.dumps([r(page=64, schedule='pipelined'), r(page=128, num_splits=3, schedule='pipelined')]))")
+    for row in sm90_compile(code):
+        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 227 * 1024, row
+        assert row["wgmma_shapes"] == {"m64n16k16": 72, "m64n256k16": 2}, row
+        # waits: q, tile 0, the loop's tile t + 1; one wgmma wait for S_0 and one per iteration; fences: barrier
+        # init, zeroed partial tile (prologue and loop copies), p; expect-tx: q (73,728) and a 32-token tile
+        assert row["sync"] == {"mbarrier_waits": 3, "wgmma_waits": 2, "async_fences": 4,
+                               "expect_tx_bytes": [36864, 73728], "wgmma_commits": 5}, row
+        assert row["wgmma_serialized"] == [], row
+        order = row["mma_order"]
+        loop = order[:order.index("loop")]
+        s_next = max(i for i in range(len(loop) - 3) if loop[i:i + 4] == ["wgmma m64n16k16 x32", "commit",
+                                                                           "wgmma m64n16k16 x4", "commit"])
+        o_t = loop.index("wgmma m64n256k16 x2")
+        between = loop[s_next + 4:o_t]
+        assert not any(e.startswith("wait") for e in between), order  # S_{t+1} still in flight during ...
+        assert any(e.startswith("ex2") for e in between), order  # ... the softmax,
+        assert "fence.proxy.async" in between and "tma" in between, order  # the p hand-off and the TMA refill
+        assert loop[o_t + 1:o_t + 3] == ["commit", "wait 0"], order  # then O_t, and one wait for both
 
 
 @pytest.mark.slow
 def test_gluon_smoke_kernel_compiles_with_the_mla_kernels_mma_shapes():
     """gluon_smoke.py (the MLA kernel's TMA / wgmma / shared-p plumbing on one tile, a debugging ladder for the
     GPU) lowers to sm_90a with the same wgmma shapes as the MLA kernel, so it exercises the same code paths."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import json; from phase2_mla.gluon_smoke import smoke_resources as r; print(json.dumps(r()))"
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    row = json.loads(p.stdout.strip().splitlines()[-1])
+    row = sm90_compile("import json; from phase2_mla.gluon_smoke import smoke_resources as r; print(json.dumps(r()))")
     assert not row["ptxas_error"] and row["spill_store_bytes"] == 0, row
     assert row["wgmma_shapes"] == {"m64n32k16": 36, "m64n256k16": 4}, row
 
@@ -251,44 +275,50 @@ def test_gluon_smoke_tile_matches_torch():
 @pytest.mark.gpu
 @pytest.mark.parametrize("lens, page, h", [([64], 64, 64), ([1], 64, 64), ([128], 64, 64),  # simplest first
                                            ([1, 77, 300, 1025], 64, 128), ([513, 4096, 33, 64], 128, 128),
-                                           ([70, 200], 64, 16), ([129, 5], 64, 100)],
+                                           ([70, 200], 64, 16), ([129, 5], 64, 100), ([32, 33, 160], 64, 64)],
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
-                              "100-heads"])
+                              "100-heads", "half-page-edges"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-def test_gluon_kernel_matches_reference(lens, page, h, num_splits):
+@pytest.mark.parametrize("schedule", ["serial", "pipelined"])
+def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon MLA kernel is built for Hopper (sm_90)")
     q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=h, dc=512, dr=64, dtype=torch.bfloat16, seed=11)
     ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5)
-    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5, num_splits=num_splits, backend="gluon")
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=192 ** -0.5, num_splits=num_splits, backend="gluon",
+                           gluon_schedule=schedule)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.gpu
-def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan():
+@pytest.mark.parametrize("schedule", ["serial", "pipelined"])
+def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon MLA kernel is built for Hopper (sm_90)")
-    lens, page = [1, 100, 191], 64
+    lens, page = [1, 100, 191, 40], 64  # 40: a partial first (and last) 32-token tile of the pipelined ring
     q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=128, dc=512, dr=64, dtype=torch.bfloat16, seed=3)
     for b, n in enumerate(lens):
         for t in range(n, bt.shape[1] * page):
             kv[bt[b, t // page], t % page] = float("nan")
     ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.07)
     for splits in (1, 2):
-        out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.07, num_splits=splits, backend="gluon")
+        out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.07, num_splits=splits, backend="gluon",
+                               gluon_schedule=schedule)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch):
+@pytest.mark.parametrize("schedule, block_n, stages", [("serial", 64, 2), ("pipelined", 32, 4)])
+def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, block_n, stages):
     """The host side of mla_decode_gluon on the CPU (the kernel itself needs a Hopper GPU): a stand-in kernel
     records the launch; the grid, the TMA descriptors' tensors and block shapes, the strides and the merge match
-    what the kernel indexes, for one split (output written in place) and three (fp32 partials + the merge)."""
-    from phase2_mla import mla_decode, mla_decode_gluon as gk
+    what the kernel indexes, for one split (output written in place) and three (fp32 partials + the merge), for
+    each schedule (the pipelined one: 32-token tile boxes, a 4-slot ring, its own kernel)."""
+    from phase2_mla import mla_decode, mla_decode_gluon as gk, mla_decode_gluon_pipelined as pk
 
     launches, merges = [], []
 
@@ -299,22 +329,26 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch):
         def __getitem__(self, grid):
             return lambda *a, **kw: self.sink.append((grid, a, kw))
 
-    monkeypatch.setattr(gk, "mla_decode_gluon_kernel", Stub(launches))
+    other = []
+    monkeypatch.setattr(gk, "mla_decode_gluon_kernel", Stub(launches if schedule == "serial" else other))
+    monkeypatch.setattr(pk, "mla_decode_gluon_pipelined_kernel", Stub(launches if schedule != "serial" else other))
     monkeypatch.setattr(mla_decode, "mla_merge_kernel", Stub(merges))
     b, h, page = 3, 100, 128
     q_lat, q_pe, kv, bt, sl = make_case([5, 300, 129], page, h=h, dc=512, dr=64, dtype=torch.bfloat16, device="cpu")
     for splits in (1, 3):
         launches.clear(), merges.clear()
-        out = gk.mla_paged_decode_gluon(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=splits, check=False)
+        out = gk.mla_paged_decode_gluon(q_lat, q_pe, kv, bt, sl, scale=0.1, num_splits=splits, check=False,
+                                        schedule=schedule)
         (grid, a, kw), = launches
         assert grid == (2, splits, b) and out.shape == (b, h, 512) and out.dtype == torch.bfloat16
         q_desc, qpe_desc, c_desc, pe_desc, bt_arg, sl_arg, o_part, lse = a[:8]
         assert q_desc.block_shape == [64, 512] and qpe_desc.block_shape == [64, 64]
-        assert c_desc.block_shape == [64, 512] and pe_desc.block_shape == [64, 64]
+        assert c_desc.block_shape == [block_n, 512] and pe_desc.block_shape == [block_n, 64] and not other
         assert q_desc.shape == [b * h, 512] and c_desc.shape == pe_desc.shape == [kv.shape[0] * page, 576]
         assert c_desc.base.data_ptr() == kv.data_ptr() and q_desc.base.data_ptr() == q_lat.data_ptr()
         assert bt_arg is bt and sl_arg is sl and a[9] == bt.stride(0) and a[-1] == h
         assert kw["PAGE"] == page and kw["NUM_SPLITS"] == splits and kw["num_warps"] == 8
+        assert kw["BLOCK_N"] == block_n and kw["STAGES"] == stages
         assert lse.shape == (b, h, splits)
         if splits == 1:
             assert o_part.data_ptr() == out.data_ptr() and not merges  # written in place, no merge
