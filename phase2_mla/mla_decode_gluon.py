@@ -74,6 +74,35 @@ def split_range(lens_ptr, b, split, NUM_SPLITS: gl.constexpr, BLOCK_N: gl.conste
 
 
 @gluon.jit
+def allocate_and_load_q(q_desc, qpe_desc, c_desc, pe_desc, q_row, STAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+                        P_BUFS: gl.constexpr):
+    """Both schedules' prologue: shared memory (q, q_pe, the STAGES-slot ring of latent / rope-key tiles, P_BUFS
+    p buffers, the mbarriers), the barriers initialised, and q / q_pe of rows q_row .. q_row + 63 on their way by
+    TMA (q viewed as [B * H, DC]: rows past this sequence's heads are loaded, never stored). Returns
+    (q_smem, qpe_smem, c_smem, pe_smem, p_smem [P_BUFS, 64, BLOCK_N], q_bar, kv_bar)."""
+    BH: gl.constexpr = q_desc.block_type.shape[0]
+    DC: gl.constexpr = q_desc.block_type.shape[1]
+    DR: gl.constexpr = qpe_desc.block_type.shape[1]
+    dtype: gl.constexpr = q_desc.dtype
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_N], dtype)
+    q_smem = gl.allocate_shared_memory(dtype, [BH, DC], q_desc.layout)
+    qpe_smem = gl.allocate_shared_memory(dtype, [BH, DR], qpe_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DC], c_desc.layout)
+    pe_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DR], pe_desc.layout)
+    p_smem = gl.allocate_shared_memory(dtype, [P_BUFS, BH, BLOCK_N], p_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(kv_bar.index(i), count=1)
+    fence_async_shared()  # the barriers' initialisation is visible to the TMA unit
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(qpe_desc, [q_row, 0], q_bar, qpe_smem)
+    return q_smem, qpe_smem, c_smem, pe_smem, p_smem, q_bar, kv_bar
+
+
+@gluon.jit
 def load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0, slot, pred, PAGE: gl.constexpr):
     """TMA the tile at token n0 (latent rows and rope keys, one page's slice) into ring slot `slot`, if pred."""
     DC: gl.constexpr = c_desc.block_type.shape[1]
@@ -155,29 +184,15 @@ def mla_decode_gluon_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr,
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = split_columns_layout(BLOCK_N)  # warpgroup g: token columns [32g, 32g + 32)
     o_layout: gl.constexpr = split_columns_layout(DC)  # warpgroup g: value dims [256g, 256g + 256)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_N], dtype)
 
     hb = gl.program_id(0)
     split = gl.program_id(1)
     b = gl.program_id(2)
     start, end, n_tiles = split_range(lens_ptr, b, split, NUM_SPLITS, BLOCK_N)
 
-    q_smem = gl.allocate_shared_memory(dtype, [BH, DC], q_desc.layout)
-    qpe_smem = gl.allocate_shared_memory(dtype, [BH, DR], qpe_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DC], c_desc.layout)
-    pe_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DR], pe_desc.layout)
-    p_smem = gl.allocate_shared_memory(dtype, [BH, BLOCK_N], p_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(kv_bar.index(i), count=1)
-    fence_async_shared()  # the barriers' initialisation is visible to the TMA unit
-
-    q_row = b * H + hb * BH  # q viewed as [B * H, DC]: rows past this sequence's heads are loaded, never stored
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
-    tma.async_copy_global_to_shared(qpe_desc, [q_row, 0], q_bar, qpe_smem)
+    q_smem, qpe_smem, c_smem, pe_smem, p_bufs, q_bar, kv_bar = allocate_and_load_q(
+        q_desc, qpe_desc, c_desc, pe_desc, b * H + hb * BH, STAGES, BLOCK_N, 1)
+    p_smem = p_bufs.index(0)
     bt_row = bt_ptr + b * s_bt
     load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, start, 0, n_tiles > 0, PAGE)  # tile 0 -> slot 0
 

@@ -50,11 +50,11 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from phase2_mla.mla_decode_gluon import (load_tile, online_softmax, score_mma, split_columns_layout,
-                                         split_range, store_partial, wait_tile)
+from phase2_mla.mla_decode_gluon import (allocate_and_load_q, load_tile, online_softmax, score_mma,
+                                         split_columns_layout, split_range, store_partial, wait_tile)
 
 PIPE_BLOCK_N = 32  # tokens per tile (a page of 64 is two tiles)
 PIPE_STAGES = 4  # ring slots: tiles t and t + 1 in use, t + 2 and t + 3 loading
@@ -71,29 +71,14 @@ def mla_decode_gluon_pipelined_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr,
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = split_columns_layout(BLOCK_N)  # warpgroup g: token columns [16g, 16g + 16)
     o_layout: gl.constexpr = split_columns_layout(DC)  # warpgroup g: value dims [256g, 256g + 256)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_N], dtype)
 
     hb = gl.program_id(0)
     split = gl.program_id(1)
     b = gl.program_id(2)
     start, end, n_tiles = split_range(lens_ptr, b, split, NUM_SPLITS, BLOCK_N)
 
-    q_smem = gl.allocate_shared_memory(dtype, [BH, DC], q_desc.layout)
-    qpe_smem = gl.allocate_shared_memory(dtype, [BH, DR], qpe_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DC], c_desc.layout)
-    pe_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DR], pe_desc.layout)
-    p_smem = gl.allocate_shared_memory(dtype, [2, BH, BLOCK_N], p_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(kv_bar.index(i), count=1)
-    fence_async_shared()  # the barriers' initialisation is visible to the TMA unit
-
-    q_row = b * H + hb * BH  # q viewed as [B * H, DC]: rows past this sequence's heads are loaded, never stored
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
-    tma.async_copy_global_to_shared(qpe_desc, [q_row, 0], q_bar, qpe_smem)
+    q_smem, qpe_smem, c_smem, pe_smem, p_smem, q_bar, kv_bar = allocate_and_load_q(
+        q_desc, qpe_desc, c_desc, pe_desc, b * H + hb * BH, STAGES, BLOCK_N, 2)
     bt_row = bt_ptr + b * s_bt
     for i in gl.static_range(STAGES - 1):  # tiles 0 .. STAGES - 2 -> their slots (predicated off past the range)
         load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, start + i * BLOCK_N, i, i < n_tiles, PAGE)
