@@ -20,7 +20,7 @@ def hopper_resources(kernel, signature: dict, constexprs: dict, num_warps: int, 
     "i32", "fp32", ...); constexprs: name -> value; divisible: the runtime arguments declared 16-divisible, as Triton
     specializes them at a real launch with aligned pointers and strides; maxnreg: the launch option of that name (a
     register cap ptxas must meet, spilling if it has to). Returns registers, spill_store_bytes,
-    shared_bytes, the PTX and ptxas's stderr tail on failure."""
+    shared_bytes, the PTX, ptxas's stderr tail on failure and its wgmma serialisation notes (wgmma_serialized)."""
     from triton.compiler import ASTSource
     return compile_resources(ASTSource, kernel, signature, constexprs, num_warps, num_stages, divisible, maxnreg)
 
@@ -46,8 +46,12 @@ def compile_resources(source_cls, kernel, signature: dict, constexprs: dict, num
                            capture_output=True, text=True)
     regs = re.findall(r"Used (\d+) registers", r.stderr)
     spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    # ptxas's C7514-style notes ("wgmma.mma_async instructions are serialized ..."): it then waits for every wgmma
+    # before the next, so an overlap written in the source is gone from the machine code
+    serialized = [ln.strip() for ln in r.stderr.splitlines() if "serialized" in ln]
     return {"registers": int(regs[0]) if regs else None, "spill_store_bytes": int(spills[0]) if spills else None,
-            "shared_bytes": k.metadata.shared, "ptx": ptx, "ptxas_error": r.stderr[-300:] if r.returncode else ""}
+            "shared_bytes": k.metadata.shared, "ptx": ptx, "ptxas_error": r.stderr[-300:] if r.returncode else "",
+            "wgmma_serialized": serialized}
 
 
 def wgmma_shapes(ptx: str) -> dict:
@@ -55,6 +59,40 @@ def wgmma_shapes(ptx: str) -> dict:
     so each count is one warpgroup's share."""
     shapes = sorted(set(re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", ptx)))
     return {m: ptx.count(f".{m}.") for m in shapes}
+
+
+def ptx_mma_order(ptx: str) -> list[str]:
+    """A kernel's tensor-core and synchronisation events in PTX text order, runs collapsed: "wgmma m64n16k16 x32",
+    "commit", "wait 0", "bar.sync x2", "ex2 x8" (the softmax), "fence.proxy.async", "tma x2", "mbarrier wait",
+    and "loop" at the loop's back edge. Where the overlap shows: an issued-and-committed score GEMM followed by
+    the softmax's ex2s with no "wait" between them."""
+    pats = [(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", lambda m: f"wgmma {m.group(1)}"),
+            (r"wgmma\.commit_group", lambda m: "commit"),
+            (r"wgmma\.wait_group\S*\s+(\d+)", lambda m: f"wait {m.group(1)}"),
+            (r"\bbar\.sync\b", lambda m: "bar.sync"), (r"\bex2\.", lambda m: "ex2"),
+            (r"fence\.proxy\.async", lambda m: "fence.proxy.async"), (r"cp\.async\.bulk\.tensor", lambda m: "tma"),
+            (r"mbarrier\.try_wait", lambda m: "mbarrier wait")]
+    events: list[str] = []
+    labels = set()
+    for line in ptx.splitlines():
+        lab = re.match(r"^(\$L__BB\d+_\d+):", line)
+        if lab:
+            labels.add(lab.group(1))
+        back = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        ev = "loop" if back and back.group(1) in labels and line.lstrip().startswith("@") else None
+        for pat, name in pats:
+            m = re.search(pat, line)
+            if m:
+                ev = name(m)
+                break
+        if ev is None:
+            continue
+        prev = events[-1].rsplit(" x", 1) if events else [""]
+        if ev not in ("commit", "loop") and not ev.startswith("wait") and prev[0] == ev:
+            events[-1] = f"{ev} x{int(prev[1]) + 1 if len(prev) > 1 else 2}"
+        else:
+            events.append(ev)
+    return events
 
 
 def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, regs_per_sm: int = 65536,

@@ -306,16 +306,14 @@ def tile_desc_signature(names, dc: int = 512, dr: int = 64, block_n: int = BLOCK
 
 
 def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64,
-                           schedule: str = "serial", keep_ptx: bool = False) -> dict:
+                           schedule: str = "serial") -> dict:
     """Compile a schedule's kernel for sm_90a on any machine (no GPU): registers, spills, shared memory, the PTX's
-    wgmma shapes, TMA copies and synchronisation, and `mma_order` (mla_decode_gluon_pipelined.ptx_mma_order: the
+    wgmma shapes, TMA copies and synchronisation, and `mma_order` (common.ptxas.ptx_mma_order: the
     wgmma / commit / wait / barrier sequence of the loop, where the overlap shows). common/ptxas.py does ptxas."""
     import re
 
-    from common.ptxas import compile_resources, wgmma_shapes
+    from common.ptxas import compile_resources, ptx_mma_order, wgmma_shapes
     from triton.experimental.gluon._runtime import GluonASTSource
-
-    from phase2_mla.mla_decode_gluon_pipelined import ptx_mma_order, wgmma_serialization_warnings
 
     kernel, block_n, stages = schedule_kernel(schedule)
     sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr, block_n),
@@ -326,7 +324,7 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     res = compile_resources(GluonASTSource, kernel, sig, consts, NUM_WARPS, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
                                        "sl_b", "H"])
-    ptx = res["ptx"] if keep_ptx else res.pop("ptx")
+    ptx = res.pop("ptx")
     res.pop("ttgir", None)
     res["wgmma_shapes"] = wgmma_shapes(ptx)
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
@@ -337,5 +335,4 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
                    "expect_tx_bytes": sorted({int(x) for x in expect_tx}),
                    "wgmma_commits": ptx.count("wgmma.commit_group")}
     res["mma_order"] = ptx_mma_order(ptx)
-    res["wgmma_serialized"] = wgmma_serialization_warnings(ptx)
     return res

@@ -17,16 +17,16 @@ barriers and the TMA issue. Here iteration t, entered with S_t in registers and 
 
 so the softmax, the p hand-off between the warpgroups (each writes its 16 token columns of p, each reads all 32)
 and the TMA issue of tile t run while the tensor cores compute tile t+1's scores. The PTX shows it
-(`ptx_mma_order`, pinned by a CPU test): per loop iteration "wgmma m64n16k16 x32, commit, x4, commit" (S_{t+1}),
-then the softmax's ex2s, the p fence and barriers and the TMA refill, then "wgmma m64n256k16 x2, commit" (O_t),
-then the only "wait 0". The last iteration's S_{t+1} reads a slot no TMA writes (its mbarrier wait is predicated
-off) and is discarded: one extra score tile per range instead of a peeled epilogue.
+(`common.ptxas.ptx_mma_order`, pinned by a CPU test): per loop iteration "wgmma m64n16k16 x32, commit, x4,
+commit" (S_{t+1}), then the softmax's ex2s, the p fence and barriers and the TMA refill, then "wgmma m64n256k16 x2,
+commit" (O_t), then the only "wait 0". The last iteration's S_{t+1} reads a slot no TMA writes (its mbarrier
+wait is predicated off) and is discarded: one extra score tile per range instead of a peeled epilogue.
 
 Why not deeper (FlashAttention-3's form, O_t left in flight into the next iteration's softmax, retired there by
 wait(2) behind S_{t+2}): compiled, ptxas reports C7514 "wgmma.mma_async instructions are serialized due to non
 wgmma instructions reading accumulator registers" -- it cannot follow a wgmma group across the loop's back edge,
 and serialises every wgmma, which would undo the overlap. So nothing is in flight at the back edge here; the
-resource report carries ptxas's serialisation notes (`wgmma_serialization_warnings`, empty, and tested).
+resource report carries ptxas's serialisation notes (`wgmma_serialized`, empty, and tested).
 
 Ring WAR hazards: slot (t-1) % 4 was last read by O_{t-1} and S_{t-1}, both retired by every warpgroup's wait(0)
 that ended iteration t-1, before the barrier in (c); p_smem[t % 2] was last read by O_{t-2} (two buffers because a
@@ -119,56 +119,3 @@ def mla_decode_gluon_pipelined_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr,
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(kv_bar.index(i))
     store_partial(acc, m_i, l_i, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)
-
-
-def ptx_mma_order(ptx: str) -> list[str]:
-    """The kernel's tensor-core and synchronisation events in PTX text order, runs collapsed: "wgmma m64n16k16 x32",
-    "commit", "wait 0", "bar.sync x2", "ex2 x8" (the softmax), "fence.proxy.async", "tma x2", "mbarrier wait",
-    and "loop" at the loop's back edge. Where the overlap shows: an issued-and-committed score GEMM followed by
-    the softmax's ex2s with no "wait" between them."""
-    import re
-
-    pats = [(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.", lambda m: f"wgmma {m.group(1)}"),
-            (r"wgmma\.commit_group", lambda m: "commit"),
-            (r"wgmma\.wait_group\S*\s+(\d+)", lambda m: f"wait {m.group(1)}"),
-            (r"\bbar\.sync\b", lambda m: "bar.sync"), (r"\bex2\.", lambda m: "ex2"),
-            (r"fence\.proxy\.async", lambda m: "fence.proxy.async"), (r"cp\.async\.bulk\.tensor", lambda m: "tma"),
-            (r"mbarrier\.try_wait", lambda m: "mbarrier wait")]
-    events: list[str] = []
-    labels = set()
-    for line in ptx.splitlines():
-        lab = re.match(r"^(\$L__BB\d+_\d+):", line)
-        if lab:
-            labels.add(lab.group(1))
-        back = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
-        ev = "loop" if back and back.group(1) in labels and line.lstrip().startswith("@") else None
-        for pat, name in pats:
-            m = re.search(pat, line)
-            if m:
-                ev = name(m)
-                break
-        if ev is None:
-            continue
-        prev = events[-1].rsplit(" x", 1) if events else [""]
-        if ev not in ("commit", "loop") and not ev.startswith("wait") and prev[0] == ev:
-            events[-1] = f"{ev} x{int(prev[1]) + 1 if len(prev) > 1 else 2}"
-        else:
-            events.append(ev)
-    return events
-
-
-def wgmma_serialization_warnings(ptx: str) -> list[str]:
-    """ptxas's C7514-style notes ("wgmma.mma_async instructions are serialized ...") for this PTX at sm_90a: ptxas
-    then waits for every wgmma before the next, so the source's overlap would be gone from the machine code (the
-    first version of this schedule, O_t left in flight across the loop's back edge, got one)."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    import triton
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "k.ptx").write_text(ptx)
-        r = subprocess.run([str(ptxas), "--gpu-name=sm_90a", str(Path(d) / "k.ptx"), "-o", str(Path(d) / "k.o")],
-                           capture_output=True, text=True)
-    return [ln.strip() for ln in r.stderr.splitlines() if "serialized" in ln]
