@@ -196,6 +196,28 @@ def test_gluon_backend_refuses_what_it_cannot_run():
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, gluon_schedule="pipelined")
 
 
+def test_auto_backend_takes_gluon_only_where_it_runs_and_no_triton_knob_is_set(monkeypatch):
+    """backend="auto" (the default): the CPU (and any non-Hopper input) gets Triton; where use_gluon says yes, the
+    Gluon kernel runs unless a Triton layout knob was asked for, which then keeps Triton."""
+    from phase2_mla import mla_decode as md
+    q_lat, q_pe, kv, bt, sl = make_case([5, 9], 8, device="cpu")
+    assert not md.use_gluon(q_lat, kv)
+    ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.1)
+    torch.testing.assert_close(mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, block_n=8), ref,
+                               atol=1e-4, rtol=1e-4)
+    calls = []
+    monkeypatch.setattr(md, "use_gluon", lambda q, kv: True)
+    import phase2_mla.mla_decode_gluon as gk
+    monkeypatch.setattr(gk, "supported", lambda q, kv: None)
+    monkeypatch.setattr(gk, "mla_paged_decode_gluon", lambda *a, **k: calls.append(k) or ref)
+    monkeypatch.setattr(md.torch.cuda, "get_device_properties", lambda dev: type("P", (), {"multi_processor_count": 4}))
+    assert mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1) is ref and calls[-1]["schedule"] == "serial"
+    n = len(calls)
+    out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, block_n=8)  # a Triton knob: Triton runs
+    assert len(calls) == n
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_gluon_kernel_compiles_for_hopper_computing_each_score_tile_once():
     """mla_decode_gluon's kernel lowers to sm_90a here (no GPU): no spills, within the 227 KB of shared memory a
