@@ -268,17 +268,20 @@ def mla_configs(heads: int) -> list[dict]:
     Run 2 (results/bench_mla.json, H100) measured eight 128-head configurations; the sweep now keeps its winner
     (64 x 64, 284 us), the best of the other two layouts, and backend="gluon" (mla_decode_gluon.py: the score tile
     split between the warpgroups and computed once, TMA double buffering), which is the candidate, and its
-    pipelined schedule (gluon_schedule="pipelined": the next tile's score wgmma during this tile's softmax)."""
+    pipelined schedule (gluon_schedule="pipelined": the next tile's score wgmma during this tile's softmax) and its
+    seesaw schedule (gluon_schedule="seesaw": two warpgroups on alternate tiles, FlashMLA's schedule)."""
     def c(bh, bn, nw, st=2, dv_split=1, swap_ab=False, splits=1, backend="triton"):
         return dict(backend=backend, block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=splits,
                     dv_split=dv_split, reload_q=False, swap_ab=swap_ab)
     gluon = c(64, 64, 8, splits=None if heads < 64 else 1, backend="gluon")  # mla_decode_gluon: fixed 64 x 64 x 8
     # the same kernel's pipelined schedule (mla_decode_gluon_pipelined: 32-token tiles, next scores during softmax)
     gluon_pipe = dict(gluon, block_n=32, gluon_schedule="pipelined")
+    # FlashMLA's seesaw (mla_decode_gluon_seesaw: each warpgroup whole 64 x 64 score tiles of alternate KV tiles)
+    gluon_seesaw = dict(gluon, gluon_schedule="seesaw")
     if heads < 64:
-        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon, gluon_pipe]
+        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon, gluon_pipe, gluon_seesaw]
     return [c(64, 64, 8),  # run 1's best (284 us with 1 split): the reference point, re-measured in the same run
-            gluon, gluon_pipe, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
+            gluon, gluon_pipe, gluon_seesaw, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:

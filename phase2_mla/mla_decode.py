@@ -264,7 +264,8 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     the H100 sweep's winners (`default_block_h`, 64-token tiles, 8 warps, 2 stages, `default_num_splits`).
     `backend="gluon"` runs mla_decode_gluon.py's Hopper kernel instead (64-head blocks, 64-token tiles; the Triton
     layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU); `gluon_schedule` picks its loop:
-    "serial" or "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax).
+    "serial", "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax) or
+    "seesaw" (mla_decode_gluon_seesaw.py: two warpgroups on alternate tiles, one's softmax under the other's MMAs).
     `backend="auto"` (the default) takes the Gluon kernel where it can run (`use_gluon`) and Triton elsewhere.
     NOTE (H200, results/bench_mla.json, 2026-12-05): at 128 heads / B=64 / 4K the Gluon serial kernel took 177 us
     (1.71 TB/s) against Triton's best 269 us (1.12 TB/s) in the same run; at 16 heads 117 vs 126 us."""

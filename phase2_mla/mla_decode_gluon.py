@@ -25,7 +25,9 @@ may take). Gluon states what FlashMLA does by hand:
 
 `schedule="pipelined"` runs mla_decode_gluon_pipelined.py's kernel instead: the next tile's score wgmma overlaps
 this tile's softmax (32-token tiles, a 4-slot ring; its NOTE), sharing this module's tile / softmax / store helpers.
-Not done here (the next steps FlashMLA takes): the two-warpgroup "seesaw" form of that overlap, q in registers.
+`schedule="seesaw"` runs mla_decode_gluon_seesaw.py's: FlashMLA's two-warpgroup form (each warpgroup whole 64 x 64
+score tiles of alternate KV tiles, m64n64k16; one's softmax under the other's wgmmas; warp_specialize partitions).
+Not done here: q in registers.
 Correctness is checked on the GPU only: Triton's CPU interpreter does not run Gluon. On the CPU the kernel is
 compiled for sm_90a (`hopper_resources_gluon`), which checks shapes, layouts and the shared-memory budget.
 """
@@ -42,14 +44,15 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined")
+SCHEDULES = ("serial", "pipelined", "seesaw")
 
 
-def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16):
-    """Shared layouts of the q / latent / rope-key / p tiles (128-byte swizzle: what TMA and wgmma both read)."""
+def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
+    """Shared layouts of the q / latent / rope-key / p tiles (128-byte swizzle: what TMA and wgmma both read);
+    c_cols: the latent box's columns (default dc; the seesaw loads halves)."""
     return (gl.NVMMASharedLayout.get_default_for([BLOCK_H, dc], dtype),
             gl.NVMMASharedLayout.get_default_for([BLOCK_H, dr], dtype),
-            gl.NVMMASharedLayout.get_default_for([block_n, dc], dtype),
+            gl.NVMMASharedLayout.get_default_for([block_n, c_cols or dc], dtype),
             gl.NVMMASharedLayout.get_default_for([block_n, dr], dtype))
 
 
@@ -118,11 +121,19 @@ def load_tile(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0, slot, pred, 
 def wait_tile(kv_bar, c_smem, i, n0, end, pred, STAGES: gl.constexpr):
     """Wait (if pred) for tile i (token n0) in slot i % STAGES; in a partial last tile zero the latent rows past
     `end` (they may hold NaN: 0 x NaN would reach p @ c). Returns the slot's latent tile."""
-    BLOCK_N: gl.constexpr = c_smem.shape[1]
-    DC: gl.constexpr = c_smem.shape[2]
     slot = i % STAGES
     mbarrier.wait(kv_bar.index(slot), phase=(i // STAGES) & 1, pred=pred)
     c_tile = c_smem.index(slot)
+    zero_past_end(c_tile, n0, end)
+    return c_tile
+
+
+@gluon.jit
+def zero_past_end(c_tile, n0, end):
+    """Zero the latent rows of a [BLOCK_N, cols] tile (token n0 first) at or past `end`, if the tile is partial
+    (they may hold NaN: 0 x NaN would reach p @ c); then fence and barrier for the wgmmas that read it."""
+    BLOCK_N: gl.constexpr = c_tile.shape[0]
+    DC: gl.constexpr = c_tile.shape[1]
     valid = end - n0
     if (valid > 0) & (valid < BLOCK_N):  # uniform: only the last tile of a range is partial
         zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [gl.num_warps(), 1], [1, 0])
@@ -133,7 +144,6 @@ def wait_tile(kv_bar, c_smem, i, n0, end, pred, STAGES: gl.constexpr):
             chunk.store(gl.where(rows[:, None] < valid, x, gl.zeros_like(x)))
         fence_async_shared()
         gl.thread_barrier()
-    return c_tile
 
 
 @gluon.jit
@@ -234,7 +244,16 @@ def schedule_kernel(schedule: str):
     if schedule == "pipelined":
         from phase2_mla import mla_decode_gluon_pipelined as pk
         return pk.mla_decode_gluon_pipelined_kernel, pk.PIPE_BLOCK_N, pk.PIPE_STAGES
+    if schedule == "seesaw":
+        from phase2_mla import mla_decode_gluon_seesaw as sk
+        return sk.mla_decode_gluon_seesaw_kernel, sk.SEESAW_BLOCK_N, sk.SEESAW_STAGES
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def schedule_launch(schedule: str) -> tuple[int, int]:
+    """(latent TMA boxes per tile, launch num_warps) of a schedule: the seesaw loads each tile's latent as two
+    [64, DC / 2] boxes and launches 4 warps (WG0; its warp_specialize worker WG1 adds 4 more: 8 in all)."""
+    return (2, 4) if schedule == "seesaw" else (1, NUM_WARPS)
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -257,13 +276,14 @@ def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
 def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int = 1,
                            check: bool = True, schedule: str = "serial") -> torch.Tensor:
     """o_lat [B, H, DC] (see the module NOTE). `num_splits` token ranges per sequence, merged by their log-sum-exp
-    with the Triton kernel's merge; `schedule` "serial" (this module's kernel) or "pipelined" (the overlapped one,
-    same outputs). Raises ValueError on inputs it cannot take (`supported`) or an unknown schedule."""
+    with the Triton kernel's merge; `schedule` "serial" (this module's kernel), "pipelined" or "seesaw" (the
+    overlapped ones, same outputs). Raises ValueError on inputs it cannot take (`supported`) or an unknown schedule."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from phase2_mla.mla_decode import check_args, check_splits, mla_merge_kernel
     check_splits(num_splits)
     kernel, block_n, stages = schedule_kernel(schedule)
+    c_boxes, num_warps = schedule_launch(schedule)
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
         why = supported(q_lat, kv_cache)
@@ -272,13 +292,13 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     b, h, dc = q_lat.shape
     dr, page = q_pe.shape[2], kv_cache.shape[1]
     gdt = gl.bfloat16 if q_lat.dtype == torch.bfloat16 else gl.float16
-    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr, block_n, gdt)
+    q_l, qpe_l, c_l, pe_l = _layouts(dc, dr, block_n, gdt, dc // c_boxes)
     q2 = q_lat.reshape(b * h, dc)
     qpe2 = q_pe.reshape(b * h, dr).contiguous()
     kv2 = kv_cache.view(-1, dc + dr)
     q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [BLOCK_H, dc], q_l)
     qpe_desc = TensorDescriptor(qpe2, list(qpe2.shape), list(qpe2.stride()), [BLOCK_H, dr], qpe_l)
-    c_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [block_n, dc], c_l)
+    c_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [block_n, dc // c_boxes], c_l)
     pe_desc = TensorDescriptor(kv2, list(kv2.shape), list(kv2.stride()), [block_n, dr], pe_l)
     hb = triton.cdiv(h, BLOCK_H)
     out = torch.empty(b, h, dc, dtype=q_lat.dtype, device=q_lat.device)
@@ -289,7 +309,7 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     kernel[(hb, num_splits, b)](
         q_desc, qpe_desc, c_desc, pe_desc, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         block_table.stride(0), so[0], so[1], so[2], lse.stride(0), lse.stride(1), h,
-        DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=NUM_WARPS)
+        DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=num_warps)
     if num_splits > 1:
         mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
                                  out.stride(0), out.stride(1), DC=dc, BLOCK_DC=triton.next_power_of_2(dc),
@@ -297,12 +317,13 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     return out
 
 
-def tile_desc_signature(names, dc: int = 512, dr: int = 64, block_n: int = BLOCK_N) -> dict:
+def tile_desc_signature(names, dc: int = 512, dr: int = 64, block_n: int = BLOCK_N, c_cols: int | None = None) -> dict:
     """Compile-time signatures of the four TMA descriptors (q latent, q rope, tile latent, tile rope key) under
-    `names`, for compiling a kernel that takes them on a machine without a GPU."""
-    shapes = ([BLOCK_H, dc], [BLOCK_H, dr], [block_n, dc], [block_n, dr])
+    `names`, for compiling a kernel that takes them on a machine without a GPU (c_cols: the latent box's columns,
+    default dc)."""
+    shapes = ([BLOCK_H, dc], [BLOCK_H, dr], [block_n, c_cols or dc], [block_n, dr])
     return {n: f"tensordesc<bf16[{s[0]}, {s[1]}],{lay!r}>"
-            for n, s, lay in zip(names, shapes, _layouts(dc, dr, block_n))}
+            for n, s, lay in zip(names, shapes, _layouts(dc, dr, block_n, c_cols=c_cols))}
 
 
 def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, dr: int = 64,
@@ -316,17 +337,21 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     from triton.experimental.gluon._runtime import GluonASTSource
 
     kernel, block_n, stages = schedule_kernel(schedule)
-    sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr, block_n),
+    c_boxes, num_warps = schedule_launch(schedule)
+    sig = {**tile_desc_signature(("q_desc", "qpe_desc", "c_desc", "pe_desc"), dc, dr, block_n, dc // c_boxes),
            "bt_ptr": "*i32", "lens_ptr": "*i32", "o_ptr": "*bf16" if num_splits == 1 else "*fp32", "lse_ptr": "*fp32",
            "scale_log2": "fp32", "s_bt": "i32", "so_b": "i32", "so_h": "i32", "so_s": "i32", "sl_b": "i32",
            "sl_h": "i32", "H": "i32"}
     consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages)
-    res = compile_resources(GluonASTSource, kernel, sig, consts, NUM_WARPS, 1,
+    res = compile_resources(GluonASTSource, kernel, sig, consts, num_warps, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
                                        "sl_b", "H"])
     ptx = res.pop("ptx")
     res.pop("ttgir", None)
     res["wgmma_shapes"] = wgmma_shapes(ptx)
+    # {shape: count} of the wgmmas whose A operand comes from registers (the seesaw's own p; none elsewhere)
+    reg_a = re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.\S+\s+\{[^}]*\},\s*\{", ptx)
+    res["wgmma_a_in_registers"] = {m: reg_a.count(m) for m in sorted(set(reg_a))}
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
     # the synchronisation the NOTE relies on, as emitted (a CPU test guards it: dropping a fence or a wait fails)
     expect_tx = re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)

@@ -191,7 +191,7 @@ def test_gluon_backend_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="backend"):
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="cuda")
     with pytest.raises(ValueError, match="schedule"):  # an unknown schedule, before the device check
-        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="gluon", gluon_schedule="seesaw")
+        mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, backend="gluon", gluon_schedule="bogus")
     with pytest.raises(ValueError, match="gluon_schedule"):  # the Triton backend has no such loop
         mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, gluon_schedule="pipelined")
 
@@ -271,6 +271,37 @@ def test_gluon_pipelined_kernel_compiles_for_hopper_with_the_overlap_in_the_ptx(
 
 
 @pytest.mark.slow
+def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warpgroup():
+    """schedule="seesaw" (mla_decode_gluon_seesaw.py, two warp_specialize partitions of 4 warps) lowers to sm_90a:
+    no spills (<= 255 registers: the O half is 128 a thread), within the 232,448 bytes of shared memory a block may
+    take (q + two 72 KB KV slots, p written over the rope key). Each warpgroup computes WHOLE 64 x 64 score tiles:
+    m64n64k16 x 36 at 3 sites (WG0's loop and its odd-tail tile, WG1's loop) and no m64n32k16; the value GEMM is
+    m64n256k16 x 4 at 6 sites, 3 of them with the warpgroup's own p as the A operand in registers. ptxas serialises
+    no wgmma. The PTX has WG1's overlap: its score GEMM committed, then (after waiting for WG0's p) P_a V_a issued,
+    then one wait_group 1 (the scores only) and the softmax's ex2s and the p hand-off with P_a V_a still in flight."""
+    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+            "print(json.dumps([r(page=64, schedule='seesaw'), r(page=128, num_splits=3, schedule='seesaw')]))")
+    for row in sm90_compile(code):
+        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 232448, row
+        assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
+        assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
+        assert row["wgmma_serialized"] == [], row
+        # mbarrier waits: q (2 partitions), the KV shares (2 per score GEMM site), p ready (3 sites), l (2);
+        # wgmma waits: WG0 5, WG1 4; fences: barrier init, zeroed halves (2 per score site), p hand-off (3 sites);
+        # expect-tx: q (73,728), a latent half (32,768), a latent half + the rope key (40,960)
+        assert row["sync"] == {"mbarrier_waits": 13, "wgmma_waits": 9, "async_fences": 10,
+                               "expect_tx_bytes": [32768, 40960, 73728], "wgmma_commits": 15}, row
+        order = row["mma_order"]
+        assert order.count("wait 1") == 1, order
+        w1 = order.index("wait 1")
+        assert order[w1 - 6:w1] == ["wgmma m64n64k16 x4", "commit", "mbarrier wait", "ex2 x2", "wgmma m64n256k16 x4",
+                                    "commit"], order  # S_b (its rope part) committed; P_a V_a,R issued behind it
+        handoff = order[w1 + 1:order.index("wait 0", w1)]
+        assert "ex2 x34" in handoff and "fence.proxy.async" in handoff, order  # softmax_b + publish in its shadow
+
+
+@pytest.mark.slow
 def test_gluon_smoke_kernel_compiles_with_the_mla_kernels_mma_shapes():
     """gluon_smoke.py (the MLA kernel's TMA / wgmma / shared-p plumbing on one tile, a debugging ladder for the
     GPU) lowers to sm_90a with the same wgmma shapes as the MLA kernel, so it exercises the same code paths."""
@@ -297,11 +328,12 @@ def test_gluon_smoke_tile_matches_torch():
 @pytest.mark.gpu
 @pytest.mark.parametrize("lens, page, h", [([64], 64, 64), ([1], 64, 64), ([128], 64, 64),  # simplest first
                                            ([1, 77, 300, 1025], 64, 128), ([513, 4096, 33, 64], 128, 128),
-                                           ([70, 200], 64, 16), ([129, 5], 64, 100), ([32, 33, 160], 64, 64)],
+                                           ([70, 200], 64, 16), ([129, 5], 64, 100), ([32, 33, 160], 64, 64),
+                                           ([192, 256, 255, 320, 65], 64, 64)],
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
-                              "100-heads", "half-page-edges"])
+                              "100-heads", "half-page-edges", "pairs-and-odd-tails"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("schedule", ["serial", "pipelined"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw"])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
@@ -315,32 +347,38 @@ def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["serial", "pipelined"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw"])
 def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon MLA kernel is built for Hopper (sm_90)")
-    lens, page = [1, 100, 191, 40], 64  # 40: a partial first (and last) 32-token tile of the pipelined ring
+    # 40: a partial first (and last) 32-token tile of the pipelined ring; seesaw: 100 = a partial last tile of WG1
+    # (2 tiles), 191 = of WG0 (3 tiles, the odd tail)
+    lens, page = [1, 100, 191, 40], 64
     q_lat, q_pe, kv, bt, sl = make_case(lens, page, h=128, dc=512, dr=64, dtype=torch.bfloat16, seed=3)
     for b, n in enumerate(lens):
         for t in range(n, bt.shape[1] * page):
             kv[bt[b, t // page], t % page] = float("nan")
     ref = mla_paged_decode_ref(q_lat, q_pe, kv, bt, sl, scale=0.07)
-    for splits in (1, 2):
+    for splits in (1, 2, 3):
         out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.07, num_splits=splits, backend="gluon",
                                gluon_schedule=schedule)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("schedule, block_n, stages", [("serial", 64, 2), ("pipelined", 32, 4)])
-def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, block_n, stages):
+@pytest.mark.parametrize("schedule, block_n, stages, c_cols, warps", [("serial", 64, 2, 512, 8),
+                                                                       ("pipelined", 32, 4, 512, 8),
+                                                                       ("seesaw", 64, 2, 256, 4)])
+def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, block_n, stages, c_cols, warps):
     """The host side of mla_decode_gluon on the CPU (the kernel itself needs a Hopper GPU): a stand-in kernel
     records the launch; the grid, the TMA descriptors' tensors and block shapes, the strides and the merge match
     what the kernel indexes, for one split (output written in place) and three (fp32 partials + the merge), for
-    each schedule (the pipelined one: 32-token tile boxes, a 4-slot ring, its own kernel)."""
+    each schedule (the pipelined one: 32-token tile boxes, a 4-slot ring, its own kernel; the seesaw: latent boxes
+    of half a row (each warpgroup loads its half), 4 launch warps + its 4-warp worker partition)."""
     from phase2_mla import mla_decode, mla_decode_gluon as gk, mla_decode_gluon_pipelined as pk
+    from phase2_mla import mla_decode_gluon_seesaw as sk
 
     launches, merges = [], []
 
@@ -353,7 +391,8 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, b
 
     other = []
     monkeypatch.setattr(gk, "mla_decode_gluon_kernel", Stub(launches if schedule == "serial" else other))
-    monkeypatch.setattr(pk, "mla_decode_gluon_pipelined_kernel", Stub(launches if schedule != "serial" else other))
+    monkeypatch.setattr(pk, "mla_decode_gluon_pipelined_kernel", Stub(launches if schedule == "pipelined" else other))
+    monkeypatch.setattr(sk, "mla_decode_gluon_seesaw_kernel", Stub(launches if schedule == "seesaw" else other))
     monkeypatch.setattr(mla_decode, "mla_merge_kernel", Stub(merges))
     b, h, page = 3, 100, 128
     q_lat, q_pe, kv, bt, sl = make_case([5, 300, 129], page, h=h, dc=512, dr=64, dtype=torch.bfloat16, device="cpu")
@@ -365,11 +404,11 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, b
         assert grid == (2, splits, b) and out.shape == (b, h, 512) and out.dtype == torch.bfloat16
         q_desc, qpe_desc, c_desc, pe_desc, bt_arg, sl_arg, o_part, lse = a[:8]
         assert q_desc.block_shape == [64, 512] and qpe_desc.block_shape == [64, 64]
-        assert c_desc.block_shape == [block_n, 512] and pe_desc.block_shape == [block_n, 64] and not other
+        assert c_desc.block_shape == [block_n, c_cols] and pe_desc.block_shape == [block_n, 64] and not other
         assert q_desc.shape == [b * h, 512] and c_desc.shape == pe_desc.shape == [kv.shape[0] * page, 576]
         assert c_desc.base.data_ptr() == kv.data_ptr() and q_desc.base.data_ptr() == q_lat.data_ptr()
         assert bt_arg is bt and sl_arg is sl and a[9] == bt.stride(0) and a[-1] == h
-        assert kw["PAGE"] == page and kw["NUM_SPLITS"] == splits and kw["num_warps"] == 8
+        assert kw["PAGE"] == page and kw["NUM_SPLITS"] == splits and kw["num_warps"] == warps
         assert kw["BLOCK_N"] == block_n and kw["STAGES"] == stages
         assert lse.shape == (b, h, splits)
         if splits == 1:
