@@ -250,7 +250,9 @@ def parse_args(argv=None):
     ap.add_argument("--refine", type=int, default=0,
                     help="extra rates between each policy's last stable and first saturated rate (narrows the bracket)")
     ap.add_argument("--min-requests", type=int, default=60)
-    ap.add_argument("--max-requests", type=int, default=1000)
+    ap.add_argument("--max-requests", type=int, default=6000,
+                    help="cap on a point's requests; keep rate x duration under it: a point whose arrivals are cut "
+                         "short (say 2 s against a 1.5 s p50) measures mostly ramp-up and drain, not a steady state")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-pool", type=int, default=1000, help="ShareGPT (prompt, output) pairs to draw from")
     ap.add_argument("--lengths-file", default=None, help="a JSON list of [prompt_len, output_len] instead")
