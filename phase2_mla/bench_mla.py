@@ -198,7 +198,7 @@ def sweep_mla(b: int, h: int, ctx: int, configs: list[dict], label: str) -> dict
     best = min(ok, key=lambda r: r["ms"]) if ok else None
     if best:
         tqdm.write(f"  {label}: best {best['ms'] * 1e3:.1f} us = {best['tb_s']:.2f} TB/s, {best['tflops']:.0f} TFLOP/s "
-                   f"({ {k: best.get(k) for k in configs[0]} })")
+                   f"({ {k: v for k, v in best.items() if k in set().union(*configs)} })")
     return {"batch": b, "heads": h, "ctx": ctx, "page": 64, "kv_bytes": kv_bytes, "flops": flops, "rows": rows,
             "best": best}
 

@@ -72,7 +72,8 @@ class LLMEngine:
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
                  cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None,
-                 overlap: bool | None = None, kv_cache_dtype: str = "auto", mixed_graphs: bool | None = None):
+                 overlap: bool | None = None, kv_cache_dtype: str = "auto", mixed_graphs: bool | None = None,
+                 overlap_mixed: bool | None = None):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
         `runner_tensors`: hand the runner CPU tensors (False: Python lists, for a runner that takes only lists).
@@ -80,7 +81,9 @@ class LLMEngine:
         `admit_min_free_seats`: admission batching (scheduler.py); default max_num_seqs // 16 with CUDA graphs (a
         prefill step is eager and costs several graphed decode steps), 1 otherwise.
         `overlap`: overlapped decode (overlap.py: launch step N+1 before step N's tokens reach the host); default on
-        with CUDA graphs. step() then returns a decode step's outputs one call later.
+        with CUDA graphs. step() then returns a decode step's outputs one call later. `overlap_mixed`: also run
+        ahead into steps that admit requests or carry prompt chunks (overlap.py's NOTE on mixed steps); default off
+        (TITAN_OVERLAP_MIXED=1 turns it on) until a GPU run has measured it.
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
         twice the blocks for the same kv_memory).
         `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget (mixed_graphs.py; built
@@ -119,10 +122,12 @@ class LLMEngine:
         self._prompt_lp_ids: set[str] = set()  # requests whose prompt logprobs are not all computed yet
         self.overlap = self.runner.graphs is not None if overlap is None else overlap
         self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
+        self.overlap_mixed = self.overlap and (os.environ.get("TITAN_OVERLAP_MIXED", "0") not in ("0", "off")
+                                               if overlap_mixed is None else overlap_mixed)
         self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
         self.counters = {"num_steps": 0, "num_requests": 0, "num_finished": 0, "num_aborted": 0,
                          "num_prompt_tokens": 0, "num_generation_tokens": 0, "num_batched_tokens": 0,
-                         "num_overlapped_steps": 0}
+                         "num_overlapped_steps": 0, "num_overlapped_mixed_steps": 0}
 
     @classmethod
     def from_model(cls, model: str = "smollm2-135m", *, device: str = "auto", dtype=None,
@@ -232,7 +237,8 @@ class LLMEngine:
         hook = on_forward or _noop
         prev = self._inflight
         if prev is not None:  # overlapped decode: launch the next step first if it can be fed from the device
-            ahead = can_run_ahead(self.scheduler, prev)
+            ahead = can_run_ahead(self.scheduler, prev) or (self.overlap_mixed and not self._sync_ids
+                                                            and can_run_ahead(self.scheduler, prev, mixed=True))
             self._inflight = self._launch(self.scheduler.schedule(), prev) if ahead else None
             hook()
             return self._update(*resolve(prev), final_only, increments)  # else: drained; the next steps synchronously
@@ -241,7 +247,8 @@ class LLMEngine:
             hook()
             return []
         scheduled = plan.scheduled
-        if self.overlap and plan.decode_only and not self.scheduler.may_admit() and not self._sync_ids:
+        if self.overlap and not self._sync_ids and (self.overlap_mixed or (plan.decode_only
+                                                                           and not self.scheduler.may_admit())):
             self._inflight = self._launch(plan, None)  # its outputs come back from the next call
             hook()
             return []
@@ -297,26 +304,48 @@ class LLMEngine:
                 self._prompt_lp_ids.discard(req.request_id)
 
     def _launch(self, plan, prev: InFlight | None) -> InFlight:
-        """Run a decode-only plan without waiting for its tokens: sampled on the device, a non-blocking copy to the
-        host, a placeholder per request. With `prev`, the input ids come from prev's tokens on the device."""
-        rows = [r for r, _ in plan.scheduled]
-        if not plan.decode_only or (prev is not None and (plan.preempted or len(rows) != len(prev.row_of) - sum(
-                r.status.is_finished for r in prev.rows))):
-            raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
+        """Run a plan without waiting for its tokens: sampled on the device, a non-blocking copy to the host, a
+        placeholder per request that samples. With `prev`, the input ids of the requests that sampled in prev come
+        from prev's tokens on the device: gathered (a decode-only plan over them) or scattered into the host's ids
+        (a mixed plan: overlap.py's NOTE on mixed steps)."""
+        scheduled = plan.scheduled
+        if (prev is not None and plan.preempted) or not (plan.decode_only or self.overlap_mixed):
+            raise RuntimeError(f"overlapped decode expected a plan it can run ahead (no preemption after a launched "
+                               f"step; a mixed plan only with overlap_mixed): {plan}")
         src = None
         if prev is not None:
-            src = (prev.tokens, torch.tensor([prev.row_of[r.request_id] for r in rows], dtype=torch.long))
+            src_rows, dst, off = [], [], 0
+            for req, n in scheduled:
+                if req.request_id in prev.row_of and req.num_pending_tokens:  # its last input is prev's token
+                    src_rows.append(prev.row_of[req.request_id])
+                    dst.append(off + n - 1)
+                off += n
+            if plan.decode_only and len(src_rows) == len(scheduled):
+                src = (prev.tokens, torch.tensor(src_rows, dtype=torch.long))
+            elif self.overlap_mixed:
+                src = (prev.tokens, torch.tensor(src_rows, dtype=torch.long), torch.tensor(dst, dtype=torch.long))
+            else:
+                raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
         logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]
-        tokens = self.sampler.sample_on_device(logits, rows)  # [B] on the device
+        rows, ready = [], []
+        for i, (req, n) in enumerate(scheduled):
+            req.num_computed_tokens += n
+            if req.num_computed_tokens == req.num_tokens:  # all its tokens are cached: it samples now
+                rows.append(i)
+                ready.append(req)
+        if len(ready) < len(scheduled):  # prompt chunks that do not end their prompt sample nothing
+            logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+        tokens = self.sampler.sample_on_device(logits, ready)  # [B] on the device
         host, done = self._ring.copy_out(tokens)
-        for req in rows:
-            req.num_computed_tokens += 1
+        for req in ready:
             req.output_token_ids.append(PLACEHOLDER)
             req.num_pending_tokens += 1
         self.counters["num_steps"] += 1
         self.counters["num_batched_tokens"] += plan.num_batched_tokens
         self.counters["num_overlapped_steps"] += prev is not None
-        return InFlight(rows, {r.request_id: i for i, r in enumerate(rows)}, tokens, host, done)
+        self.counters["num_overlapped_mixed_steps"] += prev is not None and not plan.decode_only
+        return InFlight(ready, {r.request_id: i for i, r in enumerate(ready)}, tokens, host, done,
+                        frozenset(r.request_id for r, _ in scheduled))
 
     def _prepare(self, plan) -> tuple:
         return prepare_inputs(plan, self.kv, self.runner_tensors)

@@ -217,15 +217,21 @@ class ModelRunner:
         [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32).
         `token_src` = (tokens [B'] long on the device, rows [B] long on the CPU): a decode-only step whose input ids
         are tokens[rows], gathered on the device (overlapped decode: the previous step's sampled tokens never went
-        through the host); token_ids is then ignored. `extra_rows`: token rows whose logits are wanted too (prompt
-        logprobs): then returns (logits [B, V], their logits [len(extra_rows), V]), from an eager forward."""
+        through the host); token_ids is then ignored. `token_src` = (tokens, rows [K], dst [K]) (overlapped mixed
+        steps): token_ids holds every id but those at token positions dst, which are tokens[rows] (scattered on
+        the device). `extra_rows`: token rows whose logits are wanted too (prompt logprobs): then returns
+        (logits [B, V], their logits [len(extra_rows), V]), from an eager forward."""
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
         b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
         decode_only = max_q_len == 1
-        if token_src is not None and (not decode_only or token_src[1].shape != (b,)):
+        scatter = token_src is not None and len(token_src) == 3
+        if scatter and token_src[1].shape != token_src[2].shape:
+            raise ValueError(f"token_src rows {tuple(token_src[1].shape)} and positions {tuple(token_src[2].shape)} "
+                             "differ in shape")
+        if token_src is not None and not scatter and (not decode_only or token_src[1].shape != (b,)):
             raise ValueError(f"token_src is for decode-only steps with one row index per sequence; got q_lens max "
                              f"{max_q_len}, {tuple(token_src[1].shape)} rows for {b} sequences")
-        if decode_only and self.graphs is not None and self.graphs.fits(b) and extra_rows is None:
+        if decode_only and self.graphs is not None and self.graphs.fits(b) and extra_rows is None and not scatter:
             return self.graphs.run(token_ids, positions, seq_lens, block_tables, slot_mapping, token_src)
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
@@ -235,6 +241,9 @@ class ModelRunner:
                              None if decode_only else cu.to(dev), max_q_len)
         if token_src is None:
             ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
+        elif scatter:  # the host's ids, then the previous step's tokens at their positions, on the device
+            ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
+            ids.index_copy_(0, token_src[2].to(dev), token_src[0].index_select(0, token_src[1].to(dev)))
         else:
             ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]

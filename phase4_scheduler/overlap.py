@@ -29,6 +29,18 @@ request from its own generator in step order, so its tokens are the synchronous 
 running), every running request was in the in-flight step, the token budget covers every running request, and
 there are at least as many free KV blocks as running requests (each needs at most one new block, so nothing is
 preempted). Otherwise the in-flight step is drained (resolved alone) and the engine steps synchronously.
+
+NOTE (mixed steps, `LLMEngine(overlap_mixed=True)` / TITAN_OVERLAP_MIXED=1). Under Poisson arrivals nearly every
+step admits someone or carries a prefill chunk, so decode-only run-ahead almost never happens when serving, and the
+GPU waits for the host's part of every step (scheduling, inputs, outputs: ~1-2 ms at B = 512-1,024 by
+bench_step_overhead). The same trick covers those steps: step N+1 may admit waiting requests and carry prompt
+chunks, whose input ids the host has; only the decode rows of requests that sampled in step N need N's tokens, and
+those are scattered into the step's ids on the device (`token_src=(tokens, src_rows, dst_positions)`). It runs ahead
+when every running request was in step N (sampled, or a prompt chunk), no unfinished request needs host-side logits
+(logprobs, penalties: the engine's sync set), and the free KV blocks cover every running request's next allocation
+(`blocks_needed`; admissions take only blocks left over, so nothing is preempted). A request whose prompt ends in
+step N samples there like a decode row; a chunk that does not end its prompt samples nothing (no placeholder).
+Off by default until a GPU run has measured it (the CPU tests check it against the synchronous engine).
 """
 from __future__ import annotations
 
@@ -43,12 +55,13 @@ PLACEHOLDER = -1  # an output token sampled on the device and not yet copied to 
 
 @dataclass
 class InFlight:
-    """A launched decode step whose sampled tokens are still on their way to the host."""
+    """A launched step whose sampled tokens are still on their way to the host (`rows`: the requests that sampled)."""
     rows: list[Request]  # the step's requests in batch order
     row_of: dict[str, int]  # request_id -> row: the next step gathers its input ids from `tokens` by row
     tokens: torch.Tensor  # [B] long, on the device: each row's sampled token
     host: torch.Tensor  # [B] long: the tokens' host copy (pinned on CUDA; filled by a non-blocking copy)
     done: object | None  # a torch.cuda.Event recorded after the copy (None on CPU: the copy was synchronous)
+    members: frozenset = frozenset()  # every request of the step, prompt chunks that sampled nothing included
 
     def wait_tokens(self) -> list[int]:
         if self.done is not None:
@@ -76,11 +89,27 @@ class TokenRing:
         return host, ev
 
 
-def can_run_ahead(scheduler, prev: InFlight) -> bool:
-    """Whether the next schedule() is sure to be decode-only over requests of `prev` (see the module NOTE)."""
+def can_run_ahead(scheduler, prev: InFlight, mixed: bool = False) -> bool:
+    """Whether the next schedule() is sure to be decode-only over requests of `prev` (see the module NOTE); with
+    `mixed`, whether it is sure to preempt nothing and to need from the device only tokens of requests that sampled
+    in `prev` (it may then admit and chunk prompts: the NOTE on mixed steps). The caller checks the sync set."""
     running = scheduler.running
-    return (bool(running) and not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
-            and scheduler.kv.num_free_blocks >= len(running) and all(r.request_id in prev.row_of for r in running))
+    if not running:
+        return False
+    if not mixed:
+        return (not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
+                and scheduler.kv.num_free_blocks >= len(running)
+                and all(r.request_id in prev.row_of for r in running))
+    members = prev.members or prev.row_of.keys()
+    return (all(r.request_id in members for r in running)
+            and blocks_needed(scheduler) <= scheduler.kv.num_free_blocks)
+
+
+def blocks_needed(scheduler) -> int:
+    """KV blocks the running requests' part of the next schedule() may allocate at most (each its missing tokens,
+    capped by the step budget), so that with this many free nothing is preempted."""
+    kv, budget = scheduler.kv, scheduler.max_num_batched_tokens
+    return sum(kv.num_blocks_needed(r.request_id, min(r.num_missing_tokens, budget)) for r in scheduler.running)
 
 
 def resolve(prev: InFlight) -> tuple[list[Request], list[int]]:
