@@ -61,6 +61,20 @@ def _noop() -> None:
     pass
 
 
+def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Request]]:
+    """After a forward: each scheduled request's computed tokens advance; those with all their tokens cached sample
+    now. Returns (their logits rows, those requests); prompt chunks that do not end their prompt sample nothing."""
+    rows, ready = [], []
+    for i, (req, n) in enumerate(scheduled):
+        req.num_computed_tokens += n
+        if req.num_computed_tokens == req.num_tokens:
+            rows.append(i)
+            ready.append(req)
+    if len(ready) < len(scheduled):
+        logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+    return logits, ready
+
+
 def _mixed_graphs(flag: bool | None) -> bool:
     """None: on unless TITAN_MIXED_GRAPHS=0 (the runner builds them only with CUDA graphs and the fused model)."""
     return os.environ.get("TITAN_MIXED_GRAPHS", "1") not in ("0", "off") if flag is None else flag
@@ -262,16 +276,9 @@ class LLMEngine:
             self._add_prompt_logprobs(prompt_logits, *extra[1:])
         self.counters["num_steps"] += 1
         self.counters["num_batched_tokens"] += plan.num_batched_tokens
-        rows, ready = [], []
-        for i, (req, n) in enumerate(scheduled):
-            req.num_computed_tokens += n
-            if req.num_computed_tokens == req.num_tokens:  # all its tokens are cached: it samples now
-                rows.append(i)
-                ready.append(req)
+        logits, ready = _advance(scheduled, logits)
         if not ready:
             return []
-        if len(ready) < len(scheduled):  # some rows were mid-prompt chunks: they sample nothing
-            logits = logits[torch.tensor(rows, device=logits.device)]
         sync = bool(self._sync_ids)
         tokens = self.sampler(logits, ready, process=True) if sync else self.sampler(logits, ready)
         for req, tok in zip(ready, tokens):
@@ -327,14 +334,7 @@ class LLMEngine:
             else:
                 raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
         logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]
-        rows, ready = [], []
-        for i, (req, n) in enumerate(scheduled):
-            req.num_computed_tokens += n
-            if req.num_computed_tokens == req.num_tokens:  # all its tokens are cached: it samples now
-                rows.append(i)
-                ready.append(req)
-        if len(ready) < len(scheduled):  # prompt chunks that do not end their prompt sample nothing
-            logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+        logits, ready = _advance(scheduled, logits)
         tokens = self.sampler.sample_on_device(logits, ready)  # [B] on the device
         host, done = self._ring.copy_out(tokens)
         for req in ready:
