@@ -239,6 +239,9 @@ def default_block_h(heads: int) -> int:
 
 
 TRITON_DEFAULTS = (None, 64, 8, 2, 1, False, False)  # mla_paged_decode's block_h .. swap_ab defaults
+# the Gluon loop taken when none is asked for. H200, 2026-12-05 (results/bench_mla.json, 128 heads, B=64, 4K):
+# serial 176 us, pipelined 259 us; seesaw not yet measured
+DEFAULT_GLUON_SCHEDULE = "serial"
 
 
 def use_gluon(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -258,13 +261,13 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
                      num_splits: int | None = None,
                      block_h: int | None = None, block_n: int = 64, num_warps: int = 8, num_stages: int = 2,
                      dv_split: int = 1, reload_q: bool = False, swap_ab: bool = False,
-                     backend: str = "auto", check: bool = True, gluon_schedule: str = "serial") -> torch.Tensor:
+                     backend: str = "auto", check: bool = True, gluon_schedule: str | None = None) -> torch.Tensor:
     """o_lat [B, H, DC]. `max_seq_len` (default: seq_lens.max(), a host sync) sizes the split count. `swap_ab`
     computes s^T and o^T (tokens / value dims as the MMA's rows; see the module NOTE); it takes no dv_split. Defaults:
     the H100 sweep's winners (`default_block_h`, 64-token tiles, 8 warps, 2 stages, `default_num_splits`).
     `backend="gluon"` runs mla_decode_gluon.py's Hopper kernel instead (64-head blocks, 64-token tiles; the Triton
-    layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU); `gluon_schedule` picks its loop:
-    "serial", "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax) or
+    layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU); `gluon_schedule` picks its loop
+    (None: DEFAULT_GLUON_SCHEDULE): "serial", "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax) or
     "seesaw" (mla_decode_gluon_seesaw.py: two warpgroups on alternate tiles, one's softmax under the other's MMAs).
     `backend="auto"` (the default) takes the Gluon kernel where it can run (`use_gluon`) and Triton elsewhere.
     NOTE (H200, results/bench_mla.json, 2026-12-05): at 128 heads / B=64 / 4K the Gluon serial kernel took 177 us
@@ -280,8 +283,9 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     if backend == "auto":
         triton_knobs = (block_h, block_n, num_warps, num_stages, dv_split, reload_q, swap_ab) != TRITON_DEFAULTS
         backend = "gluon" if not triton_knobs and use_gluon(q_lat, kv_cache) else "triton"
-    if backend != "gluon" and gluon_schedule != "serial":
+    if backend != "gluon" and gluon_schedule is not None:
         raise ValueError(f"gluon_schedule={gluon_schedule!r} needs backend='gluon'")
+    gluon_schedule = gluon_schedule or DEFAULT_GLUON_SCHEDULE
     if backend == "gluon":
         from phase2_mla import mla_decode_gluon as gk
         gk.schedule_kernel(gluon_schedule)  # ValueError for an unknown schedule, before the device checks

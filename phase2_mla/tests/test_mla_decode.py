@@ -211,7 +211,7 @@ def test_auto_backend_takes_gluon_only_where_it_runs_and_no_triton_knob_is_set(m
     monkeypatch.setattr(gk, "supported", lambda q, kv: None)
     monkeypatch.setattr(gk, "mla_paged_decode_gluon", lambda *a, **k: calls.append(k) or ref)
     monkeypatch.setattr(md.torch.cuda, "get_device_properties", lambda dev: type("P", (), {"multi_processor_count": 4}))
-    assert mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1) is ref and calls[-1]["schedule"] == "serial"
+    assert mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1) is ref and calls[-1]["schedule"] == md.DEFAULT_GLUON_SCHEDULE
     n = len(calls)
     out = mla_paged_decode(q_lat, q_pe, kv, bt, sl, scale=0.1, block_n=8)  # a Triton knob: Triton runs
     assert len(calls) == n
