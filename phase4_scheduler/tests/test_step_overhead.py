@@ -176,3 +176,16 @@ def test_bench_step_overhead_toy_run(tmp_path, monkeypatch):
     for r in out["rows"]:
         assert r["step_ms_min"] > 0 and set(r["parts_ms"]) == set(bench_step_overhead.PARTS)
         assert r["final_only_step_ms"] > 0
+
+
+def test_mixed_step_host_bench_admits_every_arrival_in_its_step(tmp_path, monkeypatch):
+    """bench_mixed_step_host: every timed mixed step admits its arrivals and prefills them in that step (the
+    measurement's premise), the batch grows by exactly the arrivals, and the figures are positive times."""
+    from phase4_scheduler.bench_mixed_step_host import main, measure_mixed
+
+    r = measure_mixed(batch=8, arrivals=2, prompt_len=20, steps=4, vocab=512)
+    assert r["steps_with_a_prefill"] == 4 and r["final_batch"] == 8 + 2 * 4
+    assert r["decode_step_host_ms"] > 0 and r["mixed_step_host_ms"] > 0 and r["add_ms"] > 0
+    monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["--batch", "0"])

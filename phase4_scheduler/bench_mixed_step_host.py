@@ -1,0 +1,99 @@
+"""Host time of a MIXED step (decode rows + newly arrived prompts) against a decode-only step, model stubbed.
+
+    python -m phase4_scheduler.bench_mixed_step_host                  # B = 256, 448, 1024; 2 arrivals a step
+    python -m phase4_scheduler.bench_mixed_step_host --batch 448 --arrivals 1 2 4 --prompt-len 109
+
+Why: when serving at equal latency (bench_equal_latency) nearly every step admits a request, so overlapped decode
+(overlap.py), which ran ahead only through decode-only steps, never hid the host's part of a step: the GPU waited for
+it every step. This measures that part with bench_step_overhead's stub (the runner returns fixed logits; no model is
+computed; the logits are 64 columns wide so the sampler's argmax, device work on a GPU, stays out): B requests in
+steady decode, then steps that each first receive `arrivals` new requests of `prompt_len` tokens (ShareGPT's mean
+prompt for SmolLM2's tokenizer is ~109) and admit them, against steps that receive none. `add_ms` is add_request's
+own time for those arrivals (a server pays it too, outside step()). Times are medians over the steps, one thread.
+This box's CPU is not the GPU machine's: read the ratio and the order of magnitude. Writes
+results/mixed_step_host_cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common.bench import write_result
+from common.sampling import SamplingParams
+from phase4_scheduler.bench_step_overhead import HOST_VOCAB, StubForward, tiny_loaded
+from phase4_scheduler.engine import LLMEngine
+
+
+def measure_mixed(batch: int, arrivals: int, prompt_len: int, steps: int, vocab: int = 32000) -> dict:
+    seats = batch + arrivals * 2 * steps
+    blocks = seats * (-(-(prompt_len + 4 * steps + 40) // 16))
+    eng = LLMEngine(tiny_loaded(vocab), max_num_seqs=seats, max_num_batched_tokens=max(8192, batch * prompt_len),
+                    num_blocks=blocks, block_size=16, admit_min_free_seats=1)
+    stub = StubForward(seats, HOST_VOCAB)
+    eng.runner.execute = stub
+    g = torch.Generator().manual_seed(1)
+    params = SamplingParams(max_tokens=4 * steps + 30, temperature=0.0, ignore_eos=True)
+    prompt = lambda: torch.randint(3, vocab, (prompt_len,), generator=g).tolist()  # noqa: E731
+    n = 0
+    for _ in range(batch):
+        eng.add_request(f"r{n}", prompt(), params)
+        n += 1
+    eng.step()  # the batch's prefill
+    for _ in range(3):
+        eng.step()
+    decode = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        eng.step()
+        decode.append(time.perf_counter() - t)
+    mixed, adds, admitted = [], [], 0
+    for _ in range(steps):
+        t = time.perf_counter()
+        for _ in range(arrivals):
+            eng.add_request(f"r{n}", prompt(), params)
+            n += 1
+        t1 = time.perf_counter()
+        before = eng.counters["num_batched_tokens"]
+        eng.step()
+        mixed.append(time.perf_counter() - t1)
+        adds.append(t1 - t)
+        if eng.scheduler.waiting:
+            raise RuntimeError("arrivals were left waiting: the measurement assumes each is admitted at once")
+        admitted += eng.counters["num_batched_tokens"] - before >= arrivals * prompt_len
+    med = lambda ts: statistics.median(ts) * 1e3  # noqa: E731
+    return {"batch": batch, "arrivals_per_step": arrivals, "prompt_len": prompt_len, "steps": steps,
+            "decode_step_host_ms": med(decode), "mixed_step_host_ms": med(mixed), "add_ms": med(adds),
+            "mixed_over_decode": med(mixed) / med(decode), "steps_with_a_prefill": admitted,
+            "final_batch": len(eng.scheduler.running)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, nargs="+", default=[256, 448, 1024])
+    ap.add_argument("--arrivals", type=int, nargs="+", default=[2], help="new requests per mixed step")
+    ap.add_argument("--prompt-len", type=int, default=109)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default="mixed_step_host_cpu")
+    args = ap.parse_args(argv)
+    if min(args.batch) < 1 or min(args.arrivals) < 1 or args.prompt_len < 1 or args.steps < 1:
+        ap.error("--batch, --arrivals, --prompt-len and --steps must be positive")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for b in args.batch:
+        for a in args.arrivals:
+            r = measure_mixed(b, a, args.prompt_len, args.steps)
+            rows.append(r)
+            print(f"B={b:5d} +{a} arrivals x {args.prompt_len} tokens: decode step host {r['decode_step_host_ms']:6.2f} "
+                  f"ms, mixed step host {r['mixed_step_host_ms']:6.2f} ms ({r['mixed_over_decode']:.2f}x), "
+                  f"add_request {r['add_ms']:.2f} ms")
+    payload = {"threads": torch.get_num_threads(), "rows": rows}
+    write_result("phase4_scheduler", args.name, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
