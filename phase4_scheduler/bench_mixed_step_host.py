@@ -8,7 +8,8 @@ Why: when serving at equal latency (bench_equal_latency) nearly every step admit
 it every step. This measures that part with bench_step_overhead's stub (the runner returns fixed logits; no model is
 computed; the logits are 64 columns wide so the sampler's argmax, device work on a GPU, stays out): B requests in
 steady decode, then steps that each first receive `arrivals` new requests of `prompt_len` tokens (ShareGPT's mean
-prompt for SmolLM2's tokenizer is ~109) and admit them, against steps that receive none. `add_ms` is add_request's
+prompt for SmolLM2's tokenizer is ~109) and admit them, against steps that receive none; each with per-token
+outputs (`step()`, a server's streams) and with `step(final_only=True)` (LLM.generate and bench_equal_latency). `add_ms` is add_request's
 own time for those arrivals (a server pays it too, outside step()). Times are medians over the steps, one thread.
 This box's CPU is not the GPU machine's: read the ratio and the order of magnitude. Writes
 results/mixed_step_host_cpu.json.
@@ -28,14 +29,14 @@ from phase4_scheduler.engine import LLMEngine
 
 
 def measure_mixed(batch: int, arrivals: int, prompt_len: int, steps: int, vocab: int = 32000) -> dict:
-    seats = batch + arrivals * 2 * steps
-    blocks = seats * (-(-(prompt_len + 4 * steps + 40) // 16))
+    seats = batch + arrivals * 3 * steps
+    blocks = seats * (-(-(prompt_len + 6 * steps + 40) // 16))
     eng = LLMEngine(tiny_loaded(vocab), max_num_seqs=seats, max_num_batched_tokens=max(8192, batch * prompt_len),
                     num_blocks=blocks, block_size=16, admit_min_free_seats=1)
     stub = StubForward(seats, HOST_VOCAB)
     eng.runner.execute = stub
     g = torch.Generator().manual_seed(1)
-    params = SamplingParams(max_tokens=4 * steps + 30, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=6 * steps + 30, temperature=0.0, ignore_eos=True)
     prompt = lambda: torch.randint(3, vocab, (prompt_len,), generator=g).tolist()  # noqa: E731
     n = 0
     for _ in range(batch):
@@ -44,30 +45,32 @@ def measure_mixed(batch: int, arrivals: int, prompt_len: int, steps: int, vocab:
     eng.step()  # the batch's prefill
     for _ in range(3):
         eng.step()
-    decode = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        eng.step()
-        decode.append(time.perf_counter() - t)
-    mixed, adds, admitted = [], [], 0
-    for _ in range(steps):
-        t = time.perf_counter()
-        for _ in range(arrivals):
-            eng.add_request(f"r{n}", prompt(), params)
-            n += 1
-        t1 = time.perf_counter()
-        before = eng.counters["num_batched_tokens"]
-        eng.step()
-        mixed.append(time.perf_counter() - t1)
-        adds.append(t1 - t)
-        if eng.scheduler.waiting:
-            raise RuntimeError("arrivals were left waiting: the measurement assumes each is admitted at once")
-        admitted += eng.counters["num_batched_tokens"] - before >= arrivals * prompt_len
+    decode, mixed, adds, admitted = {}, {}, [], 0
+    for final_only in (False, True):  # per-token outputs (a server's stream) / only finished ones (LLM.generate,
+        decode[final_only], mixed[final_only] = [], []  # bench_equal_latency)
+        for _ in range(steps):
+            t = time.perf_counter()
+            eng.step(final_only=final_only)
+            decode[final_only].append(time.perf_counter() - t)
+        for _ in range(steps):
+            t = time.perf_counter()
+            for _ in range(arrivals):
+                eng.add_request(f"r{n}", prompt(), params)
+                n += 1
+            t1 = time.perf_counter()
+            before = eng.counters["num_batched_tokens"]
+            eng.step(final_only=final_only)
+            mixed[final_only].append(time.perf_counter() - t1)
+            adds.append(t1 - t)
+            if eng.scheduler.waiting:
+                raise RuntimeError("arrivals were left waiting: the measurement assumes each is admitted at once")
+            admitted += eng.counters["num_batched_tokens"] - before >= arrivals * prompt_len
     med = lambda ts: statistics.median(ts) * 1e3  # noqa: E731
     return {"batch": batch, "arrivals_per_step": arrivals, "prompt_len": prompt_len, "steps": steps,
-            "decode_step_host_ms": med(decode), "mixed_step_host_ms": med(mixed), "add_ms": med(adds),
-            "mixed_over_decode": med(mixed) / med(decode), "steps_with_a_prefill": admitted,
-            "final_batch": len(eng.scheduler.running)}
+            "decode_step_host_ms": med(decode[False]), "mixed_step_host_ms": med(mixed[False]),
+            "decode_step_host_ms_final_only": med(decode[True]), "mixed_step_host_ms_final_only": med(mixed[True]),
+            "add_ms": med(adds), "mixed_over_decode": med(mixed[False]) / med(decode[False]),
+            "steps_with_a_prefill": admitted, "final_batch": len(eng.scheduler.running)}
 
 
 def main(argv=None) -> dict:
@@ -87,9 +90,10 @@ def main(argv=None) -> dict:
         for a in args.arrivals:
             r = measure_mixed(b, a, args.prompt_len, args.steps)
             rows.append(r)
-            print(f"B={b:5d} +{a} arrivals x {args.prompt_len} tokens: decode step host {r['decode_step_host_ms']:6.2f} "
-                  f"ms, mixed step host {r['mixed_step_host_ms']:6.2f} ms ({r['mixed_over_decode']:.2f}x), "
-                  f"add_request {r['add_ms']:.2f} ms")
+            print(f"B={b:5d} +{a} arrivals x {args.prompt_len} tokens: host ms decode / mixed step "
+                  f"{r['decode_step_host_ms']:5.2f} / {r['mixed_step_host_ms']:5.2f} (per-token outputs), "
+                  f"{r['decode_step_host_ms_final_only']:5.2f} / {r['mixed_step_host_ms_final_only']:5.2f} "
+                  f"(final_only); add_request {r['add_ms']:.2f}")
     payload = {"threads": torch.get_num_threads(), "rows": rows}
     write_result("phase4_scheduler", args.name, payload)
     return payload
