@@ -18,17 +18,19 @@ def same(a: list[tuple], b: list[tuple]) -> bool:
     return cut(a) == cut(b)
 
 
-def lockstep(full: LLMEngine, inc: LLMEngine, seed: int, n: int = 10, max_steps: int = 400) -> dict:
+def lockstep(full: LLMEngine, inc: LLMEngine, seed: int, n: int = 10, max_steps: int = 400,
+             host_logits: bool = True) -> dict:
     """Drive both engines with the same arrivals and aborts; assert equal increments at every step. Returns
-    per request the text and tokens put together from the increments."""
+    per request the text and tokens put together from the increments. `host_logits=False`: no request asks for
+    logprobs (those keep an overlapping engine synchronous while they run)."""
     rng, ps = random.Random(seed), prompts(n, seed=seed)
     stops = [[], ["e"], ["th", "an"], []]
     added, got = 0, {}
     for _ in range(max_steps):
         if added < n and rng.random() < 0.5:
             sp = SamplingParams(max_tokens=rng.randrange(1, 24), ignore_eos=True, stop=stops[added % 4],
-                                logprobs=(None, 0, 3)[added % 3] if added % 5 == 1 else None,
-                                prompt_logprobs=2 if added % 4 == 3 else None,
+                                logprobs=(None, 0, 3)[added % 3] if added % 5 == 1 and host_logits else None,
+                                prompt_logprobs=2 if added % 4 == 3 and host_logits else None,
                                 **({"temperature": 0.9, "top_k": 40, "seed": added} if added % 3 == 0 else
                                    {"temperature": 0}))
             for eng in (full, inc):
@@ -68,6 +70,21 @@ def test_increments_equal_the_full_outputs_increments(tiny, kw):
     for rid, (toks, text, reason) in got.items():  # the joined increments are the whole output
         if reason not in (None, "abort", "stop"):
             assert text == tiny.tokenizer.decode(toks)
+
+
+def test_increments_equal_the_full_outputs_with_overlapped_mixed_steps(tiny):
+    """The same lockstep with overlapped mixed steps (arrivals admitted and prompts chunked while a step is in
+    flight), stop strings, seeded sampling and aborts; no logprobs, which would keep the engine synchronous. This
+    checks the increments path under mixed overlap (no placeholder leaks, the same tuples as the full outputs);
+    that the tokens are the synchronous engine's is test_overlap_mixed.py's job."""
+    if tiny.tokenizer is None:
+        pytest.skip("the SmolLM2 tokenizer asset is missing (run `make setup`)")
+    kw = dict(num_blocks=96, block_size=8, overlap=True, overlap_mixed=True, max_num_batched_tokens=7)
+    full, inc = LLMEngine(tiny, **kw), LLMEngine(tiny, **kw)
+    got = lockstep(full, inc, seed=17, host_logits=False)
+    assert len(got) == 10 and {"stop", "length"} <= {reason for *_, reason in got.values()}
+    assert inc.counters["num_overlapped_mixed_steps"] > 0
+    assert all(-1 not in toks for toks, _, _ in got.values())  # overlap.PLACEHOLDER never reaches a client
 
 
 def test_without_detokenizer_and_final_only(tiny):

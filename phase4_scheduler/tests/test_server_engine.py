@@ -288,11 +288,13 @@ def test_100_concurrent_streams_10pct_aborted(served):
     assert m["titan:time_to_first_token_seconds_count"] >= 100
 
 
-def test_100_concurrent_streams_with_overlapped_decode():
-    """The acceptance test again with overlapped decode forced on (it is on by default only with CUDA graphs): the
-    server's aborts arrive while a step is in flight; the 90 others still get exactly their tokens, nothing leaks."""
+@pytest.mark.parametrize("mixed", [False, True], ids=["decode-only-overlap", "mixed-overlap"])
+def test_100_concurrent_streams_with_overlapped_decode(mixed):
+    """The acceptance test again with overlapped decode forced on (it is on by default only with CUDA graphs), and
+    with overlapped mixed steps (arrivals admitted while a step is in flight): the server's aborts arrive while a
+    step is in flight; the 90 others still get exactly their tokens, nothing leaks."""
     engine = AsyncEngine.from_model(MODEL, random_weights=True, num_layers=2, device="cpu", max_model_len=256,
-                                    num_blocks=NUM_BLOCKS, max_num_seqs=32, overlap=True)
+                                    num_blocks=NUM_BLOCKS, max_num_seqs=32, overlap=True, overlap_mixed=mixed)
     if engine.tokenizer is None:
         pytest.skip("the SmolLM2 tokenizer asset is missing (run `make setup`)")
     with BackgroundServer(create_app(engine)) as url:
@@ -303,3 +305,4 @@ def test_100_concurrent_streams_with_overlapped_decode():
         assert wait_until(lambda: engine.stats()["num_free_blocks"] == NUM_BLOCKS, 10), engine.stats()
         s = engine.stats()
         assert s["num_overlapped_steps"] > 0 and s["num_running"] == 0 and s["num_waiting"] == 0
+        assert (engine.engine.counters["num_overlapped_mixed_steps"] > 0) == mixed
