@@ -61,7 +61,7 @@ class InFlight:
     tokens: torch.Tensor  # [B] long, on the device: each row's sampled token
     host: torch.Tensor  # [B] long: the tokens' host copy (pinned on CUDA; filled by a non-blocking copy)
     done: object | None  # a torch.cuda.Event recorded after the copy (None on CPU: the copy was synchronous)
-    members: frozenset = frozenset()  # every request of the step, prompt chunks that sampled nothing included
+    members: frozenset  # every request id of the step, prompt chunks that sampled nothing included
 
     def wait_tokens(self) -> list[int]:
         if self.done is not None:
@@ -100,8 +100,7 @@ def can_run_ahead(scheduler, prev: InFlight, mixed: bool = False) -> bool:
         return (not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
                 and scheduler.kv.num_free_blocks >= len(running)
                 and all(r.request_id in prev.row_of for r in running))
-    members = prev.members or prev.row_of.keys()
-    return (all(r.request_id in members for r in running)
+    return (all(r.request_id in prev.members for r in running)
             and blocks_needed(scheduler) <= scheduler.kv.num_free_blocks)
 
 
