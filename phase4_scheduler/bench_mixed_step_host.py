@@ -24,25 +24,17 @@ import torch
 
 from common.bench import write_result
 from common.sampling import SamplingParams
-from phase4_scheduler.bench_step_overhead import HOST_VOCAB, StubForward, tiny_loaded
-from phase4_scheduler.engine import LLMEngine
+from phase4_scheduler.bench_step_overhead import HOST_VOCAB, decode_engine
 
 
 def measure_mixed(batch: int, arrivals: int, prompt_len: int, steps: int, vocab: int = 32000) -> dict:
-    seats = batch + arrivals * 3 * steps
-    blocks = seats * (-(-(prompt_len + 6 * steps + 40) // 16))
-    eng = LLMEngine(tiny_loaded(vocab), max_num_seqs=seats, max_num_batched_tokens=max(8192, batch * prompt_len),
-                    num_blocks=blocks, block_size=16, admit_min_free_seats=1)
-    stub = StubForward(seats, HOST_VOCAB)
-    eng.runner.execute = stub
-    g = torch.Generator().manual_seed(1)
+    eng = decode_engine(batch, vocab, None, prompt_len, steps, seats=batch + arrivals * 3 * steps)
+    stub = eng.runner.execute
+    stub.logits = stub.logits[:, :HOST_VOCAB].contiguous()  # no argmax over the vocabulary: host work only
+    g = torch.Generator().manual_seed(2)
     params = SamplingParams(max_tokens=6 * steps + 30, temperature=0.0, ignore_eos=True)
     prompt = lambda: torch.randint(3, vocab, (prompt_len,), generator=g).tolist()  # noqa: E731
-    n = 0
-    for _ in range(batch):
-        eng.add_request(f"r{n}", prompt(), params)
-        n += 1
-    eng.step()  # the batch's prefill
+    n = batch
     for _ in range(3):
         eng.step()
     decode, mixed, adds, admitted = {}, {}, [], 0

@@ -155,13 +155,16 @@ class PartTimer:
             setattr(IncrementalDetokenizer, name, fn)
 
 
-def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int) -> LLMEngine:
-    """An engine with `batch` requests, prefilled (one step) and decoding, its forward stubbed."""
+def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int,
+                  seats: int | None = None) -> LLMEngine:
+    """An engine with `batch` requests, prefilled (one step) and decoding, its forward stubbed; `seats` (default
+    `batch`) seats and KV blocks for that many requests of this size (room for later arrivals)."""
+    seats = seats or batch
     loaded = tiny_loaded(vocab, tokenizer)
-    blocks = batch * (-(-(prompt_len + 6 * steps + 40) // 16))
-    eng = LLMEngine(loaded, max_num_seqs=batch, max_num_batched_tokens=batch * prompt_len, num_blocks=blocks,
+    blocks = seats * (-(-(prompt_len + 6 * steps + 40) // 16))
+    eng = LLMEngine(loaded, max_num_seqs=seats, max_num_batched_tokens=batch * prompt_len, num_blocks=blocks,
                     block_size=16)
-    eng.runner.execute = StubForward(batch, vocab)
+    eng.runner.execute = StubForward(seats, vocab)
     g = torch.Generator().manual_seed(1)
     params = SamplingParams(max_tokens=6 * steps + 30, temperature=0.0, ignore_eos=True)
     for i in range(batch):
