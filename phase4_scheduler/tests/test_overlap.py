@@ -77,20 +77,25 @@ def test_stops_eos_and_stop_strings_match_sync(tiny):
     assert [r[1] for r in results[1][0]][:2] == ["stop", "stop"] and len(results[1][0][4][0]) == 1
 
 
+def drive_and_check_no_leaks(eng, ps, rng, **drive) -> None:
+    """Arrivals and aborts while steps are in flight (engine_helpers.drive_with_arrivals_and_aborts, greedy): every
+    request arrives, the survivors get their exact token counts, no placeholder reaches an output or an abort's
+    final output, every block and sequence is freed."""
+    def no_placeholder(out):
+        assert out is None or PLACEHOLDER not in out.output_token_ids
+
+    done, asked, n = drive_with_arrivals_and_aborts(eng, ps, rng, sampling={"temperature": 0},
+                                                    on_abort=no_placeholder, on_output=no_placeholder, **drive)
+    assert n == len(ps) and not eng.has_unfinished()
+    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
+    assert done and all(len(o.output_token_ids) == asked[k] for k, o in done.items())
+
+
 def test_arrivals_aborts_and_no_leaks(tiny):
     """Requests arrive and are aborted while steps are in flight: the survivors get their exact token counts."""
     for eng in engines(tiny, max_num_batched_tokens=64):
-        ps = prompts(14, seed=14, hi=25)
-
-        def no_placeholder(out):
-            assert out is None or PLACEHOLDER not in out.output_token_ids
-
-        done, asked, n = drive_with_arrivals_and_aborts(eng, ps, random.Random(5), p_add=0.3, p_abort=0.08,
-                                                        max_new=16, sampling={"temperature": 0}, max_steps=600,
-                                                        on_abort=no_placeholder, on_output=no_placeholder)
-        assert n == len(ps) and not eng.has_unfinished()
-        assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
-        assert done and all(len(o.output_token_ids) == asked[k] for k, o in done.items())
+        drive_and_check_no_leaks(eng, prompts(14, seed=14, hi=25), random.Random(5), p_add=0.3, p_abort=0.08,
+                                 max_new=16, max_steps=600)
         assert (eng.counters["num_overlapped_steps"] > 0) == eng.overlap
 
 

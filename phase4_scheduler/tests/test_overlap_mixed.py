@@ -11,8 +11,8 @@ from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.llm import LLM
 from phase4_scheduler.overlap import PLACEHOLDER, blocks_needed
-from phase4_scheduler.tests.engine_helpers import drive_with_arrivals_and_aborts, prompts
-from phase4_scheduler.tests.test_overlap import stream
+from phase4_scheduler.tests.engine_helpers import prompts
+from phase4_scheduler.tests.test_overlap import drive_and_check_no_leaks, stream
 
 
 def trio(tiny, **kw):
@@ -42,17 +42,8 @@ def test_mixed_overlap_arrivals_aborts_and_no_leaks(tiny):
     """Requests arrive and are aborted while mixed steps are in flight: exact token counts, no placeholder ever
     reaches an output, every block and sequence freed."""
     eng = LLMEngine(tiny, overlap=True, overlap_mixed=True, num_blocks=96, block_size=8, max_num_batched_tokens=24)
-    ps = prompts(16, seed=32, hi=30)
-
-    def no_placeholder(out):
-        assert out is None or PLACEHOLDER not in out.output_token_ids
-
-    done, asked, n = drive_with_arrivals_and_aborts(eng, ps, random.Random(6), p_add=0.35, p_abort=0.06,
-                                                    max_new=14, sampling={"temperature": 0}, max_steps=800,
-                                                    on_abort=no_placeholder, on_output=no_placeholder)
-    assert n == len(ps) and not eng.has_unfinished()
-    assert eng.kv.num_free_blocks == eng.kv.num_total_blocks and eng.kv.tables.num_sequences == 0
-    assert done and all(len(o.output_token_ids) == asked[k] for k, o in done.items())
+    drive_and_check_no_leaks(eng, prompts(16, seed=32, hi=30), random.Random(6), p_add=0.35, p_abort=0.06,
+                             max_new=14, max_steps=800)
     assert eng.counters["num_overlapped_mixed_steps"] > 0
 
 
