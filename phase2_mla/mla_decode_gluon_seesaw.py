@@ -176,20 +176,29 @@ def _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, 
 
 
 @gluon.jit
+def _wg_start(q_smem, c_smem, q_bar):
+    """A warpgroup's zero state (running max -inf, row sums 0, its O half 0, the score GEMM's zero accumulator),
+    then the wait for q."""
+    BH: gl.constexpr = q_smem.shape[1]
+    BLOCK_N: gl.constexpr = c_smem.shape[1]
+    DC: gl.constexpr = 2 * c_smem.shape[2]
+    s_layout: gl.constexpr = _wg_layout(BLOCK_N)
+    m_i = gl.full([BH], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BH, DC // 2], gl.float32, layout=_wg_layout(DC // 2))
+    s_zero = gl.zeros([BH, BLOCK_N], gl.float32, layout=s_layout)
+    mbarrier.wait(q_bar, phase=0)
+    return m_i, l_i, acc, s_zero
+
+
+@gluon.jit
 def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
                 bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h,
                 H, PAGE):
     """WG0 (the default partition): even tiles, value dims 0 .. DC / 2 - 1 (see the NOTE)."""
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
-    DC: gl.constexpr = 2 * c_smem.shape[2]
-    s_layout: gl.constexpr = _wg_layout(BLOCK_N)
-    o_layout: gl.constexpr = _wg_layout(DC // 2)
-    m_i = gl.full([BH], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BH, DC // 2], gl.float32, layout=o_layout)
-    s_zero = gl.zeros([BH, BLOCK_N], gl.float32, layout=s_layout)
-    mbarrier.wait(q_bar, phase=0)
+    m_i, l_i, acc, s_zero = _wg_start(q_smem, c_smem, q_bar)
     for i in range(n_tiles // 2):
         n0 = start + 2 * i * BLOCK_N
         m_i, l_i, acc = _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, m_i, l_i, acc,
@@ -218,15 +227,9 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
     """WG1 (the worker partition): odd tiles, value dims DC / 2 .. DC - 1 (see the NOTE)."""
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
-    DC: gl.constexpr = 2 * c_smem.shape[2]
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = _wg_layout(BLOCK_N)
-    o_layout: gl.constexpr = _wg_layout(DC // 2)
-    m_i = gl.full([BH], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BH, DC // 2], gl.float32, layout=o_layout)
-    s_zero = gl.zeros([BH, BLOCK_N], gl.float32, layout=s_layout)
-    mbarrier.wait(q_bar, phase=0)
+    m_i, l_i, acc, s_zero = _wg_start(q_smem, c_smem, q_bar)
+    o_layout: gl.constexpr = acc.type.layout
     for i in range(n_tiles // 2):
         n0 = start + (2 * i + 1) * BLOCK_N  # tile b
         # S_b on the tensor cores while WG0 does softmax_a
