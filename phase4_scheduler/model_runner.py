@@ -239,11 +239,10 @@ class ModelRunner:
         ctx = BatchAttention(self, pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev),
                              as_cpu_tensor(slot_mapping, torch.int64).to(dev),
                              None if decode_only else cu.to(dev), max_q_len)
-        if token_src is None:
+        if token_src is None or scatter:
             ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
-        elif scatter:  # the host's ids, then the previous step's tokens at their positions, on the device
-            ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
-            ids.index_copy_(0, token_src[2].to(dev), token_src[0].index_select(0, token_src[1].to(dev)))
+            if scatter:  # the previous step's tokens at their positions, on the device
+                ids.index_copy_(0, token_src[2].to(dev), token_src[0].index_select(0, token_src[1].to(dev)))
         else:
             ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
         pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
