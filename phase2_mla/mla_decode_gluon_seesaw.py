@@ -55,6 +55,9 @@ before it published P, which WG g waited for. No "slot free" barrier is needed a
 second half. ready[s] (count 1): P_t and m_t of slot s published (stores, fence.proxy.async, partition barrier,
 one arrive); phase (t // 2) & 1. WAR on ready / m / P: the owner of tile t + 2 publishes again only after waiting
 the other's P_{t+1}, which that warpgroup published after reading P_t / m_t. l_bar (count 2): both l written.
+A value GEMM over the OTHER warpgroup's share (V_a,R in WG1, V_b,L in WG0) first waits that share's kv barrier
+itself (already complete: its owner waited it before publishing P), so the TMA data's visibility does not rest on
+a chain through the owner's arrive; the reader re-arms that barrier only after its read, so the wait is safe.
 
 NOTE (sm_90a, compiled on the CPU: `hopper_resources_gluon(schedule="seesaw")`, pinned by a CPU test): 255 registers
 (both partitions setmaxnreg 256: 2 x 128 threads x 256 = the whole register file, one CTA per SM as before), no
@@ -208,6 +211,7 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                     2 * i + 2 < n_tiles, PAGE)
         # tile b (WG1's): O_L = O_L a_b + P_b V_b,L with P_b from slot 1's rope region
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(1 * BH, BH), ready_bar.index(1), i & 1)
+        mbarrier.wait(kv_bar.index(2), phase=i & 1)  # V_b,L landed: this warpgroup's own view of the TMA (the NOTE)
         z = _opaque_zero(n0)
         acc = warpgroup_mma(pe_smem.index(1 + z), c_smem.index(2 + z), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -237,6 +241,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z)
         # tile a (WG0's): O_R = O_R a_a + P_a V_a,R, P_a from slot 0's rope region, queued behind S_b
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1)
+        mbarrier.wait(kv_bar.index(1), phase=i & 1)  # V_a,R landed (as in WG0)
         acc = warpgroup_mma(pe_smem.index(0 + z), c_smem.index(1 + z), acc, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_b retired; P_a V_a,R may still run
         p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, n0, end, scale_log2)
@@ -255,6 +260,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                     PAGE)
     if n_tiles % 2 == 1:  # WG0's odd last tile: only O_R += P_a V_a,R here
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), (n_tiles // 2) & 1)
+        mbarrier.wait(kv_bar.index(1), phase=(n_tiles // 2) & 1)
         acc = warpgroup_mma(pe_smem.index(0), c_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     _finish(acc, m_i, l_i, l_smem, l_bar, 1, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)

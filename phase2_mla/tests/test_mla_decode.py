@@ -287,16 +287,18 @@ def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warp
         assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
         assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
         assert row["wgmma_serialized"] == [], row
-        # mbarrier waits: q (2 partitions), the KV shares (2 per score GEMM site), p ready (3 sites), l (2);
+        # mbarrier waits: q (2 partitions), the KV shares (2 per score GEMM site), p ready (3 sites), l (2), the
+        # other warpgroup's KV share before a value GEMM over it (3 sites);
         # wgmma waits: WG0 5, WG1 4; fences: barrier init, zeroed halves (2 per score site), p hand-off (3 sites);
         # expect-tx: q (73,728), a latent half (32,768), a latent half + the rope key (40,960)
-        assert row["sync"] == {"mbarrier_waits": 13, "wgmma_waits": 9, "async_fences": 10,
+        assert row["sync"] == {"mbarrier_waits": 16, "wgmma_waits": 9, "async_fences": 10,
                                "expect_tx_bytes": [32768, 40960, 73728], "wgmma_commits": 15}, row
         order = row["mma_order"]
         assert order.count("wait 1") == 1, order
         w1 = order.index("wait 1")
-        assert order[w1 - 6:w1] == ["wgmma m64n64k16 x4", "commit", "mbarrier wait", "ex2 x2", "wgmma m64n256k16 x4",
-                                    "commit"], order  # S_b (its rope part) committed; P_a V_a,R issued behind it
+        assert order[w1 - 8:w1] == ["wgmma m64n64k16 x4", "commit", "mbarrier wait", "ex2 x2", "bar.sync",
+                                    "mbarrier wait", "wgmma m64n256k16 x4", "commit"], order
+        # S_b (its rope part) committed; WG0's P_a and V_a,R's share waited; P_a V_a,R issued behind S_b
         handoff = order[w1 + 1:order.index("wait 0", w1)]
         assert "ex2 x34" in handoff and "fence.proxy.async" in handoff, order  # softmax_b + publish in its shadow
 
