@@ -48,7 +48,7 @@ from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_a
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.sampler import Sampler, check_stop, logprob_entries, token_logprobs, validate_params
 from phase4_scheduler.scheduler import Scheduler
-from phase4_scheduler.step_inputs import prepare_inputs
+from phase4_scheduler.step_inputs import int64_tensor, prepare_inputs
 
 
 def _done_prompt_logprobs(req: Request) -> list | None:
@@ -66,12 +66,12 @@ def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Reques
     now. Returns (their logits rows, those requests); prompt chunks that do not end their prompt sample nothing."""
     rows, ready = [], []
     for i, (req, n) in enumerate(scheduled):
-        req.num_computed_tokens += n
-        if req.num_computed_tokens == req.num_tokens:
+        c = req.num_computed_tokens = req.num_computed_tokens + n
+        if c == len(req.prompt_token_ids) + len(req.output_token_ids):  # req.num_tokens, inlined (per row per step)
             rows.append(i)
             ready.append(req)
     if len(ready) < len(scheduled):
-        logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+        logits = logits[int64_tensor(rows).to(logits.device)]
     return logits, ready
 
 
@@ -328,9 +328,9 @@ class LLMEngine:
                     dst.append(off + n - 1)
                 off += n
             if plan.decode_only and len(src_rows) == len(scheduled):
-                src = (prev.tokens, torch.tensor(src_rows, dtype=torch.long))
+                src = (prev.tokens, int64_tensor(src_rows))
             elif self.overlap_mixed:
-                src = (prev.tokens, torch.tensor(src_rows, dtype=torch.long), torch.tensor(dst, dtype=torch.long))
+                src = (prev.tokens, int64_tensor(src_rows), int64_tensor(dst))
             else:
                 raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
         logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]

@@ -13,6 +13,7 @@ import torch
 
 from common.sampling import SamplingParams, make_generator, sample
 from phase4_scheduler.request import Request, RequestStatus
+from phase4_scheduler.step_inputs import int64_tensor
 
 
 def validate_params(params: SamplingParams) -> None:
@@ -131,8 +132,8 @@ def logprob_entries(logits: torch.Tensor, targets: list[int], ks: list[int]) -> 
 
 def _rows(rows: list[int], device: torch.device) -> torch.Tensor:
     """Row indices on `device` without a blocking copy (pinned staging on CUDA)."""
-    t = torch.tensor(rows, dtype=torch.long, pin_memory=device.type == "cuda")
-    return t.to(device, non_blocking=True)
+    t = int64_tensor(rows)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def check_stop(req: Request, token: int, eos_token_ids: set[int], max_model_len: int) -> RequestStatus | None:

@@ -117,11 +117,13 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        running, try_allocate = self.running, self.kv.try_allocate
+        running, try_allocate, scheduled = self.running, self.kv.try_allocate, out.scheduled
         i = 0
-        while i < len(running) and budget > 0:
+        while i < len(running) and budget > 0:  # once per running request per step: the engine's hottest loop
             req = running[i]
-            n = min(req.num_missing_tokens, budget)
+            n = len(req.prompt_token_ids) + len(req.output_token_ids) - req.num_computed_tokens  # num_missing_tokens
+            if n > budget:
+                n = budget
             while not try_allocate(req.request_id, n):
                 victim = running.pop()  # the newest running request
                 self._preempt(victim)
@@ -129,9 +131,10 @@ class Scheduler:
                 if victim is req:
                     break
             else:
-                out.add(req, n)
+                scheduled.append((req, n))  # out.add, its token count kept below
                 budget -= n
                 i += 1
+        out.num_batched_tokens = self.max_num_batched_tokens - budget
         # preempted requests sit at the front of `waiting`, oldest first (each appendleft put a newer one behind)
         if not self._admission_open():
             return out

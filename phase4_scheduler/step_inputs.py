@@ -10,6 +10,18 @@ import numpy as np
 import torch
 
 
+def int64_tensor(values: list[int]) -> torch.Tensor:
+    """A CPU int64 tensor of a list of ints through numpy: ~4x faster than torch.tensor(list) at a step's sizes
+    (~11 vs ~47 us for 800 ints on the CPU box), which the engine builds several of per step."""
+    return torch.from_numpy(np.fromiter(values, np.int64, len(values)))
+
+
+def _token_at(req) -> int:
+    """The request's token at position num_computed_tokens (req.token_at inlined: called per row per step)."""
+    i = req.num_computed_tokens - len(req.prompt_token_ids)
+    return req.output_token_ids[i] if i >= 0 else req.prompt_token_ids[i]
+
+
 def prepare_inputs(plan, kv, as_tensors: bool = True) -> tuple:
     """A SchedulerOutput's inputs for ModelRunner.execute: token_ids [T], positions [T], q_lens [B], seq_lens [B],
     block_tables [B, W] (int32, zero-padded) and slot_mapping [T], as CPU torch tensors (`as_tensors`) or lists.
@@ -20,13 +32,16 @@ def prepare_inputs(plan, kv, as_tensors: bool = True) -> tuple:
     rows = np.fromiter([rows_of[r.request_id] for r, _ in scheduled], np.int64, b)  # [B]
     starts = np.fromiter([r.num_computed_tokens for r, _ in scheduled], np.int64, b)  # [B] first new position
     if plan.decode_only:  # one token each: positions are the starts
-        token_ids = [r.token_at(c) for (r, _), c in zip(scheduled, starts.tolist())]
+        token_ids = [_token_at(r) for r, _ in scheduled]
         q_lens, positions, slots = np.ones(b, np.int64), starts, kv.slots(rows, starts)
     else:
         token_ids = []
         for req, n in scheduled:
-            c = req.num_computed_tokens
-            token_ids += req.token_slice(c, c + n)
+            if n == 1:  # a decode row (most of a mixed step's rows)
+                token_ids.append(_token_at(req))
+            else:
+                c = req.num_computed_tokens
+                token_ids += req.token_slice(c, c + n)
         q_lens = np.fromiter([n for _, n in scheduled], np.int64, b)  # [B]
         cu = np.cumsum(q_lens)  # [B]
         positions = np.arange(cu[-1]) - np.repeat(cu - q_lens - starts, q_lens)  # [T]
@@ -36,5 +51,5 @@ def prepare_inputs(plan, kv, as_tensors: bool = True) -> tuple:
     if not as_tensors:
         return token_ids, positions.tolist(), q_lens.tolist(), seq_lens.tolist(), tables.tolist(), slots.tolist()
     t = torch.from_numpy
-    return (torch.tensor(token_ids, dtype=torch.int64), t(positions), t(q_lens.astype(np.int32)),
+    return (int64_tensor(token_ids), t(positions), t(q_lens.astype(np.int32)),
             t(seq_lens.astype(np.int32)), t(tables), t(slots))
