@@ -321,12 +321,14 @@ class LLMEngine:
                                f"step; a mixed plan only with overlap_mixed): {plan}")
         src = None
         if prev is not None:
-            src_rows, dst, off = [], [], 0
-            for req, n in scheduled:
-                if req.request_id in prev.row_of and req.num_pending_tokens:  # its last input is prev's token
-                    src_rows.append(prev.row_of[req.request_id])
-                    dst.append(off + n - 1)
+            src_rows, dst, off, row_of = [], [], -1, prev.row_of.get
+            for req, n in scheduled:  # once per row per step
                 off += n
+                if req.num_pending_tokens:  # its last input is prev's token
+                    row = row_of(req.request_id)
+                    if row is not None:
+                        src_rows.append(row)
+                        dst.append(off)
             if plan.decode_only and len(src_rows) == len(scheduled):
                 src = (prev.tokens, int64_tensor(src_rows))
             elif self.overlap_mixed:

@@ -100,8 +100,22 @@ def can_run_ahead(scheduler, prev: InFlight, mixed: bool = False) -> bool:
         return (not scheduler.may_admit() and len(running) <= scheduler.max_num_batched_tokens
                 and scheduler.kv.num_free_blocks >= len(running)
                 and all(r.request_id in prev.row_of for r in running))
-    return (all(r.request_id in prev.members for r in running)
-            and blocks_needed(scheduler) <= scheduler.kv.num_free_blocks)
+    if not all(r.request_id in prev.members for r in running):
+        return False
+    kv = scheduler.kv
+    free = kv.num_free_blocks
+    if free >= blocks_bound(len(running), scheduler.max_num_batched_tokens, kv.block_size):
+        return True  # enough for any schedule(): no need to count
+    return blocks_needed(scheduler) <= free
+
+
+def blocks_bound(num_running: int, budget: int, block_size: int) -> int:
+    """An O(1) upper bound of the blocks one schedule() may allocate to running requests: a request holding h
+    blocks has at most h * block_size tokens, so n new ones need at most ceil(n / block_size) blocks, and the
+    step's n's sum to at most the budget: sum ceil(n_i / bs) < budget / bs + the number of requests. With this
+    many blocks free, can_run_ahead skips blocks_needed's pass over the batch (~0.3 ms at 650 requests on the CPU
+    box)."""
+    return num_running + -(-budget // block_size)
 
 
 def blocks_needed(scheduler) -> int:

@@ -24,6 +24,9 @@ class RequestStatus(enum.Enum):
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
 
+    __hash__ = object.__hash__  # members are singletons: hash by identity in C (Enum's own hash is Python code, paid
+    # per request per step by `status in _FINISHED`)
+
     @property
     def is_finished(self) -> bool:
         return self in _FINISHED

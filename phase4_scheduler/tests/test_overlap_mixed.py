@@ -10,9 +10,12 @@ import torch
 from common.sampling import SamplingParams
 from phase4_scheduler.engine import LLMEngine
 from phase4_scheduler.llm import LLM
-from phase4_scheduler.overlap import PLACEHOLDER, blocks_needed
+from phase4_scheduler.kv_manager import KVCacheManager
+from phase4_scheduler.overlap import PLACEHOLDER, blocks_bound, blocks_needed
+from phase4_scheduler.scheduler import Scheduler
 from phase4_scheduler.tests.engine_helpers import prompts
 from phase4_scheduler.tests.test_overlap import drive_and_check_no_leaks, stream
+from phase4_scheduler.tests.test_scheduler import req, run_step
 
 
 def trio(tiny, **kw):
@@ -78,6 +81,35 @@ def test_blocks_needed_counts_each_running_requests_next_allocation(tiny):
     req.num_computed_tokens += 2
     req.output_token_ids.append(7)  # its first sampled token: the 21st, a new block
     assert blocks_needed(eng.scheduler) == 1
+
+
+def test_blocks_bound_covers_every_schedule_of_the_running_requests():
+    """blocks_bound (can_run_ahead's O(1) test before it counts): on random states -- prompts mid-chunk, decodes at
+    and off block boundaries, block sizes 1-16, budgets 1-64 -- one schedule() never preempts with that many blocks
+    free and gives the running requests at most that many new blocks; decodes all at a block boundary reach the
+    request count, so a bound without the per-request term fails here."""
+    rng = random.Random(11)
+    tight = 0
+    for _ in range(300):
+        bs, budget = rng.choice([1, 2, 4, 16]), rng.randint(1, 64)
+        kv = KVCacheManager(100_000, bs)
+        s = Scheduler(kv, max_num_seqs=64, max_num_batched_tokens=budget)
+        for i in range(rng.randint(1, 24)):
+            s.add(req(f"r{i}", rng.choice([bs, 2 * bs, rng.randint(1, 90)]), max_tokens=rng.randint(1, 40)))
+        for _ in range(rng.randint(0, 40)):
+            run_step(s)
+        s.waiting.clear()  # admissions are not the running requests' part
+        running = list(s.running)
+        if not running:
+            continue
+        held = {r.request_id: len(kv.block_table(r.request_id)) for r in running}
+        bound = blocks_bound(len(running), budget, bs)
+        plan = s.schedule()
+        assert not plan.preempted
+        grown = sum(len(kv.block_table(r.request_id)) - held[r.request_id] for r in running)
+        assert grown <= bound, (bs, budget, len(running), grown, bound)
+        tight += grown >= bound - -(-budget // bs)
+    assert tight > 0  # some states reached the per-request term
 
 
 def test_a_logprobs_request_keeps_mixed_steps_synchronous(tiny):
