@@ -79,11 +79,16 @@ class StubForward:
         self.logits = torch.randn(max_batch, vocab, generator=torch.Generator().manual_seed(0))  # [B_max, V]
         self.calls, self.convert_s = 0, 0.0
 
-    def __call__(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping):
+    def __call__(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping, token_src=None):
         t = time.perf_counter()
         for x, dt in ((token_ids, torch.long), (positions, torch.long), (q_lens, torch.int32),
                       (seq_lens, torch.int32), (slot_mapping, torch.long)):
             _as_tensor(x, dt)
+        if token_src is not None:  # overlapped decode: the previous step's tokens into the ids (device work on a GPU)
+            if len(token_src) == 3:
+                _as_tensor(token_ids, torch.long)[token_src[2]] = token_src[0][token_src[1]]
+            else:
+                token_src[0][token_src[1]]
         if not isinstance(block_tables, torch.Tensor):
             w = max(map(len, block_tables))
             block_tables = torch.tensor([list(r) + [0] * (w - len(r)) for r in block_tables], dtype=torch.int32)
@@ -156,14 +161,15 @@ class PartTimer:
 
 
 def decode_engine(batch: int, vocab: int, tokenizer, prompt_len: int, steps: int,
-                  seats: int | None = None) -> LLMEngine:
+                  seats: int | None = None, **engine_kw) -> LLMEngine:
     """An engine with `batch` requests, prefilled (one step) and decoding, its forward stubbed; `seats` (default
-    `batch`) seats and KV blocks for that many requests of this size (room for later arrivals)."""
+    `batch`) seats and KV blocks for that many requests of this size (room for later arrivals); `engine_kw` to
+    LLMEngine (e.g. overlap=True: the stub takes the runner's token_src)."""
     seats = seats or batch
     loaded = tiny_loaded(vocab, tokenizer)
     blocks = seats * (-(-(prompt_len + 6 * steps + 40) // 16))
     eng = LLMEngine(loaded, max_num_seqs=seats, max_num_batched_tokens=batch * prompt_len, num_blocks=blocks,
-                    block_size=16)
+                    block_size=16, **engine_kw)
     eng.runner.execute = StubForward(seats, vocab)
     g = torch.Generator().manual_seed(1)
     params = SamplingParams(max_tokens=6 * steps + 30, temperature=0.0, ignore_eos=True)

@@ -183,10 +183,15 @@ def test_mixed_step_host_bench_admits_every_arrival_in_its_step(tmp_path, monkey
     measurement's premise), the batch grows by exactly the arrivals, and the figures are positive times."""
     from phase4_scheduler.bench_mixed_step_host import main, measure_mixed
 
-    r = measure_mixed(batch=8, arrivals=2, prompt_len=20, steps=4, vocab=512)
-    assert r["steps_with_a_prefill"] == 8 and r["final_batch"] == 8 + 2 * 8  # 4 mixed steps in each output mode
-    assert min(r[k] for k in ("decode_step_host_ms", "mixed_step_host_ms", "decode_step_host_ms_final_only",
-                              "mixed_step_host_ms_final_only", "add_ms")) > 0
+    for mode in ("sync", "overlap_mixed"):
+        r = measure_mixed(batch=8, arrivals=2, prompt_len=20, steps=4, vocab=512, mode=mode)
+        assert r["steps_with_a_prefill"] == 8 and r["final_batch"] == 8 + 2 * 8  # 4 mixed steps in each output mode
+        assert min(r[k] for k in ("decode_step_host_ms", "mixed_step_host_ms", "decode_step_host_ms_final_only",
+                                  "mixed_step_host_ms_final_only", "add_ms")) > 0
+        # overlap_mixed ran ahead through the mixed steps (all 8 timed ones, plus decode-only steps between)
+        assert (r["overlapped_mixed_steps"] >= 8) == (mode == "overlap_mixed"), r
+    with pytest.raises(ValueError, match="mode"):
+        measure_mixed(batch=8, arrivals=2, prompt_len=20, steps=4, vocab=512, mode="overlap")
     monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path))
     with pytest.raises(SystemExit):
         main(["--batch", "0"])
