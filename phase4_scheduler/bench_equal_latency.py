@@ -84,7 +84,7 @@ def simulate(engine, lens, arrivals, prompts, tag: str, max_seconds: float, cloc
     rid = [f"{tag}-{k}" for k in range(n)]
     index = {r: k for k, r in enumerate(rid)}
     first, finish = [None] * n, [None] * n
-    pre0 = engine.scheduler.num_preemptions
+    pre0, shapes0 = engine.scheduler.num_preemptions, step_shapes(engine)
     waiting = engine.scheduler.waiting
     t0, i, done, timed_out, max_backlog, admissions = clock(), 0, 0, False, 0, []
     while done < n:
@@ -116,7 +116,35 @@ def simulate(engine, lens, arrivals, prompts, tag: str, max_seconds: float, cloc
                 done += 1
     return {"arrival": list(arrivals), "first": first, "finish": finish, "lens": lens, "timed_out": timed_out,
             "max_backlog": max_backlog, "preemptions": engine.scheduler.num_preemptions - pre0,
-            "admissions": admissions}
+            "admissions": admissions, "steps": {k: v - shapes0.get(k, 0) for k, v in step_shapes(engine).items()}}
+
+
+STEP_COUNTERS = ("num_steps", "num_batched_tokens", "num_overlapped_steps", "num_overlapped_mixed_steps")
+
+
+def step_shapes(engine) -> dict:
+    """The engine's step counters and its runner's graph totals (ModelRunner.step_shapes), whichever it has."""
+    counters, runner = getattr(engine, "counters", {}), getattr(engine, "runner", None)
+    out = {k: counters[k] for k in STEP_COUNTERS if k in counters}
+    return {**out, **(runner.step_shapes() if hasattr(runner, "step_shapes") else {})}
+
+
+def describe_steps(d: dict) -> dict:
+    """A point's step shapes from simulate's counter differences: steps, tokens per step, the share that ran ahead
+    (overlapped), and how much of the graphs' work was padding (rows / tokens up to the captured size)."""
+    out = {}
+    if d.get("num_steps"):
+        out["steps"] = d["num_steps"]
+        out["tokens_per_step"] = d.get("num_batched_tokens", 0) / d["num_steps"]
+        for k in ("num_overlapped_steps", "num_overlapped_mixed_steps"):
+            if k in d:
+                out[k.replace("num_", "") + "_share"] = d[k] / d["num_steps"]
+    for g in ("decode_graph", "mixed_graph"):
+        if d.get(f"{g}_steps"):
+            out[f"{g}_steps"] = d[f"{g}_steps"]
+            out[f"{g}_tokens_per_step"] = d[f"{g}_tokens"] / d[f"{g}_steps"]
+            out[f"{g}_padding"] = 1 - d[f"{g}_tokens"] / d[f"{g}_padded_tokens"]
+    return out
 
 
 def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
@@ -134,7 +162,7 @@ def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
          "offered_tok_s": float(out_len.sum() / window), "measured_tok_s": float(out_len.sum() / span),
          "requests_per_s": len(ok) / span, "queue_growth": queue_growth(arr, ttft) if ok else float("inf"),
          "max_backlog": sim["max_backlog"], "preemptions": sim["preemptions"],
-         "left_behind": left_behind(sim.get("admissions"), arr)}
+         "left_behind": left_behind(sim.get("admissions"), arr), **describe_steps(sim.get("steps") or {})}
     for name, xs in (("e2e", e2e), ("ttft", ttft), ("tpot", tpot)):
         for q, v in percentiles(xs).items():
             p[f"{name}_{q}"] = v
@@ -160,6 +188,8 @@ def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) 
         points.append(p)
         progress(f"{policy:>13} rate {rate:7.2f}/s: {p['output_tok_s']:9,.0f} out tok/s, p50 e2e {p['e2e_p50']:.3f} s, "
                  f"ttft {p['ttft_p50']:.3f} s, tpot {p['tpot_p50'] or 0:.4f} s, growth {p['queue_growth']:+.3f}"
+                 + (f", {p['tokens_per_step']:.0f} tok/step" if "tokens_per_step" in p else "")
+                 + (f" (mixed graphs {p['mixed_graph_padding']:.0%} padding)" if "mixed_graph_padding" in p else "")
                  + ("  SATURATED" if p["saturated"] else ""))
         return p["saturated"]
 

@@ -60,6 +60,7 @@ class DecodeGraphs:
         self.copied = torch.cuda.Event() if capture else None  # the staging buffer is free once its copy has run
         self.graphs: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.steps = self.tokens = self.padded_tokens = 0  # replays, their rows, their graphs' sizes (step_shapes)
         t0 = time.perf_counter()
         pool = None
         for b in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory pool
@@ -117,6 +118,7 @@ class DecodeGraphs:
         ids = as_cpu_tensor(token_ids, torch.long) if rows is None else rows
         b = ids.shape[0]
         size = next(s for s in self.sizes if s >= b)
+        self.steps, self.tokens, self.padded_tokens = self.steps + 1, self.tokens + b, self.padded_tokens + size
         tables = pad_tables(block_tables)
         if tables.shape[1] > self.width:
             raise ValueError(f"a block table has {tables.shape[1]} blocks; the graphs hold {self.width} "

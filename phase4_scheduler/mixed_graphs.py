@@ -4,8 +4,8 @@ A decode-only step replays one graph (cuda_graphs.py). A step with a prefill chu
 depends on how the tokens split into sequences (cu_seqlens, the longest query), so until now it ran eagerly, one
 Python launch per kernel: for a 30-layer model ~300 launches, milliseconds of host time per step, and under load
 (a prefill arriving every step or two) most steps are such steps. Everything else in a layer -- norms, projections,
-RoPE, SiLU -- works row by row on the T packed tokens and depends only on T. So, per bucket of T (16, 32, ...,
-the step budget), the fused model is captured as L + 1 graphs cut at the attentions:
+RoPE, SiLU -- works row by row on the T packed tokens and depends only on T. So, per bucket of T (token_buckets:
+16, 32, ..., 256, 320, 384, ..., the step budget), the fused model is captured as L + 1 graphs cut at the attentions:
 
     graph 0:      embed -> layer 0 pre-attention (add+norm, qkv, RoPE)                 -> qkv, residual buffers
     attention 0:  eager: ctx.attend_packed(0, q, k, v) on the real T rows            -> attention buffer
@@ -30,15 +30,29 @@ import torch
 import torch.nn.functional as F
 
 
+FINE_FROM, FINE_UNTIL, STEPS_PER_OCTAVE = 256, 8192, 4
+
+
 def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
-    """16, 32, 64, ... up to max_tokens (and max_tokens itself): a step pads to < 2x its tokens."""
+    """16, 32, 64, 128, 256, then four buckets an octave (320, 384, 448, 512, 640, ... 8192: a step pads by < 25%),
+    powers of two beyond 8,192 tokens, and max_tokens itself.
+
+    NOTE (why four an octave): every captured op is a GEMM over the bucket's rows, so a step pays for its bucket,
+    not its tokens. Serving at 512 seats a typical step carries ~450 decode rows and one or two ~109-token prompts:
+    ~625 tokens, which powers of two alone pad to 1,024 -- 64% more GEMM work, ~1 ms a step on the H200 at
+    ~750 TFLOP/s (TinyLlama: 1.94 GFLOP a token), about the part of those steps' time the README's arithmetic
+    could not account for. With four an octave it is 640. A bucket costs L + 1 graph captures (the 10 buckets of
+    an 8,192 budget took 0.2 s, the 17 of the static baseline's 2^20 6.7 s, on the H200) and no static buffers of
+    its own: all buckets share the largest one's buffers and one graph pool (captured largest first)."""
     if max_tokens < 2:
         raise ValueError(f"mixed-step graphs need a step budget of at least 2 tokens, got {max_tokens}")
     out, t = [], smallest
     while t < max_tokens:
         out.append(t)
+        if FINE_FROM <= t < FINE_UNTIL:
+            out += [t + j * t // STEPS_PER_OCTAVE for j in range(1, STEPS_PER_OCTAVE)]
         t *= 2
-    return out + [max_tokens]
+    return sorted({b for b in out if b < max_tokens}) + [max_tokens]
 
 
 class MixedGraphs:
@@ -62,6 +76,7 @@ class MixedGraphs:
         self.qkv = torch.zeros(top, nqkv, dtype=dt, device=dev)
         self.attn = torch.zeros(top, cfg.num_attention_heads * cfg.head_dim, dtype=dt, device=dev)
         self.segments: dict[int, list] = {}
+        self.steps = self.tokens = self.padded_tokens = 0  # replays, their real tokens, their buckets' tokens
         self.graphs: list = []  # keeps every captured graph alive
         t0, pool = time.perf_counter(), None
         for t in reversed(self.buckets):  # largest first: the smaller buckets reuse its pool
@@ -124,6 +139,7 @@ class MixedGraphs:
         if t > n:
             self.ids[n:t].zero_()
             self.pos[n:t].zero_()
+        self.steps, self.tokens, self.padded_tokens = self.steps + 1, self.tokens + n, self.padded_tokens + t
         layers, segs = self.model.layers, self.segments[t]
         qkv, attn = self.qkv[:n], self.attn[:n]
         for i, seg in enumerate(segs):

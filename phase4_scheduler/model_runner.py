@@ -255,6 +255,17 @@ class ModelRunner:
             return self.mixed.run(ids, pos, ctx, last)  # everything but attention from graphs
         return self.forward(ids, pos, ctx, last)
 
+    def step_shapes(self) -> dict:
+        """Running totals of the steps that replayed graphs: decode graphs (rows, and the sizes they were padded to)
+        and mixed-step graphs (tokens, and their buckets); a difference of two snapshots describes the steps
+        between them (bench_equal_latency records it per point)."""
+        out = {}
+        for name, g in (("decode_graph", self.graphs), ("mixed_graph", self.mixed)):
+            if g is not None:
+                out.update({f"{name}_steps": g.steps, f"{name}_tokens": g.tokens,
+                            f"{name}_padded_tokens": g.padded_tokens})
+        return out
+
     def __repr__(self) -> str:
         L, N, bs, H, D = self.k_cache.shape
         g = f", {self.graphs}" if self.graphs is not None else ""

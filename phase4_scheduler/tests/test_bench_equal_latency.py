@@ -238,6 +238,9 @@ def test_cli_smoke_writes_every_point_and_the_comparison(tmp_path, monkeypatch):
             assert p["completed"] == p["requests"] == 6 and p["output_tok_s"] > 0
             assert {f"{m}_{q}" for m in ("e2e", "ttft", "tpot") for q in ("p50", "p90", "p99")} <= set(p)
             assert p["ttft_p50"] <= p["e2e_p50"]
+            # step shapes: the point's own steps (counter differences), every output token computed in one
+            assert p["steps"] >= 1 and p["steps"] * p["tokens_per_step"] >= p["output_tokens"] - p["requests"]
+            assert "mixed_graph_padding" not in p  # no graphs on the CPU
     assert "padded_tokens" in saved["policies"]["static_padded"]
     assert {r["baseline"] for r in saved["comparison"]} <= {"static", "static_padded"}
     assert all(r["target"] in ("given",) or r["target"].startswith("p50 of") for r in saved["comparison"])
@@ -245,6 +248,19 @@ def test_cli_smoke_writes_every_point_and_the_comparison(tmp_path, monkeypatch):
     for r in saved["comparison"]:
         if r["ratio"] is not None:
             assert r["ratio_low"] <= r["ratio"] <= (r["ratio_high"] or float("inf"))
+
+
+def test_step_shapes_of_a_point():
+    """describe_steps: tokens per step, the overlapped shares and the graphs' padding from counter differences;
+    an engine without counters or graphs describes nothing."""
+    d = {"num_steps": 10, "num_batched_tokens": 6250, "num_overlapped_steps": 8, "num_overlapped_mixed_steps": 5,
+         "decode_graph_steps": 2, "decode_graph_tokens": 900, "decode_graph_padded_tokens": 1024,
+         "mixed_graph_steps": 8, "mixed_graph_tokens": 5000, "mixed_graph_padded_tokens": 8192}
+    got = bel.describe_steps(d)
+    assert got["steps"] == 10 and got["tokens_per_step"] == 625 and got["overlapped_mixed_steps_share"] == 0.5
+    assert got["mixed_graph_tokens_per_step"] == 625 and got["mixed_graph_padding"] == pytest.approx(1 - 5000 / 8192)
+    assert got["decode_graph_padding"] == pytest.approx(1 - 900 / 1024) and got["overlapped_steps_share"] == 0.8
+    assert bel.describe_steps({}) == {} and bel.step_shapes(SimpleNamespace()) == {}
 
 
 def test_refine_narrows_the_saturation_bracket():

@@ -118,3 +118,5 @@ def test_static_buffers_repad_rows_a_larger_step_left_and_gather_overlapped_ids(
     got = step([4, 3, 6], None, (tokens, torch.tensor([3, 4, 1])))
     torch.testing.assert_close(got, want)
     assert graphs.ids[:3].tolist() == [21, 22, 23] and int(graphs.ids[3]) == 0
+    # step shapes (ModelRunner.step_shapes): three replays of 4 + 3 + 3 rows, each of the size-4 graph
+    assert (graphs.steps, graphs.tokens, graphs.padded_tokens) == (3, 10, 12)

@@ -20,8 +20,14 @@ def engine(**kw):
 
 
 def test_token_buckets():
-    assert token_buckets(8192) == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    assert token_buckets(8192) == [16, 32, 64, 128, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
+                                   2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192]
     assert token_buckets(48) == [16, 32, 48] and token_buckets(10) == [10]
+    assert token_buckets(1000)[-6:] == [448, 512, 640, 768, 896, 1000]
+    big = token_buckets(2 ** 20)
+    assert big[-4:] == [131072, 262144, 524288, 2 ** 20] and big == sorted(set(big))
+    for n in range(257, 8193):  # four buckets an octave: a step of n > 256 tokens pads by less than 25%
+        assert next(b for b in token_buckets(8192) if b >= n) < 1.25 * n
     with pytest.raises(ValueError, match="at least 2"):
         token_buckets(1)
 
@@ -59,6 +65,9 @@ def test_engine_tokens_unchanged_with_segmented_mixed_steps():
     eng.runner.mixed.run = lambda *a: (calls.append(a[0].shape[0]), inner(*a))[1]
     assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
     assert calls and max(calls) <= 48, "the prefill steps must have gone through the segmented forward"
+    shapes = eng.runner.step_shapes()  # no decode graphs here (cuda_graph=False): the mixed ones only
+    assert shapes == {"mixed_graph_steps": len(calls), "mixed_graph_tokens": sum(calls),
+                      "mixed_graph_padded_tokens": sum(next(b for b in (16, 32, 48) if b >= c) for c in calls)}
 
 
 def test_refused_without_the_fused_model_or_a_gpu():
