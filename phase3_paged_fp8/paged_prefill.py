@@ -9,8 +9,15 @@ than its new-token count: query i of sequence b sits at position seq_lens[b] - q
 
 NOTE: the kernel reads every key, the new ones included, back from the paged cache rather than from the k/v
 arguments. One code path then serves "no prefix", "cached prefix" and chunked prefill, and an FP8 cache's prefill
-sees exactly the (quantised) keys that later decode steps will see. Each program owns BLOCK_M queries of one head;
-key tiles left of the causal diagonal take an unmasked loop, only the diagonal tiles pay for the mask.
+sees exactly the (quantised) keys that later decode steps will see. Key tiles left of the causal diagonal take an
+unmasked loop, only the diagonal tiles pay for the mask.
+
+NOTE (GQA packing): a program owns BLOCK_M rows of one KV head's G = Hq / Hkv query heads, packed query-major:
+row r = query r // G of head kvh * G + r % G. So every K/V tile it loads serves all G heads, and a sequence with
+few new tokens fills G times more of the tile. That matters in a serving step, where most sequences are decodes (one
+new token) packed beside a prompt: one row per head, a 64-row tile used 1/64 and each K/V tile loaded once per
+query head (G = 8 times for TinyLlama); packed, 8 rows of 64 and one load per KV head (FlashAttention's pack_gqa).
+A long prompt does the same work either way (BLOCK_M rows per K/V tile).
 """
 from __future__ import annotations
 
@@ -60,20 +67,21 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
                          QUANT: tl.constexpr, DOT_F32: tl.constexpr,
                          PREC: tl.constexpr):
     mt = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (most causal work) query tiles start first
-    h = tl.program_id(1)
+    kvh = tl.program_id(1)
     b = tl.program_id(2)
     q_start = tl.load(cu_ptr + b)
     q_len = tl.load(cu_ptr + b + 1) - q_start
-    if mt * BLOCK_M >= q_len:
+    if mt * BLOCK_M >= q_len * G:
         return
     prefix = tl.load(lens_ptr + b) - q_len
-    kvh = h // G
-    i = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    r = mt * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: query i = r // G of head kvh * G + r % G
+    i = r // G
+    h = kvh * G + r % G
     d = tl.arange(0, BLOCK_D)
     i_mask = i < q_len
     d_mask = d < D
     rows = (q_start + i).to(tl.int64)
-    q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :],
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + h[:, None] * stride_qh + d[None, :],
                 mask=i_mask[:, None] & d_mask[None, :], other=0.0)
     q = q.to(tl.float32) * sm_scale_log2
     if DOT_F32:
@@ -88,8 +96,8 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
-    lo = ((prefix + mt * BLOCK_M) // BLOCK_N) * BLOCK_N  # keys below lo are visible to every query of the tile
-    hi = prefix + tl.minimum(q_len, (mt + 1) * BLOCK_M)  # keys at or above hi are visible to none
+    lo = ((prefix + (mt * BLOCK_M) // G) // BLOCK_N) * BLOCK_N  # keys below lo: visible to every query of the tile
+    hi = prefix + tl.minimum(q_len, ((mt + 1) * BLOCK_M - 1) // G + 1)  # keys at or above hi: visible to none
     for n0 in range(0, lo, BLOCK_N):
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
                               d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC)
@@ -97,8 +105,8 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
                               d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC)
     out = acc / l_i[:, None]
-    tl.store(o_ptr + rows[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=i_mask[:, None] & d_mask[None, :])
+    tl.store(o_ptr + rows[:, None] * stride_ot + h[:, None] * stride_oh + d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=i_mask[:, None] & d_mask[None, :])
 
 
 def slot_mapping_for(block_tables: torch.Tensor, seq_lens: torch.Tensor, q_lens: torch.Tensor,
@@ -138,7 +146,7 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
         return out
     quant = k_cache.dtype == FP8
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
-    paged_prefill_kernel[(triton.cdiv(max_q_len, block_m), hq, b)](
+    paged_prefill_kernel[(triton.cdiv(max_q_len * (hq // hkv), block_m), hkv, b)](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables,
         cu_seqlens_q, seq_lens, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         sm_scale * LOG2E, BS=k_cache.shape[1], HKV=hkv, G=hq // hkv, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),

@@ -28,7 +28,7 @@ def test_decode_large(dtype, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, FP8], ids=["bf16", "fp8"])
-@pytest.mark.parametrize("hq,hkv,d", [(32, 4, 64), (32, 8, 128)])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 4, 64), (32, 8, 128), (9, 3, 64)])
 def test_prefill_large(dtype, hq, hkv, d):
     gen = torch.Generator().manual_seed(hq * d)
     q_lens, prefixes = [1000, 1, 257, 640], [0, 700, 33, 1024]

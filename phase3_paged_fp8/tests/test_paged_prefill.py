@@ -13,6 +13,10 @@ CASES = [
     (6, 2, 24, 5, [7, 19, 1, 0], [0, 6, 11, 3], 16),  # varlen with prefixes, a 1-token and an empty sequence
     (9, 3, 64, 16, [20, 37], [16, 5], 16),  # SmolLM2's GQA ratio and head dim, prefix of exactly one block
     (8, 1, 32, 7, [45], [30], 32),  # MQA, block size 7, multi-tile queries over a prefix
+    # a serving step: decodes (one new token over a cached prefix) beside a prompt chunk and a new prompt; G = 4
+    # packs 4 queries per 16-row tile, so tiles straddle queries and the diagonal
+    (8, 2, 32, 8, [1, 1, 13, 1, 1, 22, 1], [40, 7, 16, 63, 1, 0, 9], 16),
+    (16, 1, 16, 4, [1, 3, 2], [5, 0, 17], 16),  # G = 16 = BLOCK_M: one query per tile
 ]
 
 
