@@ -1,0 +1,130 @@
+"""GPU: the attention of a MIXED serving step -- many decodes (one new token over a cached history) packed beside
+new prompts -- through phase 3's paged prefill kernel (what the engine runs between the mixed-step graphs), against
+the split a step could make instead (the decodes through the paged decode kernel, the prompts alone through the
+prefill kernel). TinyLlama shapes (32 q / 4 KV heads x 64, bf16, 16-token blocks).
+
+    PYTHONPATH=$PWD TITAN_RESULTS_DIR=$OUT python3 -m phase4_scheduler.bench_mixed_attention [--cases 448x260+2x109]
+
+A case DxC+PxL: D decodes with C cached tokens each (the new one included), P prompts of L new tokens. Each timing
+is one CUDA graph over `--layers` layers, each with its own cache (the history comes from HBM, not L2); per layer.
+`kv_TBps`: the bytes of K/V a layer must read (every sequence's history once, per KV head) over the time. The two
+paths are checked against each other on the same inputs. Run it on two commits in one device call to compare
+kernel versions (the GQA-packed prefill kernel of phase 3 against the one before it). Writes
+results/mixed_attention_gpu.json (name with --name).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+from tqdm.auto import tqdm
+
+from common import artifacts
+from common.bench import write_result
+from phase4_scheduler.bench_fused import graph_ms
+
+HQ, HKV, D, BS = 32, 4, 64, 16
+
+
+def parse_case(text: str) -> tuple[int, int, int, int]:
+    m = re.fullmatch(r"(\d+)x(\d+)\+(\d+)x(\d+)", text)
+    if not m:
+        raise ValueError(f"a case is DECODESxCONTEXT+PROMPTSxLENGTH (e.g. 448x260+2x109), got {text!r}")
+    d, c, p, n = map(int, m.groups())
+    if d < 1 or c < 1 or p < 0 or (p and n < 1):
+        raise ValueError(f"{text!r}: at least one decode, a context >= 1, prompts of >= 1 token")
+    return d, c, p, n
+
+
+def build(decodes: int, ctx: int, prompts: int, plen: int, layers: int, seed: int = 0, dev: str = "cuda") -> dict:
+    """The step's tensors: decodes first (rows 0..D-1), then the prompts; per layer its own cache."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q_lens = [1] * decodes + [plen] * prompts
+    seq_lens = [ctx] * decodes + [plen] * prompts
+    width = -(-max(seq_lens) // BS)
+    nblk = sum(-(-n // BS) for n in seq_lens) + 1
+    perm = torch.randperm(nblk - 1, device=dev, generator=g).to(torch.int32)
+    bt = torch.zeros(len(q_lens), width, dtype=torch.int32, device=dev)
+    off = 0
+    for b, n in enumerate(seq_lens):  # each sequence's pages, scattered over the pool
+        k = -(-n // BS)
+        bt[b, :k] = perm[off:off + k]
+        off += k
+    ql = torch.tensor(q_lens, dtype=torch.int32, device=dev)
+    sl = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
+    cu = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.cumsum(ql, 0)
+    t = int(cu[-1])
+    seq = torch.repeat_interleave(torch.arange(len(q_lens), device=dev), ql.long())  # [T] each row's sequence
+    pos = (sl - ql).long()[seq] + torch.arange(t, device=dev) - cu[:-1].long()[seq]  # [T] absolute positions
+    slots = bt[seq, pos // BS].long() * BS + pos % BS
+    caches = [(torch.randn(nblk, BS, HKV, D, device=dev, generator=g, dtype=torch.bfloat16),
+               torch.randn(nblk, BS, HKV, D, device=dev, generator=g, dtype=torch.bfloat16)) for _ in range(layers)]
+    mk = lambda h: torch.randn(t, h, D, device=dev, generator=g, dtype=torch.bfloat16)  # noqa: E731
+    return {"q": mk(HQ), "k": mk(HKV), "v": mk(HKV), "cu": cu, "sl": sl, "bt": bt, "slots": slots, "caches": caches,
+            "decodes": decodes, "max_q_len": max(q_lens), "kv_bytes": 2 * sum(seq_lens) * HKV * D * 2}
+
+
+def packed(s: dict, layer: int) -> torch.Tensor:
+    """What the engine runs: every row through the prefill kernel (it writes the new K/V first)."""
+    kc, vc = s["caches"][layer]
+    return artifacts.get("attention.paged_prefill")(s["q"], s["k"], s["v"], s["cu"], s["sl"], s["bt"], kc, vc,
+                                                    s["slots"], max_q_len=s["max_q_len"])
+
+
+def split(s: dict, layer: int) -> torch.Tensor:
+    """The decodes (rows 0..D-1, one each) through the decode kernel, the prompts through the prefill kernel."""
+    kc, vc = s["caches"][layer]
+    d = s["decodes"]
+    artifacts.get("kv_cache.write")(s["k"][:d], s["v"][:d], s["slots"][:d], kc, vc)
+    out_d = artifacts.get("attention.paged_decode")(s["q"][:d], kc, vc, s["bt"][:d], s["sl"][:d])
+    if s["q"].shape[0] == d:
+        return out_d
+    cu = s["cu"][d:] - d
+    out_p = artifacts.get("attention.paged_prefill")(s["q"][d:], s["k"][d:], s["v"][d:], cu, s["sl"][d:],
+                                                     s["bt"][d:], kc, vc, s["slots"][d:], max_q_len=s["max_q_len"])
+    return torch.cat((out_d, out_p))
+
+
+def run_case(text: str, layers: int) -> dict:
+    d, c, p, n = parse_case(text)
+    s = build(d, c, p, n, layers)
+    a, b = packed(s, 0), split(s, 0)  # the second call rewrites the same K/V: same cache, same inputs
+    err = (a.float() - b.float()).abs().max().item()
+    if not err < 5e-2:
+        raise AssertionError(f"{text}: packed and split attention differ by {err}")
+    t_packed = graph_ms([lambda i=i: packed(s, i) for i in range(layers)], reps=20) * 1e3
+    t_split = graph_ms([lambda i=i: split(s, i) for i in range(layers)], reps=20) * 1e3
+    return {"case": text, "decodes": d, "ctx": c, "prompts": p, "prompt_len": n, "tokens": d + p * n,
+            "max_abs_diff": err, "packed_us": t_packed, "split_us": t_split, "packed_over_split": t_packed / t_split,
+            "kv_bytes": s["kv_bytes"], "packed_kv_TBps": s["kv_bytes"] / t_packed / 1e6,
+            "split_kv_TBps": s["kv_bytes"] / t_split / 1e6}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["448x260+2x109", "448x260+0x0", "256x512+1x109", "64x1024+1x512"],
+                    help="DECODESxCONTEXT+PROMPTSxLENGTH")
+    ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
+    ap.add_argument("--name", default="mixed_attention_gpu")
+    args = ap.parse_args(argv)
+    try:
+        for c in args.cases:
+            parse_case(c)
+    except ValueError as e:
+        ap.error(str(e))
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_mixed_attention needs CUDA (it times kernels on the GPU)")
+    rows, res = [], {}
+    for c in tqdm(args.cases, desc="cases"):
+        r = run_case(c, args.layers)
+        print(r, flush=True)
+        rows.append(r)
+        res = {"model_shapes": f"{HQ}q/{HKV}kv x {D}, bf16, block {BS}", "layers": args.layers, "rows": rows}
+        write_result("phase4_scheduler", args.name, res)  # after every case: a failure keeps the earlier rows
+    return res
+
+
+if __name__ == "__main__":
+    main()
