@@ -65,13 +65,15 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
                          BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, SKIP_SINGLE: tl.constexpr = False):
     mt = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (most causal work) query tiles start first
     kvh = tl.program_id(1)
     b = tl.program_id(2)
     q_start = tl.load(cu_ptr + b)
     q_len = tl.load(cu_ptr + b + 1) - q_start
     if mt * BLOCK_M >= q_len * G:
+        return
+    if SKIP_SINGLE and q_len == 1:  # the caller attends the one-token sequences itself (paged_prefill's skip_single)
         return
     prefix = tl.load(lens_ptr + b) - q_len
     r = mt * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: query i = r // G of head kvh * G + r % G
@@ -131,8 +133,10 @@ def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cac
 
 def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
                   v_scale=None, sm_scale=None, max_q_len: int | None = None, block_m: int = 64, block_n: int = 64,
-                  num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
-    """Write k, v into the cache at slot_mapping, then causal attention of q over the cache. -> [T, Hq, D]."""
+                  num_warps: int = 4, num_stages: int = 2, skip_single: bool = False) -> torch.Tensor:
+    """Write k, v into the cache at slot_mapping, then causal attention of q over the cache. -> [T, Hq, D].
+    skip_single: write every row's K/V but leave the rows of one-token sequences unwritten in the output (a caller
+    that attends those through the decode kernel: phase 4's split mixed steps)."""
     _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
                    "paged_prefill")
     write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
@@ -151,7 +155,7 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
         cu_seqlens_q, seq_lens, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         sm_scale * LOG2E, BS=k_cache.shape[1], HKV=hkv, G=hq // hkv, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant, DOT_F32=interpreting() or q.dtype == torch.float32,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", SKIP_SINGLE=skip_single,
         num_warps=num_warps, num_stages=num_stages)
     return out
 

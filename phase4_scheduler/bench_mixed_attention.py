@@ -9,7 +9,8 @@ A case DxC+PxL: D decodes with C cached tokens each (the new one included), P pr
 is one CUDA graph over `--layers` layers, each with its own cache (the history comes from HBM, not L2); per layer.
 `kv_TBps`: the bytes of K/V a layer must read (every sequence's history once, per KV head) over the time. The two
 paths are checked against each other on the same inputs. Run it on two commits in one device call to compare
-kernel versions (the GQA-packed prefill kernel of phase 3 against the one before it). Writes
+kernel versions (the GQA-packed prefill kernel of phase 3 against the one before it). The engine runs either path:
+TITAN_MIXED_ATTENTION=packed (default) or split (model_runner.BatchAttention). Writes
 results/mixed_attention_gpu.json (name with --name).
 """
 from __future__ import annotations

@@ -31,6 +31,9 @@ DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read wh
 # 40.4 and B=1024/192 66.7 vs 62.1: registers (136 vs 112 per thread at that tile, 7 vs 9 programs per SM;
 # decode_resources.py). The kernel now takes 103 there; raise this once the GPU has timed it.
 FUSED_DECODE_MAX_PAIRS = 512
+# Steps with a prefill: "packed" (default) attends every row with the paged prefill kernel in one launch; "split"
+# attends the one-token sequences (the decodes) with the paged decode kernel instead (BatchAttention's NOTE).
+MIXED_ATTENTION_ENV, MIXED_ATTENTION_MODES = "TITAN_MIXED_ATTENTION", ("packed", "split")
 FP8, SCALE_DTYPE = torch.float8_e4m3fn, torch.float16  # phase 3's FP8 cache format (phase3_paged_fp8/cache_write.py)
 
 
@@ -60,8 +63,17 @@ class BatchAttention:
     """The attention context of one packed step: `attend(layer, q, k, v)` over the paged pool (device tensors)."""
 
     def __init__(self, runner: "ModelRunner", block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                 slot_mapping: torch.Tensor, cu_seqlens: torch.Tensor | None = None, max_q_len: int = 1):
+                 slot_mapping: torch.Tensor, cu_seqlens: torch.Tensor | None = None, max_q_len: int = 1,
+                 single: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """`single` (a step with a prefill, runner.mixed_attention == "split"): (their rows [S] int64, block tables
+        [S, W], seq_lens [S]) of the one-token sequences, attended by the decode kernel.
+
+        NOTE (split mixed steps): a serving step packs hundreds of decodes beside a prompt or two. The prefill
+        kernel (GQA-packed) gives each decode G rows of a 64-row tile and no split over its history; the decode
+        kernel is built for exactly them (one query, GQA heads together, split-KV). "split" costs a gather and a
+        scatter of q / out rows per layer; bench_mixed_attention times both at serving shapes."""
         self.runner = runner
+        self.single = single
         self.block_tables = block_tables  # [B, max_blocks] int32
         self.seq_lens = seq_lens  # [B] int32: tokens cached after this step
         self.slot_mapping = slot_mapping  # [T] int64: where each new token's K/V goes
@@ -111,8 +123,13 @@ class BatchAttention:
             if cu is None:  # decode-only on the reference path: every sequence has one token
                 cu = torch.arange(qp.shape[0] + 1, dtype=torch.int32, device=qp.device)
             extra = {"max_q_len": self.max_q_len} if r.backend == "triton" else {}
+            if self.single is not None:
+                extra["skip_single"] = True
             out = r.prefill_fn(qp, kp, vp, cu, self.seq_lens, self.block_tables, kc, vc, self.slot_mapping, ks, vs,
-                               **extra)  # [T, Hq, D]
+                               **extra)  # [T, Hq, D] (with skip_single: the one-token sequences' rows unwritten)
+            if self.single is not None:  # their K/V are in the cache now: the decode kernel attends them
+                rows, tables, lens = self.single
+                out.index_copy_(0, rows, r.decode_fn(qp.index_select(0, rows), kc, vc, tables, lens, ks, vs))
         return out
 
     def advance(self, num_tokens: int) -> None:
@@ -164,6 +181,9 @@ class ModelRunner:
         self.decode_counters = torch.zeros(max_num_seqs * cfg.num_key_value_heads if fold else 0,
                                            dtype=torch.int32, device=self.device)
         self.max_model_len = max_model_len or cfg.max_position_embeddings
+        self.mixed_attention = os.environ.get(MIXED_ATTENTION_ENV, "packed")
+        if self.mixed_attention not in MIXED_ATTENTION_MODES:
+            raise ValueError(f"{MIXED_ATTENTION_ENV}={self.mixed_attention!r}: expected one of {MIXED_ATTENTION_MODES}")
         if fuse:
             from phase4_scheduler.fused_model import fuse_model
 
@@ -236,9 +256,15 @@ class ModelRunner:
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
         torch.cumsum(q_lens_t, 0, out=cu[1:])
-        ctx = BatchAttention(self, pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev),
-                             as_cpu_tensor(slot_mapping, torch.int64).to(dev),
-                             None if decode_only else cu.to(dev), max_q_len)
+        tables, lens = pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev)
+        single = None
+        if not decode_only and self.mixed_attention == "split" and self.decode_fn is not None:
+            one = (q_lens_t == 1).nonzero()[:, 0]  # [S] the one-token sequences (decodes, a last prompt token)
+            if one.numel():
+                one_dev = one.to(dev)
+                single = (cu[:-1][one].long().to(dev), tables.index_select(0, one_dev), lens.index_select(0, one_dev))
+        ctx = BatchAttention(self, tables, lens, as_cpu_tensor(slot_mapping, torch.int64).to(dev),
+                             None if decode_only else cu.to(dev), max_q_len, single)
         if token_src is None or scatter:
             ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
             if scatter:  # the previous step's tokens at their positions, on the device

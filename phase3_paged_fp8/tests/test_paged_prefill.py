@@ -60,6 +60,33 @@ def test_paged_prefill_matches_oracle(impl, dtype, case):
         torch.testing.assert_close(got_k, k[cu[b]:cu[b + 1]].float(), atol=0.1, rtol=0.07)
 
 
+def test_skip_single_leaves_one_token_sequences_to_the_caller():
+    """skip_single: the same outputs for the sequences with several new tokens (the one-token sequences' rows are
+    left to the caller: phase 4's split mixed steps fill them with the decode kernel, tested there), and every
+    row's K/V written."""
+    hq, hkv, d, bs = 8, 2, 32, 8
+    q_lens, prefixes = [1, 13, 1, 5, 1], [40, 3, 7, 0, 16]
+    gen = torch.Generator().manual_seed(5)
+    lens = [a + b for a, b in zip(q_lens, prefixes)]
+    max_blocks = -(-max(lens) // bs) + 1
+    num_blocks = len(lens) * max_blocks + 2
+    kc, vc, _, _ = random_cache(num_blocks, bs, hkv, d, torch.float32, gen=gen)
+    bt = random_block_tables(len(lens), max_blocks, num_blocks, gen=gen)
+    t = sum(q_lens)
+    q, k, v = (torch.randn(t, h, d, generator=gen).to(DEVICE) for h in (hq, hkv, hkv))
+    ql = torch.tensor(q_lens, dtype=torch.int32, device=DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32, device=DEVICE)
+    cu[1:] = torch.cumsum(ql, 0)
+    slots = slot_mapping_for(bt, sl, ql, bs)
+    want = paged_prefill(q, k, v, cu, sl, bt, kc.clone(), vc.clone(), slots, block_m=16, block_n=16)
+    kc2, vc2 = kc.clone(), vc.clone()
+    got = paged_prefill(q, k, v, cu, sl, bt, kc2, vc2, slots, block_m=16, block_n=16, skip_single=True)
+    multi = torch.repeat_interleave(ql > 1, ql)  # [T] rows of the sequences with several new tokens
+    torch.testing.assert_close(got[multi], want[multi])
+    assert torch.equal(kc2.view(-1, hkv, d)[slots], k) and torch.equal(vc2.view(-1, hkv, d)[slots], v)
+
+
 def test_slot_mapping_for():
     bt = torch.tensor([[5, 2, 9], [1, 7, 0]], dtype=torch.int32)
     slots = slot_mapping_for(bt, torch.tensor([6, 2], dtype=torch.int32), torch.tensor([3, 2], dtype=torch.int32), 4)

@@ -34,3 +34,55 @@ def test_packed_step_equals_the_split(case):
 def test_gpu_bench_case_runs():
     r = bma.run_case("32x100+1x50", layers=2)
     assert r["max_abs_diff"] < 5e-2 and r["packed_us"] > 0 and r["split_us"] > 0 and r["tokens"] == 82
+
+
+def test_split_mixed_steps_give_the_packed_engines_tokens(monkeypatch):
+    """TITAN_MIXED_ATTENTION=split: steps with a prefill attend their one-token sequences with the decode kernel
+    (Triton kernels, under the interpreter on the CPU) -- the same greedy tokens as the one packed launch, and the
+    split really ran (decode-kernel calls from steps that carried a prefill). A bad mode is refused."""
+    from common.sampling import SamplingParams
+    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.llm import LLM
+    from phase4_scheduler.tests.engine_helpers import prompts
+
+    ps = [[t % 32000 for t in p] for p in prompts(4, seed=41, lo=6, hi=30)]  # TinyLlama's vocabulary
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+
+    def run(mode):
+        monkeypatch.setenv("TITAN_MIXED_ATTENTION", mode)
+        eng = LLMEngine.from_model("tinyllama-1.1b", device=DEV, random_weights=True, num_layers=1, num_blocks=64,
+                                   max_model_len=128, max_num_seqs=4, max_num_batched_tokens=16, backend="triton",
+                                   dtype=torch.float32, cuda_graph=False)
+        calls = []
+        inner = eng.runner.decode_fn
+        eng.runner.decode_fn = lambda q, *a: (calls.append(q.shape[0]), inner(q, *a))[1]
+        return [o.output_token_ids for o in LLM(engine=eng).generate(ps, greedy)], calls, eng
+
+    packed_tokens, packed_calls, _ = run("packed")
+    split_tokens, split_calls, eng = run("split")
+    assert split_tokens == packed_tokens
+    assert len(split_calls) > len(packed_calls), "no step with a prefill went through the decode kernel"
+    monkeypatch.setenv("TITAN_MIXED_ATTENTION", "both")
+    with pytest.raises(ValueError, match="TITAN_MIXED_ATTENTION"):
+        LLMEngine(eng.loaded, num_blocks=8)
+
+
+@pytest.mark.gpu
+def test_gpu_split_mixed_steps_with_graphs_give_the_packed_tokens(monkeypatch):
+    """On the GPU with decode graphs and mixed-step graphs (fused model, fp32): split == packed, token for token."""
+    from common.sampling import SamplingParams
+    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.llm import LLM
+    from phase4_scheduler.tests.engine_helpers import prompts
+
+    ps = [[t % 32000 for t in p] for p in prompts(12, seed=42, lo=6, hi=90)]
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    outs = []
+    for mode in ("packed", "split"):
+        monkeypatch.setenv("TITAN_MIXED_ATTENTION", mode)
+        eng = LLMEngine.from_model("tinyllama-1.1b", device="cuda", random_weights=True, num_layers=2, num_blocks=256,
+                                   max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64, fuse=True,
+                                   dtype=torch.float32)
+        assert eng.runner.mixed is not None and eng.runner.mixed_attention == mode
+        outs.append([o.output_token_ids for o in LLM(engine=eng).generate(ps, greedy)])
+    assert outs[0] == outs[1]
