@@ -97,16 +97,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
     ap.add_argument("--name", default="decode_attention_gpu")
     args = ap.parse_args(argv)
+    return sweep_cases("bench_decode_attention", args.cases, lambda c: run_case(*map(int, c.split("x")), args.layers),
+                       args.layers, args.name)
+
+
+def sweep_cases(tool: str, cases: list[str], run_one, layers: int, name: str) -> dict:
+    """Run each case on the GPU (run_one(case) -> a row), print it, and write results/<name>.json after every case
+    (a failure keeps the earlier rows)."""
     if not torch.cuda.is_available():
-        raise SystemExit("bench_decode_attention needs CUDA (it times kernels on the GPU)")
+        raise SystemExit(f"{tool} needs CUDA (it times kernels on the GPU)")
     rows, res = [], {}
-    for c in tqdm(args.cases, desc="cases"):
-        b, ctx = map(int, c.split("x"))
-        r = run_case(b, ctx, args.layers)
+    for c in tqdm(cases, desc="cases"):
+        r = run_one(c)
         print(r, flush=True)
         rows.append(r)
-        res = {"model_shapes": f"{HQ}q/{HKV}kv x {D}, bf16, block {BS}", "layers": args.layers, "rows": rows}
-        write_result("phase4_scheduler", args.name, res)  # after every case: a failure keeps the earlier rows
+        res = {"model_shapes": f"{HQ}q/{HKV}kv x {D}, bf16, block {BS}", "layers": layers, "rows": rows}
+        write_result("phase4_scheduler", name, res)
     return res
 
 

@@ -21,13 +21,9 @@ import inspect
 import re
 
 import torch
-from tqdm.auto import tqdm
-
 from common import artifacts
-from common.bench import write_result
+from phase4_scheduler.bench_decode_attention import BS, D, HKV, HQ, sweep_cases
 from phase4_scheduler.bench_fused import graph_ms
-
-HQ, HKV, D, BS = 32, 4, 64, 16
 
 
 def parse_case(text: str) -> tuple[int, int, int, int]:
@@ -134,16 +130,8 @@ def main(argv=None) -> dict:
             parse_case(c)
     except ValueError as e:
         ap.error(str(e))
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_mixed_attention needs CUDA (it times kernels on the GPU)")
-    rows, res = [], {}
-    for c in tqdm(args.cases, desc="cases"):
-        r = run_case(c, args.layers)
-        print(r, flush=True)
-        rows.append(r)
-        res = {"model_shapes": f"{HQ}q/{HKV}kv x {D}, bf16, block {BS}", "layers": args.layers, "rows": rows}
-        write_result("phase4_scheduler", args.name, res)  # after every case: a failure keeps the earlier rows
-    return res
+    return sweep_cases("bench_mixed_attention", args.cases, lambda c: run_case(c, args.layers), args.layers,
+                       args.name)
 
 
 if __name__ == "__main__":
