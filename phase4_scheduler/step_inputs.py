@@ -16,12 +16,6 @@ def int64_tensor(values: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.fromiter(values, np.int64, len(values)))
 
 
-def _token_at(req) -> int:
-    """The request's token at position num_computed_tokens (req.token_at inlined: called per row per step)."""
-    i = req.num_computed_tokens - len(req.prompt_token_ids)
-    return req.output_token_ids[i] if i >= 0 else req.prompt_token_ids[i]
-
-
 def prepare_inputs(plan, kv, as_tensors: bool = True) -> tuple:
     """A SchedulerOutput's inputs for ModelRunner.execute: token_ids [T], positions [T], q_lens [B], seq_lens [B],
     block_tables [B, W] (int32, zero-padded) and slot_mapping [T], as CPU torch tensors (`as_tensors`) or lists.
@@ -32,13 +26,13 @@ def prepare_inputs(plan, kv, as_tensors: bool = True) -> tuple:
     rows = np.fromiter([rows_of[r.request_id] for r, _ in scheduled], np.int64, b)  # [B]
     starts = np.fromiter([r.num_computed_tokens for r, _ in scheduled], np.int64, b)  # [B] first new position
     if plan.decode_only:  # one token each: positions are the starts
-        token_ids = [_token_at(r) for r, _ in scheduled]
+        token_ids = [r.token_at(r.num_computed_tokens) for r, _ in scheduled]
         q_lens, positions, slots = np.ones(b, np.int64), starts, kv.slots(rows, starts)
     else:
         token_ids = []
         for req, n in scheduled:
             if n == 1:  # a decode row (most of a mixed step's rows)
-                token_ids.append(_token_at(req))
+                token_ids.append(req.token_at(req.num_computed_tokens))
             else:
                 c = req.num_computed_tokens
                 token_ids += req.token_slice(c, c + n)
