@@ -117,9 +117,8 @@ def test_runner_token_src_rejects_prefill_steps(tiny):
         eng.runner.execute([1, 2, 3], [0, 1, 2], [3], [3], [[0]], [0, 1, 2], token_src=src)
 
 
-@pytest.mark.gpu
-def test_gpu_overlap_with_cuda_graphs_matches_sync():
-    """On the GPU: graphs + overlapped decode (the default) give the tokens of graphs without overlap, in fp32."""
+def tiny_cuda_loaded():
+    """A 2-layer fp32 Llama with random weights on the GPU, no tokenizer (the overlap GPU tests' model)."""
     from common.config import ModelConfig
     from common.llama import LlamaForCausalLM
     from common.model_loader import LoadedModel
@@ -130,7 +129,13 @@ def test_gpu_overlap_with_cuda_graphs_matches_sync():
                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
     dev = torch.device("cuda")
     model = LlamaForCausalLM.from_state_dict(cfg, random_state_dict(cfg, seed=0, std=0.1, device=dev))
-    loaded = LoadedModel(cfg, model.to(dev), None, "tiny", dev, torch.float32)
+    return LoadedModel(cfg, model.to(dev), None, "tiny", dev, torch.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_overlap_with_cuda_graphs_matches_sync():
+    """On the GPU: graphs + overlapped decode (the default) give the tokens of graphs without overlap, in fp32."""
+    loaded = tiny_cuda_loaded()
     reqs = [(p, SamplingParams(max_tokens=m, temperature=0, ignore_eos=True))
             for p, m in zip(prompts(9, seed=21), (1, 3, 8, 17, 30, 5, 12, 2, 25))]
     kw = {"num_blocks": 128, "block_size": 16, "max_num_seqs": 16, "cuda_graph": True, "detokenize": False}

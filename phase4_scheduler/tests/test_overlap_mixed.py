@@ -14,7 +14,7 @@ from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.overlap import PLACEHOLDER, blocks_bound, blocks_needed
 from phase4_scheduler.scheduler import Scheduler
 from phase4_scheduler.tests.engine_helpers import prompts
-from phase4_scheduler.tests.test_overlap import drive_and_check_no_leaks, stream
+from phase4_scheduler.tests.test_overlap import drive_and_check_no_leaks, stream, tiny_cuda_loaded
 from phase4_scheduler.tests.test_scheduler import req, run_step
 
 
@@ -153,17 +153,7 @@ def test_overlap_mixed_defaults_off_and_follows_the_environment(tiny, monkeypatc
 def test_gpu_mixed_overlap_with_cuda_graphs_matches_sync(fuse):
     """On the GPU, fp32: CUDA graphs (+ the fused model's piecewise mixed-step graphs) with mixed overlap give the
     synchronous engine's tokens, with admissions and prompt chunks run ahead."""
-    from common.config import ModelConfig
-    from common.llama import LlamaForCausalLM
-    from common.model_loader import LoadedModel
-    from common.weights import random_state_dict
-
-    cfg = ModelConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    dev = torch.device("cuda")
-    model = LlamaForCausalLM.from_state_dict(cfg, random_state_dict(cfg, seed=0, std=0.1, device=dev))
-    loaded = LoadedModel(cfg, model.to(dev), None, "tiny", dev, torch.float32)
+    loaded = tiny_cuda_loaded()
     reqs = [(p, SamplingParams(max_tokens=m, temperature=0, ignore_eos=True))
             for p, m in zip(prompts(12, seed=35, lo=20), (1, 3, 8, 17, 30, 5, 12, 2, 25, 9, 14, 6))]
     kw = {"num_blocks": 128, "block_size": 16, "max_num_seqs": 4, "max_num_batched_tokens": 32, "cuda_graph": True,
