@@ -10,7 +10,10 @@ PHASES := 0 1 2 3 4 5 6 7 8
         $(addprefix phase,$(PHASES)) milestone1 milestone2 milestone3
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@{ grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'; \
+	  printf '%s\t%s\n' "phase0..phase4" "a phase's gate: its acceptance criteria live (GPU ones skipped on CPU); exit 1 on a failure" \
+	    "milestone1" "the MLA milestone gate (phase 2's MLA against HF and GQA-8)" \
+	    "phase5..phase8" "not built yet (as milestone2, milestone3): the gate says so and exits 1"; } | column -t -s $$'\t'
 
 setup:  ## create .venv, install the pinned stack and fetch the model + data (fast no-op when done)
 	@bash tools/setup.sh
@@ -21,11 +24,11 @@ demo: setup  ## answer a chat prompt with SmolLM2-135M through TitanInfer and pr
 test: setup  ## the CPU suite (pytest + cargo test) and nbval on every notebook
 	$(MAKE) --no-print-directory test-cpu test-nb
 
-test-cpu:
+test-cpu:  ## the CPU suite only (cargo test + pytest -m 'not gpu')
 	@if [ -f phase1_rust_allocator/Cargo.toml ]; then cd phase1_rust_allocator && cargo test --offline -q; fi
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
 
-test-nb:
+test-nb:  ## nbval on every notebook only
 	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider $(NOTEBOOKS)
 
 test-gpu:  ## the GPU suite (run on the GPU machine)
@@ -34,11 +37,10 @@ test-gpu:  ## the GPU suite (run on the GPU machine)
 lab: setup  ## JupyterLab on the notebooks
 	.venv/bin/jupyter lab --notebook-dir=$(CURDIR)
 
-serve: setup  ## titan serve (OpenAI-compatible API; arrives with phase 4)
-	@if $(PY) -m common.cli serve --help >/dev/null 2>&1; then $(PY) -m common.cli serve --model smollm2-135m; \
-	else echo "titan serve is built in phase 4 (phase4_scheduler), which does not exist yet"; exit 1; fi
+serve: setup  ## titan serve: the OpenAI-compatible server (phase 4), SmolLM2-135M on http://127.0.0.1:8000
+	$(PY) -m common.cli serve --model smollm2-135m
 
-bench: setup  ## the CPU benchmarks of every phase (GPU ones run on the GPU machine: see each phase README)
+bench: setup  ## CPU benchmarks: phase 0's KV cache (~5 min) and phase 1's allocator (others: each phase README)
 	$(PY) -m phase0_tinyllama.bench_kvcache --device cpu
 	$(PY) -m phase1_rust_allocator.bench_allocator
 
@@ -51,5 +53,5 @@ $(addprefix phase,$(PHASES)): setup
 milestone1 milestone2 milestone3: setup
 	$(PY) -m milestones.run $@
 
-clean:
+clean:  ## remove pytest caches, build/ and __pycache__
 	rm -rf .pytest_cache build */__pycache__
