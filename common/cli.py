@@ -4,7 +4,7 @@
     titan chat --model smollm2-135m                # interactive; --prompt for one turn
     titan artifacts                                # the seam's table (the course's table of contents)
     titan serve --model smollm2-135m --port 8000   # OpenAI-compatible HTTP server (phase 4)
-Later phases add `titan bench`.
+    titan bench offline --help                     # phase 4's benchmarks: offline throughput, serving
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _add_model_group(p: argparse.ArgumentParser, model_help: str = "") -> argpar
     g.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id"
                    f"{model_help} (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16 (default: %(default)s)")
     g.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
     g.add_argument("--tokenizer", default=None, help="a directory with tokenizer.json (or a .gguf) to use instead of "
                    "the model's own, e.g. with --random-weights where the model file is absent")
@@ -41,8 +41,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 disables")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 disables")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 disables (default: %(default)s)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 disables (default: %(default)s)")
     p.add_argument("--stats", action="store_true", help="print tokens/s and timing after the answer")
 
 
@@ -136,7 +136,11 @@ def cmd_bench(args) -> int:
     from common import artifacts
 
     main_fn = artifacts.get("bench.offline" if args.which == "offline" else "bench.serve")
-    main_fn(args.rest)
+    argv0, sys.argv[0] = sys.argv[0], f"titan bench {args.which}"  # the script's usage line names argv[0]
+    try:
+        main_fn(args.rest)
+    finally:
+        sys.argv[0] = argv0
     return 0
 
 
@@ -187,17 +191,39 @@ Extensions in the request body: top_k, ignore_eos, stop_token_ids.
 """
 
 
+GENERATE_EPILOG = """\
+example:
+  titan generate --prompt "Once upon a time" --max-tokens 64 --stats
+
+""" + EPILOG
+CHAT_EPILOG = """\
+examples:
+  titan chat --prompt "What is the capital of France?" --stats    # one turn
+  titan chat --temperature 0.7 --seed 0                            # interactive (/exit to quit)
+
+""" + EPILOG
+BENCH_EPILOG = """\
+examples:
+  titan bench offline --help
+  titan bench offline --model smollm2-135m --random-weights --num-layers 2 --num-prompts 16 --output-len 16
+  titan bench serve --launch --model smollm2-135m --random-weights --num-layers 2 --num-prompts 20 --request-rate inf
+Each writes a JSON under phase4_scheduler/results/ (name it with --name).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="titan", description="TitanInfer: an LLM inference engine built phase by phase.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    g = sub.add_parser("generate", help="complete a raw text prompt", epilog=EPILOG,
+    g = sub.add_parser("generate", help="complete a raw text prompt", epilog=GENERATE_EPILOG,
+                       description="Continue a raw text prompt (no chat template) and print the continuation.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--prompt", required=True, help="the text to continue")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
-    c = sub.add_parser("chat", help="chat with the model (interactive, or one turn with --prompt)", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser("chat", help="chat with the model (interactive, or one turn with --prompt)",
+                       epilog=CHAT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Chat through the model's chat template: one turn with --prompt, else interactive.")
     c.add_argument("--prompt", help="one user message; without it, an interactive session (/exit to quit)")
     c.add_argument("--system", default=None, help="system message (default: the chat template's own)")
     _add_model_args(c)
@@ -238,10 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn's log level (default: %(default)s)")
     sv.set_defaults(func=cmd_serve)
     b = sub.add_parser("bench", help="benchmarks: `titan bench offline ...` or `titan bench serve ...` (--help on each)",
-                       add_help=False)
-    b.add_argument("which", choices=["offline", "serve"], help="offline: LLM.generate throughput (vs static "
+                       add_help=False, epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Phase 4's benchmark scripts (phase4_scheduler/bench_offline.py, bench_serve.py); "
+                                   "everything after the benchmark's name is its own options.")
+    # NOTE: add_help=False so that `titan bench offline --help` reaches the script; `titan bench --help` (the option
+    # before any name) is still this parser's.
+    b.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    b.add_argument("which", choices=["offline", "serve"], metavar="{offline,serve}", help="offline: LLM.generate throughput (vs static "
                    "batching); serve: ShareGPT + Poisson arrivals against an OpenAI-compatible server")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    b.add_argument("rest", nargs=argparse.REMAINDER, metavar="OPTIONS", help="the benchmark's own options")
     b.set_defaults(func=cmd_bench)
     a = sub.add_parser("artifacts", help="print the seam's table: every phase's deliverables and where they live")
     a.set_defaults(func=cmd_artifacts)

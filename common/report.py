@@ -60,10 +60,19 @@ def write(phase: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
-    phases = sorted(p.parent.name for p in REPO_ROOT.glob("phase*/report_template.md")) if args == ["--all"] else args
+    known = sorted(p.parent.name for p in REPO_ROOT.glob("phase*/report_template.md"))
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    phases = known if args == ["--all"] else [a.rstrip("/") for a in args]
     if not phases:
         print(__doc__)
         return 1
+    unknown = [ph for ph in phases if ph not in known]
+    if unknown:
+        print(f"common.report: no report template for {', '.join(unknown)}; phases with one: {', '.join(known)} "
+              "(or --all)", file=sys.stderr)
+        return 2
     for ph in phases:
         write(ph)
     return 0
