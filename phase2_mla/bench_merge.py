@@ -9,6 +9,10 @@ Two sections were measured apart from the MLA sweep (results/bench_mla.json):
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-gqa phase2_mla/results/bench_mla_gqa.json
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-rope phase2_mla/results/bench_mla_rope.json
 
+Those two merges built the H100 record of 2026-11-25, kept since as results/bench_mla_h100.json; bench_mla.json is
+now the H200 run (RoPE, MLA and GQA in one call), so they are refused there: a merge needs both records from the same
+GPU model (`main` compares the provenances' `device`).
+
 NOTE (design): no number is produced here, only ratios of recorded ones. The sweep's own `provenance` stays the
 record's provenance; the other file's becomes `gqa_provenance` / `rope_provenance` (with its `source`), and the
 summary is recomputed with `bench_mla.summarize` from the recorded sections, keeping the fields earlier merges
@@ -19,6 +23,7 @@ under `sections`, every merge that built the record.
 from __future__ import annotations
 
 import json
+import sys
 
 from common.bench import load_result, provenance, results_dir
 from phase2_mla.bench_mla import summarize
@@ -127,6 +132,12 @@ def main(path: str, kind: str = "gqa") -> int:
     with open(path) as f:
         rec = json.load(f)
     source = f"results/{path.rsplit('/', 1)[-1]}"
+    have, new = (res.get("provenance") or {}).get("device"), (rec.get("provenance") or {}).get("device")
+    if have != new:  # two machine starts of one GPU model may share a record; two GPU models may not
+        print(f"bench_merge: {source} was measured on {new}, results/bench_mla.json on {have}: merging would mix two "
+              "GPU models in one record. Nothing written. (The H100 record these merges built is "
+              "results/bench_mla_h100.json.)", file=sys.stderr)
+        return 1
     out = (merge_gqa if kind == "gqa" else merge_rope)(res, rec, source=source)
     dest = results_dir("phase2_mla") / "bench_mla.json"  # written as is: the sweep's provenance stays
     dest.write_text(json.dumps(out, indent=2, default=str) + "\n")

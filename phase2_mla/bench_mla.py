@@ -11,6 +11,8 @@
     PYTHONPATH=. python -m phase2_mla.bench_mla --only mla,gqa   # sections: rope, mla, gqa
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-gqa phase2_mla/results/bench_mla_gqa.json   # CPU, offline
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-rope phase2_mla/results/bench_mla_rope.json # CPU, offline
+(the merges fold a section measured in another device call on the same GPU model into bench_mla.json: they built
+the H100 record, now bench_mla_h100.json, and bench_merge refuses them on today's H200 record.)
 On the GPU machine: `TITAN_RESULTS_DIR=$OUT TITAN_COMMIT=<sha> python3 -m phase2_mla.bench_mla` (no git there).
 
 NOTE (method): short kernels are timed inside a CUDA graph of `inner` back-to-back launches, so the figure is the
@@ -293,12 +295,15 @@ def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else []
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return 0
     for kind in ("gqa", "rope"):  # offline: fold a separately recorded section into results/bench_mla.json
         if f"--merge-{kind}" in args:
             from phase2_mla.bench_merge import main as merge_main
             return merge_main(args[args.index(f"--merge-{kind}") + 1], kind)
     if not torch.cuda.is_available():
-        print("bench_mla needs a CUDA GPU (it measures H100 bandwidth); the CPU figures come from "
+        print("bench_mla needs a CUDA GPU (it measures Hopper bandwidth and kernels); the CPU figures come from "
               "`python -m phase2_mla.kv_arith`.")
         return 1
     t0 = time.time()

@@ -94,3 +94,22 @@ def test_rope_merge_rejects_unusable_records():
     del bad["rope"][0]["triton"]
     with pytest.raises(ValueError, match="decode B=256"):
         merge_rope(res, bad)
+
+
+def test_main_refuses_to_mix_two_gpu_models(tmp_path, monkeypatch, capsys):
+    """`bench_mla --merge-gqa` on a record of another GPU model writes nothing and says why (exit 1)."""
+    import json
+
+    from phase2_mla import bench_merge
+
+    res, gqa = _records()
+    gqa["provenance"]["device"] = "GPU-B"
+    monkeypatch.setattr(bench_merge, "load_result", lambda phase, name: res)
+    monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path / "out"))
+    src = tmp_path / "bench_mla_gqa.json"
+    src.write_text(json.dumps(gqa))
+    assert bench_merge.main(str(src), "gqa") == 1
+    assert "GPU-B" in capsys.readouterr().err and not (tmp_path / "out" / "bench_mla.json").exists()
+    gqa["provenance"]["device"] = "GPU-A"  # same model, another machine start: merged
+    src.write_text(json.dumps(gqa))
+    assert bench_merge.main(str(src), "gqa") == 0 and (tmp_path / "out" / "bench_mla.json").exists()
