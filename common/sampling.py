@@ -1,12 +1,18 @@
 """Sampling: greedy, temperature, top-k, top-p (nucleus), seeded. The Sampler of every later engine calls this."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 
 MAX_LOGPROBS = 20  # top alternatives per token, at most (OpenAI's chat API allows 20)
+# Temperatures below this are greedy (vLLM's _SAMPLING_EPS): logits / 1e-40 overflow fp32 to inf, and a softmax of
+# inf is NaN, which made torch.multinomial raise inside a step and took every request of the batch down with it.
+GREEDY_TEMPERATURE = 1e-5
+SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed accepts (beyond: an error inside the step)
 
 
 @dataclass
@@ -33,14 +39,28 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # OpenAI: token id -> added to its logit (-100 bans, +100 forces)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        """Every value is checked here, where a bad one names itself: one that got into a step would raise there
+        (torch.multinomial on NaN, topk(k=True), manual_seed(2**70)) and end every request of the batch.
+
+        NOTE: a temperature below GREEDY_TEMPERATURE is stored as 0.0 (greedy): sampling at 1e-6 is argmax
+        anyway, and dividing logits by 1e-40 overflows fp32."""
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        for name in ("temperature", "top_p"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature < GREEDY_TEMPERATURE:
+            self.temperature = 0.0
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"top_k must be an integer >= -1 (0 or -1 disable it), got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]):
+            raise ValueError(f"seed must be None or an integer in [-2**63, 2**64), got {self.seed!r}")
         for name in ("logprobs", "prompt_logprobs"):
             lp = getattr(self, name)
             if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
@@ -49,8 +69,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty}")
         for t, b in (self.logit_bias or {}).items():
             if isinstance(t, bool) or not isinstance(t, int) or t < 0 or not -100.0 <= b <= 100.0:
                 raise ValueError(f"logit_bias maps token ids (integers >= 0) to biases in [-100, 100], got "
