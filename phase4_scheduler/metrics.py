@@ -96,14 +96,17 @@ class Counter:
         return self.values.get(label_value, 0.0)
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        """HELP and TYPE name the samples' own `x_total` (text format 0.0.4, as prometheus_client writes it): a
+        TYPE line for `x` would leave the `x_total` samples untyped in Prometheus and its parsers."""
+        total = f"{self.name}_total"
+        lines = [f"# HELP {total} {self.help}", f"# TYPE {total} counter"]
         with self._lock:
             items = sorted(self.values.items(), key=lambda kv: str(kv[0])) or [(None, 0.0)]
             for lv, v in items:
                 if self.label is None or lv is None:
-                    lines.append(f"{self.name}_total {_fmt(v)}")
+                    lines.append(f"{total} {_fmt(v)}")
                 else:
-                    lines.append(f"{self.name}_total{_labels({self.label: lv})} {_fmt(v)}")
+                    lines.append(f"{total}{_labels({self.label: lv})} {_fmt(v)}")
         return lines
 
 

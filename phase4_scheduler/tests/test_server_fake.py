@@ -274,8 +274,14 @@ def test_metrics_parse_with_prometheus_client(scraped):
     parser = pytest.importorskip("prometheus_client.parser")  # an independent parser, where it is installed
     families = {f.name: f for f in parser.text_string_to_metric_families(scraped.text)}
     assert families["titan:e2e_request_latency_seconds"].type == "histogram"
-    assert families["titan:request_success"].type == "counter"
     assert families["titan:num_requests_running"].type == "gauge"
+    # a counter's samples belong to its typed family (TYPE names `x_total`, as prometheus_client writes it), not
+    # to an untyped one beside an empty `counter`
+    assert not [f.name for f in families.values() if f.type in ("unknown", "untyped")]
+    success = families["titan:request_success"]
+    assert success.type == "counter" and [(s.name, s.labels, s.value) for s in success.samples] == \
+        [("titan:request_success_total", {"finished_reason": "length"}, 4)]
+    assert families["titan:generation_tokens"].type == "counter" and families["titan:generation_tokens"].samples
 
 
 # ---- disconnects and load -----------------------------------------------------------------------------------------
