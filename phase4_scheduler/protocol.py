@@ -52,7 +52,9 @@ class _SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1)             # extension; 0 or -1 = off
-    seed: int | None = None
+    # int64, as vLLM's: seed + i (choice i of n) still fits torch's generator; a seed it cannot take raised
+    # inside the engine's step, which ended every request and the engine with it
+    seed: int | None = Field(None, ge=-(2 ** 63), le=2 ** 63 - 1)
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     stop_token_ids: list[int] = Field(default_factory=list)  # extension

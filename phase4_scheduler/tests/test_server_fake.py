@@ -163,6 +163,9 @@ def test_models_and_health(client, served):
     ({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format", None,
      "only plain text"),
     ({"model": MODEL, "prompt": "hi", "temperature": "warm"}, 400, "temperature", None, "valid number"),
+    # a seed torch cannot take raised inside the engine's step and killed the engine (every request, then 503s)
+    ({"model": MODEL, "prompt": "hi", "seed": 2 ** 70}, 400, "seed", None, "less than or equal to"),
+    ({"model": MODEL, "prompt": "hi", "seed": -(2 ** 63) - 1}, 400, "seed", None, "greater than or equal to"),
     ({"prompt": "hi"}, 400, "model", None, "Field required"),
     ({"model": "gpt-4", "prompt": "hi"}, 404, "model", "model_not_found", "`gpt-4` does not exist"),
     ({"model": MODEL, "prompt": "x" * 300}, 400, "prompt", "context_length_exceeded", "300 tokens"),
@@ -177,6 +180,22 @@ def test_completion_errors(served, body, status, param, code, words):
         assert set(err) == {"message", "type", "param", "code"}
         assert err["type"] == "invalid_request_error" and err["param"] == param and err["code"] == code
         assert words in err["message"], err["message"]
+
+
+def test_seed_range_is_int64_with_room_for_n_choices(client):
+    """The seed's range is int64's (vLLM's): choice i of n samples with seed + i, which torch's generator still
+    takes at the top of the range."""
+    r = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, n=16, seed=2 ** 63 - 1)
+    assert len(r.choices) == 16
+    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2, seed=-(2 ** 63)).usage
+
+
+def test_seed_range_is_int64_with_room_for_n_choices(client):
+    """The seed's range is int64's (vLLM's): choice i of n samples with seed + i, which torch's generator still
+    takes at the top of the range."""
+    r = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, n=16, seed=2 ** 63 - 1)
+    assert len(r.choices) == 16
+    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2, seed=-(2 ** 63)).usage
 
 
 @pytest.mark.parametrize("body, words", [
