@@ -46,6 +46,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print tokens/s and timing after the answer")
 
 
+def run_script(main, prog: str) -> None:
+    """The `__main__` of a phase's script: a TitanError (no CUDA, a model not on disk, a bad path) ends it with one
+    line that names the fix, as `titan` does, instead of a traceback. An int returned by `main` is the exit code."""
+    try:
+        rc = main()
+    except TitanError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)
+
+
 def _load(args):
     from common.model_loader import load_model
 

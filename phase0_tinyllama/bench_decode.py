@@ -78,11 +78,14 @@ def profile_steps(model, ids: torch.Tensor, steps: int = 5) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default: 1 64)")
+    ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default: %(default)s)")
+    ap.add_argument("--tokens", type=int, default=128, help="new tokens per timed generation (default: %(default)s)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers side")
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_decode needs a CUDA GPU (it times the GPU decode step); the CPU figures come from "
+                         "`python -m phase0_tinyllama.bench_kvcache`")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     lm = load_model("tinyllama-1.1b", device="cuda", dtype="bf16", random_weights=True, seed=0)
@@ -119,4 +122,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_script
+
+    run_script(main, "bench_decode")

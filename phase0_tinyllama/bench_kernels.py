@@ -51,6 +51,9 @@ def check_kernels(k: CudaKernels) -> dict:
 
 
 def main() -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_kernels needs a CUDA GPU (it times the kernels and the device's ceilings); on a CPU "
+                         "`make phase0` checks that they compile with nvcc")
     torch.manual_seed(0)
     k = CudaKernels()
     result = {"ceilings": ceilings()}
@@ -90,4 +93,7 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

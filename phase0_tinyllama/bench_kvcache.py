@@ -87,4 +87,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_script
+
+    run_script(main, "bench_kvcache")

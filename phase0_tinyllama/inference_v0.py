@@ -62,4 +62,6 @@ def main(argv=None, stream=stream_no_cache, name="v0 (no KV cache)") -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_script
+
+    run_script(main, "inference_v0")

@@ -56,4 +56,6 @@ def generate(model, input_ids: torch.Tensor, params: SamplingParams, cache=None)
 
 
 if __name__ == "__main__":
-    inference_v0.main(stream=stream_kv_cache, name="v1 (KV cache)")
+    from common.cli import run_script
+
+    run_script(lambda: inference_v0.main(stream=stream_kv_cache, name="v1 (KV cache)"), "inference_v1")

@@ -39,6 +39,9 @@ def engine_ms_per_step(model, prompt_len: int, grad_mode=torch.no_grad) -> float
 
 
 def main() -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_decode needs a CUDA GPU (it profiles the GPU decode step); the CPU KV-cache figures "
+                         "come from `python -m phase0_tinyllama.bench_kvcache`")
     lm = load_model("tinyllama-1.1b", device="cuda", dtype="bf16", random_weights=True)
     m = lm.model
     engine_ms_per_step(m, 64)  # warm-up: kernels, allocator, cuBLAS handles
@@ -71,4 +74,9 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    from common.cli import run_script
+
+    run_script(main, "profile_decode")

@@ -118,9 +118,14 @@ def points_from_results(results_dir) -> list[Point]:
 
 
 if __name__ == "__main__":
+    import argparse
     from pathlib import Path
 
     import matplotlib
+
+    argparse.ArgumentParser(description=__doc__ + "\n    python -m phase0_tinyllama.roofline      # redraws "
+                            "results/roofline.png from results/*.json (no GPU needed)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
     matplotlib.use("Agg")
     out = Path(__file__).parent / "results"

@@ -115,6 +115,9 @@ def smoke_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("gluon_smoke needs a Hopper GPU (TMA and wgmma); on a CPU, "
+                         "`python -m phase2_mla.kernel_resources` compiles the Gluon kernels for sm_90a")
     a, c = smoke_inputs()
     s, o = run_smoke(a, c)
     torch.cuda.synchronize()
@@ -124,4 +127,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -50,6 +50,10 @@ CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (64, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(
+        [] if argv is None else argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the interpreter does not compile kernels")
         return 1

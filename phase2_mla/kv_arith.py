@@ -69,6 +69,10 @@ def kv_table(mla: ModelConfig, gqa_groups: int = 8, dtype: torch.dtype = torch.b
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(
+        [] if argv is None else argv)
     out = {name: kv_table(get_preset(name), groups) for name, groups in (("deepseek-v3", 8), ("deepseek-v3-tiny", 2))}
     for name, t in out.items():
         print(f"{name}: width {t['hidden_size']}, {t['num_attention_heads']} heads x {t['head_dim']}, {t['dtype']}")

@@ -71,4 +71,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common.cli import run_script
+
+    run_script(main, "bench_fp8_accuracy")

@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default="latency_gpu")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_latency needs a CUDA GPU (it measures ms/token against the H100 roofline)")
+        print("bench_latency needs a CUDA GPU (it measures ms/token against the GPU's weight roofline)")
         raise SystemExit(1)
     ceiling = copy_tb_s()
     res = {"model": args.model, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
@@ -167,4 +167,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_script
+
+    run_script(main, "bench_latency")

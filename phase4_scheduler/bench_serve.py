@@ -150,6 +150,15 @@ def main(argv=None) -> dict:
     reqs = sharegpt_requests(args.num_prompts, load_tokenizer_from_gguf(assets.require("smollm2-gguf")),
                              seed=args.seed)
     server = nullcontext(args.base_url)
+    if not args.launch:  # 1,000 refused connections say less than one line
+        import httpx
+
+        try:
+            httpx.get(f"{args.base_url}/v1/models", timeout=10)
+        except httpx.HTTPError as e:
+            raise SystemExit(f"bench_serve: no server answers at {args.base_url} ({type(e).__name__}: {e}). Start one "
+                             "(`titan serve --model smollm2-135m &`, or any OpenAI-compatible server) and pass "
+                             "--base-url, or add --launch to start ours in this process.") from None
     if args.launch:
         from phase4_scheduler.async_engine import AsyncEngine
         from phase4_scheduler.launch import BackgroundServer
@@ -174,4 +183,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_script
+
+    run_script(main, "bench_serve")

@@ -63,3 +63,32 @@ def test_report_help_and_unknown_phase():
     assert r.returncode == 0 and "--all" in r.stdout
     r = _run("common.report", "phase9_nothing")
     assert r.returncode == 2 and "phase0_tinyllama" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("module", ["phase0_tinyllama.roofline", "phase2_mla.kv_arith", "phase3_paged_fp8.plots"])
+def test_scripts_without_options_answer_help_instead_of_running(module):
+    r = _run(module, "--help")  # before: each ran (and rewrote its results file)
+    assert r.returncode == 0 and r.stdout.startswith("usage:") and "wrote" not in r.stdout
+
+
+def test_run_script_turns_a_titan_error_into_one_line(capsys):
+    from common.cli import run_script
+    from common.errors import ModelNotFoundError
+
+    def fails():
+        raise ModelNotFoundError("no weights for preset 'x': add --random-weights")
+
+    with pytest.raises(SystemExit) as e:
+        run_script(fails, "bench_x")
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == "bench_x: error: no weights for preset 'x': add --random-weights\n"
+    for rc, code in ((None, 0), ({"a": 1}, 0), (3, 3)):
+        with pytest.raises(SystemExit) as e:
+            run_script(lambda: rc, "bench_x")
+        assert e.value.code == code
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU message")
+def test_a_gpu_only_script_says_so_in_one_line_on_cpu():
+    r = _run("phase0_tinyllama.bench_kernels")
+    assert r.returncode == 1 and "needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
