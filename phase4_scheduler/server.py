@@ -347,6 +347,12 @@ def create_app(engine, api_key: str | None = None, manage_engine: bool = True,
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI parses the JSON before it runs the auth dependency: the key is checked first all the same, so a
+        # client without it gets a 401 whatever it sent (every route that validates a body is a keyed /v1 route)
+        try:
+            server.check_auth(request)
+        except P.OpenAIError as e:
+            return error(e.status, e.body())
         msg, param = P.validation_message(exc.errors())
         return error(400, P.error_body(msg, param=param))
 

@@ -247,6 +247,15 @@ def test_api_key():
             r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi"}, headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(url + "/v1/models").status_code == 401
+        # the key is checked before the body: a client without it learns nothing about what it sent (OpenAI's order)
+        for body in (b'{"model": ', b"", b"[1]", b'{"model": 5}'):
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                r = httpx.post(url + "/v1/chat/completions", content=body,
+                               headers={"content-type": "application/json", **headers})
+                assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (body, r.text)
+        r = httpx.post(url + "/v1/completions", content=b'{"model": ',
+                       headers={"content-type": "application/json", "Authorization": "Bearer s3cret"})
+        assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
