@@ -9,6 +9,10 @@ NOTE (stop strings): while a request runs, the last `max(len(stop)) - 1` charact
 be the start of a stop string that the next token completes; a stop string found in the text ends the request and
 is removed together with everything after it, as OpenAI's API does.
 
+NOTE (the end): tokens whose text still ends in an incomplete byte sequence when the request finishes (max_tokens
+cut an emoji in half, a stray byte token last) will get no next token; `delta(finished=True)` decodes them as they
+are, U+FFFD included, so the final text is `tokenizer.decode(output ids)` and not that minus its tail.
+
 NOTE (cost): this runs for every stream on every step, so a decode goes straight to the Rust `tokenizers.Tokenizer`
 behind an HF fast tokenizer when there is one (`fast_decoder`): HF's `decode` wraps the same call in ~10 us of
 Python per call, two calls per token, which at 256 streams was most of the detokeniser's ~1.7 ms per step. The
@@ -63,6 +67,7 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.tokens)
         self.text = ""  # decoded output text so far (cut at a stop string once one is found)
         self.num_emitted_chars = 0
+        self.stopped = False  # a stop string was found (the text ends before it; nothing is added after)
         self.holdback = max((len(s) for s in self.stop), default=1) - 1
         self._decode = fast_decoder(tokenizer, skip_special_tokens)
 
@@ -84,10 +89,25 @@ class IncrementalDetokenizer:
             return None
         i, s = min(hits)
         self.text = self.text[:i]
+        self.stopped = True
         return s
+
+    def _flush(self) -> None:
+        """At the end: the text of tokens held back for an incomplete UTF-8 sequence, as decode gives it (U+FFFD)."""
+        if self.stopped or self.read_offset == len(self.tokens):
+            return
+        prefix_text = self._decode(self.tokens[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.tokens[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.tokens)
+        if len(new_text) > len(prefix_text):
+            start = max(0, len(self.text) - self.holdback)
+            self.text += new_text[len(prefix_text):]
+            self._find_stop(start)
 
     def delta(self, finished: bool) -> str:
         """New text since the last call (holding back a possible stop-string prefix unless finished)."""
+        if finished:
+            self._flush()
         end = len(self.text) if finished else max(self.num_emitted_chars, len(self.text) - self.holdback)
         out = self.text[self.num_emitted_chars:end]
         self.num_emitted_chars = end

@@ -392,6 +392,8 @@ class LLMEngine:
         status, det = req.status, req.detokenizer
         finished = status.is_finished
         delta, text = (det.delta(finished), det.text) if det is not None else ("", "")
+        if det is not None and det.num_emitted_chars != len(text):  # text = the deltas so far: no held-back
+            text = text[:det.num_emitted_chars]  # stop-string prefix that a later step may cut (as ProcessEngine)
         out = RequestOutput(req.request_id, req.prompt_token_ids, new, list(out_ids), delta, text, finished,
                             status.value if finished else None, req.stop_reason, req.arrival_time,
                             req.first_token_time, req.num_preemptions)
