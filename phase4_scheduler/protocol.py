@@ -210,10 +210,25 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         if err.get("type") == "json_invalid":
             return f"Malformed JSON body: {err.get('msg', '')} (send a JSON object).", None
+        if not loc and err.get("type") in ("missing", "model_attributes_type"):  # the body itself is not an object
+            return _body_message(err), None
         msg = re.sub(r"^Value error, ", "", str(err.get("msg", "")))
         param = param or (loc[0] if loc else None)
         msgs.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(msgs) or "invalid request", param
+
+
+def _body_message(err: dict) -> str:
+    """What is wrong with a request body that is not a JSON object (FastAPI hands over the raw bytes when the
+    Content-Type is not JSON, e.g. curl's `-d` without `-H 'Content-Type: application/json'`)."""
+    body, fix = err.get("input"), 'send a JSON object with the request\'s fields ({"model": ..., ...})'
+    if err.get("type") == "missing":
+        return f"The request body is empty: {fix}."
+    if isinstance(body, bytes | bytearray):
+        return "The request body was not read as JSON: send it with the header `Content-Type: application/json`."
+    kind = "null" if body is None else {list: "an array", str: "a string", bool: "a boolean"}.get(type(body),
+                                                                                                 "a number")
+    return f"The request body must be a JSON object, not {kind}: {fix}."
 
 
 # ---- responses ---------------------------------------------------------------------------------------------------

@@ -224,6 +224,17 @@ def test_malformed_json_and_unknown_route(served):
     assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
     r = httpx.post(served[1] + "/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    # a body that is not a JSON object says what it is and what to send (it said "Field required" /
+    # "Input should be a valid dictionary or object to extract fields from")
+    good = json.dumps({"model": MODEL, "prompt": "hi"}).encode()
+    for body, ctype, words in ((b"", "application/json", "body is empty"),
+                               (b"[1, 2]", "application/json", "must be a JSON object, not an array"),
+                               (b"null", "application/json", "must be a JSON object, not null"),
+                               (good, "application/x-www-form-urlencoded", "Content-Type: application/json"),
+                               (good, None, "Content-Type: application/json")):
+        r = httpx.post(served[1] + "/v1/completions", content=body, headers={"content-type": ctype} if ctype else {})
+        err = r.json()["error"]
+        assert r.status_code == 400 and words in err["message"] and err["param"] is None, (body, ctype, err)
     r = httpx.get(served[1] + "/v1/engines")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
