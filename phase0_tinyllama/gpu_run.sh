@@ -3,6 +3,7 @@
 # into phase0_tinyllama/results/ afterwards.  Usage on the GPU machine:  bash phase0_tinyllama/gpu_run.sh [parts]
 # parts: kernels ncu decode kvcache profile tests (default: all)
 set -uo pipefail
+command -v nvidia-smi >/dev/null || { echo "gpu_run.sh runs on the GPU machine (no nvidia-smi here); on a CPU: make phase0 (GPU criteria skipped, quoting results/)" >&2; exit 1; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=/tmp/titan_cache
 mkdir -p "$TITAN_RESULTS_DIR"
 parts=${*:-kernels ncu decode kvcache profile tests}

@@ -5,6 +5,7 @@
 # phase4_scheduler/results/. Parts: check overhead offline fused (default: check overhead offline).
 #   PYTHONPATH=$PWD bash phase4_scheduler/gpu_offline.sh [check] [overhead] [offline] [fused]
 set -uo pipefail
+command -v nvidia-smi >/dev/null || { echo "gpu_offline.sh runs on the GPU machine (no nvidia-smi here); on a CPU: make phase4, and the CPU benches in phase4_scheduler/README.md" >&2; exit 1; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=${TITAN_CACHE:-/tmp/titan_cache}
 mkdir -p "$TITAN_RESULTS_DIR"
 parts=${*:-check overhead offline}

@@ -4,6 +4,7 @@
 # (../shared/peers/vllm: bench_offline.py, serve_on_device.sh) on the same machine for the side-by-side ratios.
 #   bash phase4_scheduler/gpu_run.sh [offline] [fp8] [static] [equal] [serve]
 set -uo pipefail
+command -v nvidia-smi >/dev/null || { echo "gpu_run.sh runs on the GPU machine (no nvidia-smi here); on a CPU: make phase4, and the CPU benches in phase4_scheduler/README.md" >&2; exit 1; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_RESULTS_DIR=${OUT:-/tmp/out} TITAN_CACHE=/tmp/titan_cache
 mkdir -p "$TITAN_RESULTS_DIR"
 parts=${*:-offline static equal serve}
