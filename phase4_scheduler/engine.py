@@ -125,6 +125,12 @@ class LLMEngine:
                                        max_num_batched_tokens=max_num_batched_tokens,
                                        enable_chunked_prefill=enable_chunked_prefill,
                                        admit_min_free_seats=admit_min_free_seats)
+        if not self.scheduler.enable_chunked_prefill and self.scheduler.max_num_batched_tokens < self.max_model_len - 1:
+            # unchunked, a prompt (or a preempted request's recompute: prompt + outputs, up to max_model_len - 1
+            # tokens) must fit one step's budget; one that does not would wait in the queue forever
+            raise ValueError(f"without chunked prefill max_num_batched_tokens ({self.scheduler.max_num_batched_tokens})"
+                             f" must be at least max_model_len - 1 ({self.max_model_len - 1}), or a longer prompt "
+                             "never runs: raise max_num_batched_tokens, lower max_model_len, or enable chunked prefill")
         self.runner_tensors = runner_tensors
         self.detokenize = detokenize and self.tokenizer is not None
         self.sampler = Sampler()

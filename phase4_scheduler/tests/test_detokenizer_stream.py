@@ -15,7 +15,8 @@ from phase4_scheduler.tests.engine_helpers import prompts
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-PIECES = ["🎉", "你好世界", "naïve café", " 😀😃", "∑∫√", "\n\t", " Hello", "  two spaces", "ü", "—", "tok", "."]
+PIECES = ["🎉", "你好世界", "naïve café", " 😀😃", "∑∫√", "\n\t", " Hello", "  two spaces", "ü", "—", "tok",
+          "."]
 SPECIAL = [0, 1, 2]  # <|endoftext|>, <|im_start|>, <|im_end|>: skipped in the text
 
 

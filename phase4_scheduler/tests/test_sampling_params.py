@@ -70,7 +70,8 @@ def test_seeded_request_same_tokens_alone_batched_and_preempted(tiny):
     alone = LLM(engine=LLMEngine(tiny, num_blocks=64, block_size=4)).generate([ps[0]], target)[0].output_token_ids
     others = [SamplingParams(max_tokens=5, temperature=0.9, seed=1, ignore_eos=True),
               SamplingParams(max_tokens=5, temperature=0.8, ignore_eos=True), GREEDY]
-    for order, kw in (([0, 1, 2, 3], {}), ([3, 2, 1, 0], dict(num_blocks=7)), ([2, 0, 1, 3], dict(max_num_batched_tokens=5))):
+    for order, kw in (([0, 1, 2, 3], {}), ([3, 2, 1, 0], dict(num_blocks=7)),
+                      ([2, 0, 1, 3], dict(max_num_batched_tokens=5))):
         eng = LLMEngine(tiny, block_size=4, **{"num_blocks": 64, **kw})
         params = [target if i == 0 else others[i - 1] for i in order]
         outs = LLM(engine=eng).generate([ps[i] for i in order], params)
