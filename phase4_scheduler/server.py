@@ -71,12 +71,18 @@ class Server:
     def sampling_params(self, req: P._SamplingFields, n_prompt: int, max_tokens: int | None,
                         param: str) -> SamplingParams:
         """SamplingParams for a request, after checking that prompt + max_tokens fit the context window."""
+        capacity = self.token_capacity()
         if max_tokens is None:  # chat without a limit: the rest of what one request can hold
-            max_tokens = max(1, self.token_capacity() - n_prompt)
+            max_tokens = max(1, capacity - n_prompt)
         try:
             check_prompt_fits(n_prompt, max_tokens, self.engine.max_model_len)
         except PromptTooLongError as e:
             raise P.OpenAIError(str(e), 400, param=param, code="context_length_exceeded") from None
+        if n_prompt >= capacity:  # a KV pool smaller than the context: the prompt alone fills it, whatever max_tokens
+            raise P.OpenAIError(
+                f"the prompt has {n_prompt} tokens but this server's KV cache holds at most {capacity} tokens per "
+                f"request (the context is {self.engine.max_model_len}): shorten the prompt, or start the server "
+                "with more --kv-memory.", 400, param=param, code="context_length_exceeded")
         stop_ids = list(req.stop_token_ids)
         if not req.ignore_eos:
             stop_ids += [t for t in self.engine.tokenizer.stop_token_ids() if t not in stop_ids]

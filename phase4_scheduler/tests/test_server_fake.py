@@ -218,6 +218,26 @@ def test_chat_errors(served, body, words):
     assert words in r.json()["error"]["message"]
 
 
+def test_prompt_larger_than_the_kv_pool_is_named():
+    """A KV pool smaller than the context (a small --kv-memory): a prompt that alone fills it is told to shorten
+    the prompt; it was told to lower max_tokens, which a chat request without max_tokens never set. A prompt that
+    fits with room to spare still hears about max_tokens."""
+    engine = FakeEngine(max_model_len=256, num_blocks=25)  # 25 blocks x 4 = 100 tokens
+    engine.num_tokens_capacity = 100
+    with BackgroundServer(create_app(engine)) as url:
+        n_chat = len("<user>" + "x" * 120 + "\n<assistant>")
+        for path, body, n in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 120}]}, n_chat),
+                              ("/v1/completions", {"prompt": "x" * 120, "max_tokens": 5}, 120)):
+            r = httpx.post(url + path, json={"model": MODEL, **body})
+            err = r.json()["error"]
+            assert r.status_code == 400 and err["code"] == "context_length_exceeded", r.text
+            assert f"{n} tokens" in err["message"] and "at most 100 tokens" in err["message"], err
+            assert "shorten" in err["message"] and "max_tokens" not in err["message"], err
+        r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x" * 60, "max_tokens": 50})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "max_tokens" in r.json()["error"]["message"]
+
+
 def test_malformed_json_and_unknown_route(served):
     r = httpx.post(served[1] + "/v1/completions", content=b'{"model": "x", "prompt": ',
                    headers={"content-type": "application/json"})
