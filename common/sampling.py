@@ -61,6 +61,13 @@ class SamplingParams:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]):
             raise ValueError(f"seed must be None or an integer in [-2**63, 2**64), got {self.seed!r}")
+        if isinstance(self.stop, str):  # one stop string, as OpenAI's API takes it (a str is no list of them: it
+            self.stop = [self.stop]  # stopped at each of its characters)
+        if not isinstance(self.stop, (list, tuple)) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings (one, or a list of them), got {self.stop!r}")
+        if not isinstance(self.stop_token_ids, (list, tuple, set, frozenset)) or any(
+                isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be a list of token ids (integers >= 0), got {self.stop_token_ids!r}")
         for name in ("logprobs", "prompt_logprobs"):
             lp = getattr(self, name)
             if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):

@@ -23,6 +23,8 @@ GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     ("seed", 2 ** 64), ("seed", -(2 ** 63) - 1), ("seed", True), ("seed", 1.5),
     ("logprobs", 21), ("presence_penalty", 2.5), ("repetition_penalty", 0.0), ("repetition_penalty", math.inf),
     ("repetition_penalty", math.nan), ("logit_bias", {5: 101.0}),
+    ("stop", [""]), ("stop", ""), ("stop", ["ok", 5]), ("stop", 5), ("stop_token_ids", 5), ("stop_token_ids", [-1]),
+    ("stop_token_ids", [True]), ("stop_token_ids", "12"),
 ])
 def test_bad_values_are_value_errors_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -34,6 +36,20 @@ def test_edge_values_that_are_valid():
     assert SamplingParams(temperature=1e-9).temperature == 0.0 and SamplingParams(temperature=1e-9).greedy
     assert SamplingParams(temperature=GREEDY_TEMPERATURE).temperature == GREEDY_TEMPERATURE
     assert SamplingParams(top_k=-1, top_p=1.0, temperature=2).top_k == -1
+
+
+def test_a_single_stop_string_is_one_stop_string(tokenizer):
+    """stop="ab" (OpenAI's API takes a string or a list) was iterated as the stop strings "a" and "b": the text was
+    cut at the first "a". The engine builds its detokenizer from params.stop, as here."""
+    from phase4_scheduler.detokenizer import IncrementalDetokenizer
+
+    sp = SamplingParams(stop="\n\n")
+    assert sp.stop == ["\n\n"] and SamplingParams(stop=("x", "yz")).stop == ("x", "yz")
+    d = IncrementalDetokenizer(tokenizer, [], sp.stop)
+    for t in tokenizer.encode("one\ntwo\n\nthree"):
+        if (hit := d.add_token(t)) is not None:
+            break
+    assert hit == "\n\n" and d.text == "one\ntwo"
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=1e-40), dict(temperature=1e-40, seed=3),
