@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -57,7 +57,7 @@ class _SamplingFields(BaseModel):
     seed: int | None = Field(None, ge=-(2 ** 63), le=2 ** 63 - 1)
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
-    stop_token_ids: list[int] = Field(default_factory=list)  # extension
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)  # extension
     ignore_eos: bool = False                 # extension: generate exactly max_tokens
     user: str | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -216,6 +216,14 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         param = param or (loc[0] if loc else None)
         msgs.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(msgs) or "invalid request", param
+
+
+def param_named(message: str, fields) -> str | None:
+    """The field an engine or SamplingParams error is about (their messages start with its name: "logit_bias names
+    token ids ...", "seed must be ..."), when `fields` (a request model or SamplingParams) has one of that name."""
+    word = re.match(r"[a-z_]+", message)
+    names = getattr(type(fields), "model_fields", None) or getattr(fields, "__dataclass_fields__", {})
+    return word.group(0) if word and word.group(0) in names else None
 
 
 def _body_message(err: dict) -> str:

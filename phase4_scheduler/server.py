@@ -94,7 +94,7 @@ class Server:
                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                   repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias)
         except ValueError as e:
-            raise P.OpenAIError(str(e), 400) from None
+            raise P.OpenAIError(str(e), 400, param=P.param_named(str(e), req)) from None
 
     def token_capacity(self) -> int:
         """Tokens one request can hold: the context window, or the whole KV pool where that is smaller (a small
@@ -115,8 +115,8 @@ class Server:
             check(prompt_ids, params)
         except PromptTooLongError as e:
             raise P.OpenAIError(str(e), 400, param=param, code="context_length_exceeded") from None
-        except (ValueError, TypeError) as e:
-            raise P.OpenAIError(str(e), 400, param=param) from None
+        except (ValueError, TypeError) as e:  # the engine's messages start with the field they are about
+            raise P.OpenAIError(str(e), 400, param=P.param_named(str(e), params) or param) from None
 
     def prompt_ids(self, prompt) -> list[int]:
         tok = self.engine.tokenizer

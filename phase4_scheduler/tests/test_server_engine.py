@@ -152,7 +152,7 @@ def test_penalties_and_logit_bias(client, served):
     assert len(set(pen.choices[0].logprobs.tokens)) > len(set(base.choices[0].logprobs.tokens))  # ... less so
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, logit_bias={str(tok.vocab_size + 5): 1})
-    assert "outside the vocabulary" in str(e.value)
+    assert "outside the vocabulary" in str(e.value) and e.value.param == "logit_bias"  # (it named `prompt`)
 
 
 def test_echo_with_logprobs_scores_the_prompt(client, served):

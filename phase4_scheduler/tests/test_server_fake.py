@@ -157,6 +157,8 @@ def test_models_and_health(client, served):
     ({"model": MODEL, "prompt": "hi", "logprobs": 21}, 400, "logprobs", None, "less than or equal to 20"),
     ({"model": MODEL, "prompt": "hi", "logit_bias": {"five": 1}}, 400, "logit_bias", None, "token ids"),
     ({"model": MODEL, "prompt": "hi", "logit_bias": {"5": 101}}, 400, "logit_bias", None, "[-100, 100]"),
+    ({"model": MODEL, "prompt": "hi", "stop_token_ids": [3, -1]}, 400, "stop_token_ids", None,
+     "greater than or equal to 0"),
     ({"model": MODEL, "prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty", None,
      "less than or equal to 2"),
     ({"model": MODEL, "prompt": "hi", "repetition_penalty": 0}, 400, "repetition_penalty", None, "greater than 0"),
@@ -182,12 +184,11 @@ def test_completion_errors(served, body, status, param, code, words):
         assert words in err["message"], err["message"]
 
 
-def test_seed_range_is_int64_with_room_for_n_choices(client):
-    """The seed's range is int64's (vLLM's): choice i of n samples with seed + i, which torch's generator still
-    takes at the top of the range."""
-    r = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, n=16, seed=2 ** 63 - 1)
-    assert len(r.choices) == 16
-    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2, seed=-(2 ** 63)).usage
+def test_sampling_params_errors_name_their_field(served):
+    """A value only SamplingParams refuses (Python's JSON reads Infinity) is a 400 whose `param` is the field."""
+    r = httpx.post(served[1] + "/v1/completions", content=b'{"model": "%s", "prompt": "hi", "repetition_penalty": '
+                   b'Infinity}' % MODEL.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty", r.text
 
 
 def test_seed_range_is_int64_with_room_for_n_choices(client):
