@@ -39,8 +39,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # OpenAI: token id -> added to its logit (-100 bans, +100 forces)
 
     def __post_init__(self) -> None:
-        """Every value is checked here, where a bad one names itself: one that got into a step would raise there
-        (torch.multinomial on NaN, topk(k=True), manual_seed(2**70)) and end every request of the batch.
+        """Values are checked here, where a bad one names itself: one that got into a step would raise there
+        (torch.multinomial on NaN, topk(k=True)) and end every request of the batch. (The seed, stop strings and
+        stop token ids are checked by the engine's validate: phase4_scheduler.sampler.validate_params.)
 
         NOTE: a temperature below GREEDY_TEMPERATURE is stored as 0.0 (greedy): sampling at 1e-6 is argmax
         anyway, and dividing logits by 1e-40 overflows fp32."""
@@ -58,16 +59,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"top_k must be an integer >= -1 (0 or -1 disable it), got {self.top_k!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]):
-            raise ValueError(f"seed must be None or an integer in [-2**63, 2**64), got {self.seed!r}")
         if isinstance(self.stop, str):  # one stop string, as OpenAI's API takes it (a str is no list of them: it
             self.stop = [self.stop]  # stopped at each of its characters)
-        if not isinstance(self.stop, (list, tuple)) or any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop strings must be non-empty strings (one, or a list of them), got {self.stop!r}")
-        if not isinstance(self.stop_token_ids, (list, tuple, set, frozenset)) or any(
-                isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be a list of token ids (integers >= 0), got {self.stop_token_ids!r}")
         for name in ("logprobs", "prompt_logprobs"):
             lp = getattr(self, name)
             if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):

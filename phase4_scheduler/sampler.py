@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from common.sampling import SamplingParams, make_generator, sample
+from common.sampling import SEED_RANGE, SamplingParams, make_generator, sample
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.step_inputs import int64_tensor
 
@@ -20,11 +20,15 @@ def validate_params(params: SamplingParams) -> None:
     """Errors SamplingParams' own checks do not catch (clear messages; the server turns them into 400s)."""
     if not isinstance(params, SamplingParams):
         raise TypeError(f"sampling params must be a common.sampling.SamplingParams, got {type(params).__name__}")
-    if params.seed is not None and not isinstance(params.seed, int):
-        raise ValueError(f"seed must be an integer or None, got {params.seed!r}")
-    if any(not isinstance(t, int) or t < 0 for t in params.stop_token_ids):
-        raise ValueError(f"stop_token_ids must be non-negative integers, got {params.stop_token_ids!r}")
-    if any(not isinstance(s, str) or not s for s in params.stop):
+    seed = params.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not SEED_RANGE[0] <= seed < SEED_RANGE[1]):  # (manual_seed would raise mid-step)
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64) or None, got {seed!r}")
+    ids = params.stop_token_ids
+    if not isinstance(ids, (list, tuple, set, frozenset)) or any(
+            isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
+        raise ValueError(f"stop_token_ids must be non-negative integers (a list of them), got {ids!r}")
+    if not isinstance(params.stop, (list, tuple)) or any(not isinstance(s, str) or not s for s in params.stop):
         raise ValueError(f"stop strings must be non-empty strings, got {params.stop!r}")
 
 

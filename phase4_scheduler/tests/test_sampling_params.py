@@ -1,7 +1,8 @@
-"""SamplingParams on the engine's edges: every bad value is a ValueError naming the field at construction (before,
-some got into a step and raised there: torch.multinomial on a NaN softmax, topk(k=True), manual_seed(2**70), ending
-every request of the batch); temperatures too small to divide by are greedy; top_k / top_p edge values; seeded
-requests draw the same tokens alone, batched with others and under preemption."""
+"""SamplingParams on the engine's edges: every bad value is a ValueError naming the field, at construction or in the
+engine's validate (before, some got into a step and raised there: torch.multinomial on a NaN softmax, topk(k=True),
+manual_seed(2**70), ending every request of the batch); a single stop string is one stop string; temperatures too
+small to divide by are greedy; top_k / top_p edge values; seeded requests draw the same tokens alone, batched with
+others and under preemption."""
 import math
 
 import pytest
@@ -20,19 +21,22 @@ GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     ("temperature", True),
     ("top_p", 0.0), ("top_p", 1.5), ("top_p", math.nan), ("top_p", "1"),
     ("top_k", -2), ("top_k", True), ("top_k", 2.5),
-    ("seed", 2 ** 64), ("seed", -(2 ** 63) - 1), ("seed", True), ("seed", 1.5),
+    ("seed", 2 ** 64), ("seed", -(2 ** 63) - 1), ("seed", True), ("seed", 1.5), ("seed", "7"),
     ("logprobs", 21), ("presence_penalty", 2.5), ("repetition_penalty", 0.0), ("repetition_penalty", math.inf),
     ("repetition_penalty", math.nan), ("logit_bias", {5: 101.0}),
     ("stop", [""]), ("stop", ""), ("stop", ["ok", 5]), ("stop", 5), ("stop_token_ids", 5), ("stop_token_ids", [-1]),
     ("stop_token_ids", [True]), ("stop_token_ids", "12"),
 ])
-def test_bad_values_are_value_errors_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        SamplingParams(**{field: value})
+def test_bad_values_are_value_errors_naming_the_field(tiny, field, value):
+    """At construction, or (seed, stop strings, stop token ids: validate_params) in the engine's validate."""
+    with pytest.raises(ValueError, match=field if field != "stop" else "stop strings"):
+        LLMEngine(tiny, num_blocks=8).validate([5], SamplingParams(**{field: value}))
 
 
-def test_edge_values_that_are_valid():
-    assert SamplingParams(seed=2 ** 64 - 1).seed == 2 ** 64 - 1 and SamplingParams(seed=-(2 ** 63)).seed < 0
+def test_edge_values_that_are_valid(tiny):
+    eng = LLMEngine(tiny, num_blocks=8)
+    for seed in (2 ** 64 - 1, -(2 ** 63), 0):
+        eng.validate([5], SamplingParams(seed=seed))
     assert SamplingParams(temperature=1e-9).temperature == 0.0 and SamplingParams(temperature=1e-9).greedy
     assert SamplingParams(temperature=GREEDY_TEMPERATURE).temperature == GREEDY_TEMPERATURE
     assert SamplingParams(top_k=-1, top_p=1.0, temperature=2).top_k == -1
