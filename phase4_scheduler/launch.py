@@ -2,7 +2,9 @@
 and notebooks)."""
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 import time
 
@@ -54,6 +56,23 @@ def use_engine_process(mode: str, device: str) -> bool:
     return resolve_device(device).type == "cuda"
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise TitanError unless the server could listen on host:port: checked before the model loads (minutes for
+    a large one) rather than by uvicorn after it (a port in use) or by a traceback (a port out of range)."""
+    if not 0 <= port <= 65535:
+        raise TitanError(f"--port must be in 0..65535, got {port}")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+            s.bind(addr)
+    except OSError as e:  # (socket.gaierror too: a --host that does not resolve)
+        hint = "--host must be an address of this machine" if isinstance(e, socket.gaierror) or \
+            e.errno == errno.EADDRNOTAVAIL else "pick another --port, or stop the process that holds it"
+        raise TitanError(f"cannot listen on {host}:{port}: {e.strerror or e}: {hint}") from None
+
+
 def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
           kv_memory=None, api_key: str | None = None, device: str = "auto", log_level: str = "info",
           served_model_name: str | None = None, engine_process: str = "auto", **engine_kwargs) -> None:
@@ -64,6 +83,7 @@ def serve(model: str = "smollm2-135m", host: str = "127.0.0.1", port: int = 8000
     from phase4_scheduler.engine import freeze_heap
 
     separate = use_engine_process(engine_process, device)
+    check_address(host, port)
     try:
         if separate:
             from phase4_scheduler.process_engine import ProcessEngine

@@ -84,6 +84,30 @@ def test_serve_refuses_bad_setup_with_a_clear_error():
     assert "Traceback" not in r.stderr
 
 
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading(monkeypatch):
+    """A port in use or out of range is a one-line error before the model loads (minutes for a large model); it was
+    uvicorn's error after the load, or a traceback (`--port 99999`: OverflowError from bind)."""
+    from common.errors import TitanError
+    from phase4_scheduler import async_engine, launch
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the address was checked")
+
+    monkeypatch.setattr(async_engine.AsyncEngine, "from_model", no_load)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(TitanError, match=f"cannot listen on 127.0.0.1:{port}.*in use.*--port"):
+            launch.serve("smollm2-135m", port=port, device="cpu", engine_process="off")
+    for bad in (99999, -1):
+        with pytest.raises(TitanError, match="--port must be in 0..65535"):
+            launch.serve("smollm2-135m", port=bad, device="cpu", engine_process="off")
+    r = titan("serve", "--port", "99999", "--device", "cpu")
+    assert r.returncode == 1 and "titan: error: --port must be in 0..65535" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_serve_answers_with_api_key():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--random-weights", "--num-layers", "2",
