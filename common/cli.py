@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -28,7 +29,8 @@ def _add_model_group(p: argparse.ArgumentParser, model_help: str = "") -> argpar
     g.add_argument("--model", default="smollm2-135m", help="preset, .gguf, HF dir or cached HF repo id"
                    f"{model_help} (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16 (default: %(default)s)")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16 (default: %(default)s)")
     g.add_argument("--random-weights", action="store_true", help="random weights with the preset's shapes")
     g.add_argument("--tokenizer", default=None, help="a directory with tokenizer.json (or a .gguf) to use instead of "
                    "the model's own, e.g. with --random-weights where the model file is absent")
@@ -41,9 +43,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 disables (default: %(default)s)")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 disables (default: %(default)s)")
+    s.add_argument("--top-k", type=int, default=0,
+                   help="keep the k most likely tokens; 0 disables (default: %(default)s)")
+    s.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling mass; 1.0 disables (default: %(default)s)")
     p.add_argument("--stats", action="store_true", help="print tokens/s and timing after the answer")
+
+
+class ScriptHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of the phases' scripts: the module docstring keeps its layout (its example commands), and every option
+    with a value ends its help with the default, also an option that has no help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.help is not argparse.SUPPRESS and action.nargs != 0
+                and action.default not in (None, argparse.SUPPRESS) and "default" not in text):
+            action = copy.copy(action)
+            action.help = f"{text} (default: %(default)s)".lstrip()
+        return super()._format_action(action)
 
 
 def run_script(main, prog: str) -> None:

@@ -77,7 +77,9 @@ def profile_steps(model, ids: torch.Tensor, steps: int = 5) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default: 1 64)")
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default: %(default)s)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per timed generation (default: %(default)s)")

@@ -43,13 +43,17 @@ def generate(model, input_ids: torch.Tensor, params: SamplingParams, stream=stre
 
 
 def main(argv=None, stream=stream_no_cache, name="v0 (no KV cache)") -> None:
+    from common.cli import ScriptHelpFormatter
     from common.model_loader import load_model
 
-    ap = argparse.ArgumentParser(description=f"Generate with the phase-0 engine {name}.")
+    module = "inference_v0" if stream is stream_no_cache else "inference_v1"
+    ap = argparse.ArgumentParser(description=f"Generate with the phase-0 engine {name}.",
+                                 formatter_class=ScriptHelpFormatter,
+                                 epilog=f"example: python -m phase0_tinyllama.{module} --prompt 'Why is the sky blue?'")
     ap.add_argument("--model", default="smollm2-135m", help="preset, .gguf file or HF directory")
-    ap.add_argument("--prompt", default="What is the capital of France?")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prompt", default="What is the capital of France?", help="a chat message")
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens to generate")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args(argv)
     lm = load_model(args.model, device=args.device)
     ids = torch.tensor([lm.tokenizer.chat_ids(args.prompt)], device=lm.device)

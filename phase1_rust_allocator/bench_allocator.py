@@ -115,7 +115,9 @@ def micro_ns(impl, iters: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--num-blocks", type=int, default=2048)
     ap.add_argument("--block-size", type=int, default=16)

@@ -230,7 +230,9 @@ def engine(steps=48, batch=4, prompt=64, num_layers=None):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated sections to (re)run; the others are kept from the "
                     "committed results/attention_h100.json (each section records the run that measured it)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU under TRITON_INTERPRET=1 (checks the "

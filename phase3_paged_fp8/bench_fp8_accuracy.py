@@ -1,6 +1,6 @@
 """FP8 KV-cache accuracy on SmolLM2-135M: perplexity on the fixed ShareGPT slice and greedy agreement vs bf16.
 
-    python -m phase3_paged_fp8.bench_fp8_accuracy                  # CPU, fp32 weights (~4 min on 2 cores)
+    python -m phase3_paged_fp8.bench_fp8_accuracy                  # CPU, fp32 weights (~10 min on 2 cores)
     python -m phase3_paged_fp8.bench_fp8_accuracy --device cuda    # GPU, same measurement
 
 The model computes in fp32 (weights from the GGUF); only the cache storage changes: fp32, bf16, FP8 e4m3 with
@@ -57,11 +57,13 @@ def measure(num_tokens=4096, window=512, chunk=64, prompts=8, prompt_len=48, new
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--window", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--device", default="cpu")
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=4096, help="ShareGPT tokens scored")
+    ap.add_argument("--window", type=int, default=512, help="perplexity window (tokens of context)")
+    ap.add_argument("--chunk", type=int, default=64, help="tokens fed through the cache per forward")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args(argv)
     res = measure(args.tokens, args.window, args.chunk, device=args.device)
     for k, v in res.items():

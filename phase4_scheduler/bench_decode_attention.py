@@ -91,7 +91,9 @@ def run_case(b: int, ctx: int, layers: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["1x256", "1x2048", "8x1024", "64x512", "256x512", "1024x192"],
                     help="BATCHxCONTEXT pairs (context includes the new token)")
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")

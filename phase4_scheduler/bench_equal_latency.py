@@ -267,7 +267,9 @@ def load_pool(args) -> list[tuple[int, int]]:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--num-layers", type=int, default=None, help="truncate the model (CPU smoke)")

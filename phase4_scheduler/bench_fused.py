@@ -317,7 +317,9 @@ def count_kernels(fused, ctx) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--only", default="correctness,kernels,decode_step",
                     help="comma-separated sections to run (default: all three, in order)")
     args = ap.parse_args(argv)

@@ -126,7 +126,9 @@ def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--prompt-len", type=int, default=128)

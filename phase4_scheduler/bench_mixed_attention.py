@@ -119,7 +119,9 @@ def run_case(text: str, layers: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["448x260+2x109", "448x260+0x0", "256x512+1x109", "64x1024+1x512"],
                     help="DECODESxCONTEXT+PROMPTSxLENGTH")
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")

@@ -78,7 +78,9 @@ def measure_mixed(batch: int, arrivals: int, prompt_len: int, steps: int, vocab:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[256, 448, 1024])
     ap.add_argument("--arrivals", type=int, nargs="+", default=[2], help="new requests per mixed step")
     ap.add_argument("--prompt-len", type=int, default=109)

@@ -191,7 +191,9 @@ def summarize(payload: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--num-layers", type=int, default=None, help="truncate the model (quick CPU runs)")

@@ -131,7 +131,9 @@ def plot_cdfs(summary: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--base-url", default="http://127.0.0.1:8000")
     ap.add_argument("--model", default="smollm2-135m", help="the served model name (and with --launch, the model)")
     ap.add_argument("--num-prompts", type=int, default=1000)

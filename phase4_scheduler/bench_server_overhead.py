@@ -165,7 +165,9 @@ def measure(n: int, tokenizer, steps: int, gpu_ms: float = 0.0, hook: bool = Fal
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--streams", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--steps", type=int, default=40, help="decode steps per stream (steady window ~ steps)")
     ap.add_argument("--gpu-ms", type=float, nargs="+", default=[0.0, 3.4],

@@ -233,7 +233,9 @@ def measure(batch: int, vocab: int, tokenizer, prompt_len: int = 128, steps: int
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--steps", type=int, default=30)

@@ -110,7 +110,9 @@ def front_us(n: int, length: int, steps: int = 100) -> float:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--lengths", type=int, nargs="+", default=[40, 400])
     ap.add_argument("--repeats", type=int, default=5)

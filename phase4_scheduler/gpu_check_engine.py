@@ -31,7 +31,9 @@ CFG = ModelConfig(vocab_size=32000, hidden_size=256, intermediate_size=512, num_
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--num-prompts", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=24)

@@ -77,7 +77,9 @@ def reference_scores(lm, hf_tok, pairs: list[tuple[str, str]]) -> list[tuple[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--base-url", required=True, help="the running server, e.g. http://127.0.0.1:8021")
     ap.add_argument("--model", default="smollm2-135m", help="what the server serves and the reference loads")
     ap.add_argument("--device", default="cpu", help="where the reference forward runs (default: %(default)s)")

@@ -187,7 +187,9 @@ PLOTS = (plot_b1, plot_offline, plot_profile, plot_sharegpt, plot_serve)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--out", type=Path, default=PHASE_DIR / "results")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,9 @@ def main(argv=None) -> dict:
     from common.model_loader import load_model
     from phase4_scheduler.engine import LLMEngine, freeze_heap
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--num-layers", type=int, default=None)

@@ -40,7 +40,9 @@ def time_defaults(b, ctx, dtype, hq=32, hkv=4, d=64, bs=16) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--name", default="decode_sweep_gpu")
     ap.add_argument("--smoke", action="store_true", help="two toy configs on the CPU interpreter (checks the script)")
     ap.add_argument("--defaults", action="store_true", help="time only paged_decode's defaults at each shape")

@@ -75,7 +75,9 @@ class StepTimer:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--shapes", nargs="+", default=["qkv", "o", "gate_up", "down", "lm_head"],

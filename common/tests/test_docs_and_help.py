@@ -92,3 +92,22 @@ def test_run_script_turns_a_titan_error_into_one_line(capsys):
 def test_a_gpu_only_script_says_so_in_one_line_on_cpu():
     r = _run("phase0_tinyllama.bench_kernels")
     assert r.returncode == 1 and "needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_script_help_shows_every_default():
+    import argparse
+
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description="A.\n\n    python -m x --n 3      # kept as written",
+                                 formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--n", type=int, default=7)
+    ap.add_argument("--rate", default=2.0, help="arrivals per step")
+    ap.add_argument("--name", default=None, help="results stem")
+    ap.add_argument("--dtype", default="auto", help="default: fp32 on CPU")
+    ap.add_argument("--fast", action="store_true")
+    text = ap.format_help()
+    assert re.search(r"--n N +\(default: 7\)\n", text) and "arrivals per step (default: 2.0)" in text
+    assert "python -m x --n 3      # kept as written" in text  # the docstring's layout survives
+    assert "results stem\n" in text and "(default: None)" not in text and "(default: False)" not in text
+    assert text.count("default") == 3  # --n, --rate and --dtype's own wording, not a second one
