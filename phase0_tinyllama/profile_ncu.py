@@ -2,8 +2,8 @@
 
 On the GPU machine (ncu is there; pass --clock-control none so the card's clocks are left alone):
 
-    ncu --clock-control none --csv --page details -k regex:matmul_tiled -c 1 \
-        --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    ncu --clock-control none --csv --page details -k regex:matmul_tiled -c 1 \\
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \\
         python3 -m phase0_tinyllama.profile_ncu target > ncu_tiled.csv
     python3 -m phase0_tinyllama.profile_ncu parse ncu_tiled.csv      # -> results/ncu_matmul_tiled.json
 """

@@ -2,12 +2,12 @@
 
     # the H100 run (issue 6: "continuous against static batching on ShareGPT at equal p50 latency, at least 3x");
     # ~4 min: 3 policies x up to 9 rates x (5 s of arrivals + the drain)
-    python -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights --fuse \
-        --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 128 160 \
+    python -m phase4_scheduler.bench_equal_latency --device cuda --model tinyllama-1.1b --random-weights --fuse \\
+        --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-memory 0.3 --rates 8 16 32 48 64 80 96 128 160 \\
         --duration 5 --lengths-file .cache/sharegpt_lengths_smollm2_1000_1024_2048_4.json
     # CPU smoke of the method (tiny model, lengths x0.05; not a performance figure): results/equal_latency_cpu.json
-    python -m phase4_scheduler.bench_equal_latency --device cpu --model smollm2-135m --random-weights \
-        --num-layers 1 --threads 1 --kv-memory 16MiB --length-scale 0.05 --max-num-seqs 16 \
+    python -m phase4_scheduler.bench_equal_latency --device cpu --model smollm2-135m --random-weights \\
+        --num-layers 1 --threads 1 --kv-memory 16MiB --length-scale 0.05 --max-num-seqs 16 \\
         --rates 4 8 16 24 32 48 64 --min-requests 40 --duration 4
 
 An offline serving simulation: no HTTP, the benchmark drives LLMEngine itself on the wall clock. Each request is

@@ -2,8 +2,8 @@
 plus B=1 decode latency and an HF transformers baseline in the same run.
 
     # the workload: 1024 x (128 in, 128 out), TinyLlama-1.1B shapes, random bf16 weights, on an H100
-    python -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \
-        --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 16384 \
+    python -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \\
+        --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 16384 \\
         --kv-memory 0.3 --latency --compare-static --hf
     python -m phase4_scheduler.bench_offline --workload sharegpt --num-prompts 1000 --compare-static
 

@@ -2,7 +2,7 @@
 
     titan serve --model tinyllama-1.1b --random-weights &            # or any OpenAI-compatible server (vLLM too)
     python -m phase4_scheduler.bench_serve --base-url http://127.0.0.1:8000 --num-prompts 1000 --request-rate 16
-    python -m phase4_scheduler.bench_serve --launch --model smollm2-135m --random-weights --num-layers 2 \
+    python -m phase4_scheduler.bench_serve --launch --model smollm2-135m --random-weights --num-layers 2 \\
         --num-prompts 20 --request-rate inf                           # self-contained (starts the server in-process)
 
 vLLM's method: the first human turn is the prompt, the reference answer's token count is max_tokens (ignore_eos),
