@@ -5,7 +5,11 @@ plus B=1 decode latency and an HF transformers baseline in the same run.
     python -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights \\
         --num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 16384 \\
         --kv-memory 0.3 --latency --compare-static --hf
-    python -m phase4_scheduler.bench_offline --workload sharegpt --num-prompts 1000 --compare-static
+    python -m phase4_scheduler.bench_offline --device cuda --model tinyllama-1.1b --random-weights --workload sharegpt \\
+        --num-prompts 1000 --compare-static
+    # a quick CPU run of the method (not a performance figure)
+    python -m phase4_scheduler.bench_offline --model smollm2-135m --random-weights --num-layers 2 --num-prompts 16 \\
+        --output-len 16
 
 Random prompt tokens (fixed lengths) or ShareGPT lengths (first human turn / reference answer, vLLM's filter);
 `ignore_eos` so every request produces exactly its output length. Sections, each guarded (one failure is recorded
