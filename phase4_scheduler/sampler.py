@@ -32,6 +32,9 @@ def validate_params(params: SamplingParams) -> None:
         raise ValueError(f"stop strings must be non-empty strings, got {params.stop!r}")
 
 
+PROCESSED_LOGIT_MAX = 1e30  # / the smallest sampled temperature (1e-5) stays below fp32's 3.4e38
+
+
 def process_logits(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """The logits with each request's penalties and logit bias applied (SamplingParams.processes_logits), as a new
     fp32 tensor; `logits` itself is left as it is (logprobs are reported from it: the model's raw distribution).
@@ -60,7 +63,9 @@ def process_logits(logits: torch.Tensor, requests: list[Request]) -> torch.Tenso
         if p.logit_bias:
             ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=dev)
             row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=torch.float32, device=dev)
-    return out
+    # an extreme penalty overflows fp32 (2 / 1e-40 = inf; a softmax over an inf is NaN and torch.multinomial raises
+    # inside the step, ending every request of the batch): keep them finite, with room for a temperature >= 1e-5
+    return out.clamp_(-PROCESSED_LOGIT_MAX, PROCESSED_LOGIT_MAX)
 
 
 class Sampler:

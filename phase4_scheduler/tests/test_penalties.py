@@ -89,3 +89,25 @@ def test_bad_processor_params_are_refused(tiny):
     eng = LLMEngine(tiny, num_blocks=16, block_size=8)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         eng.add_request("a", [5, 6], SamplingParams(logit_bias={tiny.config.vocab_size: 1.0}))
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 1e-40, 1e300])
+def test_extreme_repetition_penalty_samples_instead_of_failing_the_step(penalty):
+    """A positive logit divided by a tiny penalty overflows fp32 to inf, and a softmax over an inf is NaN:
+    torch.multinomial raised inside the step, which ends every request of the batch (the server: a 500, then 503s).
+    The processed logits stay finite: the penalised positive logit wins (tiny penalty), the negative one is never drawn
+    (huge), and sampling works at any temperature."""
+    from phase4_scheduler.sampler import Sampler
+
+    v = 40
+    logits = torch.full((2, v), -1.0)
+    logits[:, 5] = 2.0  # in the prompt: the penalty applies to it
+    reqs = [Request(f"r{i}", [5, 6], SamplingParams(repetition_penalty=penalty, temperature=t, seed=3))
+            for i, t in enumerate((1.0, 1e-5))]
+    out = process_logits(logits, reqs)
+    assert torch.isfinite(out).all()
+    tokens = Sampler()(logits, reqs, process=True)
+    if penalty < 1:
+        assert tokens == [5, 5]  # 2 / 1e-40: every other token's probability is 0
+    else:
+        assert 6 not in tokens and all(0 <= t < v for t in tokens)  # -1 * 1e300: never drawn (5 -> 0 may be)
