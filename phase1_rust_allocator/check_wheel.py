@@ -2,7 +2,8 @@
 
 Imports kv_cache_manager, checks it is the stable-ABI build, drives a short synthetic continuous-batching trace
 through it and through the Python reference (the outputs must be identical), times both, and writes
-results/wheel_check_gpu.json (TITAN_RESULTS_DIR=$OUT sends it back from the device).
+results/wheel_check_gpu.json (TITAN_RESULTS_DIR=$OUT sends it back from the device); on a machine without CUDA,
+wheel_check_cpu.json, so a local run never overwrites the GPU machine's record.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def main() -> int:
     print(f"abi3: {abi3}; identical to the reference: {out_r == out_p}; typed errors: {typed}; "
           f"trace replay {len(trace.ops)} calls: rust {t['rust'] * 1e3:.1f} ms, python {t['python'] * 1e3:.1f} ms "
           f"({t['python'] / t['rust']:.1f}x)")
-    write_result("phase1_rust_allocator", "wheel_check_gpu", {
+    import torch
+
+    name = "wheel_check_gpu" if torch.cuda.is_available() else "wheel_check_cpu"
+    write_result("phase1_rust_allocator", name, {
         "ok": ok, "python": platform.python_version(), "extension": str(ext), "abi3": abi3,
         "identical_to_reference": out_r == out_p, "typed_errors": typed, "trace_calls": len(trace.ops),
         "replay_ms": {k: v * 1e3 for k, v in t.items()}, "speedup": t["python"] / t["rust"]})
