@@ -83,8 +83,8 @@ def _offline(argv: list[str]):
 
 
 B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
-B1_RECORD = "latency_gated_h200"  # the latest B=1 run (fused vs unfused decode attention in the same run)
-EQUAL_RECORD = "equal_latency_high_h200"  # the latest equal-latency sweep (rates up to continuous's saturation)
+B1_RECORD = "latency_l2pf_s8_h200"  # the latest B=1 run (its first variant: the default graph+fused engine)
+EQUAL_RECORD = "equal_latency_seats512_mixed_s8_h200"  # the latest equal-latency sweep with both policies (512 seats)
 
 
 def check_b1_latency():
