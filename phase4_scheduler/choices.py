@@ -42,7 +42,7 @@ async def collect_choices(server, request, choices: list[tuple], n_prompt: int, 
     for i, (out, (_, _, echo)) in enumerate(zip(finals, choices)):
         text, entries = P.echoed(out, echo)
         body = make(rid, model, text, out.finish_reason, n_prompt, len(out.output_token_ids), created,
-                    logprobs=P.logprobs_object(entries, chat, server.token_str)[0])
+                    logprobs=P.logprobs_object(entries, chat, server.token_str, token_bytes=server.token_bytes)[0])
         bodies.append({**body["choices"][0], "index": i})
         n_out += len(out.output_token_ids)
     return {**body, "choices": bodies, "usage": P.usage(n_prompt, n_out)}
@@ -83,11 +83,13 @@ async def stream_choices(server, choices: list[tuple], n_prompt: int, rid: str, 
                 continue
             parts = []
             if echoes[i] is not None:  # the prompt first (completions with echo), its logprobs with the first output
-                lp, offsets[i] = P.logprobs_object(batch[0].prompt_logprobs, chat, server.token_str, offsets[i])
+                lp, offsets[i] = P.logprobs_object(batch[0].prompt_logprobs, chat, server.token_str, offsets[i],
+                                                   server.token_bytes)
                 parts.append(chunk(i, echoes[i], None, lp))
                 echoes[i] = None
             for out in batch:
-                lp, offsets[i] = P.logprobs_object(out.new_logprobs, chat, server.token_str, offsets[i])
+                lp, offsets[i] = P.logprobs_object(out.new_logprobs, chat, server.token_str, offsets[i],
+                                                   server.token_bytes)
                 if out.text_delta or lp:
                     parts.append(chunk(i, out.text_delta, None if chat else out.finish_reason, lp))
                 if out.finished and (chat or not (out.text_delta or lp)):

@@ -301,22 +301,25 @@ def echoed(out, echo: str | None) -> tuple[str, list | None]:
     return echo + out.text, entries
 
 
-def logprobs_object(entries: list | None, chat: bool, token_str, offset: int = 0) -> tuple[dict | None, int]:
+def logprobs_object(entries: list | None, chat: bool, token_str, offset: int = 0,
+                    token_bytes=None) -> tuple[dict | None, int]:
     """(a choice's `logprobs` for these entries, or None when there are none; the completions text offset after
-    them: a stream continues from it). token_str: token id -> its text."""
+    them: a stream continues from it). token_str: token id -> its text; token_bytes: token id -> its bytes (chat)."""
     if not entries:
         return None, offset
     if chat:
-        return chat_logprobs(entries, token_str), offset
+        return chat_logprobs(entries, token_str, token_bytes), offset
     return completion_logprobs(entries, token_str, offset)
 
 
-def chat_logprobs(entries: list, token_str) -> dict:
+def chat_logprobs(entries: list, token_str, token_bytes=None) -> dict:
     """Chat's `logprobs`: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
-    token_str: token id -> its text."""
+    token_str: token id -> its text; token_bytes: token id -> the bytes it stands for (Tokenizer.token_bytes: a
+    token holding part of a character has text U+FFFD but its own bytes, so a client can join them); without it,
+    the UTF-8 of the text."""
     def item(t: int, lp: float) -> dict:
         s = token_str(t)
-        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+        return {"token": s, "logprob": lp, "bytes": list(token_bytes(t) if token_bytes else s.encode("utf-8"))}
     return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in top]} for t, lp, top in entries]}
 
 

@@ -46,6 +46,9 @@ class Server:
         # a token's own text, special tokens shown (logprobs responses; cached: the same ids recur)
         self.token_str = functools.lru_cache(maxsize=1 << 16)(
             lambda t: self.engine.tokenizer.decode([t], skip_special_tokens=False))
+        own_bytes = getattr(self.engine.tokenizer, "token_bytes", None)  # the bytes a token stands for (chat logprobs)
+        self.token_bytes = functools.lru_cache(maxsize=1 << 16)(
+            own_bytes or (lambda t: self.token_str(t).encode("utf-8")))
 
     # ---- checks ------------------------------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
@@ -208,7 +211,7 @@ class Server:
 
         def chunk(text: str, finish_reason: str | None, first: bool = False, lps: list | None = None) -> bytes:
             nonlocal offset
-            lp, offset = P.logprobs_object(lps, chat, self.token_str, offset)  # (logprobs: a dict per chunk)
+            lp, offset = P.logprobs_object(lps, chat, self.token_str, offset, self.token_bytes)  # a dict per chunk
             return sse({**P.stream_chunk(rid, model, created, chat, text, finish_reason, lp, first), **extra})
 
         if chat:
@@ -293,7 +296,7 @@ class Server:
         make = P.chat_response if chat else P.completion_response
         text, entries = P.echoed(out, echo)
         return make(rid, req.model, text, out.finish_reason, len(prompt_ids), len(out.output_token_ids),
-                    logprobs=P.logprobs_object(entries, chat, self.token_str)[0])
+                    logprobs=P.logprobs_object(entries, chat, self.token_str, token_bytes=self.token_bytes)[0])
 
     def echo_text(self, req, prompt, prompt_ids: list[int]) -> str | None:
         """Completions with echo: the prompt as text (as sent, or its token ids decoded); else None."""

@@ -306,3 +306,16 @@ def test_100_concurrent_streams_with_overlapped_decode(mixed):
         s = engine.stats()
         assert s["num_overlapped_steps"] > 0 and s["num_running"] == 0 and s["num_waiting"] == 0
         assert (engine.engine.counters["num_overlapped_mixed_steps"] > 0) == mixed
+
+
+def test_chat_logprobs_bytes_of_part_of_a_character(client, served):
+    """A token holding part of a character (an emoji's first two bytes) reads as U+FFFD, but its logprobs `bytes`
+    are its own, as OpenAI documents them (so a client can join them into the character); they were the bytes of
+    U+FFFD. Forced by logit_bias, one token."""
+    tok = served[0].tokenizer
+    part = tok.encode("😀")[0]
+    assert tok.token_bytes(part) == "😀".encode("utf-8")[:len(tok.token_bytes(part))] != "😀".encode("utf-8")
+    c = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
+                                       logprobs=True, logit_bias={str(part): 100}, **greedy())
+    item = c.choices[0].logprobs.content[0]
+    assert item.token == "\ufffd" and item.bytes == list(tok.token_bytes(part))
