@@ -22,7 +22,7 @@ def decode_bandwidth(r: dict, ax=None):
     ax = ax or plt.subplots(figsize=(8, 3.8))[1]
     rows = r["decode_compare"]["rows"]
     labels = [f"B{x['b']}\n{x['ctx'] // 1024}K" for x in rows]
-    series = [("paged (Triton)", [x["kv_bytes"] / x["triton_ms_best"] / 1e9 for x in rows]),  # = heuristic's split
+    series = [("paged (Triton)", [x["kv_bytes"] / x["triton_ms_best"] / 1e9 for x in rows]),  # the best split count measured
               ("contiguous SDPA", [x["contiguous_sdpa_tb_s"] for x in rows]),
               ("gather + SDPA", [x["kv_bytes"] / x["gather_sdpa_ms"] / 1e9 for x in rows])]
     w = 0.27
