@@ -10,11 +10,9 @@ block on the first write into it (copy-on-write), returning the (src, dst) pair 
 """
 from __future__ import annotations
 
-from operator import index as _index
-
 from phase1_rust_allocator.errors import (DoubleFreeError, DuplicateSequenceError, InvalidArgumentError,
                                           InvalidBlockError, OutOfBlocksError, UnknownSequenceError)
-from phase1_rust_allocator.reference_buddy import BuddyAllocator
+from phase1_rust_allocator.reference_buddy import BuddyAllocator, _index
 
 
 def _count(name: str, n) -> int:

@@ -9,9 +9,18 @@ external fragmentation: `external_fragmentation() = 1 - largest_free_run / free_
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from operator import index as _index
+from operator import index
 
 from phase1_rust_allocator.errors import DoubleFreeError, InvalidArgumentError, InvalidBlockError, OutOfBlocksError
+
+
+def _index(n) -> int:
+    """operator.index, bounded like the Rust binding's i64 arguments: an int outside int64 is the OverflowError PyO3
+    raises (it was accepted here: allocate_n(2**70) an OutOfBlocksError, add_sequence(2**64) a new sequence)."""
+    n = index(n)
+    if not -2**63 <= n < 2**63:
+        raise OverflowError(f"Python int too large to convert to C long (ids and counts are int64, got {n})")
+    return n
 
 
 def order_for(n: int) -> int:

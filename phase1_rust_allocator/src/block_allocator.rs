@@ -80,7 +80,8 @@ impl BlockAllocator {
     }
 
     pub fn allocate_n(&mut self, n: usize) -> Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(n);
+        // no with_capacity(n) here: allocate_into reserves after its check (allocate_n(2**36) aborted the process)
+        let mut out = Vec::new();
         self.allocate_into(n, &mut out)?;
         Ok(out)
     }

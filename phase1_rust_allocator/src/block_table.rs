@@ -163,7 +163,6 @@ impl BlockTableManager {
     pub fn slot_mapping_into(&self, seq_ids: &[i64], ns: &[usize], slots: &mut Vec<i64>) -> Result<()> {
         check_lengths(seq_ids, ns)?;
         let bs = self.alloc.block_size();
-        slots.reserve(ns.iter().sum());
         for (&id, &n) in seq_ids.iter().zip(ns) {
             let s = self.seq(id)?;
             if n > s.num_tokens {
@@ -171,6 +170,7 @@ impl BlockTableManager {
                     "slot_mapping: sequence {id} has {} tokens, asked for the last {n}", s.num_tokens
                 )));
             }
+            slots.reserve(n); // after the check: reserving the unchecked sum of ns up front panicked on a huge n
             for p in s.num_tokens - n..s.num_tokens {
                 slots.push((s.blocks[p / bs] as usize * bs + p % bs) as i64);
             }
