@@ -11,9 +11,12 @@ the course's table of contents. To run everything on your own implementation of 
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from pathlib import Path
+
+from common.errors import TitanError
 
 # name -> "module:attribute". Grouped by phase; an entry exists once its phase has built it.
 TABLE: dict[str, str] = {
@@ -82,17 +85,45 @@ TABLE: dict[str, str] = {
 _cache: dict[str, object] = {}
 
 
+class ArtifactImportError(TitanError, ImportError):
+    """An entry's module cannot be imported. An ImportError, so callers that fall back (phase 1's Rust wheel not
+    built -> its Python reference) still do."""
+
+
+class ArtifactAttributeError(TitanError, AttributeError):
+    """An entry's module imports but has no such attribute."""
+
+
+def _check_override(name: str, tgt: str, where: str) -> None:
+    """NOTE: an override is checked when read. A misspelt name was added as a new entry that nothing asks for, so
+    the learner's implementation silently never ran; a target without 'module:attr' failed only when used."""
+    if name not in TABLE:
+        close = difflib.get_close_matches(name, TABLE, n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{where}: {name!r} is not an artifact name, so this override would be ignored. {hint}"
+                         f"Known names: {', '.join(sorted(TABLE))} (artifacts.register adds new ones).")
+    mod, _, attr = tgt.partition(":")
+    if not (mod and attr):
+        raise ValueError(f"{where}: {name!r} -> {tgt!r} must be 'module:attribute', e.g. "
+                         f"{name}={TABLE[name]}")
+
+
 def _overrides() -> dict[str, str]:
     out: dict[str, str] = {}
     f = os.environ.get("TITAN_ARTIFACTS_FILE")
     if f:
-        for line in Path(f).read_text().splitlines():
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"TITAN_ARTIFACTS_FILE={f!r} is not a file: create it (one `name = module:attr` "
+                                    "per line) or unset the variable")
+        for i, line in enumerate(Path(f).read_text().splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if line:
                 k, _, v = line.partition("=")
+                _check_override(k.strip(), v.strip(), f"{f} line {i}")
                 out[k.strip()] = v.strip()
     for item in filter(None, os.environ.get("TITAN_ARTIFACTS", "").split(",")):
         k, _, v = item.partition("=")
+        _check_override(k.strip(), v.strip(), "TITAN_ARTIFACTS")
         out[k.strip()] = v.strip()
     return out
 
@@ -110,10 +141,19 @@ def get(name: str):
     tgt = target(name)
     if (name, tgt) not in _cache:
         mod, _, attr = tgt.partition(":")
-        if not attr:
+        if not (mod and attr):
             raise ValueError(f"artifact {name!r} -> {tgt!r} must be 'module:attribute'")
-        obj = importlib.import_module(mod)
+        src = "an override" if tgt != TABLE.get(name) else "the table"
+        try:
+            obj = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            raise ArtifactImportError(f"artifact {name!r} -> {tgt!r} (from {src}): cannot import {mod!r} ({e}). "
+                                      "Check the module path and that its package is installed / on PYTHONPATH.",
+                                      name=e.name) from e
         for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ArtifactAttributeError(f"artifact {name!r} -> {tgt!r} (from {src}): {obj!r} has no attribute "
+                                             f"{part!r}. Check the spelling after the ':'.")
             obj = getattr(obj, part)
         _cache[(name, tgt)] = obj
     return _cache[(name, tgt)]

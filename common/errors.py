@@ -28,3 +28,11 @@ class DeviceUnavailableError(TitanError, RuntimeError):
 
 class AssetMissingError(TitanError, FileNotFoundError):
     pass
+
+
+class CorruptModelFileError(TitanError, ValueError):
+    """A model file that exists but cannot be parsed (a truncated download, a file that is not what its name says)."""
+
+
+class InvalidOptionError(TitanError, ValueError):
+    """A bad value for a loading option (dtype, device, num_layers): the message names the option and what it takes."""

@@ -17,7 +17,7 @@ import torch
 from common import assets
 from common.config import PRESETS, ModelConfig, get_preset
 from common.device import resolve_device, resolve_dtype
-from common.errors import ModelNotFoundError
+from common.errors import InvalidOptionError, ModelNotFoundError
 from common.tokenizer import Tokenizer, load_tokenizer_from_dir, load_tokenizer_from_gguf
 from common.weights import load_gguf, load_hf_dir, random_state_dict
 
@@ -122,7 +122,16 @@ def load_model(spec: str, device: str | None = "auto", dtype: str | torch.dtype 
     `tokenizer`: a directory with tokenizer.json (or a .gguf) to use instead of the model's own."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)):
+        raise InvalidOptionError(f"num_layers must be an int (the number of leading layers to keep) or None for all, "
+                        f"got {num_layers!r} ({type(num_layers).__name__})")
     cfg, state, tok, desc = resolve_weights(spec, random_weights=random_weights, seed=seed)
+    if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
+        # 0 or negative built a model of embeddings only and more than the model has random extra layers: both
+        # loaded without a word and then generated nonsense
+        raise InvalidOptionError(f"num_layers={num_layers} is outside 1..{cfg.num_hidden_layers}: {desc} has "
+                         f"{cfg.num_hidden_layers} layers. Pass a value in that range, or leave num_layers out "
+                         "(None) to load them all.")
     if tokenizer is not None:
         tpath = Path(tokenizer).expanduser()
         if tpath.suffix == ".gguf" and tpath.is_file():

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.config import ModelConfig
-from common.errors import ModelNotFoundError, UnsupportedTensorTypeError
+from common.errors import CorruptModelFileError, ModelNotFoundError, UnsupportedTensorTypeError
 
 # Tensor types whose dequantisation we support (and test against HF on the real model for F32/Q4_1/Q8_0).
 SUPPORTED_GGUF_TYPES = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
@@ -74,7 +74,13 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF file not found: {path}. Check the path, or run `make setup` for the default "
                                  "SmolLM2 model.")
-    reader = gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, OSError) as e:  # gguf's own: 'GGUF magic invalid', a numpy reshape
+        raise CorruptModelFileError(
+            f"{path} is not a readable GGUF file ({path.stat().st_size:,} bytes; the gguf reader said: {e}). It is "
+            "truncated or corrupt, e.g. an interrupted download or copy: fetch it again (`make setup` for the "
+            "default SmolLM2 model) and compare its size with the source's.") from e
     for t in reader.tensors:  # check every type before any work
         if t.tensor_type.name not in SUPPORTED_GGUF_TYPES:
             raise UnsupportedTensorTypeError(
