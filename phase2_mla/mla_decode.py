@@ -34,6 +34,8 @@ import triton
 import triton.language as tl
 
 from common.deepseek import mla_latent_attention_ref
+from common.paged_checks import (check_block_ids, require_float, require_power_of_two, require_tensors,
+                                 values_checkable)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -186,6 +188,8 @@ def mla_merge_kernel(o_part_ptr, lse_ptr, out_ptr, so_b, so_h, so_s, so_d, sl_b,
 
 def check_args(q_lat, q_pe, kv_cache, block_table, seq_lens) -> None:
     """Raise a ValueError naming the problem for inputs the kernel cannot take."""
+    require_tensors("mla_paged_decode", q_lat=q_lat, q_pe=q_pe, kv_cache=kv_cache, block_table=block_table,
+                    seq_lens=seq_lens)
     if q_lat.dim() != 3 or q_pe.dim() != 3 or q_lat.shape[:2] != q_pe.shape[:2]:
         raise ValueError(f"q_lat must be [B, H, DC] and q_pe [B, H, DR], got {tuple(q_lat.shape)}, {tuple(q_pe.shape)}")
     if kv_cache.dim() != 3 or kv_cache.shape[2] != q_lat.shape[2] + q_pe.shape[2]:
@@ -209,11 +213,15 @@ def check_args(q_lat, q_pe, kv_cache, block_table, seq_lens) -> None:
     if len(devs) != 1:
         raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
     page = kv_cache.shape[1]
+    if b == 0:
+        return
     if int(seq_lens.min()) < 1:  # one host sync: check=False skips it (CUDA graphs, benchmarks)
         raise ValueError("every sequence needs at least one cached token (seq_lens >= 1)")
     if int(seq_lens.max()) > block_table.shape[1] * page:
         raise ValueError(f"seq_lens up to {int(seq_lens.max())} need more than block_table's "
                          f"{block_table.shape[1]} blocks of {page} tokens")
+    if values_checkable(block_table, seq_lens):  # reads every id: only where that costs no device sync
+        check_block_ids("mla_paged_decode", block_table, seq_lens, page, kv_cache.shape[0])
 
 
 def check_splits(num_splits: int) -> None:
@@ -274,8 +282,13 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     (1.71 TB/s) against Triton's best 269 us (1.12 TB/s) in the same run; at 16 heads 117 vs 126 us."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
+    require_float("mla_paged_decode", "scale", scale)
+    require_power_of_two("mla_paged_decode", "block_h", block_h)
+    require_power_of_two("mla_paged_decode", "block_n", block_n)
     b, h, dc = q_lat.shape
     dr, page = q_pe.shape[2], kv_cache.shape[1]
+    if b == 0:
+        return q_lat.new_empty(0, h, dc)
     if num_splits is not None:
         check_splits(num_splits)
     if backend not in ("auto", "triton", "gluon"):

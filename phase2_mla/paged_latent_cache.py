@@ -10,6 +10,8 @@ that ignores the block table fail the tests. Phase 1's block allocator replaces 
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from common.config import ModelConfig
@@ -23,8 +25,12 @@ class PagedLatentCache:
                  seed: int = 0, block_manager=None):
         """block_manager: None (blocks = a random permutation) or a phase 1 BlockTableManager with room for
         batch_size * ceil(max_len / block_size) blocks, e.g. artifacts.get("allocator.block_table_ref")(n, bs)."""
-        if block_size < 1 or max_len < 1:
-            raise ValueError(f"block_size and max_len must be >= 1, got {block_size} and {max_len}")
+        for name, n in (("batch_size", batch_size), ("max_len", max_len), ("block_size", block_size)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ValueError(f"PagedLatentCache: {name} must be an int >= 1, got {n!r}")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # a str failed in torch.empty, int8 later
+            raise ValueError(f"PagedLatentCache: dtype must be torch.float32, torch.float16 or torch.bfloat16 (the MLA "
+                             f"kernel's), got {dtype!r}")
         self.dc, self.dr, self.block_size = cfg.kv_lora_rank, cfg.qk_rope_head_dim, block_size
         blocks_per_seq = -(-max_len // block_size)
         num_blocks = batch_size * blocks_per_seq

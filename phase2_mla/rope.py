@@ -22,6 +22,8 @@ LAYOUTS = ("half", "interleaved")
 def cos_sin_cache(inv_freq: torch.Tensor, max_pos: int, scaling: float = 1.0,
                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [max_pos, R/2] fp32 from inverse frequencies [R/2] (times a YaRN attention factor, if any)."""
+    if isinstance(max_pos, bool) or not isinstance(max_pos, int) or max_pos < 1:
+        raise ValueError(f"max_pos must be a positive int (the longest position + 1), got {max_pos!r}")
     freqs = torch.arange(max_pos, dtype=torch.float32)[:, None] * inv_freq.float()[None]  # [max_pos, R/2]
     return (freqs.cos() * scaling).to(device).contiguous(), (freqs.sin() * scaling).to(device).contiguous()
 
@@ -80,6 +82,10 @@ def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, q_st, q_sh, k_st, k_sh,
 
 def check_rope_args(q, k, cos, sin, positions, layout, bounds: bool = True) -> None:
     """Raise a ValueError that names the problem for any argument rope_() cannot take."""
+    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin), ("positions", positions)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}"
+                            + (" (positions: torch.tensor(..., dtype=torch.int64))" if name == "positions" else ""))
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if q.dim() != 3 or k.dim() != 3:

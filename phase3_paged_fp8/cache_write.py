@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from common.paged_checks import check_slots, require_tensors, values_checkable
 from common.pdl import pdl_args, pdl_wait
 
 FP8 = torch.float8_e4m3fn
@@ -99,7 +100,29 @@ def write_kv_cache_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr
         tl.store(vc_ptr + dst, v.to(vc_ptr.dtype.element_ty), mask=mask)
 
 
+CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, FP8)
+
+
+def check_scales(k_cache, v_cache, k_scale, v_scale, where: str) -> None:
+    """Both caches one dtype of CACHE_DTYPES; an FP8 cache has BOTH scales, each SCALE_DTYPE [num_blocks, block_size,
+    Hkv] and contiguous (the kernels index them by slot). Only k_scale was checked: a v_scale of the wrong shape,
+    dtype or strides was read or written out of place (a silent wrong answer, or a write past its end)."""
+    if k_cache.dtype != v_cache.dtype or k_cache.dtype not in CACHE_DTYPES:
+        raise ValueError(f"{where}: k_cache and v_cache must share one dtype of fp32/fp16/bf16/fp8 (e4m3fn), got "
+                         f"{k_cache.dtype} and {v_cache.dtype}")
+    if (k_cache.dtype == FP8) != (k_scale is not None) or (k_scale is None) != (v_scale is None):
+        raise ValueError(f"{where}: an FP8 cache needs k_scale and v_scale [num_blocks, block_size, Hkv]; other "
+                         "dtypes take none")
+    for name, sc in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if sc is not None and (not isinstance(sc, torch.Tensor) or sc.shape != k_cache.shape[:3]
+                               or sc.dtype != SCALE_DTYPE or not sc.is_contiguous()):
+            got = f"{sc.dtype} {tuple(sc.shape)}" if isinstance(sc, torch.Tensor) else type(sc).__name__
+            raise ValueError(f"{where}: scales must be contiguous {SCALE_DTYPE} {tuple(k_cache.shape[:3])} (one per "
+                             f"cached token and KV head); {name} is {got}")
+
+
 def _check(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale):
+    require_tensors("write_kv_cache", k=k, v=v, slot_mapping=slot_mapping, k_cache=k_cache, v_cache=v_cache)
     if k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"k and v must both be [T, Hkv, D], got k{tuple(k.shape)} v{tuple(v.shape)}")
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
@@ -109,16 +132,19 @@ def _check(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale):
     if slot_mapping.shape != (k.shape[0],) or slot_mapping.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"slot_mapping must be int32/int64 [T={k.shape[0]}], got {slot_mapping.dtype} "
                          f"{tuple(slot_mapping.shape)}")
-    if (k_cache.dtype == FP8) != (k_scale is not None) or (k_scale is None) != (v_scale is None):
-        raise ValueError("an FP8 cache needs k_scale and v_scale [num_blocks, block_size, Hkv]; other dtypes take none")
-    if k_scale is not None and (k_scale.shape != k_cache.shape[:3] or k_scale.dtype != SCALE_DTYPE):
-        raise ValueError(f"scales must be {SCALE_DTYPE} {tuple(k_cache.shape[:3])}, got {k_scale.dtype} "
-                         f"{tuple(k_scale.shape)}")
-    devs = {t.device for t in (k, v, slot_mapping, k_cache, v_cache) if t is not None}
+    if k.dtype != v.dtype or not k.is_floating_point():
+        raise ValueError(f"write_kv_cache: k and v must share one float dtype, got {k.dtype} and {v.dtype}")
+    check_scales(k_cache, v_cache, k_scale, v_scale, "write_kv_cache")
+    devs = {t.device for t in (k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale) if t is not None}
     if len(devs) != 1:
         raise ValueError(f"all tensors must be on one device, got {devs}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("caches must be contiguous and k/v must have unit stride in D")
+    if slot_mapping.stride(0) != 1 and slot_mapping.numel() > 1:
+        raise ValueError("write_kv_cache: slot_mapping must be contiguous (the kernel reads slot t at offset t); "
+                         "pass slot_mapping.contiguous()")
+    if values_checkable(slot_mapping):  # reads the slots: CPU only, no device sync on CUDA
+        check_slots("write_kv_cache", slot_mapping, k_cache.shape[0] * k_cache.shape[1])
 
 
 def write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale=None, v_scale=None) -> None:

@@ -14,6 +14,8 @@ reused by the other layers; `repr` says which manager is in use.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from common.config import ModelConfig
@@ -31,6 +33,8 @@ def make_block_tables(num_blocks: int, block_size: int):
     try:
         name, cls = "allocator.block_table", artifacts.get("allocator.block_table")
     except ImportError:
+        if artifacts.target("allocator.block_table") != artifacts.TABLE["allocator.block_table"]:
+            raise  # the learner's own override must load: falling back would silently run the reference instead
         name, cls = "allocator.block_table_ref", artifacts.get("allocator.block_table_ref")
     return cls(num_blocks, block_size), artifacts.target(name)
 
@@ -46,6 +50,9 @@ class PagedKVCache:
             raise ValueError(f"PagedKVCache dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if backend not in ("auto", "triton", "ref"):
             raise ValueError(f"backend must be 'auto', 'triton' or 'ref', got {backend!r}")
+        for name, n in (("batch_size", batch_size), ("max_len", max_len), ("block_size", block_size)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:  # 0 named the allocator's num_blocks instead,
+                raise ValueError(f"PagedKVCache: {name} must be an int >= 1, got {n!r}")  # -1 failed in torch.zeros
         self.device = torch.device(device)
         self.backend = ("triton" if self.device.type == "cuda" else "ref") if backend == "auto" else backend
         self.block_size, self.batch_size, self.max_len = block_size, batch_size, max_len

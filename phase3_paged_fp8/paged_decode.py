@@ -25,8 +25,9 @@ import triton
 import triton.language as tl
 
 from common.attention import repeat_kv
+from common.paged_checks import check_block_ids, require_float, require_power_of_two, require_tensors, values_checkable
 from common.pdl import pdl_args, pdl_wait
-from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE, fp8_to_float
+from phase3_paged_fp8.cache_write import FP8, check_scales, fp8_to_float
 
 LOG2E = 1.4426950408889634
 
@@ -134,6 +135,7 @@ def paged_decode_reduce_kernel(po_ptr, lse_ptr, o_ptr, stride_ob, stride_oh, HQ:
 
 def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, where: str) -> None:
     """Shared argument checks of the paged kernels (clear messages for the mistakes people make)."""
+    require_tensors(where, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens)
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"{where}: caches must both be [num_blocks, block_size, Hkv, D], got {tuple(k_cache.shape)} "
                          f"and {tuple(v_cache.shape)}")
@@ -149,17 +151,30 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_s
     if seq_lens.dim() != 1 or seq_lens.dtype != torch.int32 or seq_lens.shape[0] != block_tables.shape[0]:
         raise ValueError(f"{where}: seq_lens must be int32 [B={block_tables.shape[0]}], got {seq_lens.dtype} "
                          f"{tuple(seq_lens.shape)}")
-    if (k_cache.dtype == FP8) != (k_scale is not None) or (k_scale is None) != (v_scale is None):
-        raise ValueError(f"{where}: an FP8 cache needs k_scale and v_scale; other cache dtypes take none")
-    if k_scale is not None and (k_scale.shape != k_cache.shape[:3] or k_scale.dtype != SCALE_DTYPE):
-        raise ValueError(f"{where}: scales must be {SCALE_DTYPE} {tuple(k_cache.shape[:3])}")
+    check_scales(k_cache, v_cache, k_scale, v_scale, where)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError(f"{where}: caches must be contiguous")
     if q.stride(-1) != 1:
         raise ValueError(f"{where}: q must have unit stride in its last dimension")
-    devs = {t.device for t in (q, k_cache, v_cache, block_tables, seq_lens)}
+    if (block_tables.shape[1] > 1 and block_tables.stride(1) != 1) or (seq_lens.shape[0] > 1
+                                                                       and seq_lens.stride(0) != 1):
+        raise ValueError(f"{where}: block_tables' rows and seq_lens must be contiguous (the kernels read them with "
+                         "unit stride); pass .contiguous()")
+    devs = {t.device for t in (q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale) if t is not None}
     if len(devs) != 1:
         raise ValueError(f"{where}: all tensors must be on one device, got {devs}")
+    if values_checkable(block_tables, seq_lens):  # reads the ids: CPU only, no device sync on CUDA
+        check_block_ids(where, block_tables, seq_lens, k_cache.shape[1], k_cache.shape[0])
+
+
+def check_launch_knobs(where: str, sm_scale, num_splits, block_n) -> None:
+    """A tensor sm_scale reached the kernel as a pointer, block_n=12 failed inside tl.arange, and num_splits=0 or -1
+    launched no program at all: the output was torch.empty's leftover memory."""
+    if sm_scale is not None:
+        require_float(where, "sm_scale", sm_scale)
+    require_power_of_two(where, "block_n", block_n)
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"{where}: num_splits must be a positive int (or None for the default), got {num_splits!r}")
 
 
 def default_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
@@ -221,7 +236,10 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, "paged_decode")
     if q.dim() != 3 or q.shape[0] != block_tables.shape[0]:
         raise ValueError(f"paged_decode: q must be [B={block_tables.shape[0]}, Hq, D], got {tuple(q.shape)}")
+    check_launch_knobs("paged_decode", sm_scale, num_splits, block_n)
     b, hq, d = q.shape
+    if b == 0:
+        return torch.empty_like(q)
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from common.attention import attention_ref
+from common.paged_checks import require_float, require_power_of_two, values_checkable
 from phase3_paged_fp8.cache_write import FP8, write_kv_cache, write_kv_cache_ref
 from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting
 
@@ -129,6 +130,24 @@ def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cac
     if cu_seqlens_q.dtype != torch.int32 or cu_seqlens_q.shape != (seq_lens.shape[0] + 1,):
         raise ValueError(f"{where}: cu_seqlens_q must be int32 [B+1={seq_lens.shape[0] + 1}], got "
                          f"{cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}")
+    if values_checkable(cu_seqlens_q, seq_lens):  # reads the offsets: CPU only, no device sync on CUDA
+        check_cu_seqlens(where, cu_seqlens_q, seq_lens, q.shape[0])
+
+
+def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, num_tokens: int) -> None:
+    """cu_seqlens_q starts at 0, never decreases, ends at the packed token count, and no sequence has more new
+    tokens than its length: otherwise the kernel read q rows of the wrong sequence, or past q (silently)."""
+    cu = cu_seqlens_q.long()
+    q_lens = cu[1:] - cu[:-1]
+    if int(cu[0]) != 0 or int(cu[-1]) != num_tokens or bool((q_lens < 0).any()):
+        raise ValueError(f"{where}: cu_seqlens_q must rise from 0 to the number of packed tokens ({num_tokens}), "
+                         f"got {cu.tolist()[:8]}{'...' if len(cu) > 8 else ''}: entry b+1 - entry b is sequence "
+                         "b's new tokens")
+    over = q_lens > seq_lens.long()
+    if bool(over.any()):
+        b = int(over.nonzero()[0])
+        raise ValueError(f"{where}: sequence {b} has {int(q_lens[b])} new tokens but seq_lens[{b}] = "
+                         f"{int(seq_lens[b])}; seq_lens counts the cached tokens including the new ones")
 
 
 def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
@@ -139,6 +158,15 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
     that attends those through the decode kernel: phase 4's split mixed steps)."""
     _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
                    "paged_prefill")
+    require_power_of_two("paged_prefill", "block_m", block_m)
+    require_power_of_two("paged_prefill", "block_n", block_n)
+    if sm_scale is not None:
+        require_float("paged_prefill", "sm_scale", sm_scale)
+    if max_q_len is not None and values_checkable(cu_seqlens_q) and seq_lens.shape[0]:
+        longest = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())  # CPU only: sizes the grid, so too small
+        if max_q_len < longest:  # left the rows past it unwritten (torch.empty's leftovers)
+            raise ValueError(f"paged_prefill: max_q_len={max_q_len} is below the longest sequence's {longest} new "
+                             "tokens; pass at least that, or None to compute it")
     write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
     t, hq, d = q.shape
     b = seq_lens.shape[0]
