@@ -30,12 +30,7 @@ def make_block_tables(num_blocks: int, block_size: int):
     """Phase 1's BlockTableManager through the seam: the Rust crate, else (its wheel not built on this machine, e.g.
     the GPU box) phase 1's Python reference with the same API. Returns (manager, the artifact it came from)."""
     from common import artifacts
-    try:
-        name, cls = "allocator.block_table", artifacts.get("allocator.block_table")
-    except ImportError:
-        if artifacts.target("allocator.block_table") != artifacts.TABLE["allocator.block_table"]:
-            raise  # the learner's own override must load: falling back would silently run the reference instead
-        name, cls = "allocator.block_table_ref", artifacts.get("allocator.block_table_ref")
+    cls, name = artifacts.get_or_fallback("allocator.block_table", "allocator.block_table_ref")
     return cls(num_blocks, block_size), artifacts.target(name)
 
 

@@ -25,11 +25,9 @@ from common import artifacts
 
 
 def make_block_table_manager(num_blocks: int, block_size: int):
-    """(manager, the artifact name it came from): the Rust crate, else phase 1's Python reference."""
-    try:
-        name, cls = "allocator.block_table", artifacts.get("allocator.block_table")
-    except ImportError:
-        name, cls = "allocator.block_table_ref", artifacts.get("allocator.block_table_ref")
+    """(manager, the artifact name it came from): the Rust crate, else (its wheel not built here) phase 1's Python
+    reference; a learner's override of allocator.block_table that fails to load raises instead of falling back."""
+    cls, name = artifacts.get_or_fallback("allocator.block_table", "allocator.block_table_ref")
     return cls(num_blocks, block_size), name
 
 

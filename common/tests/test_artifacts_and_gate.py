@@ -62,3 +62,21 @@ def test_recorded_result_quotes_file_and_verdict(tmp_path, monkeypatch):
     assert ok.startswith("3.0x on NVIDIA H100") and "meets the threshold" in ok
     assert "MISSES the threshold" in bad
     assert recorded_result("ph", "absent", str)() == "no GPU run recorded yet"
+
+
+def test_get_or_fallback(monkeypatch):
+    """The fallback entry serves only when the TABLE's own target cannot be imported (phase 1's wheel not built);
+    an override that fails to import raises (falling back would run the reference instead of the learner's code).
+    Both users: phase 3's PagedKVCache and phase 4's KVCacheManager."""
+    from phase4_scheduler.kv_manager import KVCacheManager
+
+    monkeypatch.setitem(artifacts.TABLE, "allocator.block_table", "no_such_wheel.mod:BlockTableManager")
+    obj, name = artifacts.get_or_fallback("allocator.block_table", "allocator.block_table_ref")
+    assert name == "allocator.block_table_ref" and obj is artifacts.get("allocator.block_table_ref")
+    assert KVCacheManager(4).source == "allocator.block_table_ref"
+    monkeypatch.undo()
+    monkeypatch.setenv("TITAN_ARTIFACTS", "allocator.block_table=my_alloc.tables:BlockTableManager")
+    with pytest.raises(ImportError, match="my_alloc.tables"):
+        artifacts.get_or_fallback("allocator.block_table", "allocator.block_table_ref")
+    with pytest.raises(ImportError, match="my_alloc.tables"):
+        KVCacheManager(4)  # it fell back to the reference before
