@@ -2,6 +2,7 @@
 recorded H100 run from results/)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -63,8 +64,21 @@ def check_kv_speedup_cpu():
     from phase0_tinyllama.bench_kvcache import main as bench
 
     row = bench(["--device", "cpu", "--tokens", "512", "--name", "kvcache_cpu_gate"])["rows"][0]
-    return passed(f"{row['speedup']:.1f}x ({row['seconds_no_cache']:.0f} s vs {row['seconds_kv_cache']:.0f} s)",
-                  row["speedup"] >= 10)
+    ok = row["speedup"] >= 10
+    return passed(f"{row['speedup']:.1f}x ({row['seconds_no_cache']:.0f} s vs {row['seconds_kv_cache']:.0f} s)"
+                  + ("" if ok else _load_note()), ok)
+
+
+def _load_note() -> str:
+    """A busy machine moves this ratio (12.7x on 2 idle cores, results/kvcache_cpu.json; 7.1x measured once at a
+    load average of 3-6 on the same 2 cores): say what the load was, so a failure on a shared box reads as such."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return ""
+    busy = load > 0.75 * cores
+    return f"; load average {load:.1f} on {cores} cores" + (": other work was running, re-run on an idle machine"
+                                                            if busy else "")
 
 
 def check_cuda_kernels_compile():
