@@ -32,6 +32,16 @@ def skipped(reason: str) -> Outcome:
     return Outcome("-", None, reason)
 
 
+def max_abs_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| in fp32, and inf when the difference holds a NaN or inf anywhere.
+
+    NOTE: criteria fold errors with Python's max(worst, err), and max(0.0, nan) is 0.0 (every comparison with NaN is
+    False), so a kernel that leaves NaN rows would report "max err 0.0" and pass; mapping non-finite to inf makes such
+    a kernel fail the `err < tol` test wherever it is folded in."""
+    d = (got.float() - want.float()).abs()
+    return d.max().item() if bool(torch.isfinite(d).all()) else float("inf")
+
+
 @dataclass
 class Criterion:
     name: str

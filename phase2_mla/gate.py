@@ -11,7 +11,7 @@ if not torch.cuda.is_available():  # Triton kernels run under the CPU interprete
 from common import artifacts
 from common.bench import load_result
 from common.config import get_preset
-from common.gate import Criterion, passed
+from common.gate import Criterion, max_abs_err, passed
 
 TITLE = "Phase 2: DeepSeek MLA, RoPE kernels, MLA paged attention"
 ROPE_TARGET = 0.85      # of a device copy of the same bytes at the same shape (README §5: why not the large copy)
@@ -69,7 +69,7 @@ def check_rope_kernels():
             pos = torch.randint(0, 100, (9,), generator=g).to(dev)
             rq, rk = rope_ref(q, k, cos, sin, pos, layout)
             fn(q, k, cos, sin, pos, layout)
-            worst = max(worst, (q - rq).abs().max().item(), (k - rk).abs().max().item())
+            worst = max(worst, max_abs_err(q, rq), max_abs_err(k, rk))
     return passed(f"max err {worst:.1e} ({', '.join(impls)}; both layouts)", worst < 1e-5)
 
 
@@ -94,7 +94,7 @@ def check_paged_kernel():
         # 16-token tiles on the GPU (tl.dot's K of p @ c must be >= 16 there); 8 in the interpreter, so the small
         # pages (7, 1) are crossed inside a tile either way
         out = mla_paged_decode(ql, qp, kv, bt, sl, 0.15, num_splits=2, block_n=16 if dev == "cuda" else 8)
-        worst = max(worst, (out - mla_paged_decode_ref(ql, qp, kv, bt, sl, 0.15)).abs().max().item())
+        worst = max(worst, max_abs_err(out, mla_paged_decode_ref(ql, qp, kv, bt, sl, 0.15)))
     return passed(f"max err {worst:.1e} (pages 7/1/16, lengths 1..50)", worst < 1e-4)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from common.config import ModelConfig, get_preset
 from common.deepseek import DeepseekV3ForCausalLM, LatentCache, generate_greedy, to_hf_config
+from common.gate import max_abs_err
 
 
 def make_pair(cfg: ModelConfig, seed: int = 0, device: str = "cpu"):
@@ -72,13 +73,13 @@ def check_against_hf(preset: str = "deepseek-v3-tiny", batch: int = 2, prompt_le
     for form in ("naive", "absorbed"):
         model = DeepseekV3ForCausalLM.from_state_dict(cfg, state, absorbed=form == "absorbed", device=device)
         with torch.inference_mode():
-            out[f"prefill_err_{form}"] = (model(ids).float() - ref_prefill).abs().max().item()
+            out[f"prefill_err_{form}"] = max_abs_err(model(ids), ref_prefill)
         caches = {"latent": lambda: LatentCache(cfg, batch, total, device=device)}
         if form == "absorbed":
             caches["paged"] = lambda: PagedLatentCache(cfg, batch, total, block_size=paged_block_size, device=device)
         for cname, make in caches.items():
             steps = ours_steps(model, ids, ref_toks, make())
-            out[f"decode_err_{form}_{cname}"] = max((a - b).abs().max().item() for a, b in zip(steps, ref_steps))
+            out[f"decode_err_{form}_{cname}"] = max(max_abs_err(a, b) for a, b in zip(steps, ref_steps))
             toks = generate_greedy(model, ids, max_tokens, make())
             out[f"greedy_identical_{form}_{cname}"] = bool(torch.equal(toks, ref_toks))
     errs = [v for k, v in out.items() if k.startswith(("prefill_err", "decode_err"))]

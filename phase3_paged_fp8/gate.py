@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 
 from common.bench import load_result
-from common.gate import Criterion, passed
+from common.gate import Criterion, max_abs_err, passed
 
 TITLE = "Phase 3: Triton PagedAttention, FP8 KV cache, 128K context"
 PHASE = "phase3_paged_fp8"
@@ -43,7 +43,7 @@ def _kernels():
         out = paged_decode(q, kc, vc, bt, sl, ks, vs, num_splits=3, block_n=16)
         for b, n in enumerate(lens):
             want = naive_paged_attention(q[b, :, None], kc, vc, ks, vs, bt[b], n, n - 1)[:, 0]
-            worst = max(worst, (out[b].float() - want).abs().max().item())
+            worst = max(worst, max_abs_err(out[b], want))
         ql = torch.tensor(new, dtype=torch.int32, device=DEVICE)
         cu = torch.tensor([0, 37, 38, 47], dtype=torch.int32, device=DEVICE)
         qq = torch.randn(47, hq, d, generator=gen).to(DEVICE)
@@ -52,7 +52,7 @@ def _kernels():
                             block_m=16, block_n=16)
         for b, (n, m) in enumerate(zip(lens, new)):
             want = naive_paged_attention(qq[cu[b]:cu[b + 1]].transpose(0, 1), kc, vc, ks, vs, bt[b], n, n - m)
-            worst = max(worst, (out[cu[b]:cu[b + 1]].transpose(0, 1).float() - want).abs().max().item())
+            worst = max(worst, max_abs_err(out[cu[b]:cu[b + 1]].transpose(0, 1), want))
     return passed(f"max |err| {worst:.1e}", worst < 1e-3, "decode + prefill (cached prefix), GQA 3/8/1, block sizes "
                   "7/5/16, fp32 and FP8, shuffled blocks" + ("" if torch.cuda.is_available() else "; interpreter"))
 

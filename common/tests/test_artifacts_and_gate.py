@@ -80,3 +80,19 @@ def test_get_or_fallback(monkeypatch):
         artifacts.get_or_fallback("allocator.block_table", "allocator.block_table_ref")
     with pytest.raises(ImportError, match="my_alloc.tables"):
         KVCacheManager(4)  # it fell back to the reference before
+
+
+def test_max_abs_err_turns_non_finite_into_inf():
+    """Gate criteria fold errors with max(); max(0.0, nan) is 0.0, so NaN must become inf to fail `err < tol`."""
+    import torch
+
+    from common.gate import max_abs_err
+
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert max_abs_err(a, a + torch.tensor([0.0, -0.5, 0.25])) == 0.5
+    for bad in (float("nan"), float("inf")):
+        b = a.clone()
+        b[1] = bad
+        assert max_abs_err(b, a) == float("inf") and max_abs_err(a, b) == float("inf")
+        assert max(0.0, max_abs_err(b, a)) == float("inf")
+    assert max_abs_err(a.bfloat16(), a) == 0.0  # compared in fp32

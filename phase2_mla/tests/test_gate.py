@@ -94,3 +94,42 @@ def test_rope_record_falls_back_on_rows_without_a_same_size_copy():
     assert gate._rope_record(rec).endswith("MISSES the threshold")
     del rec["copy_ceiling"]
     assert "cannot be read" in gate._rope_record(rec)
+
+
+def test_kernel_criteria_fail_when_a_kernel_leaves_nan(monkeypatch):
+    """A NaN row must fail the criterion: max(0.0, nan) is 0.0 in Python, so folding errors with max() used to report
+    'max err 0.0e+00' and PASS for a kernel that wrote NaN (common.gate.max_abs_err maps non-finite to inf)."""
+    from phase2_mla import mla_decode, rope
+
+    real_decode, real_rope = mla_decode.mla_paged_decode, rope.rope_
+
+    def nan_row(*a, **k):
+        out = real_decode(*a, **k)
+        out[-1] = float("nan")
+        return out
+
+    def nan_rope(q, k, *a):
+        real_rope(q, k, *a)
+        k[3] = float("nan")
+
+    monkeypatch.setattr(mla_decode, "mla_paged_decode", nan_row)
+    monkeypatch.setattr(rope, "rope_", nan_rope)
+    for fn in (gate.check_paged_kernel, gate.check_rope_kernels):
+        out = fn()
+        assert out.passed is False and "inf" in out.measured, (fn.__name__, out)
+
+
+def test_mla_vs_hf_max_err_sees_nan_in_a_later_decode_step(monkeypatch):
+    """hf_oracle folds per-step errors with max(): a NaN in any step (not only the first) must give max_err inf."""
+    from phase2_mla import hf_oracle
+
+    real = hf_oracle.ours_steps
+
+    def nan_last_step(*a, **k):
+        steps = [s.clone() for s in real(*a, **k)]
+        steps[-1][0, 0] = float("nan")
+        return steps
+
+    monkeypatch.setattr(hf_oracle, "ours_steps", nan_last_step)
+    out = gate.check_mla_vs_hf()  # reaches hf_oracle.check_against_hf through the artifact table
+    assert out.passed is False and "max logit err inf" in out.measured, out
