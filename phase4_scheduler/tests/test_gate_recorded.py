@@ -79,3 +79,19 @@ def test_missing_files_are_named():
         return "unused"
     describe.names = ("no_such_result",)
     assert "results/no_such_result.json missing" in _rec_plain(describe)()
+
+
+def test_hf_criterion_fails_when_the_summary_lacks_a_figure(monkeypatch):
+    """check_hf's verdict used to be `"hf_b64_output_tok_s" in s` after the message had already read that key: it
+    could only crash or pass. Now a summary without a figure is a FAIL that names it (bench stubbed)."""
+    from phase4_scheduler import bench_offline
+
+    full = {"hf_b1_ms_per_step": 30.0, "hf_b64_output_tok_s": 2000.0, "b1_speedup_vs_hf": 12.0, "b1_ms_per_token": 2.5}
+    monkeypatch.setattr(bench_offline, "main", lambda argv: {"summary": full})
+    out = gate.check_hf()
+    assert out.passed is True and out.measured == "HF B=1 30.0 ms/step, B=64 2,000 tok/s; ours 12.0x at B=1", out
+    for key in ("hf_b1_ms_per_step", "hf_b64_output_tok_s", "b1_speedup_vs_hf"):
+        monkeypatch.setattr(bench_offline, "main", lambda argv, k=key: {"summary": {x: v for x, v in full.items()
+                                                                                    if x != k}})
+        out = gate.check_hf()
+        assert out.passed is False and key in out.reason, (key, out)
