@@ -5,8 +5,10 @@ from common.gate import Criterion, passed, run_gate
 
 
 def test_every_entry_resolves():
+    """get() raises for a missing module / attribute; every deliverable is a function or class, so each entry must
+    also be callable (`is not None` let an entry pointing at a constant or a None placeholder through)."""
     for name in artifacts.TABLE:
-        assert artifacts.get(name) is not None, name
+        assert callable(artifacts.get(name)), name
 
 
 def test_override_by_environment(monkeypatch):
