@@ -173,6 +173,11 @@ def summarize_point(rate: float, sim: dict, max_slope: float) -> dict:
     return p
 
 
+def _f(v, spec: str = ".3f") -> str:
+    """A percentile for the progress line: None (no request of the point completed: it timed out) prints as '-'."""
+    return "-" if v is None else format(v, spec)
+
+
 def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) -> list[dict]:
     """Rates upward; stops after the first saturated point (kept: it brackets the capacity). With args.refine = n,
     n more rates between the last stable and the first saturated one narrow that bracket; the points come back
@@ -186,8 +191,8 @@ def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) 
         sim = simulate(engine, lens, arrivals, prompts, f"{policy}-{j}", limit, **clock)
         p = summarize_point(rate, sim, args.saturation_slope)
         points.append(p)
-        progress(f"{policy:>13} rate {rate:7.2f}/s: {p['output_tok_s']:9,.0f} out tok/s, p50 e2e {p['e2e_p50']:.3f} s, "
-                 f"ttft {p['ttft_p50']:.3f} s, tpot {p['tpot_p50'] or 0:.4f} s, growth {p['queue_growth']:+.3f}"
+        progress(f"{policy:>13} rate {rate:7.2f}/s: {p['output_tok_s']:9,.0f} out tok/s, p50 e2e {_f(p['e2e_p50'])} s, "
+                 f"ttft {_f(p['ttft_p50'])} s, tpot {_f(p['tpot_p50'], '.4f')} s, growth {p['queue_growth']:+.3f}"
                  + (f", {p['tokens_per_step']:.0f} tok/step" if "tokens_per_step" in p else "")
                  + (f" (mixed graphs {p['mixed_graph_padding']:.0%} padding)" if "mixed_graph_padding" in p else "")
                  + ("  SATURATED" if p["saturated"] else ""))
