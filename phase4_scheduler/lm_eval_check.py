@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [tuple(a) for s in samples for a in s["arguments"]]
     served = [(float(r[0][0]), bool(r[0][1])) for s in samples for r in s["resps"]]
     ref = reference_scores(lm, AutoTokenizer.from_pretrained(tok_dir), pairs)
-    worst = max(abs(a[0] - b[0]) for a, b in zip(served, ref))
+    diffs = [abs(a[0] - b[0]) for a, b in zip(served, ref)]
+    worst = max(diffs) if all(d == d for d in diffs) else float("inf")  # max() would drop a NaN (a NaN != itself)
     flags = sum(a[1] == b[1] for a, b in zip(served, ref))
     acc = res["results"][TASK]["acc,none"]
     print(f"lm-eval {lm_eval.__version__} via {args.base_url}: {len(pairs)} loglikelihood requests, accuracy {acc:.3f};"
