@@ -86,9 +86,11 @@ def check_cuda_kernels_compile():
 
     if nvcc_path() is None:
         return passed("nvcc missing", False, "install the CUDA toolkit")
+    on_disk = sorted(p.name for p in (Path(__file__).parent / "cuda").glob("*.cu"))
     for src in SOURCES.values():
-        build(src)
-    return passed(f"{len(SOURCES)} .cu files built (sm_90)", True)
+        build(src)  # raises on an nvcc error: the gate reports it as a failure
+    return passed(f"{len(SOURCES)} .cu files built (sm_90)", len(SOURCES) == len(on_disk) == 3,
+                  "" if len(on_disk) == 3 else f"expected the chapter's 3 kernels, found {on_disk}")
 
 
 # --- GPU criteria: live on a GPU, quoting results/ otherwise ------------------------------------------------------
