@@ -46,9 +46,13 @@ class Server:
         # a token's own text, special tokens shown (logprobs responses; cached: the same ids recur)
         self.token_str = functools.lru_cache(maxsize=1 << 16)(
             lambda t: self.engine.tokenizer.decode([t], skip_special_tokens=False))
-        own_bytes = getattr(self.engine.tokenizer, "token_bytes", None)  # the bytes a token stands for (chat logprobs)
-        self.token_bytes = functools.lru_cache(maxsize=1 << 16)(
-            own_bytes or (lambda t: self.token_str(t).encode("utf-8")))
+        self.token_bytes = functools.lru_cache(maxsize=1 << 16)(self._token_bytes)  # chat logprobs' `bytes`
+
+    def _token_bytes(self, t: int) -> bytes:
+        """The bytes a token stands for (Tokenizer.token_bytes; a tokenizer without it: its text's UTF-8). Looked up
+        per call, not at construction: an engine may load its tokenizer after the server is built."""
+        own = getattr(self.engine.tokenizer, "token_bytes", None)
+        return own(t) if own is not None else self.token_str(t).encode("utf-8")
 
     # ---- checks ------------------------------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
