@@ -9,6 +9,8 @@ avoid; the GPU suite's own tests cover the GPU path with valid tables.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -18,6 +20,14 @@ def require_tensors(where: str, **named) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__} "
                             f"(build it with torch.tensor(...) on the kernel's device)")
+
+
+def require_positive_ints(where: str, **named) -> None:
+    """ValueError naming the first argument that is not an int >= 1 (bools refused; 0 / -1 / 1.5 failed deep inside
+    the allocator or torch otherwise)."""
+    for name, n in named.items():
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {n!r}")
 
 
 def require_float(where: str, name: str, value) -> None:

@@ -10,12 +10,11 @@ that ignores the block table fail the tests. Phase 1's block allocator replaces 
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from common.config import ModelConfig
 from common.deepseek import mla_latent_attention_ref
+from common.paged_checks import require_positive_ints
 from phase2_mla.mla_decode import gather_latents, mla_paged_decode
 
 
@@ -25,9 +24,7 @@ class PagedLatentCache:
                  seed: int = 0, block_manager=None):
         """block_manager: None (blocks = a random permutation) or a phase 1 BlockTableManager with room for
         batch_size * ceil(max_len / block_size) blocks, e.g. artifacts.get("allocator.block_table_ref")(n, bs)."""
-        for name, n in (("batch_size", batch_size), ("max_len", max_len), ("block_size", block_size)):
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                raise ValueError(f"PagedLatentCache: {name} must be an int >= 1, got {n!r}")
+        require_positive_ints("PagedLatentCache", batch_size=batch_size, max_len=max_len, block_size=block_size)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # a str failed in torch.empty, int8 later
             raise ValueError(f"PagedLatentCache: dtype must be torch.float32, torch.float16 or torch.bfloat16 (the MLA "
                              f"kernel's), got {dtype!r}")

@@ -14,11 +14,10 @@ reused by the other layers; `repr` says which manager is in use.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from common.config import ModelConfig
+from common.paged_checks import require_positive_ints
 from phase3_paged_fp8.cache_write import FP8, SCALE_DTYPE, write_kv_cache, write_kv_cache_ref
 from phase3_paged_fp8.paged_decode import paged_decode, paged_decode_ref
 from phase3_paged_fp8.paged_prefill import paged_prefill, paged_prefill_ref
@@ -45,9 +44,8 @@ class PagedKVCache:
             raise ValueError(f"PagedKVCache dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if backend not in ("auto", "triton", "ref"):
             raise ValueError(f"backend must be 'auto', 'triton' or 'ref', got {backend!r}")
-        for name, n in (("batch_size", batch_size), ("max_len", max_len), ("block_size", block_size)):
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:  # 0 named the allocator's num_blocks instead,
-                raise ValueError(f"PagedKVCache: {name} must be an int >= 1, got {n!r}")  # -1 failed in torch.zeros
+        # (0 named the allocator's num_blocks instead, -1 failed in torch.zeros)
+        require_positive_ints("PagedKVCache", batch_size=batch_size, max_len=max_len, block_size=block_size)
         self.device = torch.device(device)
         self.backend = ("triton" if self.device.type == "cuda" else "ref") if backend == "auto" else backend
         self.block_size, self.batch_size, self.max_len = block_size, batch_size, max_len

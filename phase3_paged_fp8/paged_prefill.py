@@ -122,7 +122,8 @@ def slot_mapping_for(block_tables: torch.Tensor, seq_lens: torch.Tensor, q_lens:
     return block_tables[seq, pos // block_size].long() * block_size + pos % block_size
 
 
-def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale, where):
+def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale, where,
+                   max_q_len: int | None = None):
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, where)
     if q.dim() != 3 or k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape != v.shape:
         raise ValueError(f"{where}: q must be [T, Hq, D] and k, v [T, Hkv, D] (packed tokens), got "
@@ -131,12 +132,15 @@ def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cac
         raise ValueError(f"{where}: cu_seqlens_q must be int32 [B+1={seq_lens.shape[0] + 1}], got "
                          f"{cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}")
     if values_checkable(cu_seqlens_q, seq_lens):  # reads the offsets: CPU only, no device sync on CUDA
-        check_cu_seqlens(where, cu_seqlens_q, seq_lens, q.shape[0])
+        check_cu_seqlens(where, cu_seqlens_q, seq_lens, q.shape[0], max_q_len)
 
 
-def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, num_tokens: int) -> None:
+def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, num_tokens: int,
+                     max_q_len: int | None = None) -> None:
     """cu_seqlens_q starts at 0, never decreases, ends at the packed token count, and no sequence has more new
-    tokens than its length: otherwise the kernel read q rows of the wrong sequence, or past q (silently)."""
+    tokens than its length: otherwise the kernel read q rows of the wrong sequence, or past q (silently). A given
+    max_q_len sizes the grid, so one below the longest sequence's new tokens left rows unwritten (torch.empty's
+    leftovers)."""
     cu = cu_seqlens_q.long()
     q_lens = cu[1:] - cu[:-1]
     if int(cu[0]) != 0 or int(cu[-1]) != num_tokens or bool((q_lens < 0).any()):
@@ -148,6 +152,9 @@ def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Ten
         b = int(over.nonzero()[0])
         raise ValueError(f"{where}: sequence {b} has {int(q_lens[b])} new tokens but seq_lens[{b}] = "
                          f"{int(seq_lens[b])}; seq_lens counts the cached tokens including the new ones")
+    if max_q_len is not None and q_lens.numel() and max_q_len < int(q_lens.max()):
+        raise ValueError(f"{where}: max_q_len={max_q_len} is below the longest sequence's {int(q_lens.max())} new "
+                         "tokens; pass at least that, or None to compute it")
 
 
 def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
@@ -157,16 +164,11 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
     skip_single: write every row's K/V but leave the rows of one-token sequences unwritten in the output (a caller
     that attends those through the decode kernel: phase 4's split mixed steps)."""
     _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
-                   "paged_prefill")
+                   "paged_prefill", max_q_len)
     require_power_of_two("paged_prefill", "block_m", block_m)
     require_power_of_two("paged_prefill", "block_n", block_n)
     if sm_scale is not None:
         require_float("paged_prefill", "sm_scale", sm_scale)
-    if max_q_len is not None and values_checkable(cu_seqlens_q) and seq_lens.shape[0]:
-        longest = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())  # CPU only: sizes the grid, so too small
-        if max_q_len < longest:  # left the rows past it unwritten (torch.empty's leftovers)
-            raise ValueError(f"paged_prefill: max_q_len={max_q_len} is below the longest sequence's {longest} new "
-                             "tokens; pass at least that, or None to compute it")
     write_kv_cache(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
     t, hq, d = q.shape
     b = seq_lens.shape[0]
