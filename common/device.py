@@ -31,8 +31,8 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     """None picks float32 on CPU (exact against HF) and bfloat16 on CUDA."""
     if isinstance(name, torch.dtype):
         if name not in DTYPES.values():  # int8 / float64 / fp8 weights failed deep inside load_state_dict
-            raise InvalidOptionError(f"dtype {name} is not a model dtype; pass one of torch.float32, torch.bfloat16, "
-                             f"torch.float16 (or a name: {', '.join(DTYPES)})")
+            raise InvalidOptionError(f"dtype {name} is not a model dtype; pass one of torch.float32, "
+                                     f"torch.bfloat16, torch.float16 (or a name: {', '.join(DTYPES)})")
         return name
     if name is None or name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -123,15 +123,15 @@ def load_model(spec: str, device: str | None = "auto", dtype: str | torch.dtype 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)):
-        raise InvalidOptionError(f"num_layers must be an int (the number of leading layers to keep) or None for all, "
-                        f"got {num_layers!r} ({type(num_layers).__name__})")
+        raise InvalidOptionError(f"num_layers must be an int (the number of leading layers to keep) or None for "
+                                 f"all, got {num_layers!r} ({type(num_layers).__name__})")
     cfg, state, tok, desc = resolve_weights(spec, random_weights=random_weights, seed=seed)
     if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
         # 0 or negative built a model of embeddings only and more than the model has random extra layers: both
         # loaded without a word and then generated nonsense
         raise InvalidOptionError(f"num_layers={num_layers} is outside 1..{cfg.num_hidden_layers}: {desc} has "
-                         f"{cfg.num_hidden_layers} layers. Pass a value in that range, or leave num_layers out "
-                         "(None) to load them all.")
+                                 f"{cfg.num_hidden_layers} layers. Pass a value in that range, or leave num_layers "
+                                 "out (None) to load them all.")
     if tokenizer is not None:
         tpath = Path(tokenizer).expanduser()
         if tpath.suffix == ".gguf" and tpath.is_file():
