@@ -74,10 +74,16 @@ class IncrementalDetokenizer:
     def add_token(self, token_id: int) -> str | None:
         """Append one token; returns the stop string it completed, if any (the text is then cut before it)."""
         self.tokens.append(token_id)
+        return self._take_text(final=False)
+
+    def _take_text(self, final: bool) -> str | None:
+        """Append the text of the tokens after read_offset (decoded with the ones before it as context) and look
+        for a stop string in it; returns the stop string found, if any. Nothing while that text is empty (a special
+        token) or, unless final, ends in half of a multi-byte character (U+FFFD)."""
         prefix_text = self._decode(self.tokens[self.prefix_offset:self.read_offset])
         new_text = self._decode(self.tokens[self.prefix_offset:])
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
-            return None  # nothing printable yet (special token, or half of a multi-byte character)
+        if len(new_text) <= len(prefix_text) or (new_text.endswith("\ufffd") and not final):
+            return None
         start = max(0, len(self.text) - self.holdback)  # a stop string may straddle earlier text
         self.text += new_text[len(prefix_text):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
@@ -94,15 +100,8 @@ class IncrementalDetokenizer:
 
     def _flush(self) -> None:
         """At the end: the text of tokens held back for an incomplete UTF-8 sequence, as decode gives it (U+FFFD)."""
-        if self.stopped or self.read_offset == len(self.tokens):
-            return
-        prefix_text = self._decode(self.tokens[self.prefix_offset:self.read_offset])
-        new_text = self._decode(self.tokens[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.tokens)
-        if len(new_text) > len(prefix_text):
-            start = max(0, len(self.text) - self.holdback)
-            self.text += new_text[len(prefix_text):]
-            self._find_stop(start)
+        if not self.stopped and self.read_offset < len(self.tokens):
+            self._take_text(final=True)
 
     def delta(self, finished: bool) -> str:
         """New text since the last call (holding back a possible stop-string prefix unless finished)."""
