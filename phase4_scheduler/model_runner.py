@@ -144,7 +144,8 @@ class ModelRunner:
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (e4m3 K/V with an fp16 scale per token and KV head,
         phase 3's format: ~half the bytes; `kv_bytes_per_token` gives the size of either).
         `cuda_graph`: capture decode steps for batch sizes up to `max_num_seqs` (default: on with CUDA + Triton).
-        `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model).
+        `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model;
+        a model fused already, by an earlier engine over the same `loaded`, is reused as it is).
         `mixed_graph_tokens`: > 0 captures piecewise graphs for steps with a prefill, up to that many tokens
         (mixed_graphs.py; CUDA, fused model and decode graphs required); 0: such steps run eagerly."""
         cfg = loaded.config
@@ -185,9 +186,11 @@ class ModelRunner:
         if self.mixed_attention not in MIXED_ATTENTION_MODES:
             raise ValueError(f"{MIXED_ATTENTION_ENV}={self.mixed_attention!r}: expected one of {MIXED_ATTENTION_MODES}")
         if fuse:
-            from phase4_scheduler.fused_model import fuse_model
+            from phase4_scheduler.fused_model import FusedLlamaForCausalLM, fuse_model
 
-            self.model = loaded.model = fuse_model(loaded.model, backend=self.backend)
+            if not isinstance(loaded.model, FusedLlamaForCausalLM):  # a second engine over the same loaded model
+                loaded.model = fuse_model(loaded.model, backend=self.backend)  # reuses the first one's fused model
+            self.model = loaded.model
             if self.device.type == "cuda":
                 self.model.warmup()  # autotuning must be over before any capture
         self.graphs = None

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from common.errors import PromptTooLongError
+from common.llama import LlamaForCausalLM
 from common.sampling import SamplingParams
+from common.weights import random_state_dict
 from phase0_tinyllama.inference_v1 import generate as generate_single
 from phase4_scheduler.engine import LLMEngine, parse_memory
 from phase4_scheduler.llm import LLM
@@ -208,3 +210,22 @@ def test_warmup_leaves_an_idle_engine_with_zeroed_counters():
     assert {2, 4, 8, 16, 32, 63}.issubset(seen)  # 63: max_model_len - 1 caps the ladder's top
     assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.num_total_blocks
     assert eng.counters["num_requests"] == 0 and eng.counters["num_steps"] == 0
+
+
+def test_second_fused_engine_reuses_the_fused_model(tiny, reference):
+    """fuse=True consumes loaded.model; a second engine over the same LoadedModel (benchmarks build continuous and
+    static engines in turn; the GPU overlap test builds two) reuses the fused model instead of failing to fuse it
+    again, and both give the reference's greedy tokens."""
+    from common.model_loader import LoadedModel
+    from phase4_scheduler.fused_model import FusedLlamaForCausalLM
+
+    ps, ref = reference
+    state = random_state_dict(tiny.config, seed=0, std=0.1)  # tiny's own weights, in a model this test may consume
+    own = LoadedModel(tiny.config, LlamaForCausalLM.from_state_dict(tiny.config, state), None, tiny.source,
+                      tiny.device, tiny.dtype)
+    first = LLMEngine(own, num_blocks=64, block_size=16, fuse=True, detokenize=False)
+    fused = own.model
+    assert isinstance(fused, FusedLlamaForCausalLM)
+    second = LLMEngine(own, num_blocks=64, block_size=16, fuse=True, detokenize=False)
+    assert own.model is fused
+    assert run(first, ps, GREEDY) == ref and run(second, ps, GREEDY) == ref
