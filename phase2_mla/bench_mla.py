@@ -275,7 +275,8 @@ def mla_configs(heads: int) -> list[dict]:
     def c(bh, bn, nw, st=2, dv_split=1, swap_ab=False, splits=1, backend="triton"):
         return dict(backend=backend, block_h=bh, block_n=bn, num_warps=nw, num_stages=st, num_splits=splits,
                     dv_split=dv_split, reload_q=False, swap_ab=swap_ab)
-    gluon = c(64, 64, 8, splits=None if heads < 64 else 1, backend="gluon")  # mla_decode_gluon: fixed 64 x 64 x 8
+    gluon = dict(c(64, 64, 8, splits=None if heads < 64 else 1, backend="gluon"),  # mla_decode_gluon: 64 x 64 x 8
+                 gluon_schedule="serial")  # named: the default schedule is seesaw now
     # the same kernel's pipelined schedule (mla_decode_gluon_pipelined: 32-token tiles, next scores during softmax)
     gluon_pipe = dict(gluon, block_n=32, gluon_schedule="pipelined")
     # FlashMLA's seesaw (mla_decode_gluon_seesaw: each warpgroup whole 64 x 64 score tiles of alternate KV tiles)

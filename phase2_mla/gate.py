@@ -20,7 +20,8 @@ MLA_TB_S_TARGET = 2.4   # MLA decode at DeepSeek-V3 dims (FlashMLA: ~3.0 on H800
 LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=32, num_warps=8, num_stages=2, num_splits=1),
                     dict(block_h=64, block_n=64, num_warps=8, num_stages=2, num_splits=None),
                     dict(block_h=32, block_n=32, num_warps=4, num_stages=2, num_splits=None),
-                    dict(backend="gluon", num_splits=1)]  # mla_decode_gluon (Hopper): each score tile computed once
+                    dict(backend="gluon", num_splits=1, gluon_schedule="serial"),  # mla_decode_gluon (Hopper)
+                    dict(backend="gluon", num_splits=1, gluon_schedule="seesaw")]  # two warpgroups, alternate tiles
 
 
 def _bench():
@@ -155,7 +156,7 @@ def live_mla_best(heads: int = 128, batch: int = 64, ctx: int = 4096) -> dict:
 
     rec = (_bench() or {}).get("summary", {}).get("mla_dsv3_best")
     keys = ("backend", "block_h", "block_n", "num_warps", "num_stages", "num_splits", "dv_split", "reload_q",
-            "swap_ab")
+            "swap_ab", "gluon_schedule")  # a recorded Gluon best replays its own schedule
     cfgs = ([{k: rec[k] for k in keys if k in rec}] if rec else []) + LIVE_MLA_CONFIGS
     return bench_mla.sweep_mla(batch, heads, ctx, cfgs, "live MLA")["best"]
 

@@ -248,8 +248,9 @@ def default_block_h(heads: int) -> int:
 
 TRITON_DEFAULTS = (None, 64, 8, 2, 1, False, False)  # mla_paged_decode's block_h .. swap_ab defaults
 # the Gluon loop taken when none is asked for. H200, 2026-12-05 (results/bench_mla.json, 128 heads, B=64, 4K):
-# serial 176 us, pipelined 259 us; seesaw not yet measured
-DEFAULT_GLUON_SCHEDULE = "serial"
+# serial 176 us, pipelined 259 us. H100, 2026-12-05 (results/bench_mla_seesaw_h100.json, same shape, one run):
+# serial 180 us, pipelined 260 us, seesaw 135 us (2.23 TB/s); at 16 heads seesaw 126 us against serial 134
+DEFAULT_GLUON_SCHEDULE = "seesaw"
 
 
 def use_gluon(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -275,11 +276,13 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     the H100 sweep's winners (`default_block_h`, 64-token tiles, 8 warps, 2 stages, `default_num_splits`).
     `backend="gluon"` runs mla_decode_gluon.py's Hopper kernel instead (64-head blocks, 64-token tiles; the Triton
     layout knobs do not apply; ValueError where it cannot run, e.g. on the CPU); `gluon_schedule` picks its loop
-    (None: DEFAULT_GLUON_SCHEDULE): "serial", "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores overlap this tile's softmax) or
-    "seesaw" (mla_decode_gluon_seesaw.py: two warpgroups on alternate tiles, one's softmax under the other's MMAs).
+    (None: DEFAULT_GLUON_SCHEDULE): "serial", "pipelined" (mla_decode_gluon_pipelined.py: the next tile's scores
+    overlap this tile's softmax) or "seesaw" (mla_decode_gluon_seesaw.py: two warpgroups on alternate tiles, one's
+    softmax under the other's MMAs).
     `backend="auto"` (the default) takes the Gluon kernel where it can run (`use_gluon`) and Triton elsewhere.
     NOTE (H200, results/bench_mla.json, 2026-12-05): at 128 heads / B=64 / 4K the Gluon serial kernel took 177 us
-    (1.71 TB/s) against Triton's best 269 us (1.12 TB/s) in the same run; at 16 heads 117 vs 126 us."""
+    (1.71 TB/s) against Triton's best 269 us (1.12 TB/s) in the same run; at 16 heads 117 vs 126 us. On the H100
+    (results/bench_mla_seesaw_h100.json) the seesaw schedule took 135 us (2.23 TB/s) against serial's 180."""
     if check:
         check_args(q_lat, q_pe, kv_cache, block_table, seq_lens)
     require_float("mla_paged_decode", "scale", scale)
