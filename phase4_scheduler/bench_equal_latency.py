@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -144,6 +145,12 @@ def describe_steps(d: dict) -> dict:
             out[f"{g}_steps"] = d[f"{g}_steps"]
             out[f"{g}_tokens_per_step"] = d[f"{g}_tokens"] / d[f"{g}_steps"]
             out[f"{g}_padding"] = 1 - d[f"{g}_tokens"] / d[f"{g}_padded_tokens"]
+    for kind in ("decode_graph", "mixed_graph", "eager"):  # GPU time per kind of step (TITAN_STEP_TIMING, CUDA)
+        if d.get(f"{kind}_timed_steps"):
+            out[f"{kind}_timed_steps"] = d[f"{kind}_timed_steps"]
+            out[f"{kind}_gpu_ms_per_step"] = d[f"{kind}_gpu_ms"] / d[f"{kind}_timed_steps"]
+            out[f"{kind}_gpu_share"] = d[f"{kind}_gpu_ms"] / sum(d.get(f"{k}_gpu_ms", 0.0) for k in
+                                                                   ("decode_graph", "mixed_graph", "eager"))
     return out
 
 
@@ -195,6 +202,8 @@ def sweep(engine, policy: str, pool, args, vocab: int, progress=print, **clock) 
                  f"ttft {_f(p['ttft_p50'])} s, tpot {_f(p['tpot_p50'], '.4f')} s, growth {p['queue_growth']:+.3f}"
                  + (f", {p['tokens_per_step']:.0f} tok/step" if "tokens_per_step" in p else "")
                  + (f" (mixed graphs {p['mixed_graph_padding']:.0%} padding)" if "mixed_graph_padding" in p else "")
+                 + "".join(f", {k.split('_')[0]} {p[k + '_gpu_ms_per_step']:.2f} ms x{p[k + '_timed_steps']}"
+                           for k in ("decode_graph", "mixed_graph", "eager") if k + "_gpu_ms_per_step" in p)
                  + ("  SATURATED" if p["saturated"] else ""))
         return p["saturated"]
 
@@ -324,6 +333,7 @@ def main(argv=None) -> dict:
     from phase4_scheduler.static_padded import padded_static_engine
 
     args = parse_args(argv)
+    os.environ.setdefault("TITAN_STEP_TIMING", "1")  # GPU time per kind of step, per point (step_timer.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     kv = args.kv_memory

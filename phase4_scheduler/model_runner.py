@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common import artifacts
+from phase4_scheduler.step_timer import StepTimer, step_timing_enabled
 
 
 KV_CACHE_DTYPES = ("auto", "fp8")
@@ -193,6 +194,7 @@ class ModelRunner:
             self.model = loaded.model
             if self.device.type == "cuda":
                 self.model.warmup()  # autotuning must be over before any capture
+        self.step_timer = StepTimer() if step_timing_enabled(self.device) else None  # TITAN_STEP_TIMING=1
         self.graphs = None
         want = (self.device.type == "cuda" and self.backend == "triton") if cuda_graph is None else cuda_graph
         if want:
@@ -233,9 +235,21 @@ class ModelRunner:
         logits = F.linear(h, m.embed_tokens.weight) if head is None else head(h)
         return logits.float()  # [B, V]
 
+    def execute(self, *args, **kwargs):
+        """`_execute`, with its GPU time added to `step_timer`'s kind of step when timing is on (step_timer.py)."""
+        if self.step_timer is None:
+            return self._execute(*args, **kwargs)
+        counts = [g.steps if g is not None else 0 for g in (self.graphs, self.mixed)]
+        start = self.step_timer.begin()
+        out = self._execute(*args, **kwargs)
+        kind = ("decode_graph" if self.graphs is not None and self.graphs.steps != counts[0] else
+                "mixed_graph" if self.mixed is not None and self.mixed.steps != counts[1] else "eager")
+        self.step_timer.end(kind, start)
+        return out
+
     @torch.inference_mode()
-    def execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping,
-                token_src: tuple[torch.Tensor, torch.Tensor] | None = None, extra_rows: list[int] | None = None):
+    def _execute(self, token_ids, positions, q_lens, seq_lens, block_tables, slot_mapping,
+                 token_src: tuple[torch.Tensor, torch.Tensor] | None = None, extra_rows: list[int] | None = None):
         """One packed forward. Each argument is a Python list or a CPU tensor (block_tables: ragged lists or an int32
         [B, W] tensor padded with 0). Returns the logits of each sequence's LAST scheduled token: [B, V] (float32).
         `token_src` = (tokens [B'] long on the device, rows [B] long on the CPU): a decode-only step whose input ids
@@ -286,13 +300,16 @@ class ModelRunner:
 
     def step_shapes(self) -> dict:
         """Running totals of the steps that replayed graphs: decode graphs (rows, and the sizes they were padded to)
-        and mixed-step graphs (tokens, and their buckets); a difference of two snapshots describes the steps
+        and mixed-step graphs (tokens, and their buckets), and with TITAN_STEP_TIMING=1 the GPU milliseconds of each
+        kind of step (step_timer.py; "eager" = neither graph); a difference of two snapshots describes the steps
         between them (bench_equal_latency records it per point)."""
         out = {}
         for name, g in (("decode_graph", self.graphs), ("mixed_graph", self.mixed)):
             if g is not None:
                 out.update({f"{name}_steps": g.steps, f"{name}_tokens": g.tokens,
                             f"{name}_padded_tokens": g.padded_tokens})
+        if self.step_timer is not None:  # GPU time per kind of step (TITAN_STEP_TIMING=1)
+            out.update(self.step_timer.totals())
         return out
 
     def __repr__(self) -> str:

@@ -263,6 +263,16 @@ def test_step_shapes_of_a_point():
     assert bel.describe_steps({}) == {} and bel.step_shapes(SimpleNamespace()) == {}
 
 
+def test_step_gpu_time_per_kind_of_step():
+    """With TITAN_STEP_TIMING's totals in the differences: milliseconds per step and each kind's share of GPU time."""
+    d = {"decode_graph_gpu_ms": 30.0, "decode_graph_timed_steps": 10, "mixed_graph_gpu_ms": 90.0,
+         "mixed_graph_timed_steps": 9}
+    got = bel.describe_steps(d)
+    assert got["decode_graph_gpu_ms_per_step"] == 3.0 and got["mixed_graph_gpu_ms_per_step"] == 10.0
+    assert got["mixed_graph_gpu_share"] == 0.75 and got["decode_graph_timed_steps"] == 10
+    assert "eager_gpu_ms_per_step" not in got
+
+
 def test_refine_narrows_the_saturation_bracket():
     assert bel.refine_rates([{"rate": 10, "saturated": False}, {"rate": 40, "saturated": True}], 2) == [20, 30]
     assert bel.refine_rates([{"rate": 10, "saturated": False}, {"rate": 40, "saturated": False}], 2) == []
