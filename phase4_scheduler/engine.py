@@ -75,6 +75,13 @@ def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Reques
     return logits, ready
 
 
+# the largest step the mixed-step graphs are captured for; larger steps run eagerly. Their static buffers and graph
+# pool grow with it (the largest bucket's activations: ~5 GiB of buffers and a 22 GiB gate_up at 2^20 TinyLlama
+# tokens): the static baseline's 2^20-token budget, captured in full, ran an 80 GB H100 out of memory (2026-12-05).
+# A step that large computes for 100+ ms, so the launches a graph saves there are lost in it.
+MIXED_GRAPH_MAX_TOKENS = 16384
+
+
 def _mixed_graphs(flag: bool | None) -> bool:
     """None: on unless TITAN_MIXED_GRAPHS=0 (the runner builds them only with CUDA graphs and the fused model)."""
     return os.environ.get("TITAN_MIXED_GRAPHS", "1") not in ("0", "off") if flag is None else flag
@@ -100,7 +107,8 @@ class LLMEngine:
         (TITAN_OVERLAP_MIXED=1 turns it on) until a GPU run has measured it.
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
         twice the blocks for the same kv_memory).
-        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget (mixed_graphs.py; built
+        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget or
+        MIXED_GRAPH_MAX_TOKENS, whichever is smaller (mixed_graphs.py; built
         only with CUDA graphs and the fused model); default on (TITAN_MIXED_GRAPHS=0 turns it off)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
@@ -118,7 +126,8 @@ class LLMEngine:
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse,
                                   kv_cache_dtype=kv_cache_dtype,
-                                  mixed_graph_tokens=max_num_batched_tokens if _mixed_graphs(mixed_graphs) else 0)
+                                  mixed_graph_tokens=(min(max_num_batched_tokens, MIXED_GRAPH_MAX_TOKENS)
+                                                      if _mixed_graphs(mixed_graphs) else 0))
         if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,

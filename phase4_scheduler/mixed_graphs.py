@@ -42,8 +42,9 @@ def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
     ~625 tokens, which powers of two alone pad to 1,024 -- 64% more GEMM work, ~1 ms a step on the H200 at
     ~750 TFLOP/s (TinyLlama: 1.94 GFLOP a token), about the part of those steps' time the README's arithmetic
     could not account for. With four an octave it is 640. A bucket costs L + 1 graph captures (the 10 buckets of
-    an 8,192 budget took 0.2 s, the 17 of the static baseline's 2^20 6.7 s, on the H200) and no static buffers of
-    its own: all buckets share the largest one's buffers and one graph pool (captured largest first)."""
+    an 8,192 budget took 0.2 s, the 17 of the static baseline's 2^20 6.7 s, on the H200; the engine now caps the
+    capture at engine.MIXED_GRAPH_MAX_TOKENS) and no static buffers of its own: all buckets share the largest
+    one's buffers and one graph pool (captured largest first)."""
     if max_tokens < 2:
         raise ValueError(f"mixed-step graphs need a step budget of at least 2 tokens, got {max_tokens}")
     out, t = [], smallest

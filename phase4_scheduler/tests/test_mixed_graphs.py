@@ -91,3 +91,23 @@ def test_gpu_engine_with_mixed_graphs_gives_the_eager_tokens():
     eng.runner.mixed.run = lambda *a: (calls.append(a[0].shape[0]), inner(*a))[1]
     assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
     assert calls
+
+
+def test_mixed_graphs_are_captured_up_to_a_cap(monkeypatch):
+    """The runner is asked for mixed-step graphs up to the step budget or MIXED_GRAPH_MAX_TOKENS, whichever is
+    smaller: the static baseline's 2^20-token budget, captured in full, ran an 80 GB H100 out of memory."""
+    import phase4_scheduler.engine as engine_mod
+    from phase4_scheduler.static_batching import static_engine
+
+    asked = []
+    real = engine_mod.ModelRunner
+
+    def recording(*a, **kw):
+        asked.append(kw["mixed_graph_tokens"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine_mod, "ModelRunner", recording)
+    eng = engine()
+    static_engine(eng.loaded, 4, num_blocks=32, max_model_len=128, fuse=True)
+    engine(mixed_graphs=False)
+    assert asked == [48, engine_mod.MIXED_GRAPH_MAX_TOKENS, 0]
