@@ -18,6 +18,15 @@ few new tokens fills G times more of the tile. That matters in a serving step, w
 new token) packed beside a prompt: one row per head, a 64-row tile used 1/64 and each K/V tile loaded once per
 query head (G = 8 times for TinyLlama); packed, 8 rows of 64 and one load per KV head (FlashAttention's pack_gqa).
 A long prompt does the same work either way (BLOCK_M rows per K/V tile).
+
+NOTE (the grid): a grid of (query tiles of the longest sequence) x (sequences) launches max_q_len * G / BLOCK_M
+programs for every sequence, and in a serving step nearly all of them exit at once: 448 decodes beside one
+1,024-token prompt chunk made 128 x 449 x 4 = 230k programs per layer for ~2,300 tiles of work. Where BLOCK_M is a
+multiple of G, a tile holds BQ = BLOCK_M / G queries and the grid is flat instead (as in vLLM's unified Triton
+attention): sequence s owns tiles cu[s] // BQ + s .. cu[s+1] // BQ + s,
+which is at least ceil(q_len / BQ) of them (at most one more, empty), so T // BQ + B programs per KV head cover
+every sequence. A program finds its sequence by binary search over cu_seqlens (log2 B loads). Other G keep the
+per-sequence grid, sized by max_q_len.
 """
 from __future__ import annotations
 
@@ -61,16 +70,36 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
 
 
 @triton.jit
+def _sequence_of_tile(cu_ptr, num_seqs, t, BQ: tl.constexpr):
+    """The sequence owning flat query tile t: the last s with cu[s] // BQ + s <= t (a binary search over cu)."""
+    lo = t * 0  # an int32 tensor: the loop-carried values keep one type
+    hi = lo + num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tl.load(cu_ptr + mid) // BQ + mid <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
 def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, lens_ptr, o_ptr,
-                         stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, sm_scale_log2,
+                         stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, sm_scale_log2, num_seqs,
                          BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                         PREC: tl.constexpr, SKIP_SINGLE: tl.constexpr = False):
-    mt = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (most causal work) query tiles start first
+                         PREC: tl.constexpr, SKIP_SINGLE: tl.constexpr = False, FLAT: tl.constexpr = False):
     kvh = tl.program_id(1)
-    b = tl.program_id(2)
-    q_start = tl.load(cu_ptr + b)
+    if FLAT:  # one grid row per query tile of any sequence (NOTE on the grid); the last tiles start first
+        t = tl.num_programs(0) - 1 - tl.program_id(0)
+        b = _sequence_of_tile(cu_ptr, num_seqs, t, BLOCK_M // G)
+        q_start = tl.load(cu_ptr + b)
+        mt = t - (q_start // (BLOCK_M // G) + b)
+    else:
+        mt = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (most causal work) query tiles start first
+        b = tl.program_id(2)
+        q_start = tl.load(cu_ptr + b)
     q_len = tl.load(cu_ptr + b + 1) - q_start
     if mt * BLOCK_M >= q_len * G:
         return
@@ -173,19 +202,24 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
     t, hq, d = q.shape
     b = seq_lens.shape[0]
     hkv = k_cache.shape[2]
-    if max_q_len is None:
-        max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if b else 0
     out = torch.empty_like(q)
     if t == 0:
         return out
     quant = k_cache.dtype == FP8
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
-    paged_prefill_kernel[(triton.cdiv(max_q_len * (hq // hkv), block_m), hkv, b)](
+    g = hq // hkv
+    if block_m % g == 0:  # flat: sum over sequences of ceil(q_len / BQ) <= T // BQ + B tiles (NOTE on the grid)
+        grid, flat = (t // (block_m // g) + b, hkv, 1), True
+    else:
+        if max_q_len is None:
+            max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if b else 0
+        grid, flat = (triton.cdiv(max_q_len * g, block_m), hkv, b), False
+    paged_prefill_kernel[grid](
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables,
         cu_seqlens_q, seq_lens, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        sm_scale * LOG2E, BS=k_cache.shape[1], HKV=hkv, G=hq // hkv, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        sm_scale * LOG2E, b, BS=k_cache.shape[1], HKV=hkv, G=g, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant, DOT_F32=interpreting() or q.dtype == torch.float32,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32", SKIP_SINGLE=skip_single,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", SKIP_SINGLE=skip_single, FLAT=flat,
         num_warps=num_warps, num_stages=num_stages)
     return out
 

@@ -17,6 +17,9 @@ CASES = [
     # packs 4 queries per 16-row tile, so tiles straddle queries and the diagonal
     (8, 2, 32, 8, [1, 1, 13, 1, 1, 22, 1], [40, 7, 16, 63, 1, 0, 9], 16),
     (16, 1, 16, 4, [1, 3, 2], [5, 0, 17], 16),  # G = 16 = BLOCK_M: one query per tile
+    # the flat grid's binary search over 13 sequences: decodes around a 37-token chunk, a 2-token and an empty one
+    (8, 2, 16, 4, [1, 1, 1, 1, 1, 2, 1, 1, 1, 37, 1, 0, 1], [9, 3, 30, 1, 14, 6, 2, 8, 21, 4, 11, 5, 7], 16),
+    (32, 1, 16, 4, [3, 1], [2, 5], 16),  # G = 32 > BLOCK_M: a query spans two tiles (the per-sequence grid)
 ]
 
 
@@ -108,3 +111,32 @@ def test_prefill_rejects_bad_inputs(impl):
         IMPLS[impl](q, k, k, torch.tensor([0, 3], device=DEVICE), lens, bt, kc, vc, slots)
     with pytest.raises(ValueError, match=r"q must be \[T, Hq, D\]"):
         IMPLS[impl](q[None], k, k, torch.tensor([0, 3], dtype=torch.int32, device=DEVICE), lens, bt, kc, vc, slots)
+
+
+def test_serving_step_grid_is_flat(monkeypatch):
+    """448 decodes beside one 1,024-token chunk (G = 8, BLOCK_M = 64): T // 8 + B programs per KV head, not
+    max_q_len * G / BLOCK_M per sequence (128 x 449); G that does not divide BLOCK_M keeps the per-sequence grid."""
+    import phase3_paged_fp8.paged_prefill as pp
+
+    grids = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *a, **k: None
+
+    monkeypatch.setattr(pp, "paged_prefill_kernel", Spy())
+    q_lens = [1] * 448 + [1024]
+    b, t, bs = len(q_lens), sum(q_lens), 16
+    cu = torch.zeros(b + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(q_lens), 0)
+    lens = torch.tensor([x + 100 for x in q_lens], dtype=torch.int32)
+    width = -(-int(lens.max()) // bs)
+    bt = torch.arange(b * width, dtype=torch.int32).view(b, width) + 1
+    kc = torch.zeros(b * width + 1, bs, 4, 64)
+    for hq in (32, 12):  # G = 8 (flat), G = 3 (per sequence)
+        q, k = torch.zeros(t, hq, 64), torch.zeros(t, 4, 64)
+        slots = slot_mapping_for(bt, lens, torch.tensor(q_lens, dtype=torch.int32), bs)
+        pp.paged_prefill(q, k, k, cu, lens, bt, kc, kc.clone(), slots)
+    assert grids[0] == (t // 8 + b, 4, 1) and grids[0][0] == 633
+    assert grids[1] == (-(-1024 * 3 // 64), 4, b)
