@@ -122,8 +122,9 @@ def main(argv=None) -> dict:
     from common.cli import ScriptHelpFormatter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["448x260+2x109", "448x260+0x0", "256x512+1x109", "64x1024+1x512"],
-                    help="DECODESxCONTEXT+PROMPTSxLENGTH")
+    ap.add_argument("--cases", nargs="+", help="DECODESxCONTEXT+PROMPTSxLENGTH",
+                    default=["448x260+2x109", "448x260+0x0", "256x512+1x109", "64x1024+1x512",
+                             "448x260+1x1024"])  # the last: one long chunk beside many decodes (phase 3's flat grid)
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
     ap.add_argument("--name", default="mixed_attention_gpu")
     args = ap.parse_args(argv)
