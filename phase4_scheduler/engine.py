@@ -48,7 +48,7 @@ from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_a
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.sampler import Sampler, check_stop, logprob_entries, token_logprobs, validate_params
 from phase4_scheduler.scheduler import Scheduler
-from phase4_scheduler.step_inputs import int64_tensor, prepare_inputs
+from phase4_scheduler.step_inputs import int64_tensor, prepare_inputs, to_device
 
 
 def _done_prompt_logprobs(req: Request) -> list | None:
@@ -71,7 +71,7 @@ def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Reques
             rows.append(i)
             ready.append(req)
     if len(ready) < len(scheduled):
-        logits = logits[int64_tensor(rows).to(logits.device)]
+        logits = logits[to_device(logits.device, int64_tensor(rows))[0]]  # (a plain .to(cuda) syncs the stream)
     return logits, ready
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common import artifacts
+from phase4_scheduler.step_inputs import to_device
 from phase4_scheduler.step_timer import StepTimer, step_timing_enabled
 
 
@@ -273,26 +274,37 @@ class ModelRunner:
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
         torch.cumsum(q_lens_t, 0, out=cu[1:])
-        tables, lens = pad_tables(block_tables).to(dev), as_cpu_tensor(seq_lens, torch.int32).to(dev)
-        single = None
-        if not decode_only and self.mixed_attention == "split" and self.decode_fn is not None:
-            one = (q_lens_t == 1).nonzero()[:, 0]  # [S] the one-token sequences (decodes, a last prompt token)
-            if one.numel():
-                one_dev = one.to(dev)
-                single = (cu[:-1][one].long().to(dev), tables.index_select(0, one_dev), lens.index_select(0, one_dev))
-        ctx = BatchAttention(self, tables, lens, as_cpu_tensor(slot_mapping, torch.int64).to(dev),
-                             None if decode_only else cu.to(dev), max_q_len, single)
+        host = {"tables": pad_tables(block_tables), "lens": as_cpu_tensor(seq_lens, torch.int32),
+                "slots": as_cpu_tensor(slot_mapping, torch.int64), "pos": as_cpu_tensor(positions, torch.long)}
+        if not decode_only:
+            host["cu"], host["last"] = cu, cu[1:].long() - 1
+            if self.mixed_attention == "split" and self.decode_fn is not None:
+                one = (q_lens_t == 1).nonzero()[:, 0]  # [S] the one-token sequences (decodes, a last prompt token)
+                if one.numel():
+                    host["one"], host["one_rows"] = one, cu[:-1][one].long()
         if token_src is None or scatter:
-            ids = as_cpu_tensor(token_ids, torch.long).to(dev)  # [T]
-            if scatter:  # the previous step's tokens at their positions, on the device
-                ids.index_copy_(0, token_src[2].to(dev), token_src[0].index_select(0, token_src[1].to(dev)))
-        else:
-            ids = token_src[0].index_select(0, token_src[1].to(dev))  # [T] = [B]: gathered on the device
-        pos = as_cpu_tensor(positions, torch.long).to(dev)  # [T]
-        last = None if decode_only else (cu[1:].long() - 1).to(dev)  # [B]
+            host["ids"] = as_cpu_tensor(token_ids, torch.long)
+        if token_src is not None:
+            host["src_rows"] = as_cpu_tensor(token_src[1], torch.long)
+            if scatter:
+                host["src_dst"] = as_cpu_tensor(token_src[2], torch.long)
         if extra_rows is not None:  # the last rows, then the extra ones, in one lm_head call
-            rows = torch.cat((cu[1:].long() - 1, torch.tensor(extra_rows, dtype=torch.long))).to(dev)
-            logits = self.forward(ids, pos, ctx, rows)
+            host["rows"] = torch.cat((cu[1:].long() - 1, torch.tensor(extra_rows, dtype=torch.long)))
+        d = dict(zip(host, to_device(dev, *host.values())))  # one copy, no stream sync (step_inputs.to_device)
+        tables, lens = d["tables"], d["lens"]
+        single = None
+        if "one" in d:
+            single = (d["one_rows"], tables.index_select(0, d["one"]), lens.index_select(0, d["one"]))
+        ctx = BatchAttention(self, tables, lens, d["slots"], d.get("cu"), max_q_len, single)
+        if token_src is None or scatter:
+            ids = d["ids"]  # [T]
+            if scatter:  # the previous step's tokens at their positions, on the device
+                ids.index_copy_(0, d["src_dst"], token_src[0].index_select(0, d["src_rows"]))
+        else:
+            ids = token_src[0].index_select(0, d["src_rows"])  # [T] = [B]: gathered on the device
+        pos, last = d["pos"], d.get("last")  # [T], [B] (None: decode-only)
+        if extra_rows is not None:
+            logits = self.forward(ids, pos, ctx, d["rows"])
             return logits[:b], logits[b:]
         if not decode_only and self.mixed is not None and self.mixed.fits(ids.shape[0]):
             return self.mixed.run(ids, pos, ctx, last)  # everything but attention from graphs
