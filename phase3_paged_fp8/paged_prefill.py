@@ -166,16 +166,18 @@ def _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cac
 
 def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, num_tokens: int,
                      max_q_len: int | None = None) -> None:
-    """cu_seqlens_q starts at 0, never decreases, ends at the packed token count, and no sequence has more new
-    tokens than its length: otherwise the kernel read q rows of the wrong sequence, or past q (silently). A given
+    """cu_seqlens_q starts at 0, never decreases, ends at most at the packed token count (rows past its end are
+    padding: their K/V are written to their slots, their output rows are left unwritten; phase 4's full mixed-step
+    graphs pad to a bucket), and no sequence has more new tokens than its length: otherwise the kernel read q rows
+    of the wrong sequence, or past q (silently). A given
     max_q_len sizes the grid, so one below the longest sequence's new tokens left rows unwritten (torch.empty's
     leftovers)."""
     cu = cu_seqlens_q.long()
     q_lens = cu[1:] - cu[:-1]
-    if int(cu[0]) != 0 or int(cu[-1]) != num_tokens or bool((q_lens < 0).any()):
-        raise ValueError(f"{where}: cu_seqlens_q must rise from 0 to the number of packed tokens ({num_tokens}), "
-                         f"got {cu.tolist()[:8]}{'...' if len(cu) > 8 else ''}: entry b+1 - entry b is sequence "
-                         "b's new tokens")
+    if int(cu[0]) != 0 or int(cu[-1]) > num_tokens or bool((q_lens < 0).any()):
+        raise ValueError(f"{where}: cu_seqlens_q must rise from 0 to at most the number of packed tokens "
+                         f"({num_tokens}), got {cu.tolist()[:8]}{'...' if len(cu) > 8 else ''}: entry b+1 - entry b is "
+                         "sequence b's new tokens")
     over = q_lens > seq_lens.long()
     if bool(over.any()):
         b = int(over.nonzero()[0])

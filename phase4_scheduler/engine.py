@@ -82,9 +82,15 @@ def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Reques
 MIXED_GRAPH_MAX_TOKENS = 16384
 
 
-def _mixed_graphs(flag: bool | None) -> bool:
-    """None: on unless TITAN_MIXED_GRAPHS=0 (the runner builds them only with CUDA graphs and the fused model)."""
-    return os.environ.get("TITAN_MIXED_GRAPHS", "1") not in ("0", "off") if flag is None else flag
+def _mixed_graphs(flag: bool | str | None) -> bool | str:
+    """None: TITAN_MIXED_GRAPHS: on ("1", the default: piecewise), "full" (attention inside the graphs), or off
+    ("0"); the runner builds them only with CUDA graphs and the fused model."""
+    if flag is None:
+        flag = os.environ.get("TITAN_MIXED_GRAPHS", "1")
+        flag = "full" if flag == "full" else flag not in ("0", "off")
+    if flag not in (True, False, "full"):
+        raise ValueError(f"mixed_graphs must be True, False or 'full', got {flag!r}")
+    return flag
 
 
 class LLMEngine:
@@ -93,7 +99,7 @@ class LLMEngine:
                  kv_memory: str | int | float | None = None, enable_chunked_prefill: bool = True,
                  backend: str = "auto", scheduler_cls=Scheduler, detokenize: bool = True, runner_tensors: bool = True,
                  cuda_graph: bool | None = None, fuse: bool = False, admit_min_free_seats: int | None = None,
-                 overlap: bool | None = None, kv_cache_dtype: str = "auto", mixed_graphs: bool | None = None,
+                 overlap: bool | None = None, kv_cache_dtype: str = "auto", mixed_graphs: bool | str | None = None,
                  overlap_mixed: bool | None = None):
         """`loaded`: a common.model_loader.LoadedModel. KV pool: `num_blocks`, else `kv_memory`, else the default.
         `detokenize=False`: no text, token ids only (no per-token decode; stop strings are then refused).
@@ -108,7 +114,7 @@ class LLMEngine:
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
         twice the blocks for the same kv_memory).
         `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget or
-        MIXED_GRAPH_MAX_TOKENS, whichever is smaller (mixed_graphs.py; built
+        MIXED_GRAPH_MAX_TOKENS, whichever is smaller ("full": attention inside them too; mixed_graphs.py; built
         only with CUDA graphs and the fused model); default on (TITAN_MIXED_GRAPHS=0 turns it off)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
@@ -127,7 +133,8 @@ class LLMEngine:
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse,
                                   kv_cache_dtype=kv_cache_dtype,
                                   mixed_graph_tokens=(min(max_num_batched_tokens, MIXED_GRAPH_MAX_TOKENS)
-                                                      if _mixed_graphs(mixed_graphs) else 0))
+                                                      if _mixed_graphs(mixed_graphs) else 0),
+                                  mixed_graphs_full=_mixed_graphs(mixed_graphs) == "full")
         if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,

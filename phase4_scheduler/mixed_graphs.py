@@ -21,6 +21,17 @@ through static buffers (ids, positions, hidden, residual, qkv, attention output)
 of the largest bucket, so all buckets share them and one memory pool; each graph's temporaries are freed when its
 capture ends, so the pool holds about one segment's worth per bucket.
 Only for the fused model (FusedLlamaForCausalLM: its layers expose pre_attention / post_attention).
+
+NOTE (full mode, `full=True`; TITAN_MIXED_GRAPHS=full; twelfth session, CPU-tested, not yet GPU-run): the piecewise
+graphs still launch each layer's attention from Python (a graph replay, the cache write, the attention kernel and a
+copy: ~90 launches and their Python for TinyLlama's 22 layers, every step that carries a prompt). Phase 3's prefill
+kernel now has a flat grid, T // BQ + B programs per KV head, so its launch depends only on the bucket's T and the
+number of sequences. With the sequences padded to the decode graphs' batch (empty ones: cu_seqlens stays at the
+real token count) and the padding rows writing the scratch slot, the WHOLE step, attention included, is one graph
+per bucket over static buffers (ids, positions, slots, cu_seqlens, seq_lens, block tables, last rows). Rows past
+the real tokens belong to no sequence: their attention output is never written and never read (row-wise ops
+only). Its price: the logits of every padded sequence (lm_head over the batch size) and, per step, seven device
+copies into the static buffers.
 """
 from __future__ import annotations
 
@@ -57,9 +68,9 @@ def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
 
 
 class MixedGraphs:
-    def __init__(self, runner, max_tokens: int, capture: bool = True):
+    def __init__(self, runner, max_tokens: int, capture: bool = True, full: bool = False):
         """`capture=False` keeps the static buffers and the segmenting but runs each segment eagerly (the CPU tests
-        check the plumbing that way)."""
+        check the plumbing that way). `full`: one graph per bucket, attention included (module NOTE; `run_full`)."""
         model = runner.model
         if not hasattr(model, "layers") or not all(hasattr(l, "post_attention") for l in model.layers):
             raise TypeError("mixed-step graphs need the fused model (ModelRunner(..., fuse=True))")
@@ -78,10 +89,23 @@ class MixedGraphs:
         self.attn = torch.zeros(top, cfg.num_attention_heads * cfg.head_dim, dtype=dt, device=dev)
         self.segments: dict[int, list] = {}
         self.steps = self.tokens = self.padded_tokens = 0  # replays, their real tokens, their buckets' tokens
+        self.full = full
+        if full:
+            if runner.graphs is None or runner.mixed_attention != "packed":
+                raise ValueError("full mixed-step graphs need the decode graphs (their batch size and table width) "
+                                 "and TITAN_MIXED_ATTENTION=packed")
+            self.max_seqs, width = runner.graphs.max_batch, runner.graphs.width
+            self.cu = torch.zeros(self.max_seqs + 1, dtype=torch.int32, device=dev)
+            self.lens = torch.zeros(self.max_seqs, dtype=torch.int32, device=dev)
+            self.tables = torch.zeros(self.max_seqs, width, dtype=torch.int32, device=dev)
+            self.slots = torch.zeros(top, dtype=torch.long, device=dev)
+            self.last = torch.zeros(self.max_seqs, dtype=torch.long, device=dev)
+            self.outputs: dict[int, torch.Tensor] = {}  # bucket -> its graph's logits [max_seqs, V]
         self.graphs: list = []  # keeps every captured graph alive
+        self.graphs_full: dict[int, object] = {}  # full mode: bucket -> its graph
         t0, pool = time.perf_counter(), None
         for t in reversed(self.buckets):  # largest first: the smaller buckets reuse its pool
-            fns = self._segment_fns(t)
+            fns = [self._full_fn(t)] if full else self._segment_fns(t)
             if not capture:
                 self.segments[t] = fns
                 continue
@@ -93,10 +117,14 @@ class MixedGraphs:
                 for fn in fns:
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=pool):
-                        fn()
+                        out = fn()
+                    if full:
+                        self.outputs[t] = out
                     pool = g.pool() if pool is None else pool
                     self.graphs.append(g)
                     replays.append(g.replay)
+                    if full:
+                        self.graphs_full[t] = g
             self.segments[t] = replays
         if capture:
             torch.cuda.synchronize()
@@ -127,8 +155,52 @@ class MixedGraphs:
 
         return [first] + [middle(i) for i in range(1, len(layers))] + [last]
 
+    def _full_fn(self, t: int):
+        """The whole forward of a bucket-t step over the static buffers (full mode): logits [max_seqs, V]."""
+        from phase4_scheduler.model_runner import BatchAttention
+
+        r = self.runner
+        ctx = BatchAttention(r, self.tables, self.lens, self.slots[:t], self.cu, max(t, 2))
+        ids, pos = self.ids[:t], self.pos[:t]
+        return lambda: r.forward(ids, pos, ctx, self.last)
+
     def fits(self, num_tokens: int) -> bool:
         return num_tokens <= self.buckets[-1]
+
+    def fits_full(self, num_tokens: int, num_seqs: int) -> bool:
+        return self.full and num_tokens <= self.buckets[-1] and num_seqs <= self.max_seqs
+
+    def run_full(self, ids, pos, slots, cu, lens, tables, scatter=None) -> torch.Tensor:
+        """One step with a prefill through its bucket's full graph. CPU tensors: ids, pos, slots [T] int64, cu [B+1]
+        int32, lens [B] int32, tables [B, W] int32; `scatter` = (tokens on the device, rows [K], dst [K] on the CPU):
+        ids[dst] = tokens[rows] on the device (overlapped mixed steps). Returns float32 logits [B, V]."""
+        from phase4_scheduler.step_inputs import to_device
+
+        r, n, b = self.runner, ids.shape[0], lens.shape[0]
+        t = next(x for x in self.buckets if x >= n)
+        if tables.shape[1] > self.tables.shape[1]:
+            raise ValueError(f"a block table has {tables.shape[1]} blocks; the graphs hold {self.tables.shape[1]} "
+                             "(max_model_len)")
+        m = self.max_seqs
+        ids_p, pos_p = torch.zeros(t, dtype=torch.long), torch.zeros(t, dtype=torch.long)
+        slots_p = torch.full((t,), r.null_block * r.block_size, dtype=torch.long)  # padding rows: the scratch slot
+        ids_p[:n], pos_p[:n], slots_p[:n] = ids, pos, slots
+        cu_p = torch.full((m + 1,), n, dtype=torch.int32)  # the padded sequences are empty
+        cu_p[:b + 1] = cu
+        lens_p, last_p = torch.zeros(m, dtype=torch.int32), torch.zeros(m, dtype=torch.long)
+        lens_p[:b], last_p[:b] = lens, cu[1:].long() - 1
+        extra = () if scatter is None else (scatter[1], scatter[2])
+        d = to_device(r.device, ids_p, pos_p, slots_p, cu_p, lens_p, last_p, tables, *extra)
+        for dst, src in zip((self.ids[:t], self.pos[:t], self.slots[:t], self.cu, self.lens, self.last), d):
+            dst.copy_(src)
+        self.tables[:b, :tables.shape[1]].copy_(d[6])
+        if scatter is not None:  # the previous step's tokens at their positions, on the device
+            self.ids.index_copy_(0, d[8], scatter[0].index_select(0, d[7]))
+        self.steps, self.tokens, self.padded_tokens = self.steps + 1, self.tokens + n, self.padded_tokens + t
+        if t in self.outputs:
+            self.graphs_full[t].replay()
+            return self.outputs[t][:b]
+        return self.segments[t][0]()[:b]  # capture=False: the same forward on the same buffers
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx, last: torch.Tensor) -> torch.Tensor:
         """ids, pos [T] on the device, ctx: the step's BatchAttention, last [B]: each sequence's last row. Returns

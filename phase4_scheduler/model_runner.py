@@ -141,7 +141,8 @@ class BatchAttention:
 class ModelRunner:
     def __init__(self, loaded, num_blocks: int, block_size: int = 16, backend: str = "auto",
                  cuda_graph: bool | None = None, max_num_seqs: int = 256, max_model_len: int | None = None,
-                 fuse: bool = False, kv_cache_dtype: str = "auto", mixed_graph_tokens: int = 0):
+                 fuse: bool = False, kv_cache_dtype: str = "auto", mixed_graph_tokens: int = 0,
+                 mixed_graphs_full: bool = False):
         """`loaded`: a common.model_loader.LoadedModel (Llama family). `backend`: "triton", "ref" or "auto".
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (e4m3 K/V with an fp16 scale per token and KV head,
         phase 3's format: ~half the bytes; `kv_bytes_per_token` gives the size of either).
@@ -149,7 +150,8 @@ class ModelRunner:
         `fuse`: swap the reference model for the fused one (phase4_scheduler/fused_model.py; consumes loaded.model;
         a model fused already, by an earlier engine over the same `loaded`, is reused as it is).
         `mixed_graph_tokens`: > 0 captures piecewise graphs for steps with a prefill, up to that many tokens
-        (mixed_graphs.py; CUDA, fused model and decode graphs required); 0: such steps run eagerly."""
+        (mixed_graphs.py; CUDA, fused model and decode graphs required); 0: such steps run eagerly.
+        `mixed_graphs_full`: those graphs include attention, one per bucket (mixed_graphs.py's NOTE on full mode)."""
         cfg = loaded.config
         if cfg.is_mla:
             raise NotImplementedError("the phase-4 engine runs Llama-family models; MLA models need a latent paged "
@@ -206,7 +208,7 @@ class ModelRunner:
         if mixed_graph_tokens and self.graphs is not None and hasattr(self.model, "forward_tokens"):  # fused model
             from phase4_scheduler.mixed_graphs import MixedGraphs
 
-            self.mixed = MixedGraphs(self, mixed_graph_tokens)
+            self.mixed = MixedGraphs(self, mixed_graph_tokens, full=mixed_graphs_full)
 
     @property
     def null_block(self) -> int:
@@ -274,6 +276,13 @@ class ModelRunner:
         dev = self.device
         cu = torch.zeros(b + 1, dtype=torch.int32)
         torch.cumsum(q_lens_t, 0, out=cu[1:])
+        if (not decode_only and extra_rows is None and self.mixed is not None
+                and self.mixed.fits_full(int(cu[-1]), b)):  # the whole step from one graph (full mixed graphs)
+            return self.mixed.run_full(as_cpu_tensor(token_ids, torch.long), as_cpu_tensor(positions, torch.long),
+                                       as_cpu_tensor(slot_mapping, torch.int64), cu,
+                                       as_cpu_tensor(seq_lens, torch.int32), pad_tables(block_tables),
+                                       (token_src[0], as_cpu_tensor(token_src[1], torch.long),
+                                        as_cpu_tensor(token_src[2], torch.long)) if scatter else None)
         host = {"tables": pad_tables(block_tables), "lens": as_cpu_tensor(seq_lens, torch.int32),
                 "slots": as_cpu_tensor(slot_mapping, torch.int64), "pos": as_cpu_tensor(positions, torch.long)}
         if not decode_only:

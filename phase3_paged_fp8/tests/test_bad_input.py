@@ -96,8 +96,8 @@ def test_prefill_offsets(impl):
     q, k, v = torch.randn(4, HQ, D), torch.randn(4, HKV, D), torch.randn(4, HKV, D)
     cu, sl = torch.tensor([0, 1, 4], dtype=torch.int32), torch.tensor([5, 9], dtype=torch.int32)
     slots = slot_mapping_for(bt, sl, cu[1:] - cu[:-1], BS)
-    for bad in ([0, 1, 3], [0, 3, 1], [1, 2, 4]):
-        with pytest.raises(ValueError, match="cu_seqlens_q must rise from 0 to the number of packed tokens \\(4\\)"):
+    for bad in ([0, 1, 5], [0, 3, 1], [1, 2, 4]):
+        with pytest.raises(ValueError, match="must rise from 0 to at most the number of packed tokens \\(4\\)"):
             impl(q, k, v, torch.tensor(bad, dtype=torch.int32), sl, bt, kc, vc, slots)
     with pytest.raises(ValueError, match=r"sequence 1 has 3 new tokens but seq_lens\[1\] = 2"):
         impl(q, k, v, cu, torch.tensor([5, 2], dtype=torch.int32), bt, kc, vc, slots)
@@ -137,3 +137,20 @@ def test_paged_kv_cache_arguments(kw, msg):
     args = dict(batch_size=1, max_len=8) | kw
     with pytest.raises(ValueError, match=f"PagedKVCache: {msg}"):
         PagedKVCache(get_preset("tinyllama-1.1b").replace(num_hidden_layers=1), **args)
+
+
+@pytest.mark.parametrize("impl", [paged_prefill, paged_prefill_ref], ids=["triton", "ref"])
+def test_prefill_rows_past_the_offsets_are_padding(impl):
+    """cu_seqlens_q may end before the packed rows (phase 4 pads a step to its graph's bucket): the real rows are
+    what the unpadded call gives, the padding rows' K/V go to their slots (here a scratch block) and nothing else."""
+    kc, vc, _, _ = random_cache(NB, BS, HKV, D, torch.float32, device="cpu", gen=G)
+    bt = random_block_tables(2, 3, NB - 1, device="cpu", gen=G)
+    cu, sl = torch.tensor([0, 1, 4], dtype=torch.int32), torch.tensor([5, 9], dtype=torch.int32)
+    slots = slot_mapping_for(bt, sl, cu[1:] - cu[:-1], BS)
+    q, k, v = torch.randn(6, HQ, D), torch.randn(6, HKV, D), torch.randn(6, HKV, D)  # rows 4, 5: padding
+    scratch = torch.full((2,), (NB - 1) * BS, dtype=torch.long)
+    want = impl(q[:4], k[:4], v[:4], cu, sl, bt, kc.clone(), vc.clone(), slots)
+    kc2, vc2 = kc.clone(), vc.clone()
+    got = impl(q, k, v, cu, sl, bt, kc2, vc2, torch.cat((slots, scratch)))
+    torch.testing.assert_close(got[:4], want)
+    torch.testing.assert_close(kc2.view(-1, HKV, D)[slots], k[:4])

@@ -111,3 +111,68 @@ def test_mixed_graphs_are_captured_up_to_a_cap(monkeypatch):
     static_engine(eng.loaded, 4, num_blocks=32, max_model_len=128, fuse=True)
     engine(mixed_graphs=False)
     assert asked == [48, engine_mod.MIXED_GRAPH_MAX_TOKENS, 0]
+
+
+def full_mode_engine(**kw):
+    """A CPU engine whose prefill steps take the full mixed-step graphs' path (capture=False: the same forward over
+    the same static buffers, eagerly), over decode graphs likewise uncaptured (their batch and table width)."""
+    from phase4_scheduler.cuda_graphs import DecodeGraphs
+
+    eng = engine(cuda_graph=False, max_num_seqs=8, **kw)
+    r = eng.runner
+    r.graphs = DecodeGraphs(r, 8, r.max_model_len, capture=False)
+    r.mixed = MixedGraphs(r, 48, capture=False, full=True)
+    return eng
+
+
+def test_engine_tokens_unchanged_with_full_mixed_graphs():
+    """Full mode: sequences padded to the decode graphs' batch (empty ones), tokens padded to the bucket (scratch
+    slot); the greedy tokens are the eager engine's."""
+    ref = [o.output_token_ids for o in LLM(engine=engine(cuda_graph=False, max_num_seqs=8)).generate(PROMPTS, GREEDY)]
+    eng = full_mode_engine()
+    calls = []
+    inner = eng.runner.mixed.run_full
+    eng.runner.mixed.run_full = lambda *a, **k: (calls.append((a[0].shape[0], a[4].shape[0])), inner(*a, **k))[1]
+    assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
+    assert calls and all(n <= 48 and b <= 8 for n, b in calls)
+    assert eng.runner.step_shapes()["mixed_graph_steps"] == len(calls)
+
+
+def test_full_mixed_graph_scatter_matches_host_ids():
+    """Overlapped mixed steps hand over ids[dst] as device tokens[rows]: the same logits as the ids from the host."""
+    eng = full_mode_engine()
+    r, mixed = eng.runner, eng.runner.mixed
+    ids = torch.tensor([11, 12, 13, 14, 15, 21, 22, 23, 24])
+    pos = torch.tensor([0, 1, 2, 3, 4, 3, 4, 5, 6])
+    cu = torch.tensor([0, 5, 9], dtype=torch.int32)
+    tables = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
+    slots = torch.tensor([0, 1, 2, 3, 4, 35, 36, 37, 38])
+    lens = torch.tensor([5, 7], dtype=torch.int32)
+    kc0, vc0 = r.k_cache.clone(), r.v_cache.clone()
+    want = mixed.run_full(ids, pos, slots, cu, lens, tables)
+    r.k_cache.copy_(kc0)
+    r.v_cache.copy_(vc0)
+    holes = ids.clone()
+    holes[[4, 8]] = 0
+    got = mixed.run_full(holes, pos, slots, cu, lens, tables,
+                         scatter=(torch.tensor([99, 15, 24]), torch.tensor([1, 2]), torch.tensor([4, 8])))
+    torch.testing.assert_close(got, want)
+    assert got.shape == (2, eng.config.vocab_size)
+
+
+def test_full_mixed_graphs_refused_without_decode_graphs():
+    with pytest.raises(ValueError, match="decode graphs"):
+        MixedGraphs(engine(cuda_graph=False).runner, 32, capture=False, full=True)
+
+
+@pytest.mark.gpu
+def test_gpu_engine_with_full_mixed_graphs_gives_the_eager_tokens():
+    """Captured: one graph per bucket with phase 3's flat-grid attention inside it, against the eager engine."""
+    ref = [o.output_token_ids for o in LLM(engine=engine(mixed_graphs=False, cuda_graph=True)).generate(PROMPTS, GREEDY)]
+    eng = engine(mixed_graphs="full", cuda_graph=True)
+    assert eng.runner.mixed is not None and eng.runner.mixed.full and eng.runner.mixed.graphs_full
+    calls = []
+    inner = eng.runner.mixed.run_full
+    eng.runner.mixed.run_full = lambda *a, **k: (calls.append(a[0].shape[0]), inner(*a, **k))[1]
+    assert [o.output_token_ids for o in LLM(engine=eng).generate(PROMPTS, GREEDY)] == ref
+    assert calls
