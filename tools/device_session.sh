@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The open GPU work of issues 4 and 6, as parts to batch into device calls (each call <= 10 min, ~30 min a session).
+# Prepare HERE first: bash tools/device_carry.sh   (fills .carry/: ShareGPT lengths + the phase-1 wheel)
+# On the device (repository root, its own torch/triton), e.g. three calls back to back (the machine goes back after
+# 30 s idle):
+#   bash tools/device_session.sh verify b1 offline      # ~6 min
+#   bash tools/device_session.sh steady                 # ~8 min
+#   bash tools/device_session.sh steadyfull phase2      # ~8 min
+# Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
+# call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
+#
+# Parts:
+#   verify      GPU tests of the code changed since the last lease (phase 3's flat prefill grid, one-copy step
+#               inputs, the step timer, full mixed-step graphs, fused-model reuse) + the engine's GPU check
+#   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
+#   offline     1024 x 128/128 offline, piecewise and full mixed-step graphs         -> phase4 offline_gpu_1024_<tag>
+#   steady      continuous vs static at equal p50 latency, 512 seats, overlapped mixed steps, GPU ms per step
+#               kind (TITAN_STEP_TIMING)                                            -> phase4 equal_latency_steady512_<tag>
+#   steadyfull  the same sweep, continuous only, with full mixed-step graphs
+#   profile     one B=448 / 384-token decode step profiled                          -> phase4 profile_decode_b448_<tag>
+#   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
+set -uo pipefail
+command -v nvidia-smi >/dev/null || { echo "device_session.sh runs on the GPU machine (no nvidia-smi here); prepare with tools/device_carry.sh, then call it through the device tool" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -qi h200 && echo h200 || echo h100)
+TAG=${TAG:-s$(date +%m%d)}_$G
+WORK=$(mktemp -d)
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_CACHE=$PWD/.carry
+# the device's copy has no .git: provenance's commit comes from the one device_carry.sh recorded (+dirty if so)
+export TITAN_COMMIT=${TITAN_COMMIT:-$(cat .carry/COMMIT 2>/dev/null || echo unknown)}
+mkdir -p "$WORK/phase2_mla/results" "$WORK/phase4_scheduler/results" "$WORK/phase3_paged_fp8/results"
+parts=${*:-verify b1 offline}
+has() { [[ " $parts " == *" $1 "* ]]; }
+LOG=$WORK/phase4_scheduler/results/device_session_$TAG.log
+exec > >(tee -a "$LOG") 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "device_session: parts [$parts], tag $TAG, commit $TITAN_COMMIT"
+WHEEL=$(ls .carry/kv_cache_manager-*-abi3-*.whl 2>/dev/null | head -1 || true)
+if [ -n "$WHEEL" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/kvcm_site "$WHEEL" \
+    && export PYTHONPATH=/tmp/kvcm_site:$PYTHONPATH
+else
+  echo "device_session: no phase-1 wheel in .carry (tools/device_carry.sh): the Python allocator runs instead"
+fi
+declare -A status
+step() {  # step NAME TIMEOUT_S CMD... : run, record the exit status
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | grep -v "it/s]"
+  status[$name]=${PIPESTATUS[0]}
+  echo "== $name: exit ${status[$name]} in $((SECONDS - t0)) s"
+}
+P4=(--device cuda --model tinyllama-1.1b --random-weights --fuse)
+LEN=$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json
+STEADY=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
+        --max-num-seqs 512 --rates 160 192 224 256 320 384 448 512 576)
+
+if has verify; then
+  step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+    phase3_paged_fp8/tests phase4_scheduler/tests/test_step_inputs.py phase4_scheduler/tests/test_step_timer.py \
+    phase4_scheduler/tests/test_mixed_graphs.py phase4_scheduler/tests/test_mixed_attention.py \
+    phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py
+  TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results step check_engine 240 \
+    bash -c "python3 -m phase4_scheduler.gpu_check_engine | tee $WORK/phase4_scheduler/results/gpu_check_engine_$TAG.log"
+fi
+export TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results
+has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
+  --variants graph+fused graph+fused+nopdl graph+fused --name "latency_$TAG"
+if has offline; then
+  OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
+       --kv-memory 0.3)
+  step offline 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --name "offline_gpu_1024_$TAG"
+  TITAN_MIXED_GRAPHS=full step offline_full 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
+    --name "offline_gpu_1024_fullgraphs_$TAG"
+fi
+has steady && TITAN_OVERLAP_MIXED=1 step steady 560 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" \
+  "${STEADY[@]}" --policies continuous static --name "equal_latency_steady512_$TAG"
+has steadyfull && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=full step steadyfull 330 \
+  python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" --policies continuous \
+  --name "equal_latency_steady512_fullgraphs_$TAG"
+has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
+  --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
+if has phase2; then
+  export TITAN_RESULTS_DIR=$WORK/phase2_mla/results
+  step phase2_gate 300 bash -c "python3 -m milestones.run phase2 | tee $WORK/phase2_mla/results/phase2_gate_$TAG.log"
+  step milestone1 200 bash -c "python3 -m milestones.run milestone1 | tee $WORK/phase2_mla/results/milestone1_$TAG.log"
+  step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
+  [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
+    "$WORK/phase2_mla/results/bench_mla_$TAG.json"
+fi
+
+echo "== summary ($TAG)"
+for k in "${!status[@]}"; do echo "  $k: exit ${status[$k]}"; done
+(cd "$WORK" && find . -type f | sort)
+mkdir -p "$OUT"
+tar -C "$WORK" -czf "$OUT/results_${TAG}_$(echo "$parts" | tr ' ' '-').tgz" .
