@@ -6,14 +6,22 @@
 //! is an `incref`; `free` is a decref that returns the block to the stack only when the count reaches 0.
 //! Batch operations (`allocate_n`, `free_n`) are all-or-nothing, so one FFI call covers a whole scheduler step and a
 //! failing call changes nothing.
+//!
+//! NOTE (lazy pool): the stack starts empty, with a watermark `fresh`: blocks `fresh..N` were never handed out, and
+//! an allocation pops the stack first, then takes `fresh`. That hands out exactly the ids a full stack pushed as
+//! N-1, ..., 0 would (0, 1, 2, ..., a freed block first), but construction is O(1) and the refcounts come from a
+//! zeroed allocation whose pages the OS maps as they are first written: `BlockAllocator(2**32 - 1)` used to write
+//! 32 GiB up front (free stack + counts) and was killed; now it costs what is used, or is a clean error where the
+//! system refuses the allocation.
 
-use crate::error::{AllocError, Result};
+use crate::error::{zeroed_vec, AllocError, Result};
 
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     block_size: usize,
     refcounts: Vec<u32>,
-    free_stack: Vec<u32>,
+    free_stack: Vec<u32>, // freed blocks, the last freed on top
+    fresh: usize,         // blocks fresh..N have never been handed out (NOTE on the lazy pool)
 }
 
 impl BlockAllocator {
@@ -27,9 +35,8 @@ impl BlockAllocator {
         if block_size == 0 {
             return Err(AllocError::InvalidArgument("block_size must be >= 1, got 0".into()));
         }
-        // Reversed so that the first allocations hand out 0, 1, 2, ...
-        let free_stack = (0..num_blocks as u32).rev().collect();
-        Ok(Self { block_size, refcounts: vec![0; num_blocks], free_stack })
+        let refcounts = zeroed_vec(num_blocks, &format!("BlockAllocator(num_blocks={num_blocks}) reference counts"))?;
+        Ok(Self { block_size, refcounts, free_stack: Vec::new(), fresh: 0 })
     }
 
     pub fn block_size(&self) -> usize {
@@ -39,10 +46,10 @@ impl BlockAllocator {
         self.refcounts.len()
     }
     pub fn num_free_blocks(&self) -> usize {
-        self.free_stack.len()
+        self.free_stack.len() + (self.refcounts.len() - self.fresh)
     }
     pub fn can_allocate(&self, n: usize) -> bool {
-        n <= self.free_stack.len()
+        n <= self.num_free_blocks()
     }
     pub fn refcounts(&self) -> &[u32] {
         &self.refcounts
@@ -58,22 +65,33 @@ impl BlockAllocator {
         Ok(block as usize)
     }
 
+    /// The next free id (the stack's top, else the watermark); the caller checked that one is free.
+    fn take(&mut self) -> u32 {
+        let b = self.free_stack.pop().unwrap_or_else(|| {
+            self.fresh += 1;
+            (self.fresh - 1) as u32
+        });
+        self.refcounts[b as usize] = 1;
+        b
+    }
+
     /// One block with reference count 1.
     pub fn allocate(&mut self) -> Result<u32> {
-        let b = self.free_stack.pop().ok_or(AllocError::OutOfBlocks { requested: 1, free: 0 })?;
-        self.refcounts[b as usize] = 1;
-        Ok(b)
+        if self.num_free_blocks() == 0 {
+            return Err(AllocError::OutOfBlocks { requested: 1, free: 0 });
+        }
+        Ok(self.take())
     }
 
     /// `n` blocks, appended to `out`; all or nothing.
     pub fn allocate_into(&mut self, n: usize, out: &mut Vec<u32>) -> Result<()> {
-        if n > self.free_stack.len() {
-            return Err(AllocError::OutOfBlocks { requested: n, free: self.free_stack.len() });
+        let free = self.num_free_blocks();
+        if n > free {
+            return Err(AllocError::OutOfBlocks { requested: n, free });
         }
         out.reserve(n);
         for _ in 0..n {
-            let b = self.free_stack.pop().unwrap();
-            self.refcounts[b as usize] = 1;
+            let b = self.take();
             out.push(b);
         }
         Ok(())
@@ -162,6 +180,34 @@ mod tests {
         assert_eq!(a.num_free_blocks(), 1);
         assert!(a.free(1).unwrap());
         assert_eq!(a.allocate().unwrap(), 1, "LIFO: the block just freed comes back first");
+    }
+
+    #[test]
+    fn lazy_pool_hands_out_the_full_stack_order() {
+        // the ids a stack pre-filled with N-1..0 would give: fresh ids in order, a freed one first
+        let mut a = BlockAllocator::new(6, 16).unwrap();
+        assert_eq!(a.allocate_n(3).unwrap(), vec![0, 1, 2]);
+        a.free_n(&[1i64, 0]).unwrap();
+        assert_eq!(a.num_free_blocks(), 5);
+        assert_eq!(a.allocate_n(4).unwrap(), vec![0, 1, 3, 4]);
+        assert_eq!(a.allocate().unwrap(), 5);
+        assert_eq!(a.allocate(), Err(AllocError::OutOfBlocks { requested: 1, free: 0 }));
+    }
+
+    #[test]
+    fn the_largest_pool_costs_only_what_is_used() {
+        // 2^32 - 1 blocks: 16 GiB of counts, mapped lazily (or refused cleanly where the system has no overcommit)
+        match BlockAllocator::new(u32::MAX as usize, 16) {
+            Ok(mut a) => {
+                assert_eq!(a.num_free_blocks(), u32::MAX as usize);
+                assert_eq!(a.allocate_n(3).unwrap(), vec![0, 1, 2]);
+                assert!(a.free(1).unwrap());
+                assert_eq!(a.allocate().unwrap(), 1);
+                assert_eq!(a.num_free_blocks(), u32::MAX as usize - 3);
+            }
+            Err(AllocError::InvalidArgument(msg)) => assert!(msg.contains("could not be allocated"), "{msg}"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
     }
 
     #[test]

@@ -10,16 +10,16 @@
 
 use std::collections::BTreeSet;
 
-use crate::error::{AllocError, Result};
+use crate::error::{zeroed_vec, AllocError, Result};
 
-const NOT_A_START: u8 = u8::MAX;
+const NOT_A_START: u8 = 0; // alloc_order holds order + 1 where an allocation starts (zeroed: lazily mapped)
 
 #[derive(Debug, Clone)]
 pub struct BuddyAllocator {
     num_blocks: usize,
     max_order: usize,
     free_lists: Vec<BTreeSet<u32>>, // free_lists[k]: starts of free runs of 2^k blocks
-    alloc_order: Vec<u8>,           // order of the allocation starting at a block, or NOT_A_START
+    alloc_order: Vec<u8>,           // 1 + the order of the allocation starting at a block, or NOT_A_START
     num_free: usize,
     num_allocations: usize,
 }
@@ -46,7 +46,8 @@ impl BuddyAllocator {
             free_lists[k].insert(start as u32);
             start += 1 << k;
         }
-        Ok(Self { num_blocks, max_order, free_lists, alloc_order: vec![NOT_A_START; num_blocks], num_free: num_blocks, num_allocations: 0 })
+        let alloc_order = zeroed_vec(num_blocks, &format!("BuddyAllocator(num_blocks={num_blocks}) allocation orders"))?;
+        Ok(Self { num_blocks, max_order, free_lists, alloc_order, num_free: num_blocks, num_allocations: 0 })
     }
 
     pub fn num_total_blocks(&self) -> usize {
@@ -81,7 +82,7 @@ impl BuddyAllocator {
             k -= 1;
             self.free_lists[k].insert(start + (1u32 << k)); // the upper half stays free
         }
-        self.alloc_order[start as usize] = order as u8;
+        self.alloc_order[start as usize] = order as u8 + 1;
         self.num_free -= 1 << order;
         self.num_allocations += 1;
         Ok(start)
@@ -92,10 +93,11 @@ impl BuddyAllocator {
         if start < 0 || start as usize >= self.num_blocks {
             return Err(AllocError::InvalidBlock { block: start, reason: format!("block ids are 0..{}", self.num_blocks) });
         }
-        let order = self.alloc_order[start as usize];
-        if order == NOT_A_START {
+        let code = self.alloc_order[start as usize];
+        if code == NOT_A_START {
             return Err(AllocError::DoubleFree { block: start });
         }
+        let order = code - 1;
         self.alloc_order[start as usize] = NOT_A_START;
         let (mut s, mut k) = (start as u32, order as usize);
         while k < self.max_order && self.free_lists[k].remove(&(s ^ (1u32 << k))) {
@@ -113,7 +115,7 @@ impl BuddyAllocator {
         if start < 0 || start as usize >= self.num_blocks || self.alloc_order[start as usize] == NOT_A_START {
             0
         } else {
-            1 << self.alloc_order[start as usize]
+            1 << (self.alloc_order[start as usize] - 1)
         }
     }
 

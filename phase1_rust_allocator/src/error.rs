@@ -67,3 +67,35 @@ pub fn check_count(name: &str, n: i64) -> Result<usize> {
     }
     Ok(n as usize)
 }
+
+/// Types whose all-zero bit pattern is the value 0 (so a zeroed allocation is a valid `Vec` of zeros).
+///
+/// # Safety
+/// Implement only for plain integers.
+pub unsafe trait ZeroBits: Copy {}
+unsafe impl ZeroBits for u8 {}
+unsafe impl ZeroBits for u32 {}
+
+/// `n` zeros in one zeroed allocation (calloc: the OS maps the pages lazily, as they are first written, so a huge
+/// pool of which little is used costs little memory), and an allocation the system refuses is an
+/// `InvalidArgument` error naming `what`, not an abort (`vec![0; n]` aborts the process, Python included).
+pub fn zeroed_vec<T: ZeroBits>(n: usize, what: &str) -> Result<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let fail = || {
+        AllocError::InvalidArgument(format!(
+            "{what}: {n} entries ({} bytes of host memory) could not be allocated",
+            n.saturating_mul(std::mem::size_of::<T>())
+        ))
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| fail())?;
+    // SAFETY: layout has a non-zero size (n >= 1, T is an integer); a null pointer is handled below.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(fail());
+    }
+    // SAFETY: allocated by the global allocator with exactly Vec<T>'s layout for capacity n; all-zero bytes are n
+    // valid values of T (ZeroBits).
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}

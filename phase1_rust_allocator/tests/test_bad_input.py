@@ -60,3 +60,29 @@ def test_huge_counts_are_errors_not_crashes(impl):
     with pytest.raises(InvalidArgumentError, match="sequence 1 has 3 tokens, asked for the last 4611686018427387904"):
         t.slot_mapping([1], [2**62])
     assert t.slot_mapping([1], [2]) == t.slot_mapping([1], [3])[1:] and t.num_tokens(1) == 3  # state unchanged
+
+
+def test_the_largest_pools_cost_only_what_is_used():
+    """2^32 - 1 blocks (the id range's limit): the Rust crate's pool is lazy (a watermark instead of a pre-filled free
+    stack, zeroed counts mapped as written), so it builds at once and hands out ids as a small one does; where the
+    system refuses the 16 GiB of counts it is an InvalidArgumentError, never an abort. It used to write 32 GiB up
+    front. (The Python reference stays the plain O(N) version: readable, not for pools this size.)"""
+    import resource
+    import time
+
+    from phase1_rust_allocator import rust
+
+    n = 2**32 - 1
+    rss0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    try:
+        a, buddy = rust.BlockAllocator(n, 16), rust.BuddyAllocator(n)
+    except InvalidArgumentError as e:
+        assert "could not be allocated" in str(e)
+        return
+    assert a.num_free_blocks == n and a.allocate_n(3) == [0, 1, 2]
+    assert a.free(1) and a.allocate() == 1 and a.num_free_blocks == n - 3
+    s = buddy.allocate(5)  # the smallest free run that fits: the 8-block run near the end (N = 2^31 + ... + 1)
+    assert s == n - 15 and buddy.allocation_size(s) == 8 and buddy.free(s) == 8
+    assert buddy.num_free_blocks == n
+    assert time.perf_counter() - t0 < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 512 * 1024  # KiB: < 0.5 GiB touched
