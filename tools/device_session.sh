@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The open GPU work of issues 4 and 6, as parts to batch into device calls (each call <= 10 min, ~30 min a session).
 # Prepare HERE first: bash tools/device_carry.sh   (fills .carry/: ShareGPT lengths + the phase-1 wheel)
-# On the device (repository root, its own torch/triton), e.g. three calls back to back (the machine goes back after
-# 30 s idle):
-#   bash tools/device_session.sh verify b1 offline      # ~6 min
-#   bash tools/device_session.sh steady                 # ~8 min
+# On the device (repository root, its own torch/triton), calls back to back (the machine goes back after 30 s idle;
+# ~30 min of device time a session, an H100 counted in full), in order of value:
+#   bash tools/device_session.sh verify b1 offline      # ~6 min: correctness of the new code first
+#   bash tools/device_session.sh steady                 # ~9 min: the H100 continuous/static ratio
 #   bash tools/device_session.sh steadyfull phase2      # ~8 min
+#   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
+# As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
+#   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
 # call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
 #
@@ -19,6 +22,9 @@
 #   steadyfull  the same sweep, continuous only, with full mixed-step graphs
 #   profile     one B=448 / 384-token decode step profiled                          -> phase4 profile_decode_b448_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
+#   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
+#               staged first by tools/device_peer.sh; put it in the same call as b1 offline (same-lease ratios)
+#                                                                                   -> phase4 vllm_tinyllama_<tag>
 set -uo pipefail
 command -v nvidia-smi >/dev/null || { echo "device_session.sh runs on the GPU machine (no nvidia-smi here); prepare with tools/device_carry.sh, then call it through the device tool" >&2; exit 1; }
 cd "$(dirname "$0")/.."
@@ -58,7 +64,7 @@ STEADY=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-request
         --max-num-seqs 512 --rates 160 192 224 256 320 384 448 512 576)
 
 if has verify; then
-  step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+  step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
     phase3_paged_fp8/tests phase4_scheduler/tests/test_step_inputs.py phase4_scheduler/tests/test_step_timer.py \
     phase4_scheduler/tests/test_mixed_graphs.py phase4_scheduler/tests/test_mixed_attention.py \
     phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py
@@ -66,6 +72,19 @@ if has verify; then
     bash -c "python3 -m phase4_scheduler.gpu_check_engine | tee $WORK/phase4_scheduler/results/gpu_check_engine_$TAG.log"
 fi
 export TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results
+if has vllm; then
+  if [ -e /tmp/peer/vllm.part00 ] && [ -e /tmp/peer/vllm.part01 ] && [ -d /tmp/peer/whl ]; then
+    [ -d /tmp/vllm/vllm ] || { mkdir -p /tmp/vllm && cat /tmp/peer/vllm.part0* | xz -d | tar x -C /tmp/vllm; }
+    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/peer/whl/*.whl
+    OUT=$WORK/phase4_scheduler/results VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=/tmp/vllm:/tmp/site \
+      PRESET=tinyllama MAXSEQ=1024 step vllm 420 python3 /tmp/peer/bench_offline.py
+    f=$WORK/phase4_scheduler/results/vllm_tinyllama_1024.json
+    [ -f "$f" ] && mv "$f" "$WORK/phase4_scheduler/results/vllm_tinyllama_1024_$TAG.json"
+  else
+    echo "== vllm: not staged (tools/device_peer.sh: the two parts and the wheels, in calls back to back)"
+    status[vllm]=2
+  fi
+fi
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
   --variants graph+fused graph+fused+nopdl graph+fused --name "latency_$TAG"
 if has offline; then
