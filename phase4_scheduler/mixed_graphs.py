@@ -98,9 +98,13 @@ class MixedGraphs:
             self.cu = torch.zeros(self.max_seqs + 1, dtype=torch.int32, device=dev)
             self.lens = torch.zeros(self.max_seqs, dtype=torch.int32, device=dev)
             self.tables = torch.zeros(self.max_seqs, width, dtype=torch.int32, device=dev)
-            self.slots = torch.zeros(top, dtype=torch.long, device=dev)
+            # the scratch slot until a step fills them: the warm-up and capture runs write K/V there, not to block 0
+            self.slots = torch.full((top,), runner.null_block * runner.block_size, dtype=torch.long, device=dev)
             self.last = torch.zeros(self.max_seqs, dtype=torch.long, device=dev)
-            self.outputs: dict[int, torch.Tensor] = {}  # bucket -> its graph's logits [max_seqs, V]
+            # every bucket's graph converts its logits into this one buffer (not a [max_seqs, V] fp32 tensor per
+            # bucket: ~29 x 65 MB at 512 seats); a step's sampler reads them before the next step is launched
+            self.logits = torch.empty(self.max_seqs, cfg.vocab_size, dtype=torch.float32, device=dev)
+            self.outputs: dict[int, torch.Tensor] = {}  # bucket -> its graph's logits (self.logits)
         self.graphs: list = []  # keeps every captured graph alive
         self.graphs_full: dict[int, object] = {}  # full mode: bucket -> its graph
         t0, pool = time.perf_counter(), None
@@ -162,7 +166,7 @@ class MixedGraphs:
         r = self.runner
         ctx = BatchAttention(r, self.tables, self.lens, self.slots[:t], self.cu, max(t, 2))
         ids, pos = self.ids[:t], self.pos[:t]
-        return lambda: r.forward(ids, pos, ctx, self.last)
+        return lambda: r.forward(ids, pos, ctx, self.last, out=self.logits)
 
     def fits(self, num_tokens: int) -> bool:
         return num_tokens <= self.buckets[-1]

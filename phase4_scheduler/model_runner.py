@@ -222,12 +222,14 @@ class ModelRunner:
         return n
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, ctx: BatchAttention,
-                last: torch.Tensor | None) -> torch.Tensor:
+                last: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         """ids, pos: [T] on the device; `last`: [B] row of each sequence's last token (None: every row).
-        Returns float32 logits [B, V]. Capturable: no host syncs, shapes fixed by T and B."""
+        Returns float32 logits [B, V], converted into `out` when given (the same kernel as .float(), into a buffer
+        that graphs of several sizes can share). Capturable: no host syncs, shapes fixed by T and B."""
         if hasattr(self.model, "forward_tokens"):  # the fused model (phase4_scheduler/fused_model.py)
             h = self.model.forward_tokens(ids, pos, ctx, select=last)  # [B, hidden], final norm applied
-            return self.model.compute_logits(h).float()
+            logits = self.model.compute_logits(h)
+            return logits.float() if out is None else out.copy_(logits)
         m = self.model.model
         h = m.embed_tokens(ids[None])  # [1, T, hidden]
         cos, sin = m.rotary_emb(pos[None], h.dtype)
@@ -236,7 +238,7 @@ class ModelRunner:
         h = m.norm(h[0] if last is None else h[0, last])  # [B, hidden]
         head = self.model.lm_head
         logits = F.linear(h, m.embed_tokens.weight) if head is None else head(h)
-        return logits.float()  # [B, V]
+        return logits.float() if out is None else out.copy_(logits)  # [B, V]
 
     def execute(self, *args, **kwargs):
         """`_execute`, with its GPU time added to `step_timer`'s kind of step when timing is on (step_timer.py)."""
