@@ -80,7 +80,9 @@ def test_static_buffer_path_matches_eager_on_cpu():
     args = ([11, 12, 13], lens, [1, 1, 1], [n + 1 for n in lens], tables,
             [tables[i][n // 4] * 4 + n % 4 for i, n in enumerate(lens)])
     k_before = runner.k_cache.clone()
-    got = graphs.run(*args[:2], *args[3:]).clone()  # B=3 -> the size-4 buffers with one padding row
+    got = graphs.run(*args[:2], *args[3:])  # B=3 -> the size-4 buffers with one padding row
+    assert got.data_ptr() == graphs.logits.data_ptr()  # all sizes convert into one logits buffer
+    got = got.clone()
     written = (runner.k_cache != k_before).any(-1).any(-1).nonzero()[:, 1].unique().tolist()  # blocks touched
     runner.k_cache.copy_(k_before)
     want = runner.execute(*args)
