@@ -14,7 +14,8 @@
 #
 # Parts:
 #   verify      GPU tests of the code changed since the last lease (phase 3's flat prefill grid, one-copy step
-#               inputs, the step timer, full mixed-step graphs, fused-model reuse) + the engine's GPU check
+#               inputs, the step timer, full mixed-step graphs, fused-model reuse, the graphs' shared logits
+#               buffer) + the engine's GPU check
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
 #   offline     1024 x 128/128 offline, piecewise and full mixed-step graphs         -> phase4 offline_gpu_1024_<tag>
 #   steady      continuous vs static at equal p50 latency, 512 seats, overlapped mixed steps, GPU ms per step
@@ -67,7 +68,8 @@ if has verify; then
   step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
     phase3_paged_fp8/tests phase4_scheduler/tests/test_step_inputs.py phase4_scheduler/tests/test_step_timer.py \
     phase4_scheduler/tests/test_mixed_graphs.py phase4_scheduler/tests/test_mixed_attention.py \
-    phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py
+    phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py \
+    phase4_scheduler/tests/test_cuda_graphs.py phase4_scheduler/tests/test_engine.py
   TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results step check_engine 240 \
     bash -c "python3 -m phase4_scheduler.gpu_check_engine | tee $WORK/phase4_scheduler/results/gpu_check_engine_$TAG.log"
 fi
