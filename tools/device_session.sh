@@ -17,7 +17,9 @@
 #               inputs, the step timer, full mixed-step graphs, fused-model reuse, the graphs' shared logits
 #               buffer) + the engine's GPU check
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
-#   offline     1024 x 128/128 offline, piecewise and full mixed-step graphs         -> phase4 offline_gpu_1024_<tag>
+#   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with full mixed-step graphs
+#                                                                                   -> phase4 offline_gpu_1024_<tag>
+#   sharegpt    offline ShareGPT 1000 requests, continuous vs static throughput   -> phase4 sharegpt_static_vs_continuous_<tag>
 #   steady      continuous vs static at equal p50 latency, 512 seats, overlapped mixed steps, GPU ms per step
 #               kind (TITAN_STEP_TIMING)                                            -> phase4 equal_latency_steady512_<tag>
 #   steadyfull  the same sweep, continuous only, with full mixed-step graphs
@@ -92,10 +94,13 @@ has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllam
 if has offline; then
   OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
        --kv-memory 0.3)
-  step offline 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --name "offline_gpu_1024_$TAG"
+  step offline 200 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --hf --name "offline_gpu_1024_$TAG"
   TITAN_MIXED_GRAPHS=full step offline_full 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
     --name "offline_gpu_1024_fullgraphs_$TAG"
 fi
+has sharegpt && step sharegpt 300 python3 -m phase4_scheduler.bench_offline "${P4[@]}" --workload sharegpt \
+  --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 --kv-memory 0.3 --compare-static \
+  --name "sharegpt_static_vs_continuous_$TAG"
 has steady && TITAN_OVERLAP_MIXED=1 step steady 560 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" \
   "${STEADY[@]}" --policies continuous static --name "equal_latency_steady512_$TAG"
 has steadyfull && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=full step steadyfull 330 \
