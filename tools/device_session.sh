@@ -15,7 +15,7 @@
 # Parts:
 #   verify      GPU tests of the code changed since the last lease (phase 3's flat prefill grid, one-copy step
 #               inputs, the step timer, full mixed-step graphs, fused-model reuse, the graphs' shared logits
-#               buffer) + the engine's GPU check
+#               buffer) + the phase-1 wheel against its reference + the engine's GPU check
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
 #   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with full mixed-step graphs
 #                                                                                   -> phase4 offline_gpu_1024_<tag>
@@ -38,7 +38,8 @@ WORK=$(mktemp -d)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TITAN_CACHE=$PWD/.carry
 # the device's copy has no .git: provenance's commit comes from the one device_carry.sh recorded (+dirty if so)
 export TITAN_COMMIT=${TITAN_COMMIT:-$(cat .carry/COMMIT 2>/dev/null || echo unknown)}
-mkdir -p "$WORK/phase2_mla/results" "$WORK/phase4_scheduler/results" "$WORK/phase3_paged_fp8/results"
+mkdir -p "$WORK/phase2_mla/results" "$WORK/phase4_scheduler/results" "$WORK/phase3_paged_fp8/results" \
+  "$WORK/phase1_rust_allocator/results"
 parts=${*:-verify b1 offline}
 has() { [[ " $parts " == *" $1 "* ]]; }
 LOG=$WORK/phase4_scheduler/results/device_session_$TAG.log
@@ -72,8 +73,10 @@ if has verify; then
     phase4_scheduler/tests/test_mixed_graphs.py phase4_scheduler/tests/test_mixed_attention.py \
     phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py \
     phase4_scheduler/tests/test_cuda_graphs.py phase4_scheduler/tests/test_engine.py
+  [ -n "$WHEEL" ] && TITAN_RESULTS_DIR=$WORK/phase1_rust_allocator/results step wheel_check 120 \
+    python3 -m phase1_rust_allocator.check_wheel   # the carried abi3 wheel (lazy pool) against the reference
   TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results step check_engine 240 \
-    bash -c "python3 -m phase4_scheduler.gpu_check_engine | tee $WORK/phase4_scheduler/results/gpu_check_engine_$TAG.log"
+    bash -c "set -o pipefail; python3 -m phase4_scheduler.gpu_check_engine | tee $WORK/phase4_scheduler/results/gpu_check_engine_$TAG.log"
 fi
 export TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results
 if has vllm; then
@@ -110,8 +113,8 @@ has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --ran
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
 if has phase2; then
   export TITAN_RESULTS_DIR=$WORK/phase2_mla/results
-  step phase2_gate 300 bash -c "python3 -m milestones.run phase2 | tee $WORK/phase2_mla/results/phase2_gate_$TAG.log"
-  step milestone1 200 bash -c "python3 -m milestones.run milestone1 | tee $WORK/phase2_mla/results/milestone1_$TAG.log"
+  step phase2_gate 300 bash -c "set -o pipefail; python3 -m milestones.run phase2 | tee $WORK/phase2_mla/results/phase2_gate_$TAG.log"
+  step milestone1 200 bash -c "set -o pipefail; python3 -m milestones.run milestone1 | tee $WORK/phase2_mla/results/milestone1_$TAG.log"
   step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
   [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
     "$WORK/phase2_mla/results/bench_mla_$TAG.json"
