@@ -167,6 +167,16 @@ def test_bad_input_gives_clear_errors(tiny, tiny_no_tok):
     with pytest.raises(ValueError, match="kv_memory"):
         parse_memory("lots", torch.device("cpu"))
     assert parse_memory("2MiB", torch.device("cpu")) == 2 * 2**20
+    assert parse_memory("0.000001TiB", torch.device("cpu")) == int(1e-6 * 2**40)
+    with pytest.raises(ValueError, match=r"kv_memory='1024TiB' asks for 1,048,576.0 GiB but cpu has .* available"):
+        parse_memory("1024TiB", torch.device("cpu"))  # refused with both numbers, before any allocation
+    with pytest.raises(ValueError, match="asks for"):
+        LLMEngine(tiny, kv_memory=2**70)  # was num_blocks out of the allocator's range: the wrong message
+    with pytest.raises(ValueError, match="is a fraction of free GPU memory; on cpu give bytes"):
+        parse_memory("0.5", torch.device("cpu"))  # a string fraction is a fraction, not half a byte
+    for bad in ("1.2.3GiB", True, None, -5):
+        with pytest.raises(ValueError, match="must look like"):
+            parse_memory(bad, torch.device("cpu"))
     with pytest.raises(ValueError, match="max_model_len=4096 is outside"):
         LLMEngine(tiny, num_blocks=8, max_model_len=4096)
     with pytest.raises(ValueError, match="no block"):
