@@ -35,6 +35,9 @@ class LLM:
         """prompts: a string, a list of token ids, or a list of either. Returns the final outputs, in prompt order."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a string, a list of token ids, or a list of either; got "
+                            f"{type(prompts).__name__}")
         params = params if params is not None else SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):

@@ -153,6 +153,8 @@ def test_bad_input_gives_clear_errors(tiny, tiny_no_tok):
         small.add_request("a", [5] * 30, SamplingParams(max_tokens=5))
     with pytest.raises(TypeError, match="SamplingParams"):
         eng.add_request("a", [5], {"max_tokens": 3})
+    with pytest.raises(TypeError, match="prompts must be a string, a list of token ids, or a list of either; got int"):
+        LLM(engine=eng).generate(5, GREEDY)
     with pytest.raises(ValueError, match="stop strings"):
         eng.add_request("a", [5], SamplingParams(stop=[""]))
     with pytest.raises(ValueError, match="temperature"):
