@@ -95,8 +95,11 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        # drop a token when the tokens ranked above it already reach top_p; the top token always stays, explicitly:
+        # a top_p below fp32's smallest number (1e-300 passes "0 < top_p") compares as 0 >= 0 and dropped it too,
+        # leaving a row of -inf whose softmax is NaN (torch.multinomial then raised inside the step)
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

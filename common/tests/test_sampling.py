@@ -48,3 +48,15 @@ def test_low_temperature_concentrates():
     assert (sample(logits, p, make_generator(p)) == 0).all()
     p = SamplingParams(temperature=5.0, seed=1)
     assert (sample(logits, p, make_generator(p)) != 0).any()
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-50, 1e-8])
+def test_a_vanishing_top_p_keeps_the_top_token(top_p):
+    """top_p is checked as 0 < top_p <= 1, but fp32 holds no number below ~1e-45: 1e-300 compared as 0 and dropped
+    the top token too, a row of -inf gave softmax NaN, and torch.multinomial raised inside a step (in a server:
+    one request ended the engine). The top token always stays, so such a request is greedy."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3))
+    kept = filter_logits(logits, top_p=top_p).isfinite()
+    assert kept.sum(-1).tolist() == [1] * 4 and kept.float().argmax(-1).tolist() == logits.argmax(-1).tolist()
+    params = SamplingParams(temperature=1.0, top_p=top_p)
+    assert sample(logits, params, make_generator(SamplingParams(seed=0))).tolist() == logits.argmax(-1).tolist()

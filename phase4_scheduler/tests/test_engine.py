@@ -241,3 +241,17 @@ def test_second_fused_engine_reuses_the_fused_model(tiny, reference):
     second = LLMEngine(own, num_blocks=64, block_size=16, fuse=True, detokenize=False)
     assert own.model is fused
     assert run(first, ps, GREEDY) == ref and run(second, ps, GREEDY) == ref
+
+
+def test_a_vanishing_top_p_is_greedy_and_the_engine_goes_on(tiny):
+    """top_p=1e-300 passes every check (0 < top_p <= 1) but is 0 in fp32: it used to drop every token, and
+    torch.multinomial raised inside the step (a server's engine died with it). It is greedy now, beside others."""
+    eng = LLMEngine(tiny, num_blocks=32, block_size=16)
+    ps = prompts(3, seed=8)
+    greedy = [o.output_token_ids for o in LLM(engine=eng).generate(ps, SamplingParams(max_tokens=5, ignore_eos=True,
+                                                                                       temperature=0))]
+    tiny_p = SamplingParams(max_tokens=5, ignore_eos=True, temperature=1.0, top_p=1e-300)
+    mixed = LLM(engine=eng).generate(ps, [tiny_p, SamplingParams(max_tokens=5, ignore_eos=True, temperature=1.0,
+                                                                 seed=1), tiny_p])
+    assert [mixed[0].output_token_ids, mixed[2].output_token_ids] == [greedy[0], greedy[2]]
+    assert len(mixed[1].output_token_ids) == 5 and eng.kv.num_free_blocks == 32
