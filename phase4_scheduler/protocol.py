@@ -168,9 +168,12 @@ class ChatMessage(BaseModel):
             return self.content
         parts = []
         for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if part.get("type") != "text":
                 raise OpenAIError(f"content part of type {part.get('type')!r} is not supported: this is a text-only "
                                   "model (send {'type': 'text', 'text': ...} parts)", param="messages")
+            if not isinstance(part.get("text"), str):
+                raise OpenAIError(f"a content part of type 'text' needs a 'text' string, got "
+                                  f"{type(part.get('text')).__name__}", param="messages")
             parts.append(part["text"])
         return "".join(parts)
 

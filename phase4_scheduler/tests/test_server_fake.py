@@ -204,6 +204,8 @@ def test_seed_range_is_int64_with_room_for_n_choices(client):
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "text-only"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "a content part of type 'text' needs a 'text' string, got NoneType"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
      "tool calling"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10_000},
