@@ -72,7 +72,8 @@ if has verify; then
     phase3_paged_fp8/tests phase4_scheduler/tests/test_step_inputs.py phase4_scheduler/tests/test_step_timer.py \
     phase4_scheduler/tests/test_mixed_graphs.py phase4_scheduler/tests/test_mixed_attention.py \
     phase4_scheduler/tests/test_overlap.py phase4_scheduler/tests/test_overlap_mixed.py \
-    phase4_scheduler/tests/test_cuda_graphs.py phase4_scheduler/tests/test_engine.py
+    phase4_scheduler/tests/test_cuda_graphs.py phase4_scheduler/tests/test_engine.py \
+    phase4_scheduler/tests/test_sampling_fuzz.py
   [ -n "$WHEEL" ] && TITAN_RESULTS_DIR=$WORK/phase1_rust_allocator/results step wheel_check 120 \
     python3 -m phase1_rust_allocator.check_wheel   # the carried abi3 wheel (lazy pool) against the reference
   TITAN_RESULTS_DIR=$WORK/phase4_scheduler/results step check_engine 240 \
