@@ -111,3 +111,22 @@ def test_script_help_shows_every_default():
     assert "python -m x --n 3      # kept as written" in text  # the docstring's layout survives
     assert "results stem\n" in text and "(default: None)" not in text and "(default: False)" not in text
     assert text.count("default") == 3  # --n, --rate and --dtype's own wording, not a second one
+
+
+GENERATORS = sorted((ROOT / "tools").glob("make_*_notebook.py"))
+
+
+@pytest.mark.parametrize("script", GENERATORS, ids=lambda p: p.name)
+def test_notebook_generators_hold_every_cell(script, monkeypatch):
+    """A tools/make_*_notebook.py writes its notebook's cells from scratch: once the notebook was edited and the
+    generator was not, running it dropped three sections. Each generator must reproduce the committed cells."""
+    import runpy
+
+    import nbformat
+
+    written = {}
+    monkeypatch.setattr(nbformat, "write", lambda nb, path: written.update(nb=nb, path=Path(path)))
+    runpy.run_path(str(script))
+    committed = nbformat.read(written["path"], as_version=4)
+    assert [(c.cell_type, c.source) for c in written["nb"].cells] == \
+        [(c.cell_type, c.source) for c in committed.cells], f"{script.name} is behind {written['path'].name}"
