@@ -34,7 +34,35 @@ class OpenAIError(Exception):
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": _utf8(message), "type": type, "param": param and _utf8(param), "code": code}}
+
+
+def _utf8(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode (a lone surrogate from a JSON escape such as "\\ud800") written as
+    its escape: an error message that quotes the request must still render, or the connection dies with it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate_at(value, path: str = "") -> str | None:
+    """The path of the first string (or object key) in a parsed JSON body that holds a lone UTF-16 surrogate, else
+    None. JSON may escape one ("\\ud800"), Python's json accepts it, and nothing downstream can encode it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{_utf8(str(k))}" if path else _utf8(str(k))
+            if lone_surrogate_at(k, where) is not None:
+                return where
+            if (hit := lone_surrogate_at(v, where)) is not None:
+                return hit
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (hit := lone_surrogate_at(v, f"{path}.{i}" if path else str(i))) is not None:
+                return hit
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -44,6 +72,17 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     """Fields both endpoints share."""
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        """A lone surrogate anywhere in the body is a 400 here, before it reaches the tokenizer or a response (it
+        was a 500 whose own error message could not be encoded, and the connection was reset)."""
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{where}: the text holds a lone UTF-16 surrogate (an escape in \\ud800-\\udfff "
+                             "without its pair), which is not valid Unicode: send UTF-8 text")
+        return data
 
     model: str
     stream: bool = False

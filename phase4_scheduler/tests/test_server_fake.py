@@ -427,3 +427,50 @@ def test_100_concurrent_streams_10pct_aborted_fake():
     assert all(u.completion_tokens == 12 and reason == "length" for u, reason in done)
     assert engine.counters["max_waiting"] > 10  # overload queued rather than failed
     assert engine.counters["num_finished"] == 90 and len(set(engine.abort_calls)) == 10
+
+
+@pytest.mark.parametrize("path, body, where", [
+    ("/v1/completions", {"model": MODEL, "prompt": "\ud800", "max_tokens": 2}, "prompt"),
+    ("/v1/completions", {"model": "\udfff", "prompt": "hi", "max_tokens": 2}, "model"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "logit_bias": {"\ud801": 1}}, "logit_bias.\\ud801"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "a\udc00b"}]},
+     "messages.0.content"),
+])
+def test_a_lone_surrogate_is_a_400_and_the_connection_lives(served, path, body, where):
+    """JSON may escape half a surrogate pair ("\\ud800"); Python's json takes it and nothing can encode it: it was
+    a 500 whose own error message failed to render, and the client's connection was reset with it."""
+    with httpx.Client(timeout=30) as c:
+        r = c.post(served[1] + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        assert r.json()["error"]["message"].startswith(f"{where}: the text holds a lone UTF-16 surrogate")
+        ok = c.post(served[1] + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        assert ok.status_code == 200  # same keep-alive connection
+
+
+def test_fuzzed_bodies_never_get_a_5xx(served):
+    """Valid bodies with 1-3 fields replaced by odd JSON values (types, extremes, empties, nesting, lone
+    surrogates, unknown fields): every answer is a 2xx or an OpenAI-style 4xx, over one keep-alive connection."""
+    import random
+
+    rng = random.Random(7)
+    odd = [None, True, 0, -1, 2 ** 31, 2 ** 63, 2 ** 64, 1e308, 0.5, "", "x", [], [1], ["a"], {}, {"a": 1}, [[1]],
+           [None], "\u0000", "\ud800"]
+    bases = [("/v1/completions", {"model": MODEL, "prompt": "hello", "max_tokens": 3, "temperature": 0.5,
+                                  "top_p": 0.9, "n": 1, "stop": ["x"], "logprobs": 2, "seed": 1, "logit_bias": {"5": 1},
+                                  "stream_options": {"include_usage": True}, "stop_token_ids": [3], "echo": False}),
+             ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                       "max_tokens": 3, "logprobs": True, "top_logprobs": 2, "stop": "x",
+                                       "response_format": {"type": "text"}})]
+    statuses = {}
+    with httpx.Client(timeout=30) as c:
+        for _ in range(300):
+            path, base = rng.choice(bases)
+            body = json.loads(json.dumps(base))
+            for _ in range(rng.randrange(1, 4)):
+                body[rng.choice([*body, "stream", "zzz"])] = rng.choice(odd)
+            r = c.post(served[1] + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert r.status_code < 500, (r.status_code, r.text[:300], body)
+            if r.status_code >= 400:
+                assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+    assert statuses.get(200, 0) > 10 and statuses.get(400, 0) > 100
