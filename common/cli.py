@@ -307,12 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_sampling_args(ap, args) -> None:
+    """generate / chat: the sampling flags are checked by SamplingParams' own rules before the model loads, and a
+    bad one is a usage error (exit 2), not a traceback after the load."""
+    if not hasattr(args, "max_tokens") or not hasattr(args, "temperature"):
+        return
+    from common.sampling import SamplingParams
+
+    try:
+        SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       seed=args.seed)
+    except (ValueError, TypeError) as e:
+        ap.error(str(e).replace("max_tokens", "--max-tokens").replace("temperature", "--temperature")
+                 .replace("top_k", "--top-k").replace("top_p", "--top-p"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "command", None):
         ap.print_help()
         return 2
+    _check_sampling_args(ap, args)
     try:
         return args.func(args)
     except TitanError as e:

@@ -83,6 +83,22 @@ def test_bad_sampling_params(bad):
         SamplingParams(**bad)
 
 
+@pytest.mark.parametrize("flags, words", [(["--max-tokens", "-3"], "--max-tokens must be a positive integer, got -3"),
+                                          (["--temperature", "-1"], "--temperature must be >= 0"),
+                                          (["--top-p", "0"], "--top-p must be in (0, 1]")])
+def test_cli_sampling_flags_are_usage_errors_before_the_load(flags, words, capsys, monkeypatch):
+    """A bad sampling flag was a ValueError traceback after the model had loaded; now argparse's usage error (exit 2)
+    before any load (the loader is replaced by one that fails the test if called)."""
+    import common.model_loader as ml
+
+    monkeypatch.setattr(ml, "load_model", lambda *a, **k: pytest.fail("the model loaded before the flags were checked"))
+    for cmd in ("generate", "chat"):
+        with pytest.raises(SystemExit) as exit_:
+            titan([cmd, "--prompt", "hi", *flags])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and words in err and "Traceback" not in err
+
+
 def test_bad_input_shapes():
     lm = load_model("tinyllama-1.1b", random_weights=True, num_layers=1, device="cpu")
     with pytest.raises(ValueError, match=r"\[batch, seq\]"):
