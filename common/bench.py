@@ -136,6 +136,34 @@ def provenance() -> dict:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and lengths: an integer >= 1 (0 or a negative one ran a meaningless job, or crashed
+    deep inside it with a torch traceback)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for rates: a number > 0 ('inf' allowed)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (or inf), got {text!r}") from None
+    if not value > 0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (or inf), got {text}")
+    return value
+
+
 def results_dir(phase: str) -> Path:
     d = Path(os.environ.get("TITAN_RESULTS_DIR", REPO_ROOT / phase / "results"))
     d.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.bench import results_dir, write_result
+from common.bench import positive_float, positive_int, results_dir, write_result
 from common.sampling import SamplingParams
 # the analysis half (pure functions) lives in equal_latency_analysis.py; re-exported for the tests and callers
 from phase4_scheduler.equal_latency_analysis import (  # noqa: F401
@@ -286,38 +286,38 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
-    ap.add_argument("--num-layers", type=int, default=None, help="truncate the model (CPU smoke)")
+    ap.add_argument("--num-layers", type=positive_int, default=None, help="truncate the model (CPU smoke)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
-    ap.add_argument("--rates", type=float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 128, 160],
+    ap.add_argument("--rates", type=positive_float, nargs="+", default=[8, 16, 32, 48, 64, 80, 96, 128, 160],
                     help="request rates to sweep, req/s (each policy stops at its first saturated rate)")
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals per point (before clamping)")
+    ap.add_argument("--duration", type=positive_float, default=5.0, help="seconds of arrivals per point (before clamping)")
     ap.add_argument("--refine", type=int, default=0,
                     help="extra rates between each policy's last stable and first saturated rate (narrows the bracket)")
-    ap.add_argument("--min-requests", type=int, default=60)
-    ap.add_argument("--max-requests", type=int, default=6000,
+    ap.add_argument("--min-requests", type=positive_int, default=60)
+    ap.add_argument("--max-requests", type=positive_int, default=6000,
                     help="cap on a point's requests; keep rate x duration under it: a point whose arrivals are cut "
                          "short (say 2 s against a 1.5 s p50) measures mostly ramp-up and drain, not a steady state")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num-pool", type=int, default=1000, help="ShareGPT (prompt, output) pairs to draw from")
+    ap.add_argument("--num-pool", type=positive_int, default=1000, help="ShareGPT (prompt, output) pairs to draw from")
     ap.add_argument("--lengths-file", default=None, help="a JSON list of [prompt_len, output_len] instead")
-    ap.add_argument("--length-scale", type=float, default=1.0, help="scale both lengths (CPU smoke: 0.05)")
-    ap.add_argument("--max-prompt-len", type=int, default=None)
-    ap.add_argument("--max-output-len", type=int, default=None)
-    ap.add_argument("--max-model-len", type=int, default=2048)
-    ap.add_argument("--max-num-seqs", type=int, default=256, help="seats; also the static batch size")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192, help="continuous: token budget per step")
+    ap.add_argument("--length-scale", type=positive_float, default=1.0, help="scale both lengths (CPU smoke: 0.05)")
+    ap.add_argument("--max-prompt-len", type=positive_int, default=None)
+    ap.add_argument("--max-output-len", type=positive_int, default=None)
+    ap.add_argument("--max-model-len", type=positive_int, default=2048)
+    ap.add_argument("--max-num-seqs", type=positive_int, default=256, help="seats; also the static batch size")
+    ap.add_argument("--max-num-batched-tokens", type=positive_int, default=8192, help="continuous: token budget per step")
     ap.add_argument("--kv-memory", default=None, help="bytes ('40GiB') or a fraction of free GPU memory ('0.3')")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--fuse", action="store_true", help="the runner's fused kernels")
     ap.add_argument("--detokenize", action="store_true", help="per-token text as a server would (default: ids)")
     ap.add_argument("--saturation-slope", type=float, default=0.15,
                     help="max d(TTFT)/d(arrival) of a stable point (0.15: rate > 1.15x capacity)")
-    ap.add_argument("--timeout-factor", type=float, default=4.0, help="a point may run factor x arrivals + slack")
+    ap.add_argument("--timeout-factor", type=positive_float, default=4.0, help="a point may run factor x arrivals + slack")
     ap.add_argument("--timeout-slack", type=float, default=30.0)
-    ap.add_argument("--target-p50", type=float, nargs="*", default=[], help="extra p50 targets, seconds")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU smoke on a shared box: 1)")
+    ap.add_argument("--target-p50", type=positive_float, nargs="*", default=[], help="extra p50 targets, seconds")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU smoke on a shared box: 1)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--no-plot", action="store_true")
     return ap.parse_args(argv)

@@ -34,6 +34,7 @@ import traceback
 import torch
 
 from common.bench import write_result
+from common.bench import positive_int
 from common.data import sharegpt_request_lengths
 from common.gpu_monitor import GpuMonitor
 from common.model_loader import load_model
@@ -200,16 +201,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
     ap.add_argument("--random-weights", action="store_true")
-    ap.add_argument("--num-layers", type=int, default=None, help="truncate the model (quick CPU runs)")
+    ap.add_argument("--num-layers", type=positive_int, default=None, help="truncate the model (quick CPU runs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--workload", choices=["fixed", "sharegpt"], default="fixed")
-    ap.add_argument("--num-prompts", type=int, default=1024)
-    ap.add_argument("--input-len", type=int, default=128)
-    ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--max-model-len", type=int, default=2048)
-    ap.add_argument("--max-num-seqs", type=int, default=256, help="seats in the running batch (up to 1024+)")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192, help="token budget per step (e.g. 16384)")
+    ap.add_argument("--num-prompts", type=positive_int, default=1024)
+    ap.add_argument("--input-len", type=positive_int, default=128)
+    ap.add_argument("--output-len", type=positive_int, default=128)
+    ap.add_argument("--max-model-len", type=positive_int, default=2048)
+    ap.add_argument("--max-num-seqs", type=positive_int, default=256, help="seats in the running batch (up to 1024+)")
+    ap.add_argument("--max-num-batched-tokens", type=positive_int, default=8192, help="token budget per step (e.g. 16384)")
     ap.add_argument("--kv-memory", default=None,
                     help="KV pool: bytes ('40GiB') or a fraction of free GPU memory ('0.3'); default: engine's")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="decode CUDA graphs")
@@ -220,13 +221,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-detokenize", action="store_true", help="token ids only (no per-token text)")
     ap.add_argument("--no-warmup", action="store_true", help="time the first job cold (compilation included)")
     ap.add_argument("--compare-static", action="store_true", help="also run the static-batching baseline")
-    ap.add_argument("--static-batch-size", type=int, default=None, help="default: --max-num-seqs")
+    ap.add_argument("--static-batch-size", type=positive_int, default=None, help="default: --max-num-seqs")
     ap.add_argument("--latency", action="store_true", help="also measure B=1 decode ms/token")
-    ap.add_argument("--latency-prompt", type=int, default=128)
-    ap.add_argument("--latency-tokens", type=int, default=256)
+    ap.add_argument("--latency-prompt", type=positive_int, default=128)
+    ap.add_argument("--latency-tokens", type=positive_int, default=256)
     ap.add_argument("--hf", action="store_true", help="also time HF transformers eager generate (--hf-batch)")
-    ap.add_argument("--hf-batch", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--hf-tokens", type=int, default=128)
+    ap.add_argument("--hf-batch", type=positive_int, nargs="+", default=[1, 64])
+    ap.add_argument("--hf-tokens", type=positive_int, default=128)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
     kv_memory = args.kv_memory

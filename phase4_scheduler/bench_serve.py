@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.bench import results_dir, write_result
+from common.bench import positive_float, positive_int, results_dir, write_result
 
 
 def sharegpt_requests(n: int, tokenizer, max_prompt: int = 1024, max_total: int = 2048, seed: int = 0):
@@ -136,13 +136,13 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--base-url", default="http://127.0.0.1:8000")
     ap.add_argument("--model", default="smollm2-135m", help="the served model name (and with --launch, the model)")
-    ap.add_argument("--num-prompts", type=int, default=1000)
-    ap.add_argument("--request-rate", type=float, default=float("inf"), help="Poisson rate, req/s (inf: all at once)")
-    ap.add_argument("--max-concurrency", type=int, default=None)
+    ap.add_argument("--num-prompts", type=positive_int, default=1000)
+    ap.add_argument("--request-rate", type=positive_float, default=float("inf"), help="Poisson rate, req/s (inf: all at once)")
+    ap.add_argument("--max-concurrency", type=positive_int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--launch", action="store_true", help="start titan serve in this process first")
     ap.add_argument("--random-weights", action="store_true", help="with --launch")
-    ap.add_argument("--num-layers", type=int, default=None, help="with --launch: truncate the model")
+    ap.add_argument("--num-layers", type=positive_int, default=None, help="with --launch: truncate the model")
     ap.add_argument("--device", default="auto", help="with --launch")
     ap.add_argument("--name", default=None, help="results file stem (default: serve_<rate>)")
     args = ap.parse_args(argv)

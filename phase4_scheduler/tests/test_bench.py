@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end at toy sizes and compute their statistics correctly."""
 import numpy as np
+import pytest
 
 from phase4_scheduler import bench_offline, bench_serve
 
@@ -35,3 +36,17 @@ def test_titan_bench_dispatches_to_the_scripts(capsys):
     with pytest.raises(SystemExit) as e:
         titan(["bench", "offline", "--help"])
     assert e.value.code == 0 and "--compare-static" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("main, argv, words", [
+    (bench_offline.main, ["--num-prompts", "0"], "argument --num-prompts: must be an integer >= 1, got 0"),
+    (bench_offline.main, ["--input-len", "-1"], "argument --input-len: must be an integer >= 1, got -1"),
+    (bench_serve.main, ["--num-prompts", "-1"], "argument --num-prompts: must be an integer >= 1, got -1"),
+    (bench_serve.main, ["--request-rate", "-5"], "argument --request-rate: must be a number > 0 (or inf), got -5"),
+])
+def test_bench_counts_and_rates_are_checked_up_front(main, argv, words, capsys):
+    """0 prompts ran an empty job and wrote a results file of 0 tok/s; a negative length crashed inside torch; a
+    negative count read the whole dataset; a negative rate failed in numpy: all usage errors now, before any work."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err

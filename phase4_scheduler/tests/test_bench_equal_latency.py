@@ -179,7 +179,7 @@ def test_the_sweep_stops_at_the_first_saturated_rate():
     assert [p["rate"] for p in pts] == [10, 20, 80] and [p["saturated"] for p in pts] == [False, False, True]
 
 
-def test_bad_rates_scales_and_lengths_files_are_refused(tmp_path):
+def test_bad_rates_scales_and_lengths_files_are_refused(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("[[5, 0]]")
     with pytest.raises(ValueError, match="positive integers"):
@@ -189,8 +189,9 @@ def test_bad_rates_scales_and_lengths_files_are_refused(tmp_path):
         bel.main(["--device", "cpu", "--lengths-file", str(bad), "--length-scale", "2"])
     with pytest.raises(ValueError, match="> 0"):
         bel.make_point_workload([(5, 5)], 0.0, 1.0, 1, 1, vocab=1000)
-    with pytest.raises(ValueError, match="--rates"):
+    with pytest.raises(SystemExit) as exit_:  # a usage error now, from the argument's type, before any work
         bel.main(["--device", "cpu", "--rates", "4", "-1"])
+    assert exit_.value.code == 2 and "argument --rates: must be a number > 0 (or inf), got -1" in capsys.readouterr().err
 
 
 # -- padded static: HF generate's compute ---------------------------------------------------------------------------
