@@ -19,7 +19,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from common.bench import write_result
+from common.bench import positive_int, write_result
 from common.model_loader import load_model
 from common.sampling import SamplingParams
 from phase0_tinyllama.inference_v0 import stream_no_cache
@@ -44,9 +44,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: fp32 on CPU, bf16 on CUDA")
-    ap.add_argument("--tokens", type=int, default=512, help="new tokens to generate (default: %(default)s)")
-    ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default: %(default)s, as in the GPU runs)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--tokens", type=positive_int, default=512, help="new tokens to generate (default: %(default)s)")
+    ap.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens (default: %(default)s, as in the GPU runs)")
+    ap.add_argument("--batch", type=positive_int, nargs="+", default=[1])
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, skip the CUDA-graph KV-cache runs")
     ap.add_argument("--name", default=None, help="results file stem (default: kvcache_<device>)")

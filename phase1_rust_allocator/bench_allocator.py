@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from common.bench import results_dir, write_result
+from common.bench import positive_float, positive_int, results_dir, write_result
 from common.data import sharegpt_request_lengths
 from phase1_rust_allocator import reference, rust
 from phase1_rust_allocator.errors import OutOfBlocksError
@@ -118,13 +118,13 @@ def main(argv=None) -> int:
     from common.cli import ScriptHelpFormatter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
-    ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--num-blocks", type=int, default=2048)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--rate", type=float, default=2.0, help="arrivals per decode step")
-    ap.add_argument("--max-batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--micro-iters", type=int, default=100_000)
+    ap.add_argument("--requests", type=positive_int, default=1000)
+    ap.add_argument("--num-blocks", type=positive_int, default=2048)
+    ap.add_argument("--block-size", type=positive_int, default=16)
+    ap.add_argument("--rate", type=positive_float, default=2.0, help="arrivals per decode step")
+    ap.add_argument("--max-batch", type=positive_int, default=128)
+    ap.add_argument("--reps", type=positive_int, default=5)
+    ap.add_argument("--micro-iters", type=positive_int, default=100_000)
     args = ap.parse_args(argv)
     nb, bs = args.num_blocks, args.block_size
 

@@ -103,3 +103,18 @@ def test_bad_input_shapes():
     lm = load_model("tinyllama-1.1b", random_weights=True, num_layers=1, device="cpu")
     with pytest.raises(ValueError, match=r"\[batch, seq\]"):
         lm.model(torch.zeros(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("module, argv, words", [
+    ("phase1_rust_allocator.bench_allocator", ["--requests", "0"], "argument --requests: must be an integer >= 1"),
+    ("phase1_rust_allocator.bench_allocator", ["--rate", "-2"], "argument --rate: must be a number > 0"),
+    ("phase0_tinyllama.bench_kvcache", ["--batch", "4", "0"], "argument --batch: must be an integer >= 1, got 0"),
+])
+def test_phase_benches_check_counts_up_front(module, argv, words, capsys):
+    """Counts, lengths and rates are checked by the argument types (common.bench.positive_int / positive_float):
+    0 requests was a ValueError deep in the trace builder, -4 blocks the allocator's error after the data load."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
