@@ -179,15 +179,6 @@ def cmd_artifacts(args) -> int:
     return 0
 
 
-def _kv_memory(spec: str):
-    """'512MiB' / '2GiB' / bytes stay strings for the engine to parse; '0.9' is a fraction of free GPU memory."""
-    try:
-        value = float(spec)
-    except ValueError:
-        return spec
-    return value if 0 < value < 1 else spec
-
-
 def cmd_serve(args) -> int:
     from phase4_scheduler.launch import serve
 
@@ -264,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sv.add_argument_group("engine")
     e.add_argument("--max-model-len", type=int, default=None,
                    help="context window in tokens, prompt + output (default: the model's)")
-    e.add_argument("--kv-memory", type=_kv_memory, default=None,
+    e.add_argument("--kv-memory", default=None,
                    help="KV-cache memory: '512MiB', '4GiB', bytes, or a fraction of free GPU memory such as 0.9 "
                         "(default: 256MiB on CPU, 0.5 on CUDA)")
     e.add_argument("--max-num-seqs", type=int, default=64, help="seats in the running batch (default: %(default)s)")

@@ -336,11 +336,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TITAN_STEP_TIMING", "1")  # GPU time per kind of step, per point (step_timer.py)
     if args.threads:
         torch.set_num_threads(args.threads)
-    kv = args.kv_memory
-    if kv is not None and kv.replace(".", "", 1).isdigit() and 0 < float(kv) < 1:
-        kv = float(kv)
-    if any(not r > 0 for r in args.rates):
-        raise ValueError(f"--rates must all be > 0 req/s, got {args.rates}")
+    kv = args.kv_memory  # a string: the engine's parse_memory reads '0.3' as a fraction; --rates > 0: its type
     pool = load_pool(args)  # before the model: a bad file fails fast
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
                         num_layers=args.num_layers)

@@ -33,8 +33,7 @@ import traceback
 
 import torch
 
-from common.bench import write_result
-from common.bench import positive_int
+from common.bench import positive_int, write_result
 from common.data import sharegpt_request_lengths
 from common.gpu_monitor import GpuMonitor
 from common.model_loader import load_model
@@ -230,12 +229,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--hf-tokens", type=positive_int, default=128)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
-    kv_memory = args.kv_memory
-    if kv_memory is not None:
-        try:
-            kv_memory = float(kv_memory) if 0 < float(kv_memory) < 1 else kv_memory
-        except ValueError:
-            pass
+    kv_memory = args.kv_memory  # a string: the engine's parse_memory reads '0.3' as a fraction
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
                         num_layers=args.num_layers)
     errors: dict[str, str] = {}

@@ -63,7 +63,6 @@ class DecodeGraphs:
         # [size, V] fp32 tensor (47 sizes up to 1,024 seats held ~12k rows: 1.6 GB at TinyLlama's vocabulary); the
         # engine samples a step's logits before it launches the next step, so one buffer serves them all
         self.logits = torch.empty(n, runner.config.vocab_size, dtype=torch.float32, device=dev)
-        self.outputs: dict[int, torch.Tensor] = {}
         self.steps = self.tokens = self.padded_tokens = 0  # replays, their rows, their graphs' sizes (step_shapes)
         t0 = time.perf_counter()
         pool = None
@@ -77,9 +76,9 @@ class DecodeGraphs:
                 self.graphs[b] = step
                 continue
             with torch.inference_mode():
-                g, out = warm_up_and_capture(step, warmup=1, pool=pool)
+                g, _ = warm_up_and_capture(step, warmup=1, pool=pool)  # its output is a view of self.logits
             pool = g.pool() if pool is None else pool
-            self.graphs[b], self.outputs[b] = g, out
+            self.graphs[b] = g
         if capture:
             torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
@@ -146,9 +145,10 @@ class DecodeGraphs:
         if rows is not None:  # rows -> the previous step's tokens, on the device (queued after that step)
             torch.index_select(token_src[0], 0, self.rows[:b], out=self.ids[:b])
         if self.copied is None:  # capture=False: run the same forward on the same buffers
-            return self.graphs[size]()[:b]
-        self.graphs[size].replay()
-        return self.outputs[size][:b]
+            self.graphs[size]()
+        else:
+            self.graphs[size].replay()
+        return self.logits[:b]
 
     def __repr__(self) -> str:
         return (f"DecodeGraphs({len(self.sizes)} sizes 1..{self.max_batch}, table width {self.width}, "

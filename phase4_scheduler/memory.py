@@ -25,24 +25,30 @@ def available_memory(device: torch.device) -> int:
 def parse_memory(spec: str | int | float, device: torch.device) -> int:
     """'512MiB' / '2GiB' / '1TiB' / 1000000 (bytes) / 0.5 or '0.5' (a fraction of free GPU memory) -> bytes. More
     than the device has free (CUDA) or available (CPU) is refused here, with both numbers, instead of failing in
-    the allocator or the OS."""
-    if isinstance(spec, str) and re.fullmatch(r"\s*0?\.\d+\s*", spec):  # '0.3' from a config or a command line
-        spec = float(spec)
+    the allocator or the OS. (Command lines hand over strings: a number in (0, 1) is a fraction here, for them all.)"""
+    malformed = ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
+    if isinstance(spec, str):
+        try:
+            number = float(spec)
+        except ValueError:
+            number = None
+        if number is not None and 0 < number < 1:
+            spec = number
     if isinstance(spec, float) and 0 < spec < 1:
         if device.type != "cuda":
             raise ValueError(f"kv_memory={spec} is a fraction of free GPU memory; on {device} give bytes ('256MiB')")
-        return int(torch.cuda.mem_get_info(device)[0] * spec)
+        return int(available_memory(device) * spec)
     if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
-        raise ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
-    if isinstance(spec, (int, float)):
-        if not spec > 0:
-            raise ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
-        nbytes = int(spec)
-    else:
+        raise malformed
+    if isinstance(spec, str):
         m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", spec)
         if not m or m.group(2).lower() not in _UNITS or m.group(1).count(".") > 1:
-            raise ValueError(f"kv_memory must look like '512MiB', '2GiB' or a number of bytes, got {spec!r}")
+            raise malformed
         nbytes = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    elif spec > 0:
+        nbytes = int(spec)
+    else:
+        raise malformed
     avail = available_memory(device)
     if nbytes > avail:
         raise ValueError(f"kv_memory={spec!r} asks for {nbytes / 2**30:,.1f} GiB but {device} has "

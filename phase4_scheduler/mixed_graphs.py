@@ -104,9 +104,7 @@ class MixedGraphs:
             # every bucket's graph converts its logits into this one buffer (not a [max_seqs, V] fp32 tensor per
             # bucket: ~29 x 65 MB at 512 seats); a step's sampler reads them before the next step is launched
             self.logits = torch.empty(self.max_seqs, cfg.vocab_size, dtype=torch.float32, device=dev)
-            self.outputs: dict[int, torch.Tensor] = {}  # bucket -> its graph's logits (self.logits)
         self.graphs: list = []  # keeps every captured graph alive
-        self.graphs_full: dict[int, object] = {}  # full mode: bucket -> its graph
         t0, pool = time.perf_counter(), None
         for t in reversed(self.buckets):  # largest first: the smaller buckets reuse its pool
             fns = [self._full_fn(t)] if full else self._segment_fns(t)
@@ -121,14 +119,10 @@ class MixedGraphs:
                 for fn in fns:
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=pool):
-                        out = fn()
-                    if full:
-                        self.outputs[t] = out
+                        fn()
                     pool = g.pool() if pool is None else pool
                     self.graphs.append(g)
                     replays.append(g.replay)
-                    if full:
-                        self.graphs_full[t] = g
             self.segments[t] = replays
         if capture:
             torch.cuda.synchronize()
@@ -201,10 +195,8 @@ class MixedGraphs:
         if scatter is not None:  # the previous step's tokens at their positions, on the device
             self.ids.index_copy_(0, d[8], scatter[0].index_select(0, d[7]))
         self.steps, self.tokens, self.padded_tokens = self.steps + 1, self.tokens + n, self.padded_tokens + t
-        if t in self.outputs:
-            self.graphs_full[t].replay()
-            return self.outputs[t][:b]
-        return self.segments[t][0]()[:b]  # capture=False: the same forward on the same buffers
+        self.segments[t][0]()  # the bucket's graph (capture=False: the same forward), logits into self.logits
+        return self.logits[:b]
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx, last: torch.Tensor) -> torch.Tensor:
         """ids, pos [T] on the device, ctx: the step's BatchAttention, last [B]: each sequence's last row. Returns

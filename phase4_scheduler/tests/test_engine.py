@@ -174,8 +174,9 @@ def test_bad_input_gives_clear_errors(tiny, tiny_no_tok):
         parse_memory("1024TiB", torch.device("cpu"))  # refused with both numbers, before any allocation
     with pytest.raises(ValueError, match="asks for"):
         LLMEngine(tiny, kv_memory=2**70)  # was num_blocks out of the allocator's range: the wrong message
-    with pytest.raises(ValueError, match="is a fraction of free GPU memory; on cpu give bytes"):
-        parse_memory("0.5", torch.device("cpu"))  # a string fraction is a fraction, not half a byte
+    for text in ("0.5", " 0.3 ", "3e-1"):  # a string fraction is a fraction, not half a byte (what the CLIs send)
+        with pytest.raises(ValueError, match="is a fraction of free GPU memory; on cpu give bytes"):
+            parse_memory(text, torch.device("cpu"))
     for bad in ("1.2.3GiB", True, None, -5):
         with pytest.raises(ValueError, match="must look like"):
             parse_memory(bad, torch.device("cpu"))
