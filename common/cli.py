@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
     if args.fuse:
         extra["fuse"] = True
     if args.mixed_graphs != "auto":
-        extra["mixed_graphs"] = args.mixed_graphs == "on"
+        extra["mixed_graphs"] = {"full": "full", "piecewise": True, "off": False}[args.mixed_graphs]
     if args.kv_cache_dtype != "auto":
         extra["kv_cache_dtype"] = args.kv_cache_dtype
     extra.update(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
@@ -262,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-num-batched-tokens", type=int, default=512,
                    help="token budget of one step: decodes + prefill chunks (default: %(default)s)")
     e.add_argument("--fuse", action="store_true", help="CUDA: the fused-kernel model (phase4_scheduler/FUSED.md)")
-    e.add_argument("--mixed-graphs", choices=["auto", "on", "off"], default="auto",
-                   help="piecewise CUDA graphs for steps that carry a prefill: everything but attention replays from "
-                        "graphs (phase4_scheduler/mixed_graphs.py). auto: on with CUDA graphs and --fuse, unless "
-                        "TITAN_MIXED_GRAPHS=0 (default: %(default)s)")
+    e.add_argument("--mixed-graphs", choices=["auto", "full", "piecewise", "off"], default="auto",
+                   help="CUDA graphs for steps that carry a prefill (phase4_scheduler/mixed_graphs.py): full (one "
+                        "graph per token bucket, attention inside) or piecewise (cut at the attentions, which run "
+                        "eagerly). Built only with CUDA graphs and --fuse. auto: full, or what TITAN_MIXED_GRAPHS "
+                        "says (full / piecewise / 0) (default: %(default)s)")
     e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
                    help="KV pool: the model's dtype, or FP8 (e4m3 + a scale per token and KV head: ~2x the tokens "
                         "in the same --kv-memory) (default: %(default)s)")

@@ -83,13 +83,22 @@ MIXED_GRAPH_MAX_TOKENS = 16384
 
 
 def _mixed_graphs(flag: bool | str | None) -> bool | str:
-    """None: TITAN_MIXED_GRAPHS: on ("1", the default: piecewise), "full" (attention inside the graphs), or off
-    ("0"); the runner builds them only with CUDA graphs and the fused model."""
+    """None: TITAN_MIXED_GRAPHS: "full" (the default: attention inside the graphs), "piecewise" ("1", "on": graphs
+    cut at the attentions) or off ("0"); unset, it is full unless TITAN_MIXED_ATTENTION=split (whose decode rows
+    launch the decode kernel apart, so it can only run piecewise). The runner builds them only with CUDA graphs and
+    the fused model.
+
+    NOTE (why full is the default, 2026-12-06): on the H100, 512 seats, ShareGPT Poisson at 160-448 req/s, the
+    same sweep piecewise and full (equal_latency_steady512{,_fullgraphs}_s1206_h100.json, TITAN_STEP_TIMING): a
+    step carrying a prompt took 2.95-6.01 ms of GPU time full against 3.65-20.9 ms piecewise, and end-to-end p50
+    fell 9-20% at every rate; offline 1024 x 128/128 the same within 0.5% (103.0k vs 103.2k tok/s)."""
     if flag is None:
-        flag = os.environ.get("TITAN_MIXED_GRAPHS", "1")
-        flag = "full" if flag == "full" else flag not in ("0", "off")
+        env = os.environ.get("TITAN_MIXED_GRAPHS")
+        if env is None:
+            return "full" if os.environ.get("TITAN_MIXED_ATTENTION", "packed") == "packed" else True
+        flag = "full" if env == "full" else env not in ("0", "off")
     if flag not in (True, False, "full"):
-        raise ValueError(f"mixed_graphs must be True, False or 'full', got {flag!r}")
+        raise ValueError(f"mixed_graphs must be True (piecewise), False or 'full', got {flag!r}")
     return flag
 
 
@@ -109,13 +118,15 @@ class LLMEngine:
         prefill step is eager and costs several graphed decode steps), 1 otherwise.
         `overlap`: overlapped decode (overlap.py: launch step N+1 before step N's tokens reach the host); default on
         with CUDA graphs. step() then returns a decode step's outputs one call later. `overlap_mixed`: also run
-        ahead into steps that admit requests or carry prompt chunks (overlap.py's NOTE on mixed steps); default off
-        (TITAN_OVERLAP_MIXED=1 turns it on) until a GPU run has measured it.
+        ahead into steps that admit requests or carry prompt chunks (overlap.py's NOTE on mixed steps); default on
+        wherever overlapped decode is (TITAN_OVERLAP_MIXED=0 turns it off): on the H100 at 512 seats it took p50
+        from 1.96 to 1.51 s at 320 req/s (2026-12-05, equal_latency_steady512_mixedov{0,1}_h100.json).
         `kv_cache_dtype`: "auto" (the model's dtype) or "fp8" (phase 3's e4m3 pool with per-token scales: about
         twice the blocks for the same kv_memory).
-        `mixed_graphs`: piecewise CUDA graphs for steps with a prefill, up to the step budget or
-        MIXED_GRAPH_MAX_TOKENS, whichever is smaller ("full": attention inside them too; mixed_graphs.py; built
-        only with CUDA graphs and the fused model); default on (TITAN_MIXED_GRAPHS=0 turns it off)."""
+        `mixed_graphs`: CUDA graphs for steps with a prefill, up to the step budget or MIXED_GRAPH_MAX_TOKENS,
+        whichever is smaller: "full" (one graph per token bucket, attention inside), True (piecewise: cut at the
+        attentions) or False; mixed_graphs.py; built only with CUDA graphs and the fused model. Default full
+        (TITAN_MIXED_GRAPHS=piecewise / 0 selects the others; `_mixed_graphs`)."""
         cfg = loaded.config
         self.loaded, self.config, self.tokenizer = loaded, cfg, loaded.tokenizer
         if max_model_len is not None and not 2 <= max_model_len <= cfg.max_position_embeddings:
@@ -158,7 +169,7 @@ class LLMEngine:
         self._prompt_lp_ids: set[str] = set()  # requests whose prompt logprobs are not all computed yet
         self.overlap = self.runner.graphs is not None if overlap is None else overlap
         self._ring = TokenRing(max_num_seqs, loaded.device) if self.overlap else None
-        self.overlap_mixed = self.overlap and (os.environ.get("TITAN_OVERLAP_MIXED", "0") not in ("0", "off")
+        self.overlap_mixed = self.overlap and (os.environ.get("TITAN_OVERLAP_MIXED", "1") not in ("0", "off")
                                                if overlap_mixed is None else overlap_mixed)
         self._inflight: InFlight | None = None  # a launched decode step whose tokens are not resolved yet
         self.counters = {"num_steps": 0, "num_requests": 0, "num_finished": 0, "num_aborted": 0,

@@ -22,8 +22,8 @@ of the largest bucket, so all buckets share them and one memory pool; each graph
 capture ends, so the pool holds about one segment's worth per bucket.
 Only for the fused model (FusedLlamaForCausalLM: its layers expose pre_attention / post_attention).
 
-NOTE (full mode, `full=True`; TITAN_MIXED_GRAPHS=full; twelfth session, CPU-tested, not yet GPU-run): the piecewise
-graphs still launch each layer's attention from Python (a graph replay, the cache write, the attention kernel and a
+NOTE (full mode, `full=True`; the engine's default since the H100 measured it on 2026-12-06: engine._mixed_graphs):
+the piecewise graphs still launch each layer's attention from Python (a graph replay, the cache write, the attention kernel and a
 copy: ~90 launches and their Python for TinyLlama's 22 layers, every step that carries a prompt). Phase 3's prefill
 kernel now has a flat grid, T // BQ + B programs per KV head, so its launch depends only on the bucket's T and the
 number of sequences. With the sequences padded to the decode graphs' batch (empty ones: cu_seqlens stays at the
@@ -219,5 +219,6 @@ class MixedGraphs:
         return self.model.compute_logits(self.h[:n][last]).float()
 
     def __repr__(self) -> str:
-        return (f"MixedGraphs({len(self.buckets)} token buckets {self.buckets[0]}..{self.buckets[-1]}, "
-                f"{len(self.model.layers) + 1} graphs each, captured in {self.capture_seconds:.1f} s)")
+        each = "1 graph each, attention inside (full)" if self.full else f"{len(self.model.layers) + 1} graphs each"
+        return (f"MixedGraphs({len(self.buckets)} token buckets {self.buckets[0]}..{self.buckets[-1]}, {each}, "
+                f"captured in {self.capture_seconds:.1f} s)")

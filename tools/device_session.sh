@@ -23,6 +23,8 @@
 #   steady      continuous vs static at equal p50 latency, 512 seats, overlapped mixed steps, GPU ms per step
 #               kind (TITAN_STEP_TIMING)                                            -> phase4 equal_latency_steady512_<tag>
 #   steadyfull  the same sweep, continuous only, with full mixed-step graphs
+#   defaults    the engine's defaults since 2026-12-06 (full mixed-step graphs, overlapped mixed steps), no switches:
+#               continuous at 160 / 320 / 384 req/s, 512 seats                     -> phase4 equal_latency_defaults512_<tag>
 #   profile     one B=448 / 384-token decode step profiled                          -> phase4 profile_decode_b448_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
 #   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
@@ -110,6 +112,9 @@ has steady && TITAN_OVERLAP_MIXED=1 step steady 560 python3 -m phase4_scheduler.
 has steadyfull && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=full step steadyfull 330 \
   python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" --policies continuous \
   --name "equal_latency_steady512_fullgraphs_$TAG"
+has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAPHS \
+  python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]:0:${#STEADY[@]}-9}" 160 320 384 \
+  --policies continuous --name "equal_latency_defaults512_$TAG"
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
 if has phase2; then

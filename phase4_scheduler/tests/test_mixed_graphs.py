@@ -36,6 +36,7 @@ def test_segmented_forward_matches_the_eager_one_with_garbage_padding():
     eng = engine(cuda_graph=False)
     r = eng.runner
     mixed = MixedGraphs(r, 48, capture=False)
+    assert f"{len(r.model.layers) + 1} graphs each" in repr(mixed)
     # a mixed step: a 5-token prefill chunk of request 0 and a 9-token one of request 1 (positions from 0 and 3)
     from phase4_scheduler.model_runner import BatchAttention
     ids = torch.tensor([11, 12, 13, 14, 15, 21, 22, 23, 24, 25, 26, 27, 28, 29])
@@ -122,6 +123,7 @@ def full_mode_engine(**kw):
     r = eng.runner
     r.graphs = DecodeGraphs(r, 8, r.max_model_len, capture=False)
     r.mixed = MixedGraphs(r, 48, capture=False, full=True)
+    assert "1 graph each, attention inside (full)" in repr(r.mixed)
     return eng
 
 

@@ -140,9 +140,13 @@ def test_runner_scatters_the_previous_tokens_into_a_mixed_step(tiny):
         eng.runner.execute(ids, *kv_args, token_src=(prev, torch.tensor([1, 2]), torch.tensor([2])))
 
 
-def test_overlap_mixed_defaults_off_and_follows_the_environment(tiny, monkeypatch):
+def test_overlap_mixed_defaults_on_and_follows_the_environment(tiny, monkeypatch):
     monkeypatch.delenv("TITAN_OVERLAP_MIXED", raising=False)
-    assert not LLMEngine(tiny, overlap=True, num_blocks=8).overlap_mixed
+    assert LLMEngine(tiny, overlap=True, num_blocks=8).overlap_mixed
+    for off in ("0", "off"):
+        monkeypatch.setenv("TITAN_OVERLAP_MIXED", off)
+        assert not LLMEngine(tiny, overlap=True, num_blocks=8).overlap_mixed
+    assert LLMEngine(tiny, overlap=True, num_blocks=8, overlap_mixed=True).overlap_mixed
     monkeypatch.setenv("TITAN_OVERLAP_MIXED", "1")
     assert LLMEngine(tiny, overlap=True, num_blocks=8).overlap_mixed
     assert not LLMEngine(tiny, overlap=False, num_blocks=8).overlap_mixed  # needs overlapped decode itself

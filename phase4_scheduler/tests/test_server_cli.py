@@ -60,20 +60,31 @@ def test_serve_parses_engine_process():
 
 
 def test_serve_mixed_graphs_switch_reaches_the_engine(monkeypatch):
-    """--mixed-graphs on/off becomes LLMEngine(mixed_graphs=True/False); auto leaves it to the engine's default (on
-    unless TITAN_MIXED_GRAPHS=0; the runner builds the graphs only with CUDA graphs and the fused model)."""
+    """--mixed-graphs full/piecewise/off becomes LLMEngine(mixed_graphs="full"/True/False); auto leaves it to the
+    engine's default (full; TITAN_MIXED_GRAPHS=piecewise / 0 and TITAN_MIXED_ATTENTION=split change it; the runner
+    builds the graphs only with CUDA graphs and the fused model)."""
     from common import cli
     from phase4_scheduler import engine, launch
 
     seen = []
     monkeypatch.setattr(launch, "serve", lambda model, **kw: seen.append(kw))
-    for flag, want in (("on", True), ("off", False), ("auto", "absent")):
+    for flag, want in (("full", "full"), ("piecewise", True), ("off", False), ("auto", "absent")):
         cli.cmd_serve(cli.build_parser().parse_args(["serve", "--mixed-graphs", flag]))
         assert seen[-1].get("mixed_graphs", "absent") == want
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--mixed-graphs", "on"])
     monkeypatch.setenv("TITAN_MIXED_GRAPHS", "0")
     assert engine._mixed_graphs(None) is False and engine._mixed_graphs(True) is True
+    for env, want in (("piecewise", True), ("1", True), ("full", "full"), ("off", False)):
+        monkeypatch.setenv("TITAN_MIXED_GRAPHS", env)
+        assert engine._mixed_graphs(None) == want, env
     monkeypatch.delenv("TITAN_MIXED_GRAPHS")
+    monkeypatch.delenv("TITAN_MIXED_ATTENTION", raising=False)
+    assert engine._mixed_graphs(None) == "full"
+    monkeypatch.setenv("TITAN_MIXED_ATTENTION", "split")  # split attention runs only piecewise
     assert engine._mixed_graphs(None) is True
+    with pytest.raises(ValueError, match="piecewise"):
+        engine._mixed_graphs("on")
 
 
 def test_serve_refuses_bad_setup_with_a_clear_error():
