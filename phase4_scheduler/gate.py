@@ -83,11 +83,13 @@ def _offline(argv: list[str]):
 
 
 B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
-# the latest B=1 and offline runs on the issue's own card, an H100 (2026-12-05); the H200's (latency_l2pf_s8_h200:
-# 63% of its roofline; offline_gpu_1024_h200: 102.6k tok/s) are in the README and REPORT.md
-B1_RECORD = "latency_s11_h100"  # its first variant: the default graph+fused engine
-OFFLINE_RECORD = "offline_gpu_1024_s11_h100"
-EQUAL_RECORD = "equal_latency_seats512_mixed_s8_h200"  # the latest equal-latency sweep with both policies (512 seats)
+# the latest runs on the issue's own card, an H100 (2026-12-06), B=1 and offline from the call that measured the vLLM
+# peer too (same lease); the H200's (latency_l2pf_s8_h200: 63% of its roofline; offline_gpu_1024_h200: 102.6k tok/s;
+# equal_latency_seats512_mixed_s8_h200: 2.35x) are in the README and REPORT.md
+B1_RECORD = "latency_s1206_h100"  # its first variant: the default graph+fused engine
+OFFLINE_RECORD = "offline_gpu_1024_s1206_h100"
+EQUAL_RECORD = "equal_latency_steady512_s1206_h100"  # the latest equal-latency sweep with both policies (512 seats)
+SHAREGPT_RECORD = "sharegpt_static_vs_continuous_s1206_h100"
 
 
 def check_b1_latency():
@@ -159,7 +161,21 @@ def _vllm_vs_ours(rs: dict) -> str:
             " — recorded")
 
 
-_vllm_vs_ours.names = ("vllm_tinyllama_h200", "latency_h200", "offline_gpu_1024_h200")
+_vllm_vs_ours.names = ("vllm_tinyllama_1024_s1206_h100", B1_RECORD, OFFLINE_RECORD)  # one H100 lease, 2026-12-06
+
+
+def _hf_record(r: dict) -> str:
+    """HF eager from the offline record; our B=1 from the same lease's latency record (B1_RECORD) when the offline
+    run did not time B=1 itself (it does with --latency: b1_speedup_vs_hf)."""
+    s = r["summary"]
+    if "b1_speedup_vs_hf" in s:
+        b1 = f"{s['b1_speedup_vs_hf']:.1f}x at B=1"
+    else:
+        lat = load_result(PHASE, B1_RECORD)
+        b1 = (f"{s['hf_b1_ms_per_step'] / _b1(lat)['engine_ms_per_token']:.1f}x at B=1 (results/{B1_RECORD}.json)"
+              if lat else "B=1 not timed in this run")
+    return (f"HF B=1 {s['hf_b1_ms_per_step']:.1f} ms/step, B=64 {s['hf_b64_output_tok_s']:,.0f} tok/s; ours {b1}, "
+            f"{s['throughput_vs_best_hf']:.1f}x throughput")
 
 
 def check_vllm():
@@ -210,9 +226,10 @@ def criteria():
                         lambda r: r["rows"][0]["output_tokens_per_s"] >= 100_000))
     yield Criterion("continuous vs static batching, ShareGPT (H100)", ">= 3x", check_continuous_vs_static,
                     needs_cuda=True, recorded=_rec(
-                        "sharegpt_static_vs_continuous_gpu",
+                        SHAREGPT_RECORD,
                         lambda r: (f"{r['summary']['continuous_over_static']:.2f}x ({r['summary']['continuous_output_tok_s']:,.0f}"
-                                   f" vs {r['summary']['static_output_tok_s']:,.0f} tok/s; static baseline unpadded)"),
+                                   f" vs {r['summary']['static_output_tok_s']:,.0f} tok/s, {r['workload']['max_num_seqs']} "
+                                   "seats each; static baseline unpadded)"),
                         lambda r: r["summary"]["continuous_over_static"] >= 3))
     yield Criterion("continuous vs static at equal p50 latency, ShareGPT, Poisson", ">= 3x", check_equal_latency,
                     needs_cuda=True, recorded=_rec(
@@ -222,8 +239,5 @@ def criteria():
     yield Criterion("vLLM side by side, TinyLlama shapes", "B=1 and offline recorded", check_vllm,
                     needs_cuda=True, recorded=_rec_plain(_vllm_vs_ours))
     yield Criterion("HF transformers eager side by side (H100)", "B=1 and B=64 recorded", check_hf,
-                    needs_cuda=True, recorded=_rec("offline_gpu_1024", lambda r: (
-                        f"HF B=1 {r['summary']['hf_b1_ms_per_step']:.1f} ms/step, B=64 "
-                        f"{r['summary']['hf_b64_output_tok_s']:,.0f} tok/s; ours {r['summary']['b1_speedup_vs_hf']:.1f}x "
-                        f"at B=1, {r['summary']['throughput_vs_best_hf']:.1f}x throughput"),
-                        lambda r: {h["batch"] for h in r["hf"]} >= {1, 64}))
+                    needs_cuda=True, recorded=_rec(OFFLINE_RECORD, _hf_record,
+                                                   lambda r: {h["batch"] for h in r["hf"]} >= {1, 64}))

@@ -5,7 +5,7 @@
 # ~30 min of device time a session, an H100 counted in full), in order of value:
 #   bash tools/device_session.sh verify b1 offline      # ~6 min: correctness of the new code first
 #   bash tools/device_session.sh steady                 # ~9 min: the H100 continuous/static ratio
-#   bash tools/device_session.sh steadyfull phase2      # ~8 min
+#   bash tools/device_session.sh steadypiece phase2     # ~8 min
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
@@ -17,12 +17,14 @@
 #               inputs, the step timer, full mixed-step graphs, fused-model reuse, the graphs' shared logits
 #               buffer) + the phase-1 wheel against its reference + the engine's GPU check
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
-#   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with full mixed-step graphs
+#   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with piecewise mixed-step graphs
 #                                                                                   -> phase4 offline_gpu_1024_<tag>
 #   sharegpt    offline ShareGPT 1000 requests, continuous vs static throughput   -> phase4 sharegpt_static_vs_continuous_<tag>
 #   steady      continuous vs static at equal p50 latency, 512 seats, overlapped mixed steps, GPU ms per step
 #               kind (TITAN_STEP_TIMING)                                            -> phase4 equal_latency_steady512_<tag>
-#   steadyfull  the same sweep, continuous only, with full mixed-step graphs
+#               (full mixed-step graphs since they became the default; the 2026-12-06 H100 run was piecewise)
+#   steadypiece the same sweep, continuous only, with piecewise mixed-step graphs (the default is full since
+#               2026-12-06; the 2026-12-06 H100 files named _fullgraphs_ are that lease's full-graph A/B)
 #   defaults    the engine's defaults since 2026-12-06 (full mixed-step graphs, overlapped mixed steps), no switches:
 #               continuous at 160 / 320 / 384 req/s, 512 seats                     -> phase4 equal_latency_defaults512_<tag>
 #   profile     one B=448 / 384-token decode step profiled                          -> phase4 profile_decode_b448_<tag>
@@ -101,17 +103,17 @@ if has offline; then
   OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
        --kv-memory 0.3)
   step offline 200 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --hf --name "offline_gpu_1024_$TAG"
-  TITAN_MIXED_GRAPHS=full step offline_full 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
-    --name "offline_gpu_1024_fullgraphs_$TAG"
+  TITAN_MIXED_GRAPHS=piecewise step offline_piecewise 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" \
+    "${OFF[@]}" --name "offline_gpu_1024_piecewise_$TAG"
 fi
 has sharegpt && step sharegpt 300 python3 -m phase4_scheduler.bench_offline "${P4[@]}" --workload sharegpt \
   --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 --kv-memory 0.3 --compare-static \
   --name "sharegpt_static_vs_continuous_$TAG"
 has steady && TITAN_OVERLAP_MIXED=1 step steady 560 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" \
   "${STEADY[@]}" --policies continuous static --name "equal_latency_steady512_$TAG"
-has steadyfull && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=full step steadyfull 330 \
+has steadypiece && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=piecewise step steadypiece 330 \
   python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" --policies continuous \
-  --name "equal_latency_steady512_fullgraphs_$TAG"
+  --name "equal_latency_steady512_piecewise_$TAG"
 has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAPHS \
   python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]:0:${#STEADY[@]}-9}" 160 320 384 \
   --policies continuous --name "equal_latency_defaults512_$TAG"

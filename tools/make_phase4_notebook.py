@@ -82,13 +82,14 @@ print("token-identical to the single-request engine:", same, "| preemptions:", l
 md(r"""## 3. Overlapped decode: launch step N+1 before step N's tokens reach the host
 On the GPU a synchronous step leaves the GPU idle while the host reads the sampled tokens, checks stops, builds
 outputs and prepares the next inputs (40% of every B=1 step on the H100, `results/profile_decode_overlap_off_gpu.json`).
-With `overlap=True` (the default with CUDA graphs) a decode step's input ids are gathered on the device from the
+With `overlap=True` (the default with CUDA graphs; here `overlap_mixed=False` keeps it to decode-only steps, as it
+was first built: the next cell lifts that) a decode step's input ids are gathered on the device from the
 previous step's sampled tokens, so the engine launches step N+1 first and only then waits for step N: each
 `step()` call returns the *previous* step's outputs, and every request carries a placeholder for its token in
 flight. On the CPU nothing runs concurrently, but the bookkeeping is the same, so we can watch it:"""),
 code(r"""# NBVAL_CHECK_OUTPUT
 from phase4_scheduler.overlap import PLACEHOLDER
-eng = LLMEngine(loaded, num_blocks=24, max_num_seqs=4, overlap=True, detokenize=False)
+eng = LLMEngine(loaded, num_blocks=24, max_num_seqs=4, overlap=True, overlap_mixed=False, detokenize=False)
 for i, n in enumerate((3, 5)):
     eng.add_request(f"o{i}", list(range(100 + 10 * i, 110 + 10 * i)), SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
 call = 0
@@ -110,7 +111,8 @@ print("same tokens with and without overlap:", [a.output_token_ids == b.output_t
 md(r"""Overlapped decode as above runs ahead only through decode-only steps. When serving, requests arrive all the time, so
 nearly every step admits one or carries a prompt chunk, and the engine falls back to synchronous steps: the GPU
 waits for the host's part of each step (`bench_mixed_step_host.py` measures it: 0.6–0.9 ms at 448 running requests
-with 1–4 arrivals a step on the CPU box). `overlap_mixed=True` (or `TITAN_OVERLAP_MIXED=1`) runs ahead through those
+with 1–4 arrivals a step on the CPU box). `overlap_mixed` (on by default wherever overlap is, since the H100 measured
+it: p50 1.96 → 1.51 s at 320 req/s; `TITAN_OVERLAP_MIXED=0` turns it off) runs ahead through those
 steps too: the new prompt tokens are on the host anyway, and only the decode rows need step N's tokens, which are scattered into step N+1's
 input ids on the device. It never runs ahead into a step that could preempt (the free blocks must cover every
 running request's next allocation) or one whose requests need host-side logits (logprobs, penalties). The price:
@@ -121,7 +123,7 @@ from phase4_scheduler.llm import LLM
 sp = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 prompts = [list(range(300 + 11 * i, 318 + 11 * i)) for i in range(6)]  # 6 requests, 2 seats: admissions mid-run
 outs = {}
-for name, kw in {"synchronous": dict(overlap=False), "decode-only overlap": dict(overlap=True),
+for name, kw in {"synchronous": dict(overlap=False), "decode-only overlap": dict(overlap=True, overlap_mixed=False),
                  "mixed overlap": dict(overlap=True, overlap_mixed=True)}.items():
     eng = LLMEngine(loaded, num_blocks=24, max_num_seqs=2, max_num_batched_tokens=24, admit_min_free_seats=1,
                     detokenize=False, **kw)
@@ -216,10 +218,13 @@ md(r"""3. **Host work between the pieces.** Attention sits between section 5's g
    batch), so a mixed step launched ~90 kernels from Python for 22 layers, and its inputs went to the GPU with `.to("cuda")`
    seven times — each a copy plus a stream synchronisation, so the step first waited for the one in flight. Now
    the inputs go in one pinned, non-blocking copy, and with the flat grid the whole step can be one graph
-   (`TITAN_MIXED_GRAPHS=full`).
+   (full mixed-step graphs: the engine's default since the H100 measured them on 2026-12-06).
 
-What the H100 said (results/, measured 2026-12-05): mixed-step attention per layer, and the steady-state sweep
-at 512 seats. Wall time per step *falls* as the load rises, because fewer of the steps are mixed."""),
+What the H100 said (results/): mixed-step attention per layer (2026-12-05), and the steady-state sweeps at 512
+seats with the step timer (2026-12-06), which times each kind of step on the GPU: a step that carries a prompt
+costs 1.4–2.4x a decode-only step with the graphs cut at the attentions ("piecewise"), and 20–41% less when the
+whole step is one graph ("full"). Wall time per step in the older sweep *fell* as the load rose because fewer of
+the steps were mixed."""),
 code(r"""import json
 from pathlib import Path
 res = Path("results")
@@ -236,7 +241,15 @@ h1, = ax.plot(rate, ms_per_step, "o-", label="wall ms per step")
 ax.set_xlabel("arrival rate (req/s)"); ax.set_ylabel("ms per step")
 ax2 = ax.twinx(); h2, = ax2.plot(rate, mixed_share, "s--", color="C1", label="share of mixed steps")
 ax2.set_ylabel("share of mixed steps")
-ax.legend(handles=[h1, h2], loc="lower left"); plt.show()"""),
+ax.legend(handles=[h1, h2], loc="lower left"); plt.show()
+fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+for label, name in (("piecewise", "equal_latency_steady512_s1206_h100"),
+                    ("full", "equal_latency_steady512_fullgraphs_s1206_h100")):
+    pts = json.loads((res / f"{name}.json").read_text())["policies"]["continuous"]["points"]
+    pts = [p for p in pts if not p["saturated"]]
+    ax.plot([p["rate"] for p in pts], [p["mixed_graph_gpu_ms_per_step"] for p in pts], "o-", label=f"mixed step, {label}")
+    ax.plot([p["rate"] for p in pts], [p["decode_graph_gpu_ms_per_step"] for p in pts], "s--", label=f"decode step, {label}")
+ax.set_xlabel("arrival rate (req/s)"); ax.set_ylabel("GPU ms per step (H100)"); ax.legend(fontsize=8); plt.show()"""),
 md(r"""## 7. What was measured on the GPUs
 The issue's targets — B=1 decode ≤ 0.92 ms/token on TinyLlama-1.1B shapes, ≥ 100k output tokens/s on
 1024 × (128 in, 128 out), ≥ 3x over static batching on ShareGPT, ≥ 95% of reserved KV blocks usable — are gate
@@ -244,7 +257,7 @@ criteria (`make phase4`); on this CPU machine the gate quotes the latest recorde
 (an H200 since 2026-12-04; the H100 records stay beside them). The cell below draws the H100 files (no GPU needed):
 CUDA graphs, the fused model and overlapped decode brought B=1 to 1.23 ms/token (forward 1.21 ms, roofline 0.74) and ahead of vLLM, but not to the target; admission batching turned
 continuous batching from slower than static (0.95x) into 1.68x faster on ShareGPT, and 1.57x at equal p50 latency.
-On the H200 B=1 reached 0.834 ms/token (63% of its roofline; ninth session), offline 102.6k-105.6k tok/s, and continuous/static at equal p50 1.90x with 256 seats, 2.35x with 512; the README has those runs. The profile shows where a decode step's GPU time goes. README.md, "Why the targets are missed", explains each gap."""),
+On the H100 again (2026-12-06, vLLM 0.25.0 in the same lease): B=1 0.984 ms/token (75% of the roofline; vLLM 1.565), offline 103.1k-103.6k tok/s (vLLM 36.3k), continuous/static at equal p50 1.96x with 512 seats. On the H200 B=1 reached 0.834 ms/token (63% of its roofline; ninth session), offline 102.6k-105.6k tok/s, and continuous/static at equal p50 1.90x with 256 seats, 2.35x with 512; the README has those runs. The profile shows where a decode step's GPU time goes. README.md, "Why the targets are missed", explains each gap."""),
 code(r"""import tempfile
 from pathlib import Path
 from IPython.display import Image, display
