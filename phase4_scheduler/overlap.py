@@ -30,9 +30,9 @@ running), every running request was in the in-flight step, the token budget cove
 there are at least as many free KV blocks as running requests (each needs at most one new block, so nothing is
 preempted). Otherwise the in-flight step is drained (resolved alone) and the engine steps synchronously.
 
-NOTE (mixed steps, `LLMEngine(overlap_mixed=True)` / TITAN_OVERLAP_MIXED=1). Under Poisson arrivals nearly every
-step admits someone or carries a prefill chunk, so decode-only run-ahead almost never happens when serving, and the
-GPU waits for the host's part of every step (scheduling, inputs, outputs: ~1-2 ms at B = 512-1,024 by
+NOTE (mixed steps, `LLMEngine(overlap_mixed=...)`; on by default since 2026-12-06, TITAN_OVERLAP_MIXED=0 turns it
+off). Under Poisson arrivals nearly every step admits someone or carries a prefill chunk, so decode-only run-ahead
+almost never happens when serving, and the GPU waits for the host's part of every step (scheduling, inputs, outputs: ~1-2 ms at B = 512-1,024 by
 bench_step_overhead). The same trick covers those steps: step N+1 may admit waiting requests and carry prompt
 chunks, whose input ids the host has; only the decode rows of requests that sampled in step N need N's tokens, and
 those are scattered into the step's ids on the device (`token_src=(tokens, src_rows, dst_positions)`). It runs ahead
