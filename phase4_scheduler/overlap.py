@@ -32,8 +32,8 @@ preempted). Otherwise the in-flight step is drained (resolved alone) and the eng
 
 NOTE (mixed steps, `LLMEngine(overlap_mixed=...)`; on by default since 2026-12-06, TITAN_OVERLAP_MIXED=0 turns it
 off). Under Poisson arrivals nearly every step admits someone or carries a prefill chunk, so decode-only run-ahead
-almost never happens when serving, and the GPU waits for the host's part of every step (scheduling, inputs, outputs: ~1-2 ms at B = 512-1,024 by
-bench_step_overhead). The same trick covers those steps: step N+1 may admit waiting requests and carry prompt
+almost never happens when serving, and the GPU waits for the host's part of every step (scheduling, inputs,
+outputs: ~1-2 ms at B = 512-1,024 by bench_step_overhead). The same trick covers those steps: step N+1 may admit waiting requests and carry prompt
 chunks, whose input ids the host has; only the decode rows of requests that sampled in step N need N's tokens, and
 those are scattered into the step's ids on the device (`token_src=(tokens, src_rows, dst_positions)`). It runs ahead
 when every running request was in step N (sampled, or a prompt chunk), no unfinished request needs host-side logits
