@@ -188,7 +188,9 @@ def cmd_serve(args) -> int:
     if args.fuse:
         extra["fuse"] = True
     if args.mixed_graphs != "auto":
-        extra["mixed_graphs"] = {"full": "full", "piecewise": True, "off": False}[args.mixed_graphs]
+        from phase4_scheduler.engine import mixed_graphs_from_text
+
+        extra["mixed_graphs"] = mixed_graphs_from_text(args.mixed_graphs)
     if args.kv_cache_dtype != "auto":
         extra["kv_cache_dtype"] = args.kv_cache_dtype
     extra.update(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)

@@ -42,7 +42,7 @@ from common.sampling import SamplingParams, check_prompt_fits
 from phase4_scheduler.detokenizer import IncrementalDetokenizer
 from phase4_scheduler.kv_manager import KVCacheManager
 from phase4_scheduler.memory import DEFAULT_KV_MEMORY, freeze_heap, parse_memory  # noqa: F401  (re-exported)
-from phase4_scheduler.model_runner import ModelRunner, kv_bytes_per_token
+from phase4_scheduler.model_runner import MIXED_ATTENTION_ENV, ModelRunner, kv_bytes_per_token
 from phase4_scheduler.outputs import RequestOutput
 from phase4_scheduler.overlap import PLACEHOLDER, InFlight, TokenRing, can_run_ahead, drop_pending, resolve
 from phase4_scheduler.request import Request, RequestStatus
@@ -82,6 +82,12 @@ def _advance(scheduled, logits: torch.Tensor) -> tuple[torch.Tensor, list[Reques
 MIXED_GRAPH_MAX_TOKENS = 16384
 
 
+def mixed_graphs_from_text(text: str) -> bool | str:
+    """TITAN_MIXED_GRAPHS's and `titan serve --mixed-graphs`'s words: "full" -> "full", "0" / "off" -> False (no
+    graphs), anything else ("piecewise", "1", "on") -> True (piecewise)."""
+    return "full" if text == "full" else text not in ("0", "off")
+
+
 def _mixed_graphs(flag: bool | str | None) -> bool | str:
     """None: TITAN_MIXED_GRAPHS: "full" (the default: attention inside the graphs), "piecewise" ("1", "on": graphs
     cut at the attentions) or off ("0"); unset, it is full unless TITAN_MIXED_ATTENTION=split (whose decode rows
@@ -95,8 +101,8 @@ def _mixed_graphs(flag: bool | str | None) -> bool | str:
     if flag is None:
         env = os.environ.get("TITAN_MIXED_GRAPHS")
         if env is None:
-            return "full" if os.environ.get("TITAN_MIXED_ATTENTION", "packed") == "packed" else True
-        flag = "full" if env == "full" else env not in ("0", "off")
+            return "full" if os.environ.get(MIXED_ATTENTION_ENV, "packed") == "packed" else True
+        flag = mixed_graphs_from_text(env)
     if flag not in (True, False, "full"):
         raise ValueError(f"mixed_graphs must be True (piecewise), False or 'full', got {flag!r}")
     return flag
@@ -140,12 +146,13 @@ class LLMEngine:
             if num_blocks < 1:
                 raise ValueError(f"kv_memory={spec!r} holds no block of {per_block} bytes: give more KV memory")
         self.kv = KVCacheManager(num_blocks, block_size)
+        mixed_graphs = _mixed_graphs(mixed_graphs)
         self.runner = ModelRunner(loaded, num_blocks, block_size, backend=backend, cuda_graph=cuda_graph,
                                   max_num_seqs=max_num_seqs, max_model_len=self.max_model_len, fuse=fuse,
                                   kv_cache_dtype=kv_cache_dtype,
                                   mixed_graph_tokens=(min(max_num_batched_tokens, MIXED_GRAPH_MAX_TOKENS)
-                                                      if _mixed_graphs(mixed_graphs) else 0),
-                                  mixed_graphs_full=_mixed_graphs(mixed_graphs) == "full")
+                                                      if mixed_graphs else 0),
+                                  mixed_graphs_full=mixed_graphs == "full")
         if admit_min_free_seats is None:  # batch admissions only where a prefill step costs more than a decode step
             admit_min_free_seats = max(1, max_num_seqs // 16) if self.runner.graphs is not None else 1
         self.scheduler = scheduler_cls(self.kv, max_num_seqs=max_num_seqs,

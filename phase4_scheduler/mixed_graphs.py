@@ -23,8 +23,9 @@ capture ends, so the pool holds about one segment's worth per bucket.
 Only for the fused model (FusedLlamaForCausalLM: its layers expose pre_attention / post_attention).
 
 NOTE (full mode, `full=True`; the engine's default since the H100 measured it on 2026-12-06: engine._mixed_graphs):
-the piecewise graphs still launch each layer's attention from Python (a graph replay, the cache write, the attention kernel and a
-copy: ~90 launches and their Python for TinyLlama's 22 layers, every step that carries a prompt). Phase 3's prefill
+the piecewise graphs still launch each layer's attention from Python (a graph replay, the cache write, the
+attention kernel and a copy: ~90 launches and their Python for TinyLlama's 22 layers, every step that carries a
+prompt). Phase 3's prefill
 kernel now has a flat grid, T // BQ + B programs per KV head, so its launch depends only on the bucket's T and the
 number of sequences. With the sequences padded to the decode graphs' batch (empty ones: cu_seqlens stays at the
 real token count) and the padding rows writing the scratch slot, the WHOLE step, attention included, is one graph

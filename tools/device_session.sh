@@ -68,8 +68,9 @@ step() {  # step NAME TIMEOUT_S CMD... : run, record the exit status
 }
 P4=(--device cuda --model tinyllama-1.1b --random-weights --fuse)
 LEN=$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json
-STEADY=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
-        --max-num-seqs 512 --rates 160 192 224 256 320 384 448 512 576)
+STEADY_SETUP=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
+              --max-num-seqs 512)
+STEADY=("${STEADY_SETUP[@]}" --rates 160 192 224 256 320 384 448 512 576)
 
 if has verify; then
   step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
@@ -115,7 +116,7 @@ has steadypiece && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=piecewise step stead
   python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" --policies continuous \
   --name "equal_latency_steady512_piecewise_$TAG"
 has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAPHS \
-  python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]:0:${#STEADY[@]}-9}" 160 320 384 \
+  python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_SETUP[@]}" --rates 160 320 384 \
   --policies continuous --name "equal_latency_defaults512_$TAG"
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
