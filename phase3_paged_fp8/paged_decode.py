@@ -28,6 +28,7 @@ from common.attention import repeat_kv
 from common.paged_checks import check_block_ids, require_float, require_power_of_two, require_tensors, values_checkable
 from common.pdl import pdl_args, pdl_wait
 from phase3_paged_fp8.cache_write import FP8, check_scales, fp8_to_float
+from phase3_paged_fp8.fp8_bits import Q_LIFT_F, UNLIFT_F, bits_enabled, e4m3_to_bf16_lowered
 
 LOG2E = 1.4426950408889634
 
@@ -43,7 +44,9 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                         QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                        PREC: tl.constexpr, PDL: tl.constexpr):
+                        PREC: tl.constexpr, PDL: tl.constexpr, BITS: tl.constexpr = False):
+    """BITS (with QUANT): e4m3 tiles become bf16 by moving bits (fp8_bits: values lowered by 2^-120; q and p lifted
+    by 2^64, scores and outputs multiplied back by 2^56) instead of Triton's conversions."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -64,6 +67,12 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G_PAD, BLOCK_D]
     q = (q.to(tl.float32) * sm_scale_log2)  # fold softmax scale and log2(e) into q: scores are in log2 units
+    k_mult = 1.0  # what multiplies a token's K scale (and the output) back: 2^56 for lowered tiles
+    p_mult = 1.0
+    if BITS:
+        q = q * Q_LIFT_F
+        k_mult = UNLIFT_F
+        p_mult = Q_LIFT_F
     if DOT_F32:
         q = q.to(tl.float32)
     elif QUANT:
@@ -83,23 +92,31 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        k = k.to(q.dtype)
+        if BITS:
+            k = e4m3_to_bf16_lowered(k)
+        else:
+            k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [G_PAD, BLOCK_N]
         if QUANT:
-            s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            s = s * (tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32) * k_mult)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if QUANT:
-            p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            p = p * (tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32) * p_mult)[None, :]
         v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
-        v = v.to(q.dtype)
+        if BITS:
+            v = e4m3_to_bf16_lowered(v)
+        else:
+            v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
 
     out_mask = g_mask[:, None] & d_mask[None, :]
+    if BITS:
+        acc = acc * k_mult
     if not SPLIT:
         out = acc / l_i[:, None]
         tl.store(o_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -224,6 +241,14 @@ def decode_plan(device, batch: int, num_kv_heads: int, max_len: int, fp8: bool =
     return block_n, num_warps, num_stages, num_splits, min_tokens_per_split or block_n
 
 
+def use_bits(block_n: int, d: int, num_warps: int, q_dtype) -> bool:
+    """Whether an FP8 launch converts by moving bits (fp8_bits): not under the interpreter or TITAN_FP8_CVT=cvt, not
+    for fp32 queries (their kernel multiplies in fp32), and only where every thread holds a multiple of four values
+    of a K tile (the inline assembly converts four bytes at a time)."""
+    per_thread = block_n * max(16, triton.next_power_of_2(d)) // (32 * num_warps)
+    return bits_enabled(interpreting()) and q_dtype != torch.float32 and per_thread % 4 == 0
+
+
 def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, sm_scale=None,
                  num_splits: int | None = None, max_seq_len: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
@@ -262,7 +287,7 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
         G_PAD=max(16, triton.next_power_of_2(g)), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps, num_stages=num_stages,
-        **launch)
+        BITS=quant and use_bits(block_n, d, num_warps, q.dtype), **launch)
     if num_splits > 1:
         paged_decode_reduce_kernel[(b, hq)](po, lse, out, out.stride(0), out.stride(1), HQ=hq, NUM_SPLITS=num_splits,
                                             SPLITS_PAD=triton.next_power_of_2(num_splits), D=d,

@@ -39,23 +39,32 @@ import triton.language as tl
 from common.attention import attention_ref
 from common.paged_checks import require_float, require_power_of_two, values_checkable
 from phase3_paged_fp8.cache_write import FP8, write_kv_cache, write_kv_cache_ref
-from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting
+from phase3_paged_fp8.fp8_bits import Q_LIFT_F, UNLIFT_F, e4m3_to_bf16_lowered
+from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting, use_bits
 
 
 @triton.jit
 def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d, d_mask,
           BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
-          MASKED: tl.constexpr, PREC: tl.constexpr):
-    """One online-softmax step over keys n0 .. n0+BLOCK_N (masked: causal and n < hi)."""
+          MASKED: tl.constexpr, PREC: tl.constexpr, BITS: tl.constexpr = False):
+    """One online-softmax step over keys n0 .. n0+BLOCK_N (masked: causal and n < hi). BITS: lowered e4m3 tiles
+    (paged_decode_kernel's docstring; q arrives lifted by 2^64)."""
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < hi
     blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
     slot = blk * BS + n % BS
     kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
-    k = tl.load(kc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
+    k = tl.load(kc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    if BITS:
+        k = e4m3_to_bf16_lowered(k)
+    else:
+        k = k.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if QUANT:
-        s = s * tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+        if BITS:
+            ks = ks * UNLIFT_F
+        s = s * ks[None, :]
     if MASKED:
         s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -63,8 +72,15 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if QUANT:
-        p = p * tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(q.dtype)
+        vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+        if BITS:
+            vs = vs * Q_LIFT_F
+        p = p * vs[None, :]
+    v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    if BITS:
+        v = e4m3_to_bf16_lowered(v)
+    else:
+        v = v.to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
 
@@ -89,7 +105,8 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
                          BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          QUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                         PREC: tl.constexpr, SKIP_SINGLE: tl.constexpr = False, FLAT: tl.constexpr = False):
+                         PREC: tl.constexpr, SKIP_SINGLE: tl.constexpr = False, FLAT: tl.constexpr = False,
+                         BITS: tl.constexpr = False):
     kvh = tl.program_id(1)
     if FLAT:  # one grid row per query tile of any sequence (NOTE on the grid); the last tiles start first
         t = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -116,6 +133,8 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     q = tl.load(q_ptr + rows[:, None] * stride_qt + h[:, None] * stride_qh + d[None, :],
                 mask=i_mask[:, None] & d_mask[None, :], other=0.0)
     q = q.to(tl.float32) * sm_scale_log2
+    if BITS:
+        q = q * Q_LIFT_F  # lowered e4m3 tiles (fp8_bits): exact, a power of two before the bf16 rounding
     if DOT_F32:
         q = q.to(tl.float32)
     elif QUANT:
@@ -132,10 +151,12 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     hi = prefix + tl.minimum(q_len, ((mt + 1) * BLOCK_M - 1) // G + 1)  # keys at or above hi: visible to none
     for n0 in range(0, lo, BLOCK_N):
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC)
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC, BITS)
     for n0 in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC)
+                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC, BITS)
+    if BITS:
+        acc = acc * UNLIFT_F
     out = acc / l_i[:, None]
     tl.store(o_ptr + rows[:, None] * stride_ot + h[:, None] * stride_oh + d[None, :],
              out.to(o_ptr.dtype.element_ty), mask=i_mask[:, None] & d_mask[None, :])
@@ -222,7 +243,7 @@ def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cach
         sm_scale * LOG2E, b, BS=k_cache.shape[1], HKV=hkv, G=g, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant, DOT_F32=interpreting() or q.dtype == torch.float32,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", SKIP_SINGLE=skip_single, FLAT=flat,
-        num_warps=num_warps, num_stages=num_stages)
+        BITS=quant and use_bits(block_n, d, num_warps, q.dtype), num_warps=num_warps, num_stages=num_stages)
     return out
 
 

@@ -310,6 +310,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-num-batched-tokens", type=positive_int, default=8192, help="continuous: token budget per step")
     ap.add_argument("--kv-memory", default=None, help="bytes ('40GiB') or a fraction of free GPU memory ('0.3')")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                    help="KV pool dtype for every policy (fp8: phase 3's e4m3 pool)")
     ap.add_argument("--fuse", action="store_true", help="the runner's fused kernels")
     ap.add_argument("--detokenize", action="store_true", help="per-token text as a server would (default: ids)")
     ap.add_argument("--saturation-slope", type=float, default=0.15,
@@ -350,7 +352,7 @@ def main(argv=None) -> dict:
                                                 "mean_output": float(np.mean(pool, 0)[1])},
                "policies": {}, "comparison": [], "errors": errors}
     kw = dict(max_model_len=args.max_model_len, kv_memory=kv, detokenize=args.detokenize,
-              cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph])
+              kv_cache_dtype=args.kv_cache_dtype, cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph])
     fuse = [args.fuse]  # the first engine fuses loaded.model in place; later engines reuse the fused model
     build = {"continuous": lambda: LLMEngine(loaded, max_num_seqs=args.max_num_seqs, fuse=fuse[0],
                                              max_num_batched_tokens=args.max_num_batched_tokens, **kw),

@@ -28,6 +28,12 @@
 #   defaults    the engine's defaults since 2026-12-06 (full mixed-step graphs, overlapped mixed steps), no switches:
 #               continuous at 160 / 320 / 384 req/s, 512 seats                     -> phase4 equal_latency_defaults512_<tag>
 #   profile     one B=448 / 384-token decode step profiled                          -> phase4 profile_decode_b448_<tag>
+#   fp8         the FP8 pool's bit-moving conversion (phase3_paged_fp8/fp8_bits.py): its GPU tests, the decode kernel
+#               bf16 / FP8 converting / FP8 bits at the engine's shapes          -> phase3 fp8_bits_<tag>
+#               then offline 1024 x 128/128 over the bf16 pool, the FP8 pool (bits) and the FP8 pool (cvt)
+#                                                                                   -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
+#   steadyfp8   the steady-state sweep (continuous and static, 512 seats) over the FP8 pool (bits)
+#                                                                                   -> phase4 equal_latency_steady512_fp8_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
 #   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
 #               staged first by tools/device_peer.sh; put it in the same call as b1 offline (same-lease ratios)
@@ -107,6 +113,21 @@ if has offline; then
   TITAN_MIXED_GRAPHS=piecewise step offline_piecewise 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" \
     "${OFF[@]}" --name "offline_gpu_1024_piecewise_$TAG"
 fi
+if has fp8; then
+  step fp8_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider phase3_paged_fp8/tests/test_gpu.py \
+    phase4_scheduler/tests/test_kv_fp8.py
+  TITAN_RESULTS_DIR=$WORK/phase3_paged_fp8/results step fp8_bench 240 python3 -m phase3_paged_fp8.bench_fp8_bits \
+    --name "fp8_bits_$TAG"
+  OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
+       --kv-memory 0.3)
+  step offline_bf16 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --name "offline_gpu_1024_bf16_$TAG"
+  step offline_fp8 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --kv-cache-dtype fp8 \
+    --name "offline_gpu_1024_fp8_$TAG"
+  TITAN_FP8_CVT=cvt step offline_fp8cvt 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
+    --kv-cache-dtype fp8 --name "offline_gpu_1024_fp8cvt_$TAG"
+fi
+has steadyfp8 && step steadyfp8 420 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" \
+  --policies continuous static --kv-cache-dtype fp8 --name "equal_latency_steady512_fp8_$TAG"
 has sharegpt && step sharegpt 300 python3 -m phase4_scheduler.bench_offline "${P4[@]}" --workload sharegpt \
   --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 --kv-memory 0.3 --compare-static \
   --name "sharegpt_static_vs_continuous_$TAG"

@@ -192,6 +192,28 @@ def test_bad_rates_scales_and_lengths_files_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # a usage error now, from the argument's type, before any work
         bel.main(["--device", "cpu", "--rates", "4", "-1"])
     assert exit_.value.code == 2 and "argument --rates: must be a number > 0 (or inf), got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bel.main(["--device", "cpu", "--kv-cache-dtype", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_kv_cache_dtype_reaches_every_policy(tmp_path, monkeypatch):
+    """--kv-cache-dtype fp8 reaches the continuous and both static engines alike (one pool format per run)."""
+    from phase4_scheduler import engine as eng
+
+    monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path))
+    (tmp_path / "lens.json").write_text(json.dumps([[20, 30]] * 8))
+    seen = []
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("kv_cache_dtype"))
+        raise RuntimeError("stop after the arguments")
+
+    monkeypatch.setattr(eng.LLMEngine, "__init__", spy)
+    out = bel.main(SMOKE + ["--lengths-file", str(tmp_path / "lens.json"), "--kv-cache-dtype", "fp8", "--no-plot",
+                            "--name", "el_fp8_args"])
+    assert seen == ["fp8"] * 3 and set(out["errors"]) == {"continuous", "static", "static_padded"}
+    assert out["workload"]["kv_cache_dtype"] == "fp8"
 
 
 # -- padded static: HF generate's compute ---------------------------------------------------------------------------
