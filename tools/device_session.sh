@@ -34,6 +34,8 @@
 #                                                                                   -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
 #   steadyfp8   the steady-state sweep (continuous and static, 512 seats) over the FP8 pool (bits)
 #                                                                                   -> phase4 equal_latency_steady512_fp8_<tag>
+#   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
+#               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
 #   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
 #               staged first by tools/device_peer.sh; put it in the same call as b1 offline (same-lease ratios)
@@ -141,6 +143,17 @@ has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAP
   --policies continuous --name "equal_latency_defaults512_$TAG"
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
+if has mlancu; then
+  R=$WORK/phase2_mla/results
+  step mla_events 120 python3 -m phase2_mla.profile_seesaw
+  step mla_ncu 300 ncu --clock-control none --kernel-name regex:seesaw --launch-skip 3 --launch-count 1 --set full \
+    --import-source no -f -o /tmp/seesaw_ncu python3 -m phase2_mla.profile_seesaw
+  if [ -f /tmp/seesaw_ncu.ncu-rep ]; then
+    ncu --import /tmp/seesaw_ncu.ncu-rep --page details --print-details all > "$R/seesaw_ncu_details_$TAG.txt" 2>&1
+    ncu --import /tmp/seesaw_ncu.ncu-rep --page source --print-source sass --csv 2>&1 | gzip > "$R/seesaw_ncu_sass_$TAG.csv.gz"
+    ncu --import /tmp/seesaw_ncu.ncu-rep --page raw --csv 2>&1 | gzip > "$R/seesaw_ncu_raw_$TAG.csv.gz"
+  fi
+fi
 if has phase2; then
   export TITAN_RESULTS_DIR=$WORK/phase2_mla/results
   step phase2_gate 300 bash -c "set -o pipefail; python3 -m milestones.run phase2 | tee $WORK/phase2_mla/results/phase2_gate_$TAG.log"
