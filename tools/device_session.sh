@@ -32,8 +32,9 @@
 #               bf16 / FP8 converting / FP8 bits at the engine's shapes          -> phase3 fp8_bits_<tag>
 #               then offline 1024 x 128/128 over the bf16 pool, the FP8 pool (bits) and the FP8 pool (cvt)
 #                                                                                   -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
-#   steadyfp8   the steady-state sweep (continuous and static, 512 seats) over the FP8 pool (bits)
-#                                                                                   -> phase4 equal_latency_steady512_fp8_<tag>
+#   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
+#               p50 targets of 1.0 and 1.5 s                                     -> phase4 equal_latency_wide512_<tag>
+#   steadyfp8   the same over the FP8 pool (bits)                                -> phase4 equal_latency_wide512_fp8_<tag>
 #   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
@@ -79,6 +80,8 @@ LEN=$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json
 STEADY_SETUP=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
               --max-num-seqs 512)
 STEADY=("${STEADY_SETUP[@]}" --rates 160 192 224 256 320 384 448 512 576)
+# the same grid with three lower rates and two tighter p50 targets: static's side of the curve below its best
+STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.5)
 
 if has verify; then
   step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
@@ -128,8 +131,10 @@ if has fp8; then
   TITAN_FP8_CVT=cvt step offline_fp8cvt 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
     --kv-cache-dtype fp8 --name "offline_gpu_1024_fp8cvt_$TAG"
 fi
-has steadyfp8 && step steadyfp8 420 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY[@]}" \
-  --policies continuous static --kv-cache-dtype fp8 --name "equal_latency_steady512_fp8_$TAG"
+has steadywide && step steadywide 330 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_WIDE[@]}" \
+  --policies continuous static --name "equal_latency_wide512_$TAG"
+has steadyfp8 && step steadyfp8 330 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_WIDE[@]}" \
+  --policies continuous static --kv-cache-dtype fp8 --name "equal_latency_wide512_fp8_$TAG"
 has sharegpt && step sharegpt 300 python3 -m phase4_scheduler.bench_offline "${P4[@]}" --workload sharegpt \
   --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 --kv-memory 0.3 --compare-static \
   --name "sharegpt_static_vs_continuous_$TAG"
