@@ -33,7 +33,7 @@
 #               then offline 1024 x 128/128 over the bf16 pool, the FP8 pool (bits) and the FP8 pool (cvt)
 #                                                                                   -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
-#               p50 targets of 1.0 and 1.5 s                                     -> phase4 equal_latency_wide512_<tag>
+#               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                                -> phase4 equal_latency_wide512_fp8_<tag>
 #   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
@@ -81,7 +81,7 @@ STEADY_SETUP=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-r
               --max-num-seqs 512)
 STEADY=("${STEADY_SETUP[@]}" --rates 160 192 224 256 320 384 448 512 576)
 # the same grid with three lower rates and two tighter p50 targets: static's side of the curve below its best
-STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.5)
+STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.25 1.5 1.75)
 
 if has verify; then
   step verify_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
