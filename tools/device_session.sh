@@ -80,7 +80,7 @@ LEN=$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json
 STEADY_SETUP=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
               --max-num-seqs 512)
 STEADY=("${STEADY_SETUP[@]}" --rates 160 192 224 256 320 384 448 512 576)
-# the same grid with three lower rates and two tighter p50 targets: static's side of the curve below its best
+# the same grid with three lower rates and four tighter p50 targets: static's side of the curve below its best
 STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.25 1.5 1.75)
 
 if has verify; then
