@@ -37,6 +37,8 @@
 #   steadyfp8   the same over the FP8 pool (bits)                                -> phase4 equal_latency_wide512_fp8_<tag>
 #   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
+#   decodencu   Nsight Compute on phase 3's decode kernel at B=1,024 / 192 tokens, bf16 and FP8 (bits) pools
+#                                                                  -> phase3 decode_ncu_{bf16,fp8}_<tag>.txt
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
 #   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
 #               staged first by tools/device_peer.sh; put it in the same call as b1 offline (same-lease ratios)
@@ -158,6 +160,17 @@ if has mlancu; then
     ncu --import /tmp/seesaw_ncu.ncu-rep --page source --print-source sass --csv 2>&1 | gzip > "$R/seesaw_ncu_sass_$TAG.csv.gz"
     ncu --import /tmp/seesaw_ncu.ncu-rep --page raw --csv 2>&1 | gzip > "$R/seesaw_ncu_raw_$TAG.csv.gz"
   fi
+fi
+if has decodencu; then
+  for dt in bf16 fp8; do
+    step "decode_ncu_$dt" 150 ncu --clock-control none --kernel-name regex:paged_decode_kernel --launch-skip 3 \
+      --launch-count 1 --set full --import-source no -f -o "/tmp/decode_$dt" python3 -m phase3_paged_fp8.profile_decode \
+      --dtype "$dt"
+    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page details --print-details all \
+      > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_$TAG.txt" 2>&1
+    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page source --print-source sass --csv \
+      2>&1 | gzip > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_sass_$TAG.csv.gz"
+  done
 fi
 if has phase2; then
   export TITAN_RESULTS_DIR=$WORK/phase2_mla/results

@@ -124,3 +124,11 @@ def test_bench_script_smoke(tmp_path, monkeypatch):
     assert r["b"] == 2 and r["bytes_fp8"] < r["bytes_bf16"]
     assert all(r[k] > 0 for k in ("bf16_us", "fp8_cvt_us", "fp8_bits_us"))
     assert (tmp_path / "fp8_bits_smoke.json").exists() and fp8_bits.ENV not in os.environ
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the kernel (device_session.sh decodencu)")
+def test_profile_decode_needs_cuda_and_says_so():
+    from phase3_paged_fp8 import profile_decode
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        profile_decode.main(["--dtype", "bf16"])

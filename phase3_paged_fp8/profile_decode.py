@@ -1,0 +1,50 @@
+"""Phase 3's paged decode kernel at one engine shape, launched a few times for Nsight Compute to profile one launch.
+
+    ncu --clock-control none --kernel-name regex:paged_decode_kernel --launch-skip 3 --launch-count 1 --set full \
+        -o decode_fp8 python3 -m phase3_paged_fp8.profile_decode --dtype fp8     # tools/device_session.sh decodencu
+
+Why the FP8 pool's decode is not faster than bf16 although it reads half the bytes (fp8_bits_s1206_h200.json: at
+B=1,024 / 192 tokens 65 us against 56.5 us; both kernels process ~190 (sequence, KV head, 64-token) tiles per us
+at every shape measured) is read from the counters: issue slots, pipe utilisation, stall reasons per instruction.
+Without ncu it prints the event-timed launches.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from phase3_paged_fp8 import bench_utils as U
+from phase3_paged_fp8.cache_write import FP8
+from phase3_paged_fp8.paged_decode import paged_decode
+
+
+def main(argv=None) -> list[float]:
+    from common.cli import ScriptHelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--dtype", choices=["bf16", "fp8"], default="fp8", help="the pool's dtype")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--ctx", type=int, default=192)
+    ap.add_argument("--launches", type=int, default=5)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_decode needs a CUDA GPU")
+    kc, vc, ks, vs, bt, lens = U.make_paged(args.batch, args.ctx, 4, 64, 16,
+                                            FP8 if args.dtype == "fp8" else torch.bfloat16)
+    q = torch.randn(args.batch, 32, 64, device="cuda", dtype=torch.bfloat16)
+    times = []
+    for _ in range(args.launches):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        paged_decode(q, kc, vc, bt, lens, ks, vs)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    print(f"paged_decode {args.dtype} B={args.batch} ctx={args.ctx}: {', '.join(f'{t:.1f}' for t in times)} us "
+          "(event-timed, one launch each)")
+    return times
+
+
+if __name__ == "__main__":
+    main()
