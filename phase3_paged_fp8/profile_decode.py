@@ -5,8 +5,8 @@
 
 Why the FP8 pool's decode is not faster than bf16 although it reads half the bytes (fp8_bits_s1206_h200.json: at
 B=1,024 / 192 tokens 65 us against 56.5 us; both kernels get through 185-250 (sequence, KV head, 64-token)
-tiles per us at every shape measured, FP8 never more than bf16) is read from the counters: issue slots, pipe utilisation, stall reasons per instruction.
-Without ncu it prints the event-timed launches.
+tiles per us at every shape measured, FP8 never more than bf16) is read from the counters: issue slots, pipe
+utilisation, stall reasons per instruction. Without ncu it prints the event-timed launches.
 """
 from __future__ import annotations
 
