@@ -170,6 +170,8 @@ if has decodencu; then
       > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_$TAG.txt" 2>&1
     [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page source --print-source sass --csv \
       2>&1 | gzip > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_sass_$TAG.csv.gz"
+    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page raw --csv \
+      2>&1 | gzip > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_raw_$TAG.csv.gz"
   done
 fi
 if has phase2; then
