@@ -105,10 +105,14 @@ def stalls(metrics: dict) -> list[tuple[str, float]]:
 
 
 def read_sass(path: Path, top: int = 15) -> dict:
-    """`--page source --print-source sass --csv`: per instruction, the sampled warps. -> the sampling columns' totals
-    and the `top` instructions by samples (address, SASS text, samples, share)."""
+    """`--page source --print-source sass --csv`: per instruction, the sampled warps (and, in newer ncu, one column
+    per stall reason). -> the sampling column's total, the stall reasons' totals over all instructions (largest first)
+    and the `top` instructions by samples (address, SASS text, samples, share, their largest stall reason)."""
     rows = _csv_rows(path)
-    head = rows[0]
+    at = next((i for i, r in enumerate(rows) if "Source" in r or "Address" in r), None)
+    if at is None:
+        raise ValueError(f"{path}: no Source / Warp Stall Sampling columns (got {rows[0][:12]})")
+    head, body = rows[at], rows[at + 1:]
     col = {h: i for i, h in enumerate(head)}
     src = next((h for h in head if h.lower() in ("source", "sass")), None)
     addr = next((h for h in head if h.lower() == "address"), None)
@@ -116,17 +120,25 @@ def read_sass(path: Path, top: int = 15) -> dict:
     if src is None or not sampling:
         raise ValueError(f"{path}: no Source / Warp Stall Sampling columns (got {head[:12]})")
     key = sampling[0]
+    reasons = [h for h in head if h.startswith("stall_") and "Not Issued" not in h]
+    totals = dict.fromkeys(reasons, 0.0)
     items = []
-    for row in rows[1:]:
+    for row in body:
         if len(row) != len(head):
             continue
         n = _number(row[col[key]])
+        per = {r: (_number(row[col[r]]) or 0.0) for r in reasons}
+        for r, v in per.items():
+            totals[r] += v
         if n:
-            items.append((row[col[addr]] if addr else "", row[col[src]].strip(), n))
-    total = sum(n for *_, n in items) or 1.0
+            worst = max(per, key=per.get) if per and max(per.values()) > 0 else None
+            items.append((row[col[addr]] if addr else "", row[col[src]].strip(), n, worst))
+    total = sum(t[2] for t in items) or 1.0
     items.sort(key=lambda t: -t[2])
-    return {"column": key, "samples": total,
-            "top": [{"address": a, "sass": s, "samples": n, "share": n / total} for a, s, n in items[:top]]}
+    by_reason = sorted(((r[len("stall_"):], v) for r, v in totals.items() if v > 0), key=lambda kv: -kv[1])
+    return {"column": key, "samples": total, "stall_samples": by_reason,
+            "top": [{"address": a, "sass": s, "samples": n, "share": n / total,
+                     "stall": (w[len("stall_"):] if w else None)} for a, s, n, w in items[:top]]}
 
 
 def summarize(raw: Path, sass: Path | None = None) -> dict:
@@ -151,9 +163,17 @@ def markdown(s: dict) -> str:
             lines += [f"| {r} | {v:.2f} | {v / total:.0%} |" for r, v in k["stalls"][:10]]
         lines.append("")
     if "sass" in s:
-        lines += [f"Instructions where sampled warps waited most ({s['sass']['column']}, "
-                  f"{s['sass']['samples']:.0f} samples):", "", "| address | SASS | share |", "|---|---|---|"]
-        lines += [f"| {t['address']} | `{t['sass'][:70]}` | {t['share']:.1%} |" for t in s["sass"]["top"]]
+        sa = s["sass"]
+        if sa["stall_samples"]:
+            total = sum(v for _, v in sa["stall_samples"])
+            lines += ["Sampled warp states over the whole kernel (SASS page):", "", "| state | samples | share |",
+                      "|---|---|---|"]
+            lines += [f"| {r} | {v:,.0f} | {v / total:.1%} |" for r, v in sa["stall_samples"][:12]]
+            lines.append("")
+        lines += [f"Instructions where sampled warps waited most ({sa['column']}, {sa['samples']:,.0f} samples):", "",
+                  "| address | SASS | share | main state |", "|---|---|---|---|"]
+        lines += [f"| {t['address'][-5:]} | `{t['sass'][:70]}` | {t['share']:.1%} | {t['stall'] or ''} |"
+                  for t in sa["top"]]
     return "\n".join(lines) + "\n"
 
 

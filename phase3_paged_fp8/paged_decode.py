@@ -39,6 +39,23 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The K and V scales (fp32, 0 past `end`) of tokens n0 .. n0 + BLOCK_N of one KV head.
+
+    NOTE (SCALES, measured): Triton's pipeliner streams the K/V tiles through cp.async but not these [BLOCK_N] fp16
+    vectors (2 bytes a thread, below cp.async's 4), so loaded where they are used each tile waited a full memory
+    latency: in ncu's samples of the FP8 kernel (H100, B=1,024 / 192, decode_ncu_fp8_s1206_h100) ~20% of the warps
+    stood at the shared-memory stores of the scales, waiting for their loads. So the loop loads the NEXT tile's
+    scales (and their block-table entries: L1 hits, the K/V addresses read them too) one tile ahead."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = n < end
+    slot = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64) * BS + n % BS
+    ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+    vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+    return ks, vs
+
+
+@triton.jit
 def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr, o_ptr, po_ptr, lse_ptr,
                         stride_qb, stride_qh, stride_bt, stride_ob, stride_oh, sm_scale_log2, num_splits, min_tps,
                         BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
@@ -84,6 +101,8 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    if QUANT:  # the first tile's scales; the loop loads each next tile's a tile ahead (SCALES NOTE)
+        ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, start, end, kvh, BS, HKV, BLOCK_N)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
@@ -92,20 +111,23 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         kv_off = slot[:, None] * (HKV * D) + kvh * D + d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        if QUANT:
+            ks_t, vs_t = ks_next, vs_next
+            ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, end, kvh, BS, HKV, BLOCK_N)
         if BITS:
             k = e4m3_to_bf16_lowered(k)
         else:
             k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [G_PAD, BLOCK_N]
         if QUANT:
-            s = s * (tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32) * k_mult)[None, :]
+            s = s * (ks_t * k_mult)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if QUANT:
-            p = p * (tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32) * p_mult)[None, :]
+            p = p * (vs_t * p_mult)[None, :]
         v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
         if BITS:
             v = e4m3_to_bf16_lowered(v)

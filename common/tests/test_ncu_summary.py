@@ -12,11 +12,12 @@ RAW = '''==PROF== Connected to process 1
 "","","usecond","%","register/thread","ratio","ratio","ratio"
 "0","seesaw_kernel","136.50","71.2","255","0.5","3.25","0"
 '''
-SASS = '''"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"
-"0x10","HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ","30","20"
-"0x20","SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR8], R3","60","60"
-"0x30","FADD R1, R2, R3","10","0"
-"0x40","NOP","0","0"
+SASS = '''"Kernel Name","seesaw_kernel",
+"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)","stall_wait","stall_long_sb","stall_wait (Not Issued)"
+"0x10","HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ","30","20","25","5","20"
+"0x20","SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR8], R3","60","60","0","60","0"
+"0x30","FADD R1, R2, R3","10","0","10","0","0"
+"0x40","NOP","0","0","0","0","0"
 '''
 
 
@@ -32,9 +33,10 @@ def test_digest_of_a_raw_export_and_its_sass(tmp_path):
     assert k["stalls"] == [("barrier", 3.25), ("long_scoreboard", 0.5)]  # largest first, zeros left out
     top = s["sass"]["top"]
     assert [t["address"] for t in top] == ["0x20", "0x10", "0x30"] and s["sass"]["samples"] == 100
-    assert top[0]["share"] == pytest.approx(0.6)
+    assert top[0]["share"] == pytest.approx(0.6) and [t["stall"] for t in top] == ["long_sb", "wait", "wait"]
+    assert s["sass"]["stall_samples"] == [("long_sb", 65.0), ("wait", 35.0)]  # the "(Not Issued)" copies left out
     md = ns.markdown(s)
-    assert "| barrier | 3.25 | 87% |" in md and "SYNCS.PHASECHK" in md
+    assert "| barrier | 3.25 | 87% |" in md and "SYNCS.PHASECHK" in md and "| long_sb | 65 | 65.0% |" in md
     assert json.loads((tmp_path / "d.json").read_text())["kernels"][0]["name"] == "seesaw_kernel"
 
 
@@ -45,7 +47,7 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
     (tmp_path / "short.csv").write_text('"ID","Kernel Name"\n"",""\n')
     with pytest.raises(ValueError, match="at least one kernel row"):
         ns.read_raw(tmp_path / "short.csv")
-    (tmp_path / "nosass.csv").write_text('"Address","Text"\n"0x0","NOP"\n')
+    (tmp_path / "nosass.csv").write_text('"Kernel Name","k",\n"Offset","Text"\n"0x0","NOP"\n')
     with pytest.raises(ValueError, match="no Source"):
         ns.read_sass(tmp_path / "nosass.csv")
     with pytest.raises(SystemExit, match="no such file"):
