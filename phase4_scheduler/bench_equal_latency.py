@@ -322,7 +322,35 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU smoke on a shared box: 1)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--reanalyze", default=None, metavar="JSON",
+                    help="recompute a recorded run's comparisons with this analysis (no GPU; keeps its points and "
+                         "provenance, records the reanalysis) and exit")
     return ap.parse_args(argv)
+
+
+def reanalyze(path: str) -> dict:
+    """Recompute the comparisons (and summary) of a recorded run from its measured points with the current
+    analysis; the points, workload and provenance stay, a `reanalysis` entry says when and from which commit."""
+    import json
+    from pathlib import Path
+
+    from common.bench import provenance
+
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"bench_equal_latency --reanalyze: no such file: {p}")
+    payload = json.loads(p.read_text())
+    before = [r.get("ratio") for r in payload.get("comparison", [])]
+    payload["comparison"] = comparisons({k: v["points"] for k, v in payload["policies"].items()},
+                                        payload["workload"].get("target_p50") or [])
+    payload["summary"] = {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"]
+                          for r in payload["comparison"] if r["target"] != "given"}
+    now = provenance()
+    payload["reanalysis"] = {"commit": now.get("commit"), "date": now.get("date"), "ratios_before": before,
+                             "ratios_after": [r["ratio"] for r in payload["comparison"]]}
+    p.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"reanalyzed {p}: ratios {before} -> {payload['reanalysis']['ratios_after']}")
+    return payload
 
 
 def main(argv=None) -> dict:
@@ -335,6 +363,8 @@ def main(argv=None) -> dict:
     from phase4_scheduler.static_padded import padded_static_engine
 
     args = parse_args(argv)
+    if args.reanalyze:
+        return reanalyze(args.reanalyze)
     os.environ.setdefault("TITAN_STEP_TIMING", "1")  # GPU time per kind of step, per point (step_timer.py)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -56,34 +56,38 @@ def _offered(p: dict) -> float:
 def max_rate_at_latency(points: list[dict], target: float, key: str = "e2e_p50") -> dict:
     """The highest rate (and output tok/s) with points[key] <= target, from a sweep sorted or not by rate.
 
-    Walks stable points upward: at the first one above the target, interpolates linearly with the previous one
-    (limited_by 'latency'); a saturated point ends the walk (limited_by 'saturation': the answer is the last stable
-    point, and `rate_upper` / `output_tok_s_upper` what the saturated one offered: the bracket); the sweep's end gives
-    'sweep_end' (a lower bound, no upper). Below-target nowhere: rate None, limited_by 'target_below_sweep'."""
+    Looks at the stable points below the first saturated one and takes the HIGHEST rate that meets the target (a
+    static batcher's p50 is a sawtooth in the rate: a lower rate can miss a target a higher one meets). From there:
+    the next point above the target -> linear interpolation between the two (limited_by 'latency'); the next point
+    saturated -> that rate (limited_by 'saturation'; `rate_upper` / `output_tok_s_upper` what the saturated one
+    offered: the bracket); no next point -> 'sweep_end' (a lower bound, no upper). Nowhere below the target: rate
+    None, limited_by 'target_below_sweep' (or 'saturation' if the first point is saturated already)."""
     if not target > 0:
         raise ValueError(f"the latency target must be > 0 seconds, got {target}")
     pts = sorted(points, key=lambda p: p["rate"])
-    prev = None
-    for p in pts:
-        if p["saturated"]:
-            if prev is None:
-                return {"rate": None, "output_tok_s": None, "limited_by": "saturation", "rate_upper": p["rate"],
-                        "output_tok_s_upper": _offered(p)}
-            return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "saturation",
-                    "rate_upper": p["rate"], "output_tok_s_upper": max(prev["output_tok_s"], _offered(p))}
-        if p[key] > target:
-            if prev is None:
-                return {"rate": None, "output_tok_s": None, "limited_by": "target_below_sweep",
-                        "rate_upper": p["rate"], "output_tok_s_upper": p["output_tok_s"]}
-            f = (target - prev[key]) / (p[key] - prev[key])
-            rate = prev["rate"] + f * (p["rate"] - prev["rate"])
-            tok = prev["output_tok_s"] + f * (p["output_tok_s"] - prev["output_tok_s"])
-            return {"rate": rate, "output_tok_s": tok, "limited_by": "latency", "rate_upper": rate,
-                    "output_tok_s_upper": tok}
-        prev = p
-    if prev is None:
+    if not pts:
         raise ValueError("no swept points")
-    return {"rate": prev["rate"], "output_tok_s": prev["output_tok_s"], "limited_by": "sweep_end",
+    cut = next((i for i, p in enumerate(pts) if p["saturated"]), len(pts))
+    stable, sat = pts[:cut], (pts[cut] if cut < len(pts) else None)
+    meets = [i for i, p in enumerate(stable) if p[key] <= target]
+    if not meets:
+        first = stable[0] if stable else sat
+        return {"rate": None, "output_tok_s": None,
+                "limited_by": "target_below_sweep" if stable else "saturation", "rate_upper": first["rate"],
+                "output_tok_s_upper": first["output_tok_s"] if stable else _offered(first)}
+    i = meets[-1]
+    best = stable[i]
+    if i + 1 < len(stable):  # the next stable point misses the target: interpolate toward it
+        nxt = stable[i + 1]
+        f = (target - best[key]) / (nxt[key] - best[key])
+        rate = best["rate"] + f * (nxt["rate"] - best["rate"])
+        tok = best["output_tok_s"] + f * (nxt["output_tok_s"] - best["output_tok_s"])
+        return {"rate": rate, "output_tok_s": tok, "limited_by": "latency", "rate_upper": rate,
+                "output_tok_s_upper": tok}
+    if sat is not None:
+        return {"rate": best["rate"], "output_tok_s": best["output_tok_s"], "limited_by": "saturation",
+                "rate_upper": sat["rate"], "output_tok_s_upper": max(best["output_tok_s"], _offered(sat))}
+    return {"rate": best["rate"], "output_tok_s": best["output_tok_s"], "limited_by": "sweep_end",
             "rate_upper": None, "output_tok_s_upper": None}
 
 

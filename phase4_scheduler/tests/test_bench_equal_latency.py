@@ -52,6 +52,21 @@ def test_limits_of_the_walk(target, limited_by, rate, upper):
     assert (got["limited_by"], got["rate"], got["rate_upper"]) == (limited_by, rate, upper)
 
 
+def test_a_sawtooth_curve_takes_the_highest_rate_that_meets_the_target():
+    """Static batching's p50 is not monotone in the rate (H100, equal_latency_wide512_s1206_h100: 2.68 s at 64
+    req/s, 1.71 at 128, 2.60 at 160, 2.33 at 192): the answer is the highest stable rate meeting the target, not
+    the first crossing."""
+    pts = curve([64, 96, 128, 160, 192, 224], [2.68, 2.37, 1.71, 2.60, 2.33, 2.68], saturated={224})
+    got = bel.max_rate_at_latency(pts, 2.334)
+    assert (got["limited_by"], got["rate"], got["rate_upper"]) == ("saturation", 192, 224)
+    got = bel.max_rate_at_latency(pts, 1.75)  # 128 meets it, 160 does not: interpolated between them
+    assert got["limited_by"] == "latency" and got["rate"] == pytest.approx(128 + 32 * (1.75 - 1.71) / (2.60 - 1.71))
+    got = bel.max_rate_at_latency(pts, 1.5)
+    assert (got["limited_by"], got["rate"], got["rate_upper"]) == ("target_below_sweep", None, 64)
+    got = bel.max_rate_at_latency(curve([10, 20], [9.0, 9.0], saturated={10, 20}), 1.0)
+    assert (got["limited_by"], got["rate"], got["rate_upper"]) == ("saturation", None, 10)
+
+
 def test_sweep_end_is_a_lower_bound_and_bad_targets_are_refused():
     got = bel.max_rate_at_latency(curve([10, 20], [0.5, 0.6]), 1.0)
     assert got["limited_by"] == "sweep_end" and got["rate"] == 20 and got["rate_upper"] is None
@@ -308,3 +323,21 @@ def test_refine_narrows_the_saturation_bracket():
     rates = [p["rate"] for p in pts]
     assert rates == sorted(rates) and rates[:3] == [10, 20, 35]  # 35 stable, then 50 saturated: cut there
     assert pts[-1]["saturated"] and not any(p["saturated"] for p in pts[:-1]) and pts[-1]["rate"] == 50
+
+
+def test_reanalyze_recomputes_the_comparison_and_keeps_the_points(tmp_path):
+    pts = {"continuous": curve([64, 128, 192], [0.5, 0.6, 0.9], saturated=set()),
+           "static": curve([64, 128, 192, 224], [2.68, 1.71, 2.33, 2.7], saturated={224})}
+    rec = {"provenance": {"commit": "abc", "device": "gpu"}, "workload": {"target_p50": [1.75]},
+           "policies": {k: {"points": v} for k, v in pts.items()}, "comparison": [{"ratio": None}]}
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(rec))
+    out = bel.main(["--reanalyze", str(f)])
+    saved = json.loads(f.read_text())
+    assert saved["provenance"] == {"commit": "abc", "device": "gpu"} and saved["policies"] == rec["policies"]
+    best, given = saved["comparison"]
+    assert best["target_p50_s"] == 2.33 and best["static"]["rate"] == 192  # the sawtooth's highest meeting rate
+    assert given["target_p50_s"] == 1.75 and saved["reanalysis"]["ratios_before"] == [None]
+    assert out["reanalysis"]["ratios_after"] == [best["ratio"], given["ratio"]]
+    with pytest.raises(SystemExit, match="no such file"):
+        bel.main(["--reanalyze", str(tmp_path / "missing.json")])
