@@ -341,3 +341,31 @@ def test_reanalyze_recomputes_the_comparison_and_keeps_the_points(tmp_path):
     assert out["reanalysis"]["ratios_after"] == [best["ratio"], given["ratio"]]
     with pytest.raises(SystemExit, match="no such file"):
         bel.main(["--reanalyze", str(tmp_path / "missing.json")])
+
+
+def test_warm_up_bursts_meet_both_integer_specialisations():
+    """Bursts of n, n - 1 and 1 requests, each drained before the next: a sequence count divisible by 16 (512), one
+    that is not (511) and 1 -- the three ways Triton specialises an integer argument."""
+    assert bel.warm_up_bursts(512) == [512, 511, 1] and bel.warm_up_bursts(2) == [2, 1] and bel.warm_up_bursts(1) == [1]
+
+    class Fake:
+        scheduler = None
+
+        def __init__(self):
+            self.pending, self.bursts = [], []
+
+        def add_request(self, rid, ids, params):
+            assert params.max_tokens <= 4 and all(100 <= t < 900 for t in ids)
+            self.pending.append(rid)
+
+        def has_unfinished(self):
+            return bool(self.pending)
+
+        def step(self, final_only):
+            self.bursts.append(len(self.pending))
+            done, self.pending = self.pending, []
+            return [type("Out", (), {"request_id": r})() for r in done]
+
+    eng = Fake()
+    bel.warm_up(eng, [(5, 3), (7, 9), (2, 2)] * 6, vocab=1000, n=17)
+    assert eng.bursts == [17, 16, 1]
