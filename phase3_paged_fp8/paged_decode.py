@@ -306,7 +306,8 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_sc
         q, k_cache, v_cache, k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens,
         out, po, lse, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         sm_scale * LOG2E, num_splits, min_tokens_per_split, BS=bs, HKV=hkv, G=g,
-        G_PAD=max(16, triton.next_power_of_2(g)), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, SPLIT=num_splits > 1, QUANT=quant,
+        G_PAD=max(16, triton.next_power_of_2(g)), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n,
+        SPLIT=num_splits > 1, QUANT=quant,
         DOT_F32=interpreting() or q.dtype == torch.float32,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps, num_stages=num_stages,
         BITS=quant and use_bits(block_n, d, num_warps, q.dtype), **launch)

@@ -31,10 +31,10 @@
 #   fp8         the FP8 pool's bit-moving conversion (phase3_paged_fp8/fp8_bits.py): its GPU tests, the decode kernel
 #               bf16 / FP8 converting / FP8 bits at the engine's shapes          -> phase3 fp8_bits_<tag>
 #               then offline 1024 x 128/128 over the bf16 pool, the FP8 pool (bits) and the FP8 pool (cvt)
-#                                                                                   -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
+#               -> phase4 offline_gpu_1024_{bf16,fp8,fp8cvt}_<tag>
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
-#   steadyfp8   the same over the FP8 pool (bits)                                -> phase4 equal_latency_wide512_fp8_<tag>
+#   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
 #   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
 #   decodencu   Nsight Compute on phase 3's decode kernel at B=1,024 / 192 tokens, bf16 and FP8 (bits) pools
@@ -127,7 +127,8 @@ if has fp8; then
     --name "fp8_bits_$TAG"
   OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
        --kv-memory 0.3)
-  step offline_bf16 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --name "offline_gpu_1024_bf16_$TAG"
+  step offline_bf16 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
+    --name "offline_gpu_1024_bf16_$TAG"
   step offline_fp8 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --kv-cache-dtype fp8 \
     --name "offline_gpu_1024_fp8_$TAG"
   TITAN_FP8_CVT=cvt step offline_fp8cvt 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
@@ -157,15 +158,16 @@ if has mlancu; then
     --import-source no -f -o /tmp/seesaw_ncu python3 -m phase2_mla.profile_seesaw
   if [ -f /tmp/seesaw_ncu.ncu-rep ]; then
     ncu --import /tmp/seesaw_ncu.ncu-rep --page details --print-details all > "$R/seesaw_ncu_details_$TAG.txt" 2>&1
-    ncu --import /tmp/seesaw_ncu.ncu-rep --page source --print-source sass --csv 2>&1 | gzip > "$R/seesaw_ncu_sass_$TAG.csv.gz"
+    ncu --import /tmp/seesaw_ncu.ncu-rep --page source --print-source sass --csv 2>&1 \
+      | gzip > "$R/seesaw_ncu_sass_$TAG.csv.gz"
     ncu --import /tmp/seesaw_ncu.ncu-rep --page raw --csv 2>&1 | gzip > "$R/seesaw_ncu_raw_$TAG.csv.gz"
   fi
 fi
 if has decodencu; then
   for dt in bf16 fp8; do
     step "decode_ncu_$dt" 150 ncu --clock-control none --kernel-name regex:paged_decode_kernel --launch-skip 3 \
-      --launch-count 1 --set full --import-source no -f -o "/tmp/decode_$dt" python3 -m phase3_paged_fp8.profile_decode \
-      --dtype "$dt"
+      --launch-count 1 --set full --import-source no -f -o "/tmp/decode_$dt" \
+      python3 -m phase3_paged_fp8.profile_decode --dtype "$dt"
     [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page details --print-details all \
       > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_$TAG.txt" 2>&1
     [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page source --print-source sass --csv \

@@ -128,7 +128,8 @@ def test_fp8_bits_kernels_match_triton_conversions(monkeypatch, q_scale):
     got = {}
     for mode in ("bits", "cvt"):
         monkeypatch.setenv(fp8_bits.ENV, mode)
-        got[mode] = paged_prefill(pq, pk, pv, cu, psl, pbt, kc.clone(), vc.clone(), slots, ks.clone(), vs.clone()).float()
+        got[mode] = paged_prefill(pq, pk, pv, cu, psl, pbt, kc.clone(), vc.clone(), slots, ks.clone(),
+                                  vs.clone()).float()
     want = paged_prefill_ref(pq, pk, pv, cu, psl, pbt, kc.clone(), vc.clone(), slots, ks.clone(), vs.clone()).float()
     if q_scale == 1.0:
         torch.testing.assert_close(got["bits"], want, atol=2e-2, rtol=2e-2)
