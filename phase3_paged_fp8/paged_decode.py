@@ -39,8 +39,21 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The K and V scales (fp32, 0 past `end`) of tokens n0 .. n0 + BLOCK_N of one KV head.
+def token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV: tl.constexpr, BITS: tl.constexpr):
+    """The K and V scales (fp32, 0 where masked) of the tokens at `slot` [N] of one KV head. With BITS (lowered e4m3
+    tiles, fp8_bits) the K scale carries 2^UNLIFT back into the scores and the V scale lifts p by 2^Q_LIFT."""
+    ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+    vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+    if BITS:
+        ks = ks * UNLIFT_F
+        vs = vs * Q_LIFT_F
+    return ks, vs
+
+
+@triton.jit
+def _tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BITS: tl.constexpr):
+    """token_scales of tokens n0 .. n0 + BLOCK_N (0 past `end`), their slots read from the block-table row.
 
     NOTE (SCALES, measured): Triton's pipeliner streams the K/V tiles through cp.async but not these [BLOCK_N] fp16
     vectors (2 bytes a thread, below cp.async's 4), so loaded where they are used each tile waited a full memory
@@ -50,9 +63,7 @@ def _tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < end
     slot = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64) * BS + n % BS
-    ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-    vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-    return ks, vs
+    return token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV, BITS)
 
 
 @triton.jit
@@ -84,12 +95,8 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G_PAD, BLOCK_D]
     q = (q.to(tl.float32) * sm_scale_log2)  # fold softmax scale and log2(e) into q: scores are in log2 units
-    k_mult = 1.0  # what multiplies a token's K scale (and the output) back: 2^56 for lowered tiles
-    p_mult = 1.0
     if BITS:
-        q = q * Q_LIFT_F
-        k_mult = UNLIFT_F
-        p_mult = Q_LIFT_F
+        q = q * Q_LIFT_F  # lowered e4m3 tiles (fp8_bits): exact, a power of two before the bf16 rounding
     if DOT_F32:
         q = q.to(tl.float32)
     elif QUANT:
@@ -102,7 +109,7 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     if QUANT:  # the first tile's scales; the loop loads each next tile's a tile ahead (SCALES NOTE)
-        ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, start, end, kvh, BS, HKV, BLOCK_N)
+        ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, start, end, kvh, BS, HKV, BLOCK_N, BITS)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
@@ -113,21 +120,22 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         if QUANT:
             ks_t, vs_t = ks_next, vs_next
-            ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, end, kvh, BS, HKV, BLOCK_N)
+            ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, end, kvh, BS, HKV, BLOCK_N,
+                                            BITS)
         if BITS:
             k = e4m3_to_bf16_lowered(k)
         else:
             k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [G_PAD, BLOCK_N]
         if QUANT:
-            s = s * (ks_t * k_mult)[None, :]
+            s = s * ks_t[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if QUANT:
-            p = p * (vs_t * p_mult)[None, :]
+            p = p * vs_t[None, :]
         v = tl.load(vc_ptr + kv_off, mask=kv_mask, other=0.0)
         if BITS:
             v = e4m3_to_bf16_lowered(v)
@@ -138,7 +146,7 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
 
     out_mask = g_mask[:, None] & d_mask[None, :]
     if BITS:
-        acc = acc * k_mult
+        acc = acc * UNLIFT_F
     if not SPLIT:
         out = acc / l_i[:, None]
         tl.store(o_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],

@@ -40,7 +40,7 @@ from common.attention import attention_ref
 from common.paged_checks import require_float, require_power_of_two, values_checkable
 from phase3_paged_fp8.cache_write import FP8, write_kv_cache, write_kv_cache_ref
 from phase3_paged_fp8.fp8_bits import Q_LIFT_F, UNLIFT_F, e4m3_to_bf16_lowered
-from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting, use_bits
+from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting, token_scales, use_bits
 
 
 @triton.jit
@@ -61,9 +61,7 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
         k = k.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if QUANT:
-        ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-        if BITS:
-            ks = ks * UNLIFT_F
+        ks, vs = token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV, BITS)
         s = s * ks[None, :]
     if MASKED:
         s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
@@ -72,9 +70,6 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if QUANT:
-        vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-        if BITS:
-            vs = vs * Q_LIFT_F
         p = p * vs[None, :]
     v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
     if BITS:
