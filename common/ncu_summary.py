@@ -75,7 +75,7 @@ def read_raw(path: Path) -> list[dict]:
     for row in rows[2:]:
         if len(row) != len(head):
             continue
-        m = {h: (_number(v) if _number(v) is not None else v, u) for h, u, v in zip(head, units, row)}
+        m = {h: (v if (x := _number(v)) is None else x, u) for h, u, v in zip(head, units, row)}
         name = next((row[i] for i, h in enumerate(head) if h in ("Kernel Name", "Function Name")), "?")
         out.append({"name": name, "metrics": m})
     if not out:

@@ -342,6 +342,11 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def summary_of(comparison: list[dict]) -> dict:
+    """The run's headline ratios: continuous over each static baseline at that baseline's best p50."""
+    return {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"] for r in comparison if r["target"] != "given"}
+
+
 def reanalyze(path: str) -> dict:
     """Recompute the comparisons (and summary) of a recorded run from its measured points with the current
     analysis; the points, workload and provenance stay, a `reanalysis` entry says when and from which commit."""
@@ -357,8 +362,7 @@ def reanalyze(path: str) -> dict:
     before = [r.get("ratio") for r in payload.get("comparison", [])]
     payload["comparison"] = comparisons({k: v["points"] for k, v in payload["policies"].items()},
                                         payload["workload"].get("target_p50") or [])
-    payload["summary"] = {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"]
-                          for r in payload["comparison"] if r["target"] != "given"}
+    payload["summary"] = summary_of(payload["comparison"])
     now = provenance()
     payload["reanalysis"] = {"commit": now.get("commit"), "date": now.get("date"), "ratios_before": before,
                              "ratios_after": [r["ratio"] for r in payload["comparison"]]}
@@ -421,8 +425,7 @@ def main(argv=None) -> dict:
             payload["policies"][name] = res
         write_result("phase4_scheduler", args.name or f"equal_latency_{dev}", payload)  # a killed run keeps these
     payload["comparison"] = comparisons({k: v["points"] for k, v in payload["policies"].items()}, args.target_p50)
-    payload["summary"] = {f"continuous_over_{r['baseline']}_at_equal_p50": r["ratio"]
-                          for r in payload["comparison"] if r["target"] != "given"}
+    payload["summary"] = summary_of(payload["comparison"])
     for r in payload["comparison"]:
         c, s = r["continuous"], r["static"]
         print(f"p50 <= {r['target_p50_s']:.3f} s ({r['target']}): continuous {c['output_tok_s'] or 0:,.0f} tok/s "
