@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from common.bench import time_fn
 from phase2_mla.bench_mla import mla_inputs, mla_ref_full
 from phase2_mla.mla_decode import mla_paged_decode
 
@@ -40,20 +41,12 @@ def main(argv=None) -> dict:
     err = (run().float() - mla_ref_full(q_lat, q_pe, kv, bt, args.ctx, scale)).abs().max().item()
     if err > 2e-2:
         raise SystemExit(f"profile_seesaw: max abs error {err:.4f} against the reference: not profiling a wrong kernel")
-    times = []
-    for _ in range(args.launches):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
+    t = time_fn(run, warmup=0, iters=args.launches)  # one launch per CUDA-event pair
     kv_bytes = args.batch * args.ctx * kv.shape[-1] * kv.element_size()
-    best = min(times)
-    print(f"{args.schedule}: B={args.batch} heads={args.heads} ctx={args.ctx}: max abs err {err:.2e}; launches "
-          f"{', '.join(f'{t:.1f}' for t in times)} us (event-timed, one launch each; best {best:.1f} us = "
-          f"{kv_bytes / best / 1e6:.2f} TB/s)")
-    return {"err": err, "us": times}
+    print(f"{args.schedule}: B={args.batch} heads={args.heads} ctx={args.ctx}: max abs err {err:.2e}; "
+          f"{args.launches} launches, event-timed one by one: median {t['median_ms'] * 1e3:.1f} us, best "
+          f"{t['min_ms'] * 1e3:.1f} us = {kv_bytes / t['min_ms'] / 1e9:.2f} TB/s")
+    return {"err": err, **t}
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ import argparse
 
 import torch
 
+from common.bench import time_fn
 from phase3_paged_fp8 import bench_utils as U
 from phase3_paged_fp8.cache_write import FP8
 from phase3_paged_fp8.paged_decode import paged_decode
 
 
-def main(argv=None) -> list[float]:
+def main(argv=None) -> dict:
     from common.cli import ScriptHelpFormatter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
@@ -33,17 +34,10 @@ def main(argv=None) -> list[float]:
     kc, vc, ks, vs, bt, lens = U.make_paged(args.batch, args.ctx, 4, 64, 16,
                                             FP8 if args.dtype == "fp8" else torch.bfloat16)
     q = torch.randn(args.batch, 32, 64, device="cuda", dtype=torch.bfloat16)
-    times = []
-    for _ in range(args.launches):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        paged_decode(q, kc, vc, bt, lens, ks, vs)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    print(f"paged_decode {args.dtype} B={args.batch} ctx={args.ctx}: {', '.join(f'{t:.1f}' for t in times)} us "
-          "(event-timed, one launch each)")
-    return times
+    t = time_fn(lambda: paged_decode(q, kc, vc, bt, lens, ks, vs), warmup=0, iters=args.launches)
+    print(f"paged_decode {args.dtype} B={args.batch} ctx={args.ctx}: {args.launches} launches, event-timed one by "
+          f"one: median {t['median_ms'] * 1e3:.1f} us, best {t['min_ms'] * 1e3:.1f} us")
+    return t
 
 
 if __name__ == "__main__":
