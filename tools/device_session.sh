@@ -36,9 +36,9 @@
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
 #   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
-#               stall reasons, per-SASS-instruction samples               -> phase2 seesaw_ncu_{details,sass}_<tag>
+#               stall reasons, per-SASS-instruction samples, raw metrics -> phase2 seesaw_ncu_{details,sass,raw}_<tag>
 #   decodencu   Nsight Compute on phase 3's decode kernel at B=1,024 / 192 tokens, bf16 and FP8 (bits) pools
-#                                                                  -> phase3 decode_ncu_{bf16,fp8}_<tag>.txt
+#                                                                  -> phase3 decode_ncu_{bf16,fp8}{,_sass,_raw}_<tag>
 #   phase2      make phase2 / make milestone1's gates (seesaw Gluon MLA live) + the MLA decode benchmark
 #   vllm        the vLLM 0.25.0 peer's B=1 and offline figures (TinyLlama shapes, max_num_seqs 1024) on this machine,
 #               staged first by tools/device_peer.sh; put it in the same call as b1 offline (same-lease ratios)
@@ -82,6 +82,14 @@ LEN=$TITAN_CACHE/sharegpt_lengths_smollm2_1000_1024_2048_4.json
 STEADY_SETUP=(--max-num-batched-tokens 8192 --kv-memory 0.3 --duration 8 --max-requests 4608 --lengths-file "$LEN"
               --max-num-seqs 512)
 STEADY=("${STEADY_SETUP[@]}" --rates 160 192 224 256 320 384 448 512 576)
+OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
+     --kv-memory 0.3)  # offline 1024 x 128/128
+ncu_exports() {  # ncu_exports REPORT DETAILS.txt SASS.csv.gz RAW.csv.gz (nothing if ncu wrote no report)
+  [ -f "$1.ncu-rep" ] || return 0
+  ncu --import "$1.ncu-rep" --page details --print-details all > "$2" 2>&1
+  ncu --import "$1.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip > "$3"
+  ncu --import "$1.ncu-rep" --page raw --csv 2>&1 | gzip > "$4"
+}
 # the same grid with three lower rates and four tighter p50 targets: static's side of the curve below its best
 STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.25 1.5 1.75)
 
@@ -114,8 +122,6 @@ fi
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
   --variants graph+fused graph+fused+nopdl graph+fused --name "latency_$TAG"
 if has offline; then
-  OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
-       --kv-memory 0.3)
   step offline 200 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --hf --name "offline_gpu_1024_$TAG"
   TITAN_MIXED_GRAPHS=piecewise step offline_piecewise 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" \
     "${OFF[@]}" --name "offline_gpu_1024_piecewise_$TAG"
@@ -125,8 +131,6 @@ if has fp8; then
     phase4_scheduler/tests/test_kv_fp8.py
   TITAN_RESULTS_DIR=$WORK/phase3_paged_fp8/results step fp8_bench 240 python3 -m phase3_paged_fp8.bench_fp8_bits \
     --name "fp8_bits_$TAG"
-  OFF=(--num-prompts 1024 --input-len 128 --output-len 128 --max-num-seqs 1024 --max-num-batched-tokens 32768
-       --kv-memory 0.3)
   step offline_bf16 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
     --name "offline_gpu_1024_bf16_$TAG"
   step offline_fp8 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --kv-cache-dtype fp8 \
@@ -156,24 +160,16 @@ if has mlancu; then
   step mla_events 120 python3 -m phase2_mla.profile_seesaw
   step mla_ncu 300 ncu --clock-control none --kernel-name regex:seesaw --launch-skip 3 --launch-count 1 --set full \
     --import-source no -f -o /tmp/seesaw_ncu python3 -m phase2_mla.profile_seesaw
-  if [ -f /tmp/seesaw_ncu.ncu-rep ]; then
-    ncu --import /tmp/seesaw_ncu.ncu-rep --page details --print-details all > "$R/seesaw_ncu_details_$TAG.txt" 2>&1
-    ncu --import /tmp/seesaw_ncu.ncu-rep --page source --print-source sass --csv 2>&1 \
-      | gzip > "$R/seesaw_ncu_sass_$TAG.csv.gz"
-    ncu --import /tmp/seesaw_ncu.ncu-rep --page raw --csv 2>&1 | gzip > "$R/seesaw_ncu_raw_$TAG.csv.gz"
-  fi
+  ncu_exports /tmp/seesaw_ncu "$R/seesaw_ncu_details_$TAG.txt" "$R/seesaw_ncu_sass_$TAG.csv.gz" \
+    "$R/seesaw_ncu_raw_$TAG.csv.gz"
 fi
 if has decodencu; then
   for dt in bf16 fp8; do
     step "decode_ncu_$dt" 150 ncu --clock-control none --kernel-name regex:paged_decode_kernel --launch-skip 3 \
       --launch-count 1 --set full --import-source no -f -o "/tmp/decode_$dt" \
       python3 -m phase3_paged_fp8.profile_decode --dtype "$dt"
-    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page details --print-details all \
-      > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_$TAG.txt" 2>&1
-    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page source --print-source sass --csv \
-      2>&1 | gzip > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_sass_$TAG.csv.gz"
-    [ -f "/tmp/decode_$dt.ncu-rep" ] && ncu --import "/tmp/decode_$dt.ncu-rep" --page raw --csv \
-      2>&1 | gzip > "$WORK/phase3_paged_fp8/results/decode_ncu_${dt}_raw_$TAG.csv.gz"
+    R3=$WORK/phase3_paged_fp8/results/decode_ncu_$dt
+    ncu_exports "/tmp/decode_$dt" "${R3}_$TAG.txt" "${R3}_sass_$TAG.csv.gz" "${R3}_raw_$TAG.csv.gz"
   done
 fi
 if has phase2; then
