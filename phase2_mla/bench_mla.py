@@ -281,10 +281,13 @@ def mla_configs(heads: int) -> list[dict]:
     gluon_pipe = dict(gluon, block_n=32, gluon_schedule="pipelined")
     # FlashMLA's seesaw (mla_decode_gluon_seesaw: each warpgroup whole 64 x 64 score tiles of alternate KV tiles)
     gluon_seesaw = dict(gluon, gluon_schedule="seesaw")
+    # the same with the latent in 64-column boxes on their own barriers (a score GEMM starts as its first box lands)
+    gluon_chunked = dict(gluon, gluon_schedule="seesaw_chunked")
     if heads < 64:
-        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon, gluon_pipe, gluon_seesaw]
+        return [c(16, 64, 8, splits=None), c(16, 64, 4, swap_ab=True, splits=None), gluon, gluon_pipe, gluon_seesaw,
+                gluon_chunked]
     return [c(64, 64, 8),  # run 1's best (284 us with 1 split): the reference point, re-measured in the same run
-            gluon, gluon_pipe, gluon_seesaw, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
+            gluon, gluon_pipe, gluon_seesaw, gluon_chunked, c(128, 32, 8, dv_split=2), c(64, 64, 8, swap_ab=True)]
 
 
 def split_sweep(best: dict, b: int, h: int, ctx: int, label: str) -> dict:

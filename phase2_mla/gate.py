@@ -21,7 +21,8 @@ LIVE_MLA_CONFIGS = [dict(block_h=64, block_n=32, num_warps=8, num_stages=2, num_
                     dict(block_h=64, block_n=64, num_warps=8, num_stages=2, num_splits=None),
                     dict(block_h=32, block_n=32, num_warps=4, num_stages=2, num_splits=None),
                     dict(backend="gluon", num_splits=1, gluon_schedule="serial"),  # mla_decode_gluon (Hopper)
-                    dict(backend="gluon", num_splits=1, gluon_schedule="seesaw")]  # two warpgroups, alternate tiles
+                    dict(backend="gluon", num_splits=1, gluon_schedule="seesaw"),  # two warpgroups, alternate tiles
+                    dict(backend="gluon", num_splits=1, gluon_schedule="seesaw_chunked")]  # + a barrier per box
 
 
 def _bench():

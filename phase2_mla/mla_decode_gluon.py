@@ -44,7 +44,7 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw")
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked")
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
@@ -244,7 +244,7 @@ def schedule_kernel(schedule: str):
     if schedule == "pipelined":
         from phase2_mla import mla_decode_gluon_pipelined as pk
         return pk.mla_decode_gluon_pipelined_kernel, pk.PIPE_BLOCK_N, pk.PIPE_STAGES
-    if schedule == "seesaw":
+    if schedule in ("seesaw", "seesaw_chunked"):  # one kernel; the chunked one's latent boxes are narrower
         from phase2_mla import mla_decode_gluon_seesaw as sk
         return sk.mla_decode_gluon_seesaw_kernel, sk.SEESAW_BLOCK_N, sk.SEESAW_STAGES
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -252,7 +252,10 @@ def schedule_kernel(schedule: str):
 
 def schedule_launch(schedule: str) -> tuple[int, int]:
     """(latent TMA boxes per tile, launch num_warps) of a schedule: the seesaw loads each tile's latent as two
-    [64, DC / 2] boxes and launches 4 warps (WG0; its warp_specialize worker WG1 adds 4 more: 8 in all)."""
+    [64, DC / 2] boxes and launches 4 warps (WG0; its warp_specialize worker WG1 adds 4 more: 8 in all); the
+    chunked seesaw loads [64, 64] boxes, each on its own barrier, so a score GEMM starts as its first columns land."""
+    if schedule == "seesaw_chunked":
+        return 8, 4
     return (2, 4) if schedule == "seesaw" else (1, NUM_WARPS)
 
 

@@ -95,38 +95,64 @@ def _wg_layout(n):
 
 
 @gluon.jit
+def _chunk(c_half, j: gl.constexpr, CW: gl.constexpr):
+    """Columns [j CW, j CW + CW) of a latent half in shared memory (the whole half when CW spans it)."""
+    if CW == c_half.shape[1]:
+        return c_half
+    else:
+        return c_half.slice(j * CW, CW, dim=1)
+
+
+@gluon.jit
 def _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0, slot: gl.constexpr, G: gl.constexpr, pred,
                 PAGE):
-    """WG G's share of the tile at token n0 into `slot` (if pred): latent half G, and the rope key where WG G is
-    the one that reads that slot's P (slot != G); on barrier kv[2 slot + G]."""
-    DCH: gl.constexpr = c_desc.block_type.shape[1]
+    """WG G's share of the tile at token n0 into `slot` (if pred): latent half G, as CH = (DC / 2) / c_desc's box
+    columns TMA boxes, box j on barrier kv[(2 slot + G) CH + j], and the rope key where WG G is the one that reads
+    that slot's P (slot != G), on the half's last barrier."""
+    DCH: gl.constexpr = c_smem.shape[2]
+    CW: gl.constexpr = c_desc.block_type.shape[1]
+    CH: gl.constexpr = DCH // CW
     DC: gl.constexpr = 2 * DCH
     page = gl.load(bt_row + n0 // PAGE, mask=pred, other=0)
     r = page * PAGE + n0 % PAGE
-    bar = kv_bar.index(2 * slot + G)
-    if slot != G:
-        mbarrier.expect(bar, c_desc.block_type.nbytes + pe_desc.block_type.nbytes, pred=pred)
-        tma.async_copy_global_to_shared(pe_desc, [r, DC], bar, pe_smem.index(slot), pred=pred)
-    else:
-        mbarrier.expect(bar, c_desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(c_desc, [r, G * DCH], bar, c_smem.index(2 * slot + G), pred=pred)
+    for j in gl.static_range(CH):
+        bar = kv_bar.index((2 * slot + G) * CH + j)
+        if (slot != G) and (j == CH - 1):
+            mbarrier.expect(bar, c_desc.block_type.nbytes + pe_desc.block_type.nbytes, pred=pred)
+            tma.async_copy_global_to_shared(pe_desc, [r, DC], bar, pe_smem.index(slot), pred=pred)
+        else:
+            mbarrier.expect(bar, c_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(c_desc, [r, G * DCH + j * CW], bar,
+                                        _chunk(c_smem.index(2 * slot + G), j, CW), pred=pred)
+
+
+@gluon.jit
+def _wait_share(kv_bar, c_smem, slot: gl.constexpr, G: gl.constexpr, phase):
+    """Wait until WG G's share of `slot` (all CH barriers of latent half G) has landed."""
+    CH: gl.constexpr = kv_bar.shape[0] // c_smem.shape[0]
+    for j in gl.static_range(CH):
+        mbarrier.wait(kv_bar.index((2 * slot + G) * CH + j), phase=phase)
 
 
 @gluon.jit
 def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, phase, n0, end, s_zero, z):
-    """Issue S = q . [c | k_pe]^T of the tile in `slot` (3 commit groups): latent half 0 as soon as it landed, then
-    half 1 and the rope key; a partial tile's rows past `end` zeroed in each half before a wgmma reads it.
-    z: 0 at run time, opaque to the compiler (see _opaque_zero)."""
+    """Issue S = q . [c | k_pe]^T of the tile in `slot` (2 CH + 1 commit groups): each CW-column box of the latent
+    (CH a half) as soon as it landed, in order, then the rope key; a partial tile's rows past `end` zeroed in each
+    box before a wgmma reads it. z: 0 at run time, opaque to the compiler (see _opaque_zero)."""
     DCH: gl.constexpr = c_smem.shape[2]
+    CH: gl.constexpr = kv_bar.shape[0] // c_smem.shape[0]  # barriers (boxes) per latent half
+    CW: gl.constexpr = DCH // CH
     q = q_smem.index(z)
     c0 = c_smem.index(2 * slot + z)
-    c1 = c_smem.index(2 * slot + 1 + z)
-    mbarrier.wait(kv_bar.index(2 * slot), phase=phase)
-    zero_past_end(c0, n0, end)
-    s = warpgroup_mma(q.slice(0, DCH, dim=1), c0.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    mbarrier.wait(kv_bar.index(2 * slot + 1), phase=phase)
-    zero_past_end(c1, n0, end)
-    s = warpgroup_mma(q.slice(DCH, DCH, dim=1), c1.permute((1, 0)), s, is_async=True)
+    mbarrier.wait(kv_bar.index(2 * slot * CH), phase=phase)
+    cj = _chunk(c0, 0, CW)
+    zero_past_end(cj, n0, end)
+    s = warpgroup_mma(q.slice(0, CW, dim=1), cj.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    for j in gl.static_range(1, 2 * CH):
+        mbarrier.wait(kv_bar.index(2 * slot * CH + j), phase=phase)
+        cj = _chunk(c_smem.index(2 * slot + j // CH + z), j % CH, CW)  # half j // CH
+        zero_past_end(cj, n0, end)
+        s = warpgroup_mma(q.slice(j * CW, CW, dim=1), cj.permute((1, 0)), s, is_async=True)
     return warpgroup_mma(qpe_smem.index(z), pe_smem.index(slot + z).permute((1, 0)), s, is_async=True)
 
 
@@ -211,7 +237,7 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                     2 * i + 2 < n_tiles, PAGE)
         # tile b (WG1's): O_L = O_L a_b + P_b V_b,L with P_b from slot 1's rope region
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(1 * BH, BH), ready_bar.index(1), i & 1)
-        mbarrier.wait(kv_bar.index(2), phase=i & 1)  # V_b,L landed: this warpgroup's own view of the TMA (the NOTE)
+        _wait_share(kv_bar, c_smem, 1, 0, i & 1)  # V_b,L landed: this warpgroup's own view of the TMA (the NOTE)
         z = _opaque_zero(n0)
         acc = warpgroup_mma(pe_smem.index(1 + z), c_smem.index(2 + z), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -241,7 +267,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z)
         # tile a (WG0's): O_R = O_R a_a + P_a V_a,R, P_a from slot 0's rope region, queued behind S_b
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1)
-        mbarrier.wait(kv_bar.index(1), phase=i & 1)  # V_a,R landed (as in WG0)
+        _wait_share(kv_bar, c_smem, 0, 1, i & 1)  # V_a,R landed (as in WG0)
         acc = warpgroup_mma(pe_smem.index(0 + z), c_smem.index(1 + z), acc, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_b retired; P_a V_a,R may still run
         p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, n0, end, scale_log2)
@@ -260,7 +286,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                     PAGE)
     if n_tiles % 2 == 1:  # WG0's odd last tile: only O_R += P_a V_a,R here
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), (n_tiles // 2) & 1)
-        mbarrier.wait(kv_bar.index(1), phase=(n_tiles // 2) & 1)
+        _wait_share(kv_bar, c_smem, 0, 1, (n_tiles // 2) & 1)
         acc = warpgroup_mma(pe_smem.index(0), c_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     _finish(acc, m_i, l_i, l_smem, l_bar, 1, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)
@@ -288,7 +314,8 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
     """The serial kernel's arguments and grid; launched with 4 warps (WG0, the default partition) + a 4-warp worker
     (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent half). See the NOTE."""
     gl.static_assert(STAGES == 2, "the seesaw's ring is the current pair of tiles")
-    gl.static_assert(c_desc.block_type.shape[1] * 2 == DC, "c_desc loads latent halves")
+    CH: gl.constexpr = (DC // 2) // c_desc.block_type.shape[1]  # latent boxes (and barriers) per half
+    gl.static_assert(CH * c_desc.block_type.shape[1] * 2 == DC, "c_desc's box divides a latent half")
     BH: gl.constexpr = q_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
 
@@ -305,11 +332,11 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
     m_smem = gl.allocate_shared_memory(gl.float32, [STAGES * BH], vec_layout)  # m_t of slot s: [s BH, s BH + BH)
     l_smem = gl.allocate_shared_memory(gl.float32, [2 * BH], vec_layout)  # l_g: [g BH, g BH + BH)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_bar = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
+    kv_bar = gl.allocate_shared_memory(gl.int64, [2 * STAGES * CH, 1], mbarrier.MBarrierLayout())
     ready_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     l_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(2 * STAGES):
+    for i in gl.static_range(2 * STAGES * CH):
         mbarrier.init(kv_bar.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(ready_bar.index(i), count=1)
@@ -331,7 +358,7 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
     gl.warp_specialize([(_seesaw_wg0, args), (_seesaw_wg1, args)], [4], [WG1_REGS])
 
     mbarrier.invalidate(q_bar)
-    for i in gl.static_range(2 * STAGES):
+    for i in gl.static_range(2 * STAGES * CH):
         mbarrier.invalidate(kv_bar.index(i))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(ready_bar.index(i))

@@ -26,7 +26,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--heads", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--schedule", default="seesaw", choices=["seesaw", "serial", "pipelined"])
+    ap.add_argument("--schedule", default="seesaw", choices=["seesaw", "seesaw_chunked", "serial", "pipelined"])
     ap.add_argument("--launches", type=int, default=5, help="launches after the correctness check (ncu skips some)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

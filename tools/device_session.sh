@@ -35,7 +35,9 @@
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
-#   mlancu      Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
+#   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
+#                                                                               -> phase2 bench_mla_<tag>
+#   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples, raw metrics -> phase2 seesaw_ncu_{details,sass,raw}_<tag>
 #   decodencu   Nsight Compute on phase 3's decode kernel at B=1,024 / 192 tokens, bf16 and FP8 (bits) pools
 #                                                                  -> phase3 decode_ncu_{bf16,fp8}{,_sass,_raw}_<tag>
@@ -155,13 +157,21 @@ has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAP
   --policies continuous --name "equal_latency_defaults512_$TAG"
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
+if has mla; then
+  step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
+  [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
+    "$WORK/phase2_mla/results/bench_mla_$TAG.json"
+fi
 if has mlancu; then
   R=$WORK/phase2_mla/results
-  step mla_events 120 python3 -m phase2_mla.profile_seesaw
+  SCHED=${MLA_SCHEDULE:-seesaw}  # MLA_SCHEDULE=seesaw_chunked profiles the chunked one
+  step mla_events 120 python3 -m phase2_mla.profile_seesaw --schedule "$SCHED"
   step mla_ncu 300 ncu --clock-control none --kernel-name regex:seesaw --launch-skip 3 --launch-count 1 --set full \
-    --import-source no -f -o /tmp/seesaw_ncu python3 -m phase2_mla.profile_seesaw
-  ncu_exports /tmp/seesaw_ncu "$R/seesaw_ncu_details_$TAG.txt" "$R/seesaw_ncu_sass_$TAG.csv.gz" \
-    "$R/seesaw_ncu_raw_$TAG.csv.gz"
+    --import-source no -f -o /tmp/seesaw_ncu python3 -m phase2_mla.profile_seesaw --schedule "$SCHED"
+  S=${SCHED#seesaw}  # "" or "_chunked"
+  ncu_exports /tmp/seesaw_ncu "$R/seesaw${S}_ncu_details_$TAG.txt" "$R/seesaw${S}_ncu_sass_$TAG.csv.gz" \
+    "$R/seesaw${S}_ncu_raw_$TAG.csv.gz"
 fi
 if has decodencu; then
   for dt in bf16 fp8; do

@@ -304,6 +304,34 @@ def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warp
 
 
 @pytest.mark.slow
+def test_gluon_chunked_seesaw_waits_for_each_64_column_box_before_its_score_wgmma():
+    """schedule="seesaw_chunked" is the seesaw kernel with the latent in [64, 64] TMA boxes, each on its own
+    mbarrier (8 a tile instead of 2): same wgmmas, registers and shared memory bounds as the seesaw, and at each
+    of the 3 score GEMM sites every box's wait is followed by its own m64n64k16 x4 (the GEMM starts as the first
+    64 columns land, FlashMLA's order), then the rope key's."""
+    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+            "print(json.dumps([r(page=64, schedule='seesaw_chunked'), "
+            "r(page=128, num_splits=3, schedule='seesaw_chunked')]))")
+    for row in sm90_compile(code):
+        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 232448, row
+        assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
+        assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
+        assert row["wgmma_serialized"] == [], row
+        # TMA: q (2 copies) + its rope key, the first two tiles (16 boxes + 2 rope keys), each warpgroup's two
+        # shares in the loop (8 boxes + 1 rope key each); waits: q 2, 8 boxes at each score site, p ready 3, l 2,
+        # a whole share (4 boxes) before each value GEMM over the other warpgroup's share (3 sites)
+        assert row["tma_loads"] == 39, row
+        assert row["sync"]["mbarrier_waits"] == 2 + 3 * 8 + 3 + 2 + 3 * 4, row
+        assert row["sync"]["expect_tx_bytes"] == [8192, 16384, 73728], row  # a box, a box + the rope key, q
+        order = row["mma_order"]
+        box_then_mma = [i for i, e in enumerate(order) if e.startswith("mbarrier wait")  # "x2": q's, then a box's
+                        and "wgmma m64n64k16 x4" in order[i + 1:i + 5]
+                        and "mbarrier wait" not in order[i + 1:order.index("wgmma m64n64k16 x4", i)]]
+        assert len(box_then_mma) >= 3 * 8, order
+
+
+@pytest.mark.slow
 def test_gluon_smoke_kernel_compiles_with_the_mla_kernels_mma_shapes():
     """gluon_smoke.py (the MLA kernel's TMA / wgmma / shared-p plumbing on one tile, a debugging ladder for the
     GPU) lowers to sm_90a with the same wgmma shapes as the MLA kernel, so it exercises the same code paths."""
@@ -335,7 +363,7 @@ def test_gluon_smoke_tile_matches_torch():
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
                               "100-heads", "half-page-edges", "pairs-and-odd-tails"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked"])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
@@ -349,7 +377,7 @@ def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked"])
 def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
@@ -372,7 +400,8 @@ def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
 
 @pytest.mark.parametrize("schedule, block_n, stages, c_cols, warps", [("serial", 64, 2, 512, 8),
                                                                        ("pipelined", 32, 4, 512, 8),
-                                                                       ("seesaw", 64, 2, 256, 4)])
+                                                                       ("seesaw", 64, 2, 256, 4),
+                                                                       ("seesaw_chunked", 64, 2, 64, 4)])
 def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, block_n, stages, c_cols, warps):
     """The host side of mla_decode_gluon on the CPU (the kernel itself needs a Hopper GPU): a stand-in kernel
     records the launch; the grid, the TMA descriptors' tensors and block shapes, the strides and the merge match
@@ -394,7 +423,8 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, b
     other = []
     monkeypatch.setattr(gk, "mla_decode_gluon_kernel", Stub(launches if schedule == "serial" else other))
     monkeypatch.setattr(pk, "mla_decode_gluon_pipelined_kernel", Stub(launches if schedule == "pipelined" else other))
-    monkeypatch.setattr(sk, "mla_decode_gluon_seesaw_kernel", Stub(launches if schedule == "seesaw" else other))
+    monkeypatch.setattr(sk, "mla_decode_gluon_seesaw_kernel",
+                        Stub(launches if schedule.startswith("seesaw") else other))
     monkeypatch.setattr(mla_decode, "mla_merge_kernel", Stub(merges))
     b, h, page = 3, 100, 128
     q_lat, q_pe, kv, bt, sl = make_case([5, 300, 129], page, h=h, dc=512, dr=64, dtype=torch.bfloat16, device="cpu")
