@@ -147,6 +147,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto", help="overlapped decode (overlap.py)")
     ap.add_argument("--kv-memory", default="8GiB")
+    ap.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto", help="KV pool dtype (fp8: phase 3's)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
     if args.steps < 1 or any(b < 1 for b in args.batches):
@@ -156,11 +157,13 @@ def main(argv=None) -> dict:
     eng = LLMEngine(loaded, max_num_seqs=max(args.batches), max_num_batched_tokens=max(8192, args.prompt_len),
                     max_model_len=args.prompt_len + args.warm + args.steps + 160, kv_memory=args.kv_memory,
                     fuse=args.fuse, cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
-                    detokenize=False, overlap={"auto": None, "on": True, "off": False}[args.overlap])
+                    detokenize=False, overlap={"auto": None, "on": True, "off": False}[args.overlap],
+                    kv_cache_dtype=args.kv_cache_dtype)
     eng.warmup()
     freeze_heap()
     dev = "gpu" if loaded.device.type == "cuda" else "cpu"
-    res = {"model": loaded.source, "dtype": str(loaded.dtype), "fuse": args.fuse, "cuda_graph": args.cuda_graph,
+    res = {"model": loaded.source, "dtype": str(loaded.dtype), "kv_cache_dtype": args.kv_cache_dtype,
+           "fuse": args.fuse, "cuda_graph": args.cuda_graph,
            "overlap": eng.overlap,
            "gpu": torch.cuda.get_device_name() if dev == "gpu" else None, "rows": []}
     name = args.name or f"profile_decode_{dev}"

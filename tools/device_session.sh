@@ -35,6 +35,8 @@
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
+#   profilefp8  the profile part over the bf16 pool and the FP8 pool (where the FP8 pool's steps lose their time)
+#                                                        -> phase4 profile_decode_b448_{bf16,fp8}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
@@ -157,6 +159,12 @@ has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAP
   --policies continuous --name "equal_latency_defaults512_$TAG"
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
+if has profilefp8; then  # one B=448 / 384-token decode step over the bf16 pool and the FP8 pool, same call
+  for dt in auto fp8; do
+    step "profile_$dt" 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
+      --prompt-len 384 --kv-memory 40GiB --kv-cache-dtype "$dt" --name "profile_decode_b448_${dt/auto/bf16}_$TAG"
+  done
+fi
 if has mla; then
   step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw
   TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
