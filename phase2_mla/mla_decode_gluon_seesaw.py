@@ -67,8 +67,13 @@ runs, so registers are tight: with the slot indices compile-time constants, ptxa
 wgmma descriptors out of the loop and spilled 164 bytes; `_opaque_zero` makes them loop-variant (0 spills).
 Speed is measured on the GPU only (`bench_mla --only mla`).
 
-Not done (next steps if the GPU says so): the score GEMM waits for whole latent halves (FlashMLA waits per 64
-columns, so its QK^T starts as the first columns land); the slot of tile b is refilled only at the end of its pair
+NOTE (chunks: schedule "seesaw_chunked"). With a [64, 64] latent box on c_desc, each half is CH = 4 boxes, each on
+its own barrier kv[(2 slot + half) CH + j] (the rope key rides on the loading warpgroup's last box), and the score
+GEMM waits box by box (FlashMLA's order: QK^T starts as the first 64 columns land). Measured on the H100 (2026-12-06,
+results/bench_mla_s1206b_h100.json): 145.4 us against the two-box seesaw's 136.2 at 128 heads, so the default loads
+halves (CH = 1: the same TMA / wait / wgmma counts as before the option existed, and the same time, 136.2 us).
+
+Not done (next steps if the GPU says so): the slot of tile b is refilled only at the end of its pair
 (both value GEMMs read it), so WG1's next score GEMM sees that load's latency (FlashMLA's has the same); q's rope
 part in registers (FlashMLA) would free 8 KB.
 """
