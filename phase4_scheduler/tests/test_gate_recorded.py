@@ -58,7 +58,12 @@ def test_equal_latency_record_shows_each_bracket():
                          "ratio_high": None, "target_p50_s": 1.7},
                         {"target": "given", "baseline": "static", "ratio": 9.0, "ratio_low": 1, "ratio_high": 2,
                          "target_p50_s": 1.0}]}
-    assert gate._equal_record(r) == "vs static: 1.50x (bracket 1.20..inf) at p50 <= 1.70 s"
+    assert gate._equal_record(r) == ("vs static: 1.50x (bracket 1.20..inf) at p50 <= 1.70 s "
+                                     "(at p50 targets 1.00 s: 9.00x)")
+    r["comparison"][1]["ratio"] = None  # static meets that target at no swept rate
+    assert gate._equal_record(r).endswith("(at p50 targets 1.00 s: none)")
+    assert gate._equal_record({"comparison": r["comparison"][:1]}) == ("vs static: 1.50x (bracket 1.20..inf) at "
+                                                                      "p50 <= 1.70 s")
     assert "no ratio" in gate._equal_record({"comparison": []})
 
 
