@@ -160,9 +160,11 @@ has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAP
 has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
   --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
 if has profilefp8; then  # one B=448 / 384-token decode step over the bf16 pool and the FP8 pool, same call
+  PLEN=${PROFILE_PROMPT_LEN:-384}  # PROFILE_PROMPT_LEN=1536: the same at ShareGPT's longer contexts
+  SUF=$([ "$PLEN" = 384 ] && echo "" || echo "_p$PLEN")
   for dt in auto fp8; do
     step "profile_$dt" 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
-      --prompt-len 384 --kv-memory 40GiB --kv-cache-dtype "$dt" --name "profile_decode_b448_${dt/auto/bf16}_$TAG"
+      --prompt-len "$PLEN" --kv-memory 40GiB --kv-cache-dtype "$dt" --name "profile_decode_b448${SUF}_${dt/auto/bf16}_$TAG"
   done
 fi
 if has mla; then
