@@ -86,6 +86,15 @@ def device_events(prof) -> list[tuple[str, float, float]]:
     return out
 
 
+def prefill_steps_bound(batch: int, prompt_len: int, budget: int, admit_delay: int) -> int:
+    """Steps until the last of `batch` prompts is prefilled, with room to spare: the running decodes take up to one
+    token of the step budget each, so a prompt-carrying step prefills as little as budget - batch tokens (a 448 x
+    1,536 batch at an 8,192 budget needs ~88 such steps, not the 84 of budget / prompt tokens: the first admitted
+    requests then ran out of max_tokens inside the profiled window)."""
+    per_step = max(budget - batch, budget // 2)
+    return -(-batch * prompt_len // per_step) + admit_delay + 2
+
+
 def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -95,7 +104,7 @@ def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> di
     # so the whole batch is still running through the profiled window (checked below)
     # (admission batching may hold the last few seats for up to max_admit_delay_steps)
     sched = eng.scheduler
-    prefill_steps = -(-batch * prompt_len // sched.max_num_batched_tokens) + sched.max_admit_delay_steps + 2
+    prefill_steps = prefill_steps_bound(batch, prompt_len, sched.max_num_batched_tokens, sched.max_admit_delay_steps)
     params = SamplingParams(max_tokens=prefill_steps + warm + steps + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         eng.add_request(f"p{batch}-{i}", torch.randint(100, vocab - 100, (prompt_len,), generator=g).tolist(), params)
@@ -155,7 +164,8 @@ def main(argv=None) -> dict:
     loaded = load_model(args.model, device=args.device, random_weights=args.random_weights,
                         num_layers=args.num_layers)
     eng = LLMEngine(loaded, max_num_seqs=max(args.batches), max_num_batched_tokens=max(8192, args.prompt_len),
-                    max_model_len=args.prompt_len + args.warm + args.steps + 160, kv_memory=args.kv_memory,
+                    max_model_len=args.prompt_len + args.warm + args.steps + 160 + prefill_steps_bound(
+                        max(args.batches), args.prompt_len, max(8192, args.prompt_len), 16), kv_memory=args.kv_memory,
                     fuse=args.fuse, cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
                     detokenize=False, overlap={"auto": None, "on": True, "off": False}[args.overlap],
                     kv_cache_dtype=args.kv_cache_dtype)

@@ -43,3 +43,15 @@ def test_cpu_run_reports_no_device_trace(tmp_path, monkeypatch):
     assert row["batch"] == 2 and row["wall_ms_per_step"] > 0
     assert row["gpu_busy_ms_per_step"] is None and row["gpu_idle_share"] is None and "no CUDA" in row["note"]
     assert (tmp_path / "profile_decode_cpu.json").exists()
+
+
+def test_prefill_bound_leaves_room_for_the_running_decodes_share_of_the_budget():
+    """448 prompts of 1,536 tokens at an 8,192-token budget: 84 steps if every step were all prefill, but each running
+    sequence takes one token of a step, so the bound counts budget - batch tokens a step (the GPU run that used 84
+    saw the first requests finish inside the profiled window)."""
+    from phase4_scheduler.profile_decode import prefill_steps_bound
+
+    assert prefill_steps_bound(448, 1536, 8192, 16) == -(-448 * 1536 // (8192 - 448)) + 16 + 2 == 107
+    assert prefill_steps_bound(448, 1536, 8192, 16) > -(-448 * 1536 // 8192) + 16 + 2
+    assert prefill_steps_bound(1, 128, 8192, 0) == 3
+    assert prefill_steps_bound(8000, 16, 8192, 0) == -(-8000 * 16 // 4096) + 2  # never under half the budget
