@@ -47,8 +47,7 @@ def test_cpu_run_reports_no_device_trace(tmp_path, monkeypatch):
 
 def test_prefill_bound_leaves_room_for_the_running_decodes_share_of_the_budget():
     """448 prompts of 1,536 tokens at an 8,192-token budget: 84 steps if every step were all prefill, but each running
-    sequence takes one token of a step, so the bound counts budget - batch tokens a step (the GPU run that used 84
-    saw the first requests finish inside the profiled window)."""
+    sequence takes one token of a step, so the bound counts budget - batch tokens a step."""
     from phase4_scheduler.profile_decode import prefill_steps_bound
 
     assert prefill_steps_bound(448, 1536, 8192, 16) == -(-448 * 1536 // (8192 - 448)) + 16 + 2 == 107
