@@ -90,9 +90,8 @@ def prefill_steps_bound(batch: int, prompt_len: int, budget: int, admit_delay: i
     """Steps until the last of `batch` prompts is prefilled, with room to spare: the running decodes take up to one
     token of the step budget each, so a prompt-carrying step prefills as little as budget - batch tokens (a 448 x
     1,536 batch at an 8,192 budget: 89 such steps, not the 84 of budget / prompt tokens).
-    NOTE: on the H100 (2026-12-06) a B=448 x 1,536 profile still ended with 285 of 448 requests running, with this
-    bound as without it, over either KV pool; the same run on the CPU (1 layer) keeps all 448. Cause not found yet
-    (GPU-only paths: overlapped decode, mixed-step graphs); B=448 x 384 profiles fine."""
+    (On the H100 a B=448 x 1,536 profile ended with 285 of 448 requests running with this bound as without it: the
+    cause, most likely: admission batching, reproduced on the CPU with the GPU's setting: see profile_batch.)"""
     per_step = max(budget - batch, budget // 2)
     return -(-batch * prompt_len // per_step) + admit_delay + 2
 
@@ -110,9 +109,16 @@ def profile_batch(eng, batch: int, prompt_len: int, steps: int, warm: int) -> di
     params = SamplingParams(max_tokens=prefill_steps + warm + steps + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         eng.add_request(f"p{batch}-{i}", torch.randint(100, vocab - 100, (prompt_len,), generator=g).tolist(), params)
-    while len(eng.scheduler.waiting) or any(r.num_computed_tokens < len(r.prompt_token_ids)
-                                            for r in eng.scheduler.running):
-        eng.step()  # prefill (possibly over several steps)
+    # fill the batch without admission batching: with CUDA graphs the engine holds the last max_num_seqs / 16 seats
+    # until that many are free or 16 steps passed, so the last seats of a long-prompt batch filled a few per 17 steps
+    # and the first requests ran out of max_tokens inside the window (B=448 x 1,536 on the H100: 285 left running;
+    # the CPU test reproduces it with the same setting)
+    admit, sched.admit_min_free_seats = sched.admit_min_free_seats, 1
+    try:
+        while len(sched.waiting) or any(r.num_computed_tokens < len(r.prompt_token_ids) for r in sched.running):
+            eng.step()  # prefill (possibly over several steps)
+    finally:
+        sched.admit_min_free_seats = admit
     for _ in range(warm):
         eng.step()
     cuda = torch.cuda.is_available()

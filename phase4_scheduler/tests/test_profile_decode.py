@@ -54,3 +54,20 @@ def test_prefill_bound_leaves_room_for_the_running_decodes_share_of_the_budget()
     assert prefill_steps_bound(448, 1536, 8192, 16) > -(-448 * 1536 // 8192) + 16 + 2
     assert prefill_steps_bound(1, 128, 8192, 0) == 3
     assert prefill_steps_bound(8000, 16, 8192, 0) == -(-8000 * 16 // 4096) + 2  # never under half the budget
+
+
+def test_profile_keeps_the_whole_batch_running_under_admission_batching():
+    """With CUDA graphs the engine batches admissions (admit_min_free_seats = max_num_seqs // 16); filling a batch of
+    long prompts then held the last seats so long that the first requests finished inside the profiled window (the
+    H100's B=448 x 1,536 run kept 285). Reproduced here on the CPU with 32 seats, 8 held: all 32 stay running, and
+    the engine's own setting is restored afterwards."""
+    from common.model_loader import load_model
+    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.profile_decode import profile_batch
+
+    loaded = load_model("smollm2-135m", device="cpu", random_weights=True, num_layers=1)
+    eng = LLMEngine(loaded, max_num_seqs=32, max_num_batched_tokens=128, max_model_len=600, kv_memory="256MiB",
+                    detokenize=False, admit_min_free_seats=8)
+    r = profile_batch(eng, 32, 64, 2, 1)
+    assert r["running_after_window"] == 32 and r["batch"] == 32
+    assert eng.scheduler.admit_min_free_seats == 8 and not eng.has_unfinished()
