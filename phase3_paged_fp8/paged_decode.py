@@ -51,7 +51,7 @@ def token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV: tl.constexpr, BITS: tl.
 
 
 @triton.jit
-def _tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl.constexpr, BLOCK_N: tl.constexpr,
+def tile_scales(bt_row, ks_ptr, vs_ptr, n0, end, kvh, BS: tl.constexpr, HKV: tl.constexpr, BLOCK_N: tl.constexpr,
                  BITS: tl.constexpr):
     """token_scales of tokens n0 .. n0 + BLOCK_N (0 past `end`), their slots read from the block-table row.
 
@@ -109,7 +109,7 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
     acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     if QUANT:  # the first tile's scales; the loop loads each next tile's a tile ahead (SCALES NOTE)
-        ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, start, end, kvh, BS, HKV, BLOCK_N, BITS)
+        ks_next, vs_next = tile_scales(bt_row, ks_ptr, vs_ptr, start, end, kvh, BS, HKV, BLOCK_N, BITS)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
@@ -120,7 +120,7 @@ def paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, lens_ptr,
         k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         if QUANT:
             ks_t, vs_t = ks_next, vs_next
-            ks_next, vs_next = _tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, end, kvh, BS, HKV, BLOCK_N,
+            ks_next, vs_next = tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, end, kvh, BS, HKV, BLOCK_N,
                                             BITS)
         if BITS:
             k = e4m3_to_bf16_lowered(k)

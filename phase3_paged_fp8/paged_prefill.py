@@ -40,15 +40,21 @@ from common.attention import attention_ref
 from common.paged_checks import require_float, require_power_of_two, values_checkable
 from phase3_paged_fp8.cache_write import FP8, write_kv_cache, write_kv_cache_ref
 from phase3_paged_fp8.fp8_bits import Q_LIFT_F, UNLIFT_F, e4m3_to_bf16_lowered
-from phase3_paged_fp8.paged_decode import LOG2E, check_paged_inputs, gather_kv, interpreting, token_scales, use_bits
+from phase3_paged_fp8.paged_decode import (LOG2E, check_paged_inputs, gather_kv, interpreting, tile_scales,
+                                           use_bits)
 
 
 @triton.jit
-def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d, d_mask,
+def _tile(acc, m_i, l_i, ks, vs, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d, d_mask,
           BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
           MASKED: tl.constexpr, PREC: tl.constexpr, BITS: tl.constexpr = False):
     """One online-softmax step over keys n0 .. n0+BLOCK_N (masked: causal and n < hi). BITS: lowered e4m3 tiles
-    (paged_decode_kernel's docstring; q arrives lifted by 2^64)."""
+    (paged_decode_kernel's docstring; q arrives lifted by 2^64). QUANT: ks, vs are this tile's scales, loaded a
+    tile ahead; returns the next tile's with the state (paged_decode's SCALES NOTE: loaded where they are used, each
+    tile waited a memory latency for them)."""
+    if QUANT:
+        ks_t, vs_t = ks, vs
+        ks, vs = tile_scales(bt_row, ks_ptr, vs_ptr, n0 + BLOCK_N, hi, kvh, BS, HKV, BLOCK_N, BITS)
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < hi
     blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
@@ -61,8 +67,7 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
         k = k.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if QUANT:
-        ks, vs = token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV, BITS)
-        s = s * ks[None, :]
+        s = s * ks_t[None, :]
     if MASKED:
         s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -70,14 +75,14 @@ def _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if QUANT:
-        p = p * vs[None, :]
+        p = p * vs_t[None, :]
     v = tl.load(vc_ptr + kv_off, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
     if BITS:
         v = e4m3_to_bf16_lowered(v)
     else:
         v = v.to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PREC)
-    return acc, m_new, l_i
+    return acc, m_new, l_i, ks, vs
 
 
 @triton.jit
@@ -144,12 +149,16 @@ def paged_prefill_kernel(q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, cu_ptr, 
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     lo = ((prefix + (mt * BLOCK_M) // G) // BLOCK_N) * BLOCK_N  # keys below lo: visible to every query of the tile
     hi = prefix + tl.minimum(q_len, ((mt + 1) * BLOCK_M - 1) // G + 1)  # keys at or above hi: visible to none
+    ks = tl.zeros([BLOCK_N], tl.float32)  # the tile scales carried through both loops (unused unless QUANT)
+    vs = ks
+    if QUANT:  # the first tile's; each _tile loads the next one's (the second loop starts where the first ends)
+        ks, vs = tile_scales(bt_row, ks_ptr, vs_ptr, 0, hi, kvh, BS, HKV, BLOCK_N, BITS)
     for n0 in range(0, lo, BLOCK_N):
-        acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC, BITS)
+        acc, m_i, l_i, ks, vs = _tile(acc, m_i, l_i, ks, vs, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
+                                      kvh, d, d_mask, BS, HKV, D, BLOCK_N, QUANT, False, PREC, BITS)
     for n0 in range(lo, hi, BLOCK_N):
-        acc, m_i, l_i = _tile(acc, m_i, l_i, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos, kvh, d,
-                              d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC, BITS)
+        acc, m_i, l_i, ks, vs = _tile(acc, m_i, l_i, ks, vs, q, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, n0, hi, pos,
+                                      kvh, d, d_mask, BS, HKV, D, BLOCK_N, QUANT, True, PREC, BITS)
     if BITS:
         acc = acc * UNLIFT_F
     out = acc / l_i[:, None]
