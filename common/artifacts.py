@@ -57,6 +57,7 @@ TABLE: dict[str, str] = {
     "kv_cache.write": "phase3_paged_fp8.cache_write:write_kv_cache",
     "kv_cache.write_ref": "phase3_paged_fp8.cache_write:write_kv_cache_ref",
     "kv_cache.fp8_quantize": "phase3_paged_fp8.cache_write:quantize_fp8_ref",
+    "kv_cache.fp8_round_jit": "phase3_paged_fp8.cache_write:round_to_e4m3",  # @triton.jit: fp32 -> nearest e4m3
     "attention.paged_decode": "phase3_paged_fp8.paged_decode:paged_decode",
     "attention.paged_decode_ref": "phase3_paged_fp8.paged_decode:paged_decode_ref",
     "attention.paged_decode_plan": "phase3_paged_fp8.paged_decode:decode_plan",

@@ -26,8 +26,14 @@ under CUDA graphs and PDL (common/pdl.py), and attention was four of the eight k
   graph can replay the kernel forever. `counters` must not be shared by two streams at once.
 Numerics: identical to the unfused path's roundings (RoPE in fp32 on dtype-rounded cos/sin, rounded to the dtype;
 the cache holds the dtype-rounded k, v) except that the new token's score is an fp32 dot product rather than a
-tensor-core one. Not for FP8 caches (the new token would skip the quantisation every other position went through):
-the runner keeps the unfused path there.
+tensor-core one.
+FP8 caches (phase 3's e4m3 + one fp16 scale per token and KV head; QUANT): the new token is quantised in registers
+exactly as write_kv_cache does (scale amax / 448 rounded to fp16 first, values rounded to nearest even), stored with
+its scales, and scored / added as the cache now holds it (e4m3 x scale), so it goes through the same quantisation
+as every other position; history tiles are converted by Triton (not phase 3's bit moves: this kernel serves the
+small batches, where a step is latency-bound) with the scales on the score and p columns. Tested under the
+interpreter (same cache bytes as rope_qk + write_kv_cache, output against the fp32 reference); not yet run on a GPU,
+so the runner folds FP8 decode steps only with TITAN_FP8_FUSED=1 (default: the four unfused kernels, as before).
 """
 from __future__ import annotations
 
@@ -42,28 +48,55 @@ from common.pdl import pdl_args, pdl_wait
 from phase4_scheduler.fused_kernels import interpreting, rope_qk_ref
 
 LOG2E = 1.4426950408889634
+FP8 = torch.float8_e4m3fn  # phase 3's FP8 cache format: e4m3 values, one fp16 scale per token and KV head
+SCALE_DTYPE = torch.float16
+_round_to_e4m3 = artifacts.get("kv_cache.fp8_round_jit")  # phase 3's quantiser (a Triton function)
 
 
 @triton.jit
-def _tile(qs, k, v, n_mask, m_i, l_i, acc, PREC: tl.constexpr):
-    """One online-softmax step over a [BLOCK_N] tile. An all-masked tile changes nothing."""
+def _tile(qs, k, v, ks, vs, n_mask, m_i, l_i, acc, PREC: tl.constexpr, QUANT: tl.constexpr):
+    """One online-softmax step over a [BLOCK_N] tile. An all-masked tile changes nothing. QUANT: k, v are e4m3 and
+    ks, vs their per-token scales, applied as phase 3's kernels do (to the score column, to p's column)."""
     s = tl.dot(qs, tl.trans(k.to(qs.dtype)), input_precision=PREC)  # [G_PAD, BLOCK_N], log2 units
+    if QUANT:
+        s = s * ks[None, :]
     s = tl.where(n_mask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
+    l_new = l_i * alpha + tl.sum(p, axis=1)
+    if QUANT:
+        p = p * vs[None, :]
     acc = acc * alpha[:, None] + tl.dot(p.to(qs.dtype), v.to(qs.dtype), input_precision=PREC)
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+    return m_new, l_new, acc
 
 
 @triton.jit
-def _kv_tile(bt_row, kc_ptr, vc_ptr, n, n_mask, kvh, d, BS: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
-    """K and V [BLOCK_N, D] of cached positions n [BLOCK_N] of one KV head (the cache holds rotated keys)."""
-    blk = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64)
-    off = ((blk * BS + n % BS) * (HKV * D) + kvh * D)[:, None] + d[None, :]  # int64 element offsets
-    return tl.load(kc_ptr + off, mask=n_mask[:, None], other=0.0), tl.load(vc_ptr + off, mask=n_mask[:, None],
-                                                                          other=0.0)
+def _kv_tile(bt_row, kc_ptr, vc_ptr, ks_ptr, vs_ptr, n, n_mask, kvh, d, BS: tl.constexpr, HKV: tl.constexpr,
+             D: tl.constexpr, QUANT: tl.constexpr):
+    """K and V [BLOCK_N, D] of cached positions n [BLOCK_N] of one KV head (the cache holds rotated keys), and with
+    QUANT their per-token scales [BLOCK_N] (fp32, 0 where masked; ones otherwise, unused)."""
+    slot = tl.load(bt_row + n // BS, mask=n_mask, other=0).to(tl.int64) * BS + n % BS
+    off = (slot * (HKV * D) + kvh * D)[:, None] + d[None, :]  # int64 element offsets
+    k = tl.load(kc_ptr + off, mask=n_mask[:, None], other=0.0)
+    v = tl.load(vc_ptr + off, mask=n_mask[:, None], other=0.0)
+    if QUANT:
+        ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+        vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+    else:
+        ks = n_mask.to(tl.float32)
+        vs = ks
+    return k, v, ks, vs
+
+
+@triton.jit
+def _quantize(x):
+    """x [D] (fp32, already rounded to the model dtype) as phase 3's write_kv_cache stores it: the fp16 scale
+    amax / 448 (at least 1e-6) and the e4m3 values x / scale, rounded to nearest even (round_to_e4m3: exact casts on
+    the interpreter too). Returns (values as fp32, scale as fp16)."""
+    sc = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), 448.0), 1e-6).to(tl.float16)
+    return _round_to_e4m3(tl.clamp(tl.math.div_rn(x, sc.to(tl.float32)), -448.0, 448.0)), sc
 
 
 @triton.jit
@@ -83,7 +116,8 @@ def _rope(x, partner, c, s, dt):
 
 
 @triton.jit
-def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr,
+def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr,
+                            lens_ptr,
                             o_ptr, po_ptr, lse_ptr, cnt_ptr,
                             stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cs, stride_bt,
                             stride_ot, stride_oh, sm_scale_log2, num_splits, min_tps,
@@ -91,7 +125,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
                             GR: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                             S_PAD: tl.constexpr, S_CHUNK: tl.constexpr, ROPE: tl.constexpr,
                             PREFETCH: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
-                            PDL: tl.constexpr):
+                            PDL: tl.constexpr, QUANT: tl.constexpr = False):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -107,10 +141,11 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:
         n = start + tl.arange(0, BLOCK_N)
-        k0, v0 = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
+        k0, v0, ks0, vs0 = _kv_tile(bt_row, kc_ptr, vc_ptr, ks_ptr, vs_ptr, n, n < cached_end, kvh, d, BS, HKV, D,
+                                    QUANT)
     pdl_wait(PDL)
     # ---- after it: this step's q, k, v
-    dt = kc_ptr.dtype.element_ty
+    dt = q_ptr.dtype.element_ty  # the model's dtype (the cache's, or bf16 / fp16 over an e4m3 cache)
     g = tl.arange(0, G_PAD)
     g_mask = g < G
     heads = kvh * G + g
@@ -133,27 +168,42 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     if ROPE:
         kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
     owner = (end == seq_len) & (start < seq_len)
-    s_new = tl.where(owner, tl.sum(qs.to(tl.float32) * kn[None, :], axis=1), float("-inf"))  # [G_PAD]
+    if QUANT:  # score the key as the cache will hold it (e4m3 x scale), as the unfused path reads it back
+        kq, k_sc = _quantize(kn)
+        s_new = tl.sum(qs.to(tl.float32) * kq[None, :], axis=1) * k_sc.to(tl.float32)
+    else:
+        s_new = tl.sum(qs.to(tl.float32) * kn[None, :], axis=1)
+    s_new = tl.where(owner, s_new, float("-inf"))  # [G_PAD]
     slot = tl.load(slot_ptr + b).to(tl.int64)
     if owner & (slot >= 0):  # nobody reads this slot in this launch: the history ends at seq_len - 2
         dst = slot * (HKV * D) + kvh * D
-        tl.store(kc_ptr + dst + d, kn.to(dt))
-        tl.store(vc_ptr + dst + d, tl.load(v_row + d))
+        if QUANT:
+            vq, v_sc = _quantize(tl.load(v_row + d).to(tl.float32))
+            tl.store(kc_ptr + dst + d, kq.to(kc_ptr.dtype.element_ty))
+            tl.store(vc_ptr + dst + d, vq.to(vc_ptr.dtype.element_ty))
+            tl.store(ks_ptr + slot * HKV + kvh, k_sc)
+            tl.store(vs_ptr + slot * HKV + kvh, v_sc)
+        else:
+            tl.store(kc_ptr + dst + d, kn.to(dt))
+            tl.store(vc_ptr + dst + d, tl.load(v_row + d))
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
     first = start
     if PREFETCH:
-        m_i, l_i, acc = _tile(qs, k0, v0, n < cached_end, m_i, l_i, acc, PREC)
+        m_i, l_i, acc = _tile(qs, k0, v0, ks0, vs0, n < cached_end, m_i, l_i, acc, PREC, QUANT)
         first = start + BLOCK_N
     for n0 in range(first, cached_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        k, v = _kv_tile(bt_row, kc_ptr, vc_ptr, n, n < cached_end, kvh, d, BS, HKV, D)
-        m_i, l_i, acc = _tile(qs, k, v, n < cached_end, m_i, l_i, acc, PREC)
+        k, v, ks, vs = _kv_tile(bt_row, kc_ptr, vc_ptr, ks_ptr, vs_ptr, n, n < cached_end, kvh, d, BS, HKV, D, QUANT)
+        m_i, l_i, acc = _tile(qs, k, v, ks, vs, n < cached_end, m_i, l_i, acc, PREC, QUANT)
 
     # merge the new token's score (s_new, -inf outside the owner split) into the running softmax
     vn = tl.load(v_row + d).to(tl.float32)  # [D]
+    if QUANT:  # its value as the cache holds it (requantised here: the same bits as stored above)
+        vq, v_sc = _quantize(vn)
+        vn = vq * v_sc.to(tl.float32)
     m_new = tl.maximum(m_i, s_new)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
@@ -206,7 +256,8 @@ def prefetch_first_tile(batch: int, num_kv_heads: int) -> bool:
     return batch * num_kv_heads < 512
 
 
-def _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters):
+def _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters,
+           k_scale=None, v_scale=None):
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[0] != k.shape[0]:
         raise ValueError(f"decode_attention: want q [B, Hq, D], k and v [B, Hkv, D], got q{tuple(q.shape)} "
                          f"k{tuple(k.shape)} v{tuple(v.shape)}")
@@ -219,11 +270,19 @@ def _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, posi
                          "query heads must be a multiple of KV heads, of one dim")
     if d & (d - 1) or d < 32:
         raise ValueError(f"decode_attention: head_dim must be a power of two >= 32, got {d}")
-    if not (q.dtype == k.dtype == v.dtype == k_cache.dtype == v_cache.dtype) or q.dtype not in (
-            torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"decode_attention: q, k, v and the caches must share one of fp16/bf16/fp32, got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}, {k_cache.dtype}, {v_cache.dtype} (FP8 caches: use "
-                         "write_kv_cache + paged_decode)")
+    fp8 = k_cache.dtype == FP8 and v_cache.dtype == FP8
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not (
+            fp8 or k_cache.dtype == v_cache.dtype == q.dtype):
+        raise ValueError(f"decode_attention: q, k, v and the caches must share one of fp16/bf16/fp32 (or the caches "
+                         f"be FP8 e4m3 with scales), got {q.dtype}, {k.dtype}, {v.dtype}, {k_cache.dtype}, "
+                         f"{v_cache.dtype}")
+    if fp8 != (k_scale is not None) or (k_scale is None) != (v_scale is None):
+        raise ValueError("decode_attention: an FP8 cache needs k_scale and v_scale [num_blocks, block_size, Hkv]; "
+                         "other dtypes take none")
+    for name, sc in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if sc is not None and (sc.shape != k_cache.shape[:3] or sc.dtype != SCALE_DTYPE or not sc.is_contiguous()):
+            raise ValueError(f"decode_attention: {name} must be contiguous {SCALE_DTYPE} {tuple(k_cache.shape[:3])}, "
+                             f"got {sc.dtype} {tuple(sc.shape)}")
     if any(t.stride(-1) != 1 for t in (q, k, v)) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("decode_attention: q, k, v need unit stride in D and the caches must be contiguous")
     if block_tables.dim() != 2 or block_tables.dtype != torch.int32 or block_tables.shape[0] != b:
@@ -241,7 +300,7 @@ def _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, posi
     if counters is not None and (counters.dtype != torch.int32 or not counters.is_contiguous()):
         raise ValueError(f"decode_attention: counters must be a contiguous int32 buffer, got {counters.dtype}")
     devs = {t.device for t in (q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions,
-                               cos_sin_cache, counters) if t is not None}
+                               cos_sin_cache, counters, k_scale, v_scale) if t is not None}
     if len(devs) != 1:
         raise ValueError(f"decode_attention: all tensors must be on one device, got {devs}")
 
@@ -250,17 +309,19 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
                      cos_sin_cache=None, counters=None, sm_scale=None, num_splits: int | None = None,
                      max_seq_len: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None, min_tokens_per_split: int | None = None,
-                     prefetch: bool | None = None) -> torch.Tensor:
+                     prefetch: bool | None = None, k_scale=None, v_scale=None) -> torch.Tensor:
     """RoPE (when positions is given) + cache write + paged decode attention in one launch; see the module NOTE.
 
     q [B, Hq, D], k, v [B, Hkv, D]: this step's projections (strided views of the packed qkv are fine), not modified.
     seq_lens [B] counts the new token. counters: a zeroed int32 buffer of >= B * Hkv entries that the kernel leaves
     zeroed (a CUDA-graphed caller keeps one; None allocates one). Unset tile / splits come from phase 3's
     decode_plan; `prefetch` (first tile before the PDL wait) from prefetch_first_tile (registers per tile:
-    decode_resources.py).
+    decode_resources.py). An FP8 cache (phase 3's e4m3 with fp16 k_scale / v_scale [num_blocks, block_size, Hkv])
+    gets the new token quantised as write_kv_cache would (same bytes, same scales) and scored as the cache holds it.
     Returns out [B, Hq, D] in q's dtype.
     """
-    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
+    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters,
+           k_scale, v_scale)
     b, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
@@ -286,29 +347,32 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
     s_pad = triton.next_power_of_2(num_splits)
     pdl, launch = pdl_args(q)
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    quant = k_scale is not None
     decode_attention_kernel[(b, hkv, num_splits)](
         q, k, v, positions if rope else seq_lens, cos_sin_cache if rope else q, slot_mapping, k_cache, v_cache,
-        block_tables, seq_lens, out, po, lse, counters,
+        k_scale if quant else k_cache, v_scale if quant else v_cache, block_tables, seq_lens, out, po, lse, counters,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_sin_cache.stride(0) if rope else 0, block_tables.stride(0), out.stride(0), out.stride(1),
         sm_scale * LOG2E, num_splits, min_tps, BS=bs, HKV=hkv, G=g, G_PAD=max(16, triton.next_power_of_2(g)),
         GR=gr, HALF=d // 2, BLOCK_N=block_n, SPLIT=split, S_PAD=s_pad,
         S_CHUNK=max(1, min(s_pad, 4096 // (gr * d))), ROPE=rope, PREFETCH=prefetch_first_tile(b, hkv) if prefetch is None else prefetch,
         DOT_F32=interpreting() or q.dtype == torch.float32, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch)
+        PDL=pdl, QUANT=quant, num_warps=num_warps, num_stages=num_stages, **launch)
     return out
 
 
 def decode_attention_ref(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions=None,
-                         cos_sin_cache=None, counters=None, sm_scale=None, **_tiles) -> torch.Tensor:
+                         cos_sin_cache=None, counters=None, sm_scale=None, k_scale=None, v_scale=None,
+                         **_tiles) -> torch.Tensor:
     """The unfused composition in PyTorch: rope_qk_ref, phase 3's write_kv_cache_ref and paged_decode_ref (fp32)."""
-    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters)
+    _check(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_lens, positions, cos_sin_cache, counters,
+           k_scale, v_scale)
     b, hq, d = q.shape
     hkv = k.shape[1]
     if positions is not None:
         qkv = rope_qk_ref(torch.cat((q.reshape(b, -1), k.reshape(b, -1), v.reshape(b, -1)), 1), positions,
                           cos_sin_cache, hq, hkv, d)
         q, k = qkv[:, :hq * d].view(b, hq, d), qkv[:, hq * d:(hq + hkv) * d].view(b, hkv, d)
-    artifacts.get("kv_cache.write_ref")(k, v, slot_mapping, k_cache, v_cache)
+    artifacts.get("kv_cache.write_ref")(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale)
     return artifacts.get("attention.paged_decode_ref")(q, k_cache, v_cache, block_tables, seq_lens.to(torch.int32),
-                                                       sm_scale=sm_scale)
+                                                       k_scale, v_scale, sm_scale=sm_scale)

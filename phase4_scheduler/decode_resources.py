@@ -15,10 +15,12 @@ import sys
 
 BF = "*bf16"
 FUSED_SIG = dict(q_ptr=BF, k_ptr=BF, v_ptr=BF, pos_ptr="*i64", cs_ptr="*fp32", slot_ptr="*i64", kc_ptr=BF, vc_ptr=BF,
-                 bt_ptr="*i32", lens_ptr="*i32", o_ptr=BF, po_ptr="*fp32", lse_ptr="*fp32", cnt_ptr="*i32",
+                 ks_ptr=BF, vs_ptr=BF, bt_ptr="*i32", lens_ptr="*i32", o_ptr=BF, po_ptr="*fp32", lse_ptr="*fp32", cnt_ptr="*i32",
                  stride_qt="i32", stride_qh="i32", stride_kt="i32", stride_kh="i32", stride_vt="i32",
                  stride_vh="i32", stride_cs="i32", stride_bt="i32", stride_ot="i32", stride_oh="i32",
                  sm_scale_log2="fp32", num_splits="i32", min_tps="i32")
+# over phase 3's FP8 cache: e4m3 values, fp16 scales (QUANT)
+FUSED_FP8_SIG = dict(FUSED_SIG, kc_ptr="*fp8e4nv", vc_ptr="*fp8e4nv", ks_ptr="*fp16", vs_ptr="*fp16")
 PHASE3_SIG = dict(q_ptr=BF, kc_ptr=BF, vc_ptr=BF, ks_ptr=BF, vs_ptr=BF, bt_ptr="*i32", lens_ptr="*i32", o_ptr=BF,
                   po_ptr="*fp32", lse_ptr="*fp32", stride_qb="i32", stride_qh="i32", stride_bt="i32",
                   stride_ob="i32", stride_oh="i32", sm_scale_log2="fp32", num_splits="i32", min_tps="i32")
@@ -45,6 +47,8 @@ def rows() -> list[dict]:
                 variants.append((f"fused, RoPE {'on' if rope else 'off'}, prefetch {'on' if pre else 'off'}",
                                  decode_attention_kernel, FUSED_SIG,
                                  dict(base, GR=8, HALF=32, S_PAD=1, S_CHUNK=1, ROPE=rope, PREFETCH=pre)))
+        variants.append(("fused over an FP8 cache, RoPE on, prefetch on", decode_attention_kernel, FUSED_FP8_SIG,
+                         dict(variants[2][3], QUANT=True)))
         phase3_regs = None
         variants.append(("fused, RoPE on, prefetch off, registers capped at phase 3's", decode_attention_kernel,
                          FUSED_SIG, variants[1][3]))

@@ -27,6 +27,7 @@ from phase4_scheduler.step_timer import StepTimer, step_timing_enabled
 
 KV_CACHE_DTYPES = ("auto", "fp8")
 DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read when a ModelRunner is built
+FP8_FUSED_ENV = "TITAN_FP8_FUSED"  # "1": decode-only steps over an FP8 pool take the fused kernel too (default: not)
 # decode steps with fewer (sequence, KV head) pairs than this run the fused decode attention; larger ones the unfused
 # four kernels. Measured on the H200 (results/decode_attention_h200.json, decode_attention_gated_h200.json; 22
 # layers, TinyLlama shapes, us per layer): B=1/256 tokens 3.9 vs 5.2, B=64/512 16.6 vs 21.5, but B=256/512 45.5 vs
@@ -114,7 +115,7 @@ class BatchAttention:
         if self.fused_decode:  # one kernel: (RoPE,) cache write, attention, split merge
             counters = r.decode_counters if r.decode_counters.numel() >= qp.shape[0] * kp.shape[1] else None
             return r.decode_attention_fn(qp, kp, vp, self.slot_mapping, kc, vc, self.block_tables, self.seq_lens,
-                                         positions, cos_sin, counters=counters)
+                                         positions, cos_sin, counters=counters, k_scale=ks, v_scale=vs)
         if positions is not None:
             raise ValueError("attend_packed: positions are only taken when rope_in_attention is True")
         if self.decode_only and r.decode_fn is not None:
@@ -178,8 +179,10 @@ class ModelRunner:
         # the reference prefill handles decode rows exactly; the Triton decode kernel is faster for decode-only steps
         self.decode_fn = artifacts.get("attention.paged_decode") if self.backend == "triton" else None
         # decode-only steps: RoPE + cache write + attention + split merge in one kernel (decode_attention.py), unless
-        # the cache is FP8 or TITAN_DECODE_ATTENTION=unfused (the A/B switch of bench_latency's '+unfused' variant)
-        fold = (self.decode_fn is not None and not fp8 and os.environ.get(DECODE_ENV, "fused") != "unfused"
+        # TITAN_DECODE_ATTENTION=unfused (the A/B switch of bench_latency's '+unfused' variant) or the cache is FP8
+        # without TITAN_FP8_FUSED=1 (the kernel's FP8 path is interpreter-tested, not yet timed on a GPU)
+        fold = (self.decode_fn is not None and (not fp8 or os.environ.get(FP8_FUSED_ENV) == "1")
+                and os.environ.get(DECODE_ENV, "fused") != "unfused"
                 and cfg.head_dim >= 32 and not cfg.head_dim & (cfg.head_dim - 1))
         self.decode_attention_fn = artifacts.get("attention.decode_fused") if fold else None
         # its split-merge counters: zeroed once, left zeroed by every launch (so CUDA graphs can hold the pointer)

@@ -35,6 +35,8 @@
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
+#   steadyfp8fused  continuous only over the FP8 pool with TITAN_FP8_FUSED=1 (small decode steps through the fused
+#               kernel's FP8 path; the fp8 part runs its GPU tests first) -> phase4 equal_latency_wide512_fp8fused_<tag>
 #   profilefp8  the profile part over the bf16 pool and the FP8 pool (where the FP8 pool's steps lose their time)
 #                                                        -> phase4 profile_decode_b448_{bf16,fp8}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
@@ -132,7 +134,7 @@ if has offline; then
 fi
 if has fp8; then
   step fp8_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider phase3_paged_fp8/tests/test_gpu.py \
-    phase4_scheduler/tests/test_kv_fp8.py
+    phase4_scheduler/tests/test_kv_fp8.py phase4_scheduler/tests/test_decode_attention.py
   TITAN_RESULTS_DIR=$WORK/phase3_paged_fp8/results step fp8_bench 240 python3 -m phase3_paged_fp8.bench_fp8_bits \
     --name "fp8_bits_$TAG"
   step offline_bf16 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" \
@@ -144,6 +146,8 @@ if has fp8; then
 fi
 has steadywide && step steadywide 330 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_WIDE[@]}" \
   --policies continuous static --name "equal_latency_wide512_$TAG"
+has steadyfp8fused && TITAN_FP8_FUSED=1 step steadyfp8fused 330 python3 -m phase4_scheduler.bench_equal_latency \
+  "${P4[@]}" "${STEADY_WIDE[@]}" --policies continuous --kv-cache-dtype fp8 --name "equal_latency_wide512_fp8fused_$TAG"
 has steadyfp8 && step steadyfp8 330 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_WIDE[@]}" \
   --policies continuous static --kv-cache-dtype fp8 --name "equal_latency_wide512_fp8_$TAG"
 has sharegpt && step sharegpt 300 python3 -m phase4_scheduler.bench_offline "${P4[@]}" --workload sharegpt \

@@ -40,33 +40,61 @@ def make_case(lens, hq, hkv, d, bs, dtype, seed, rope=True, scratch=False):
                 positions=t(pos) if rope else None, cos_sin_cache=t(cs))
 
 
-def unfused_triton_cache(case):
-    """The caches after the unfused Triton path's rope_qk + write_kv_cache (the same fp32 RoPE arithmetic)."""
+def unfused_triton_cache(case, with_q=False):
+    """The caches (and FP8 scales) after the unfused Triton path's rope_qk + write_kv_cache (the same fp32 RoPE
+    arithmetic, the same quantiser); with_q: and its rotated q."""
     from common import artifacts
     from phase4_scheduler.fused_kernels import rope_qk
 
     b, hq, d = case["q"].shape
     hkv = case["k"].shape[1]
     kc, vc = case["k_cache"].clone(), case["v_cache"].clone()
+    ks, vs = (case[n].clone() if case.get(n) is not None else None for n in ("k_scale", "v_scale"))
     qkv = torch.cat([case[x].reshape(b, -1) for x in "qkv"], 1)
     if case["positions"] is not None:
         rope_qk(qkv, case["positions"], case["cos_sin_cache"], hq, hkv, d)
     k, v = qkv[:, hq * d:(hq + hkv) * d].view(b, hkv, d), qkv[:, (hq + hkv) * d:].view(b, hkv, d)
-    artifacts.get("kv_cache.write")(k, v, case["slot_mapping"], kc, vc)
-    return kc, vc
+    artifacts.get("kv_cache.write")(k, v, case["slot_mapping"], kc, vc, ks, vs)
+    return (kc, vc, ks, vs, qkv[:, :hq * d].view(b, hq, d)) if with_q else (kc, vc, ks, vs)
+
+
+def fp8_case(case):
+    """The case with its caches quantised to phase 3's FP8 format (e4m3 + fp16 scales per token and KV head)."""
+    from common import artifacts
+
+    quant = artifacts.get("kv_cache.fp8_quantize")
+    kc, ks = quant(case["k_cache"])
+    vc, vs = quant(case["v_cache"])
+    return dict(case, k_cache=kc, v_cache=vc, k_scale=ks, v_scale=vs)
+
+
+CACHES = ("k_cache", "v_cache", "k_scale", "v_scale")
 
 
 def check(case, atol, **tiles):
-    ref = {k: (v.clone() if k in ("k_cache", "v_cache") else v) for k, v in case.items()}
-    want_kc, want_vc = unfused_triton_cache(case)
+    """Output against the reference, the cache slots against the unfused Triton path's, the counters zeroed. Over an
+    FP8 cache the reference attends over the cache that path wrote with its rotated q: the fp32 reference composition
+    rotates in PyTorch, whose bf16 roundings differ from the kernels' by an ulp now and then, and one ulp can move a
+    value to the next e4m3 code (~6%), which the outputs then show; the two kernels agree on every byte."""
+    ref = {k: (v.clone() if k in CACHES and v is not None else v) for k, v in case.items()}
+    want = unfused_triton_cache(case, with_q=True)
+    want, q_rot = want[:4], want[4]
     hkv = case["k"].shape[1]
     counters = torch.zeros(case["q"].shape[0] * hkv + 5, dtype=torch.int32, device=DEV)
     got = decode_attention(**case, counters=counters, **tiles)
-    want = decode_attention_ref(**ref)
-    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=atol)
-    torch.testing.assert_close(case["k_cache"].float(), ref["k_cache"].float(), atol=atol, rtol=atol)
-    assert torch.equal(case["k_cache"], want_kc) and torch.equal(case["v_cache"], want_vc), \
-        "the cache must hold exactly what the unfused Triton path (rope_qk + write_kv_cache) writes"
+    if case.get("k_scale") is not None:
+        from common import artifacts
+        expect = artifacts.get("attention.paged_decode_ref")(q_rot, *want[:2], case["block_tables"], case["seq_lens"],
+                                                             *want[2:])
+    else:
+        expect = decode_attention_ref(**ref)
+    torch.testing.assert_close(got.float(), expect.float(), atol=atol, rtol=atol)
+    for name, w in zip(CACHES, want):
+        assert (w is None and case.get(name) is None) or torch.equal(case[name].view(torch.uint8) if w.dtype ==
+                                                                     torch.float8_e4m3fn else case[name],
+                                                                     w.view(torch.uint8) if w.dtype ==
+                                                                     torch.float8_e4m3fn else w), \
+            f"{name} must hold exactly what the unfused Triton path (rope_qk + write_kv_cache) writes"
     assert int(counters.abs().sum()) == 0, "the last split of every (sequence, head) must reset its counter"
     return got
 
@@ -96,6 +124,29 @@ def test_splits_beyond_the_sequence_and_one_token_splits():
 def test_bf16_matches_within_rounding():
     case = make_case([33, 9, 64], 8, 2, 64, bs=16, dtype=torch.bfloat16, seed=3)
     check(case, 3e-2, num_splits=4)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_fp8_cache_matches_the_unfused_path(splits, prefetch):
+    """Over phase 3's FP8 cache the kernel quantises the new token as write_kv_cache does (the cache bytes and scales
+    equal the unfused path's exactly) and attends to the history and the new token as the cache holds them (output
+    within bf16 rounding of the fp32 reference over the same FP8 cache)."""
+    for seed in (23, 26):  # 26: a case where the PyTorch-rotated reference lands on another e4m3 code (check's note)
+        case = fp8_case(make_case([21, 1, 13, 40], 8, 2, 64, bs=4, dtype=torch.bfloat16, seed=seed + splits,
+                                  scratch=True))
+        check(case, 1e-2, num_splits=splits, prefetch=prefetch)
+
+
+def test_fp8_cache_needs_its_scales():
+    case = fp8_case(make_case([5, 6], 8, 2, 32, bs=4, dtype=torch.bfloat16, seed=2))
+    with pytest.raises(ValueError, match="needs k_scale and v_scale"):
+        decode_attention(**dict(case, k_scale=None, v_scale=None))
+    with pytest.raises(ValueError, match="k_scale must be"):
+        decode_attention(**dict(case, k_scale=case["k_scale"].float()))
+    bf = make_case([5, 6], 8, 2, 32, bs=4, dtype=torch.bfloat16, seed=2)
+    with pytest.raises(ValueError, match="take none"):
+        decode_attention(**dict(bf, k_scale=case["k_scale"], v_scale=case["v_scale"]))
 
 
 def test_counters_none_allocates_and_strided_views_work():
@@ -154,6 +205,36 @@ def test_engine_greedy_tokens_fused_equals_unfused(monkeypatch):
     assert out["fused"] == out["unfused"]
 
 
+def test_engine_fp8_pool_folds_only_when_asked_and_gives_the_same_tokens(monkeypatch):
+    """Over an FP8 pool the runner keeps the four unfused kernels unless TITAN_FP8_FUSED=1 (the fused kernel's FP8
+    path is not yet timed on a GPU); with it, decode-only steps go through the fused kernel with the pool's scales,
+    and the greedy tokens are the unfused path's."""
+    from common.sampling import SamplingParams
+    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.llm import LLM
+
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    ps = [[1, 5, 9, 200, 31], [7] * 19, [3, 4]]
+    out = {}
+    for flag in ("1", None):
+        if flag:
+            monkeypatch.setenv("TITAN_FP8_FUSED", flag)
+        else:
+            monkeypatch.delenv("TITAN_FP8_FUSED", raising=False)
+        eng = LLMEngine.from_model("tinyllama-1.1b", device=DEV, random_weights=True, num_layers=2, num_blocks=32,
+                                   max_model_len=64, backend="triton", fuse=True, dtype=torch.float32,
+                                   kv_cache_dtype="fp8")
+        assert (eng.runner.decode_attention_fn is not None) == (flag == "1")
+        calls = []
+        if flag:
+            inner = eng.runner.decode_attention_fn
+            eng.runner.decode_attention_fn = lambda *a, **k: (calls.append(k["k_scale"] is not None), inner(*a, **k))[1]
+        out[flag] = [o.output_token_ids for o in LLM(engine=eng).generate(ps, params)]
+        if flag:
+            assert calls and all(calls), "decode-only steps must go through the fused kernel with the FP8 scales"
+    assert out["1"] == out[None]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("hq,hkv,d", [(32, 4, 64), (9, 3, 64), (32, 8, 128)])
 def test_gpu_large_many_splits_repeated(hq, hkv, d):
@@ -163,6 +244,17 @@ def test_gpu_large_many_splits_repeated(hq, hkv, d):
     for rep in range(20):
         case = make_case(lens, hq, hkv, d, bs=16, dtype=torch.bfloat16, seed=rep, scratch=rep % 2 == 0)
         check(case, 3e-2, num_splits=(None, 2, 7, 32, 128)[rep % 5], prefetch=rep % 3 != 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hq,hkv,d", [(32, 4, 64), (32, 8, 128)])
+def test_gpu_fp8_cache_large_many_splits(hq, hkv, d):
+    """The FP8 path at realistic sizes on the GPU (tensor-core dots over converted e4m3 tiles): same cache bytes as
+    the unfused path, output within bf16 rounding of the reference over that cache."""
+    lens = [4999, 1, 333, 2048, 77, 257, 64]
+    for rep in range(6):
+        case = fp8_case(make_case(lens, hq, hkv, d, bs=16, dtype=torch.bfloat16, seed=100 + rep, scratch=rep % 2 == 0))
+        check(case, 3e-2, num_splits=(None, 2, 7, 32, 128, 1)[rep], prefetch=rep % 3 != 0)
 
 
 @pytest.mark.gpu
