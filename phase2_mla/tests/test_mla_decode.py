@@ -270,6 +270,23 @@ def test_gluon_pipelined_kernel_compiles_for_hopper_with_the_overlap_in_the_ptx(
         assert loop[o_t + 1:o_t + 3] == ["commit", "wait 0"], order  # then O_t, and one wait for both
 
 
+def seesaw_rows(schedule: str) -> list[dict]:
+    """hopper_resources_gluon of a seesaw schedule (page 64 / 1 split and page 128 / 3 splits), each row checked for
+    what both seesaws share: no spills within 255 registers, shared memory within the 232,448 bytes a block may take,
+    m64n64k16 x 36 score wgmmas at 3 sites and m64n256k16 x 4 value wgmmas at 6 (3 with p in registers), no ptxas
+    wgmma serialisation."""
+    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+            f"print(json.dumps([r(page=64, schedule={schedule!r}), r(page=128, num_splits=3, schedule={schedule!r})]))")
+    rows = sm90_compile(code)
+    for row in rows:
+        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 232448, row
+        assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
+        assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
+        assert row["wgmma_serialized"] == [], row
+    return rows
+
+
 @pytest.mark.slow
 def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warpgroup():
     """schedule="seesaw" (mla_decode_gluon_seesaw.py, two warp_specialize partitions of 4 warps) lowers to sm_90a:
@@ -279,14 +296,7 @@ def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warp
     m64n256k16 x 4 at 6 sites, 3 of them with the warpgroup's own p as the A operand in registers. ptxas serialises
     no wgmma. The PTX has WG1's overlap: its score GEMM committed, then (after waiting for WG0's p) P_a V_a issued,
     then one wait_group 1 (the scores only) and the softmax's ex2s and the p hand-off with P_a V_a still in flight."""
-    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
-            "print(json.dumps([r(page=64, schedule='seesaw'), r(page=128, num_splits=3, schedule='seesaw')]))")
-    for row in sm90_compile(code):
-        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
-        assert row["shared_bytes"] <= 232448, row
-        assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
-        assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
-        assert row["wgmma_serialized"] == [], row
+    for row in seesaw_rows("seesaw"):
         # mbarrier waits: q (2 partitions), the KV shares (2 per score GEMM site), p ready (3 sites), l (2), the
         # other warpgroup's KV share before a value GEMM over it (3 sites);
         # wgmma waits: WG0 5, WG1 4; fences: barrier init, zeroed halves (2 per score site), p hand-off (3 sites);
@@ -309,15 +319,7 @@ def test_gluon_chunked_seesaw_waits_for_each_64_column_box_before_its_score_wgmm
     mbarrier (8 a tile instead of 2): same wgmmas, registers and shared memory bounds as the seesaw, and at each
     of the 3 score GEMM sites every box's wait is followed by its own m64n64k16 x4 (the GEMM starts as the first
     64 columns land, FlashMLA's order), then the rope key's."""
-    code = ("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
-            "print(json.dumps([r(page=64, schedule='seesaw_chunked'), "
-            "r(page=128, num_splits=3, schedule='seesaw_chunked')]))")
-    for row in sm90_compile(code):
-        assert not row["ptxas_error"] and row["spill_store_bytes"] == 0 and row["registers"] <= 255, row
-        assert row["shared_bytes"] <= 232448, row
-        assert row["wgmma_shapes"] == {"m64n64k16": 108, "m64n256k16": 24}, row
-        assert row["wgmma_a_in_registers"] == {"m64n256k16": 12}, row
-        assert row["wgmma_serialized"] == [], row
+    for row in seesaw_rows("seesaw_chunked"):
         # TMA: q (2 copies) + its rope key, the first two tiles (16 boxes + 2 rope keys), each warpgroup's two
         # shares in the loop (8 boxes + 1 rope key each); waits: q 2, 8 boxes at each score site, p ready 3, l 2,
         # a whole share (4 boxes) before each value GEMM over the other warpgroup's share (3 sites)
