@@ -9,6 +9,9 @@
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
+# Not yet run on a GPU (2026-12-06, CPU-tested): the fused decode attention's FP8 path, the FP8 prefill kernel's scale
+# prefetch, profile_decode's batch fill; one call covers them (~6 min):
+#   PROFILE_PROMPT_LEN=1536 TAG=<new tag> bash tools/device_session.sh fp8 steadyfp8fused profilefp8
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
 # call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
 #
