@@ -57,7 +57,8 @@ TABLE: dict[str, str] = {
     "kv_cache.write": "phase3_paged_fp8.cache_write:write_kv_cache",
     "kv_cache.write_ref": "phase3_paged_fp8.cache_write:write_kv_cache_ref",
     "kv_cache.fp8_quantize": "phase3_paged_fp8.cache_write:quantize_fp8_ref",
-    "kv_cache.fp8_round_jit": "phase3_paged_fp8.cache_write:round_to_e4m3",  # @triton.jit: fp32 -> nearest e4m3
+    "kv_cache.fp8_quantize_jit": "phase3_paged_fp8.cache_write:quantize_e4m3",  # @triton.jit: the cache's quantiser
+    "attention.fp8_token_scales_jit": "phase3_paged_fp8.paged_decode:token_scales",  # @triton.jit: cached K/V scales
     "attention.paged_decode": "phase3_paged_fp8.paged_decode:paged_decode",
     "attention.paged_decode_ref": "phase3_paged_fp8.paged_decode:paged_decode_ref",
     "attention.paged_decode_plan": "phase3_paged_fp8.paged_decode:decode_plan",

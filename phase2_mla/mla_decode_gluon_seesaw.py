@@ -148,16 +148,12 @@ def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, p
     CH: gl.constexpr = kv_bar.shape[0] // c_smem.shape[0]  # barriers (boxes) per latent half
     CW: gl.constexpr = DCH // CH
     q = q_smem.index(z)
-    c0 = c_smem.index(2 * slot + z)
-    mbarrier.wait(kv_bar.index(2 * slot * CH), phase=phase)
-    cj = _chunk(c0, 0, CW)
-    zero_past_end(cj, n0, end)
-    s = warpgroup_mma(q.slice(0, CW, dim=1), cj.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    for j in gl.static_range(1, 2 * CH):
+    s = s_zero
+    for j in gl.static_range(2 * CH):
         mbarrier.wait(kv_bar.index(2 * slot * CH + j), phase=phase)
-        cj = _chunk(c_smem.index(2 * slot + j // CH + z), j % CH, CW)  # half j // CH
+        cj = _chunk(c_smem.index(2 * slot + j // CH + z), j % CH, CW)  # box j % CH of half j // CH
         zero_past_end(cj, n0, end)
-        s = warpgroup_mma(q.slice(j * CW, CW, dim=1), cj.permute((1, 0)), s, is_async=True)
+        s = warpgroup_mma(q.slice(j * CW, CW, dim=1), cj.permute((1, 0)), s, use_acc=j > 0, is_async=True)
     return warpgroup_mma(qpe_smem.index(z), pe_smem.index(slot + z).permute((1, 0)), s, is_async=True)
 
 
@@ -317,7 +313,8 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
                                    DC: gl.constexpr, DR: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
                                    NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr):
     """The serial kernel's arguments and grid; launched with 4 warps (WG0, the default partition) + a 4-warp worker
-    (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent half). See the NOTE."""
+    (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent half) or, for the chunked schedule, a divisor of it. See the
+    NOTE."""
     gl.static_assert(STAGES == 2, "the seesaw's ring is the current pair of tiles")
     CH: gl.constexpr = (DC // 2) // c_desc.block_type.shape[1]  # latent boxes (and barriers) per half
     gl.static_assert(CH * c_desc.block_type.shape[1] * 2 == DC, "c_desc's box divides a latent half")

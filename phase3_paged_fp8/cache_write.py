@@ -70,6 +70,17 @@ def round_to_e4m3(x):
 
 
 @triton.jit
+def quantize_e4m3(x, AXIS: tl.constexpr):
+    """fp32 x -> (e4m3 values as fp32, fp16 scales) with one scale per slice along AXIS (the head dim): scale =
+    amax / 448 rounded to fp16 FIRST (at least SCALE_MIN), values x / scale rounded to nearest even (round_to_e4m3:
+    exact casts on the interpreter too) -- quantize_fp8_ref's arithmetic. The one quantiser of the FP8 cache: this
+    module's write kernel ([H, D] rows, AXIS=1) and phase 4's fused decode attention ([D], AXIS=0) both call it."""
+    sc = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=AXIS), 448.0), 1e-6).to(tl.float16)
+    xq = round_to_e4m3(tl.clamp(tl.math.div_rn(x, tl.expand_dims(sc.to(tl.float32), AXIS)), -448.0, 448.0))
+    return xq, sc
+
+
+@triton.jit
 def write_kv_cache_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr,
                           stride_kt, stride_kh, stride_vt, stride_vh,
                           H: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -87,10 +98,8 @@ def write_kv_cache_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr
     v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask, other=0.0).to(tl.float32)
     dst = slot * (H * D) + h[:, None] * D + d[None, :]  # cache rows are contiguous [H, D]
     if QUANT:
-        k_sc = tl.maximum(tl.math.div_rn(tl.max(tl.abs(k), axis=1), 448.0), 1e-6).to(tl.float16)  # [BLOCK_H]
-        v_sc = tl.maximum(tl.math.div_rn(tl.max(tl.abs(v), axis=1), 448.0), 1e-6).to(tl.float16)
-        kq = round_to_e4m3(tl.clamp(tl.math.div_rn(k, k_sc.to(tl.float32)[:, None]), -448.0, 448.0))
-        vq = round_to_e4m3(tl.clamp(tl.math.div_rn(v, v_sc.to(tl.float32)[:, None]), -448.0, 448.0))
+        kq, k_sc = quantize_e4m3(k, 1)  # k_sc [BLOCK_H]
+        vq, v_sc = quantize_e4m3(v, 1)
         tl.store(kc_ptr + dst, kq.to(kc_ptr.dtype.element_ty), mask=mask)
         tl.store(vc_ptr + dst, vq.to(vc_ptr.dtype.element_ty), mask=mask)
         tl.store(ks_ptr + slot * H + h, k_sc, mask=h < H)

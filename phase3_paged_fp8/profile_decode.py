@@ -3,10 +3,10 @@
     ncu --clock-control none --kernel-name regex:paged_decode_kernel --launch-skip 3 --launch-count 1 --set full \
         -o decode_fp8 python3 -m phase3_paged_fp8.profile_decode --dtype fp8     # tools/device_session.sh decodencu
 
-Why the FP8 pool's decode is not faster than bf16 although it reads half the bytes (fp8_bits_s1206_h200.json: at
-B=1,024 / 192 tokens 65 us against 56.5 us; both kernels get through 185-250 (sequence, KV head, 64-token)
-tiles per us at every shape measured, FP8 never more than bf16) is read from the counters: issue slots, pipe
-utilisation, stall reasons per instruction. Without ncu it prints the event-timed launches.
+Where each pool's kernel spends its time is read from the counters: issue slots, pipe utilisation, stall reasons
+per instruction. Its first use found the FP8 kernel waiting on its per-token scale loads (decode_ncu_fp8_s1206_h100);
+with those loaded a tile ahead it runs 65.7 us against bf16's 81.7 on the H100 (decode_ncu_*_s1206b_h100). Without
+ncu it prints the event-timed launches.
 """
 from __future__ import annotations
 

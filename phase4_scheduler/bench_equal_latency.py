@@ -232,7 +232,8 @@ def warm_up(engine, pool, vocab: int, n: int) -> None:
     with a sequence count like 512 and one like 170 are two compilations; a static batcher's admission step (every
     waiting prompt at once, past the mixed-step graphs: eager) meets the second kind only under load. In the H100
     sweep from 64 req/s (equal_latency_wide512_s1206_h100) static's eager steps took 1.0-1.3 s at the first rates
-    against ~0.1 s of arithmetic; a burst of n - 1 meets the other variant here. (Not yet GPU-checked.)"""
+    against ~0.1 s of arithmetic; a burst of n - 1 meets the other variant here. Checked in the next H100 sweep
+    (equal_latency_wide512_s1206b_h100): 62-132 ms at every rate but 96 req/s (378 ms, twice)."""
     rng = np.random.default_rng(123)
     k = 0
     for size in warm_up_bursts(n):

@@ -50,7 +50,8 @@ from phase4_scheduler.fused_kernels import interpreting, rope_qk_ref
 LOG2E = 1.4426950408889634
 FP8 = torch.float8_e4m3fn  # phase 3's FP8 cache format: e4m3 values, one fp16 scale per token and KV head
 SCALE_DTYPE = torch.float16
-_round_to_e4m3 = artifacts.get("kv_cache.fp8_round_jit")  # phase 3's quantiser (a Triton function)
+_quantize_e4m3 = artifacts.get("kv_cache.fp8_quantize_jit")  # phase 3's quantiser and scale loads (Triton functions)
+_token_scales = artifacts.get("attention.fp8_token_scales_jit")
 
 
 @triton.jit
@@ -82,21 +83,11 @@ def _kv_tile(bt_row, kc_ptr, vc_ptr, ks_ptr, vs_ptr, n, n_mask, kvh, d, BS: tl.c
     k = tl.load(kc_ptr + off, mask=n_mask[:, None], other=0.0)
     v = tl.load(vc_ptr + off, mask=n_mask[:, None], other=0.0)
     if QUANT:
-        ks = tl.load(ks_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
-        vs = tl.load(vs_ptr + slot * HKV + kvh, mask=n_mask, other=0.0).to(tl.float32)
+        ks, vs = _token_scales(ks_ptr, vs_ptr, slot, kvh, n_mask, HKV, False)
     else:
         ks = n_mask.to(tl.float32)
         vs = ks
     return k, v, ks, vs
-
-
-@triton.jit
-def _quantize(x):
-    """x [D] (fp32, already rounded to the model dtype) as phase 3's write_kv_cache stores it: the fp16 scale
-    amax / 448 (at least 1e-6) and the e4m3 values x / scale, rounded to nearest even (round_to_e4m3: exact casts on
-    the interpreter too). Returns (values as fp32, scale as fp16)."""
-    sc = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), 448.0), 1e-6).to(tl.float16)
-    return _round_to_e4m3(tl.clamp(tl.math.div_rn(x, sc.to(tl.float32)), -448.0, 448.0)), sc
 
 
 @triton.jit
@@ -169,7 +160,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
         kn = _rope(kn, tl.load(k_row + dp).to(tl.float32), c, s, dt)
     owner = (end == seq_len) & (start < seq_len)
     if QUANT:  # score the key as the cache will hold it (e4m3 x scale), as the unfused path reads it back
-        kq, k_sc = _quantize(kn)
+        kq, k_sc = _quantize_e4m3(kn, 0)  # as write_kv_cache quantises (one scale for the head's D values)
         s_new = tl.sum(qs.to(tl.float32) * kq[None, :], axis=1) * k_sc.to(tl.float32)
     else:
         s_new = tl.sum(qs.to(tl.float32) * kn[None, :], axis=1)
@@ -178,7 +169,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     if owner & (slot >= 0):  # nobody reads this slot in this launch: the history ends at seq_len - 2
         dst = slot * (HKV * D) + kvh * D
         if QUANT:
-            vq, v_sc = _quantize(tl.load(v_row + d).to(tl.float32))
+            vq, v_sc = _quantize_e4m3(tl.load(v_row + d).to(tl.float32), 0)
             tl.store(kc_ptr + dst + d, kq.to(kc_ptr.dtype.element_ty))
             tl.store(vc_ptr + dst + d, vq.to(vc_ptr.dtype.element_ty))
             tl.store(ks_ptr + slot * HKV + kvh, k_sc)
@@ -202,7 +193,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
     # merge the new token's score (s_new, -inf outside the owner split) into the running softmax
     vn = tl.load(v_row + d).to(tl.float32)  # [D]
     if QUANT:  # its value as the cache holds it (requantised here: the same bits as stored above)
-        vq, v_sc = _quantize(vn)
+        vq, v_sc = _quantize_e4m3(vn, 0)
         vn = vq * v_sc.to(tl.float32)
     m_new = tl.maximum(m_i, s_new)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -89,9 +89,7 @@ def device_events(prof) -> list[tuple[str, float, float]]:
 def prefill_steps_bound(batch: int, prompt_len: int, budget: int, admit_delay: int) -> int:
     """Steps until the last of `batch` prompts is prefilled, with room to spare: the running decodes take up to one
     token of the step budget each, so a prompt-carrying step prefills as little as budget - batch tokens (a 448 x
-    1,536 batch at an 8,192 budget: 89 such steps, not the 84 of budget / prompt tokens).
-    (On the H100 a B=448 x 1,536 profile ended with 285 of 448 requests running with this bound as without it: the
-    cause, most likely: admission batching, reproduced on the CPU with the GPU's setting: see profile_batch.)"""
+    1,536 batch at an 8,192 budget: 89 such steps, not the 84 of budget / prompt tokens), plus admit_delay steps."""
     per_step = max(budget - batch, budget // 2)
     return -(-batch * prompt_len // per_step) + admit_delay + 2
 
