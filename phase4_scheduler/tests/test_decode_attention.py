@@ -72,28 +72,28 @@ CACHES = ("k_cache", "v_cache", "k_scale", "v_scale")
 
 
 def check(case, atol, **tiles):
-    """Output against the reference, the cache slots against the unfused Triton path's, the counters zeroed. Over an
-    FP8 cache the reference attends over the cache that path wrote with its rotated q: the fp32 reference composition
-    rotates in PyTorch, whose bf16 roundings differ from the kernels' by an ulp now and then, and one ulp can move a
-    value to the next e4m3 code (~6%), which the outputs then show; the two kernels agree on every byte."""
-    ref = {k: (v.clone() if k in CACHES and v is not None else v) for k, v in case.items()}
-    want = unfused_triton_cache(case, with_q=True)
-    want, q_rot = want[:4], want[4]
+    """Output against the reference, the cache slots against the unfused Triton path's (byte for byte), the counters
+    zeroed. Over a bf16 / fp32 cache the reference is the fp32 unfused composition (and its cache must agree within
+    atol too). Over an FP8 cache the reference attends over the cache the Triton path wrote, with its rotated q: the
+    fp32 composition rotates in PyTorch, whose bf16 roundings differ from the kernels' by an ulp now and then, and
+    one ulp can move a value to the next e4m3 code (~6%), which the outputs then show."""
+    fp8 = case.get("k_scale") is not None
+    ref = None if fp8 else {k: (v.clone() if k in CACHES and v is not None else v) for k, v in case.items()}
+    *want, q_rot = unfused_triton_cache(case, with_q=True)
     hkv = case["k"].shape[1]
     counters = torch.zeros(case["q"].shape[0] * hkv + 5, dtype=torch.int32, device=DEV)
     got = decode_attention(**case, counters=counters, **tiles)
-    if case.get("k_scale") is not None:
+    if fp8:
         from common import artifacts
         expect = artifacts.get("attention.paged_decode_ref")(q_rot, *want[:2], case["block_tables"], case["seq_lens"],
                                                              *want[2:])
     else:
         expect = decode_attention_ref(**ref)
+        torch.testing.assert_close(case["k_cache"].float(), ref["k_cache"].float(), atol=atol, rtol=atol)
     torch.testing.assert_close(got.float(), expect.float(), atol=atol, rtol=atol)
+    bits = lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t  # noqa: E731 (fp8 has no ==)
     for name, w in zip(CACHES, want):
-        assert (w is None and case.get(name) is None) or torch.equal(case[name].view(torch.uint8) if w.dtype ==
-                                                                     torch.float8_e4m3fn else case[name],
-                                                                     w.view(torch.uint8) if w.dtype ==
-                                                                     torch.float8_e4m3fn else w), \
+        assert (w is None and case.get(name) is None) or torch.equal(bits(case[name]), bits(w)), \
             f"{name} must hold exactly what the unfused Triton path (rope_qk + write_kv_cache) writes"
     assert int(counters.abs().sum()) == 0, "the last split of every (sequence, head) must reset its counter"
     return got
