@@ -99,6 +99,12 @@ ncu_exports() {  # ncu_exports REPORT DETAILS.txt SASS.csv.gz RAW.csv.gz (nothin
   ncu --import "$1.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip > "$3"
   ncu --import "$1.ncu-rep" --page raw --csv 2>&1 | gzip > "$4"
 }
+PROFILE448=(python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 --kv-memory 40GiB)
+mla_bench() {  # bench_mla --only mla into phase 2's results, kept as bench_mla_<tag>.json
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
+  [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
+    "$WORK/phase2_mla/results/bench_mla_$TAG.json"
+}
 # the same grid with three lower rates and four tighter p50 targets: static's side of the curve below its best
 STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.25 1.5 1.75)
 
@@ -164,21 +170,18 @@ has steadypiece && TITAN_OVERLAP_MIXED=1 TITAN_MIXED_GRAPHS=piecewise step stead
 has defaults && step defaults 240 env -u TITAN_OVERLAP_MIXED -u TITAN_MIXED_GRAPHS \
   python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_SETUP[@]}" --rates 160 320 384 \
   --policies continuous --name "equal_latency_defaults512_$TAG"
-has profile && step profile 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
-  --prompt-len 384 --kv-memory 40GiB --name "profile_decode_b448_$TAG"
+has profile && step profile 200 "${PROFILE448[@]}" --prompt-len 384 --name "profile_decode_b448_$TAG"
 if has profilefp8; then  # one B=448 / 384-token decode step over the bf16 pool and the FP8 pool, same call
   PLEN=${PROFILE_PROMPT_LEN:-384}  # PROFILE_PROMPT_LEN=1536: the same at ShareGPT's longer contexts
   SUF=$([ "$PLEN" = 384 ] && echo "" || echo "_p$PLEN")
   for dt in auto fp8; do
-    step "profile_$dt" 200 python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 \
-      --prompt-len "$PLEN" --kv-memory 40GiB --kv-cache-dtype "$dt" --name "profile_decode_b448${SUF}_${dt/auto/bf16}_$TAG"
+    step "profile_$dt" 200 "${PROFILE448[@]}" --prompt-len "$PLEN" --kv-cache-dtype "$dt" \
+      --name "profile_decode_b448${SUF}_${dt/auto/bf16}_$TAG"
   done
 fi
 if has mla; then
   step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw
-  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
-  [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
-    "$WORK/phase2_mla/results/bench_mla_$TAG.json"
+  mla_bench
 fi
 if has mlancu; then
   R=$WORK/phase2_mla/results
@@ -203,9 +206,7 @@ if has phase2; then
   export TITAN_RESULTS_DIR=$WORK/phase2_mla/results
   step phase2_gate 300 bash -c "set -o pipefail; python3 -m milestones.run phase2 | tee $WORK/phase2_mla/results/phase2_gate_$TAG.log"
   step milestone1 200 bash -c "set -o pipefail; python3 -m milestones.run milestone1 | tee $WORK/phase2_mla/results/milestone1_$TAG.log"
-  step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
-  [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
-    "$WORK/phase2_mla/results/bench_mla_$TAG.json"
+  mla_bench
 fi
 
 echo "== summary ($TAG)"
