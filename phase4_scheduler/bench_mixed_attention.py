@@ -22,7 +22,7 @@ import re
 
 import torch
 from common import artifacts
-from phase4_scheduler.bench_decode_attention import BS, D, HKV, HQ, sweep_cases
+from phase4_scheduler.bench_decode_attention import BS, D, HKV, HQ, random_caches, sweep_cases
 from phase4_scheduler.bench_fused import graph_ms
 
 
@@ -36,7 +36,8 @@ def parse_case(text: str) -> tuple[int, int, int, int]:
     return d, c, p, n
 
 
-def build(decodes: int, ctx: int, prompts: int, plen: int, layers: int, seed: int = 0, dev: str = "cuda") -> dict:
+def build(decodes: int, ctx: int, prompts: int, plen: int, layers: int, seed: int = 0, dev: str = "cuda",
+          fp8: bool = False) -> dict:
     """The step's tensors: decodes first (rows 0..D-1), then the prompts; per layer its own cache."""
     g = torch.Generator(device=dev).manual_seed(seed)
     q_lens = [1] * decodes + [plen] * prompts
@@ -58,52 +59,53 @@ def build(decodes: int, ctx: int, prompts: int, plen: int, layers: int, seed: in
     seq = torch.repeat_interleave(torch.arange(len(q_lens), device=dev), ql.long())  # [T] each row's sequence
     pos = (sl - ql).long()[seq] + torch.arange(t, device=dev) - cu[:-1].long()[seq]  # [T] absolute positions
     slots = bt[seq, pos // BS].long() * BS + pos % BS
-    caches = [(torch.randn(nblk, BS, HKV, D, device=dev, generator=g, dtype=torch.bfloat16),
-               torch.randn(nblk, BS, HKV, D, device=dev, generator=g, dtype=torch.bfloat16)) for _ in range(layers)]
+    caches = random_caches(nblk, layers, g, fp8, dev)  # per layer (k, v, k_scale, v_scale)
     mk = lambda h: torch.randn(t, h, D, device=dev, generator=g, dtype=torch.bfloat16)  # noqa: E731
     return {"q": mk(HQ), "k": mk(HKV), "v": mk(HKV), "cu": cu, "sl": sl, "bt": bt, "slots": slots, "caches": caches,
-            "decodes": decodes, "max_q_len": max(q_lens), "kv_bytes": 2 * sum(seq_lens) * HKV * D * 2,
+            "decodes": decodes, "max_q_len": max(q_lens), "kv_bytes": 2 * sum(seq_lens) * HKV * (D + 2 if fp8 else D * 2),
             "single_rows": torch.arange(decodes, device=dev)}
 
 
 def packed(s: dict, layer: int) -> torch.Tensor:
     """What the engine runs: every row through the prefill kernel (it writes the new K/V first)."""
-    kc, vc = s["caches"][layer]
+    kc, vc, ks, vs = s["caches"][layer]
     return artifacts.get("attention.paged_prefill")(s["q"], s["k"], s["v"], s["cu"], s["sl"], s["bt"], kc, vc,
-                                                    s["slots"], max_q_len=s["max_q_len"])
+                                                    s["slots"], ks, vs, max_q_len=s["max_q_len"])
 
 
 def split(s: dict, layer: int) -> torch.Tensor:
     """What the engine runs with TITAN_MIXED_ATTENTION=split (model_runner.BatchAttention): one prefill launch over
     every sequence that writes all K/V and skips the one-token ones, then those through the decode kernel
     (gathered q rows, scattered outputs)."""
-    kc, vc = s["caches"][layer]
+    kc, vc, ks, vs = s["caches"][layer]
     d = s["decodes"]
     rows = s["single_rows"]
     out = artifacts.get("attention.paged_prefill")(s["q"], s["k"], s["v"], s["cu"], s["sl"], s["bt"], kc, vc,
-                                                   s["slots"], max_q_len=s["max_q_len"], skip_single=True)
-    dec = artifacts.get("attention.paged_decode")(s["q"].index_select(0, rows), kc, vc, s["bt"][:d], s["sl"][:d])
+                                                   s["slots"], ks, vs, max_q_len=s["max_q_len"], skip_single=True)
+    dec = artifacts.get("attention.paged_decode")(s["q"].index_select(0, rows), kc, vc, s["bt"][:d], s["sl"][:d],
+                                                  ks, vs)
     return out.index_copy_(0, rows, dec)
 
 
 def split_ideal(s: dict, layer: int) -> torch.Tensor:
     """The floor of splitting: the decodes (rows 0..D-1, contiguous here) through the decode kernel, the prompts
     alone through the prefill kernel (no skipped programs, no gather or scatter)."""
-    kc, vc = s["caches"][layer]
+    kc, vc, ks, vs = s["caches"][layer]
     d = s["decodes"]
-    artifacts.get("kv_cache.write")(s["k"][:d], s["v"][:d], s["slots"][:d], kc, vc)
-    out_d = artifacts.get("attention.paged_decode")(s["q"][:d], kc, vc, s["bt"][:d], s["sl"][:d])
+    artifacts.get("kv_cache.write")(s["k"][:d], s["v"][:d], s["slots"][:d], kc, vc, ks, vs)
+    out_d = artifacts.get("attention.paged_decode")(s["q"][:d], kc, vc, s["bt"][:d], s["sl"][:d], ks, vs)
     if s["q"].shape[0] == d:
         return out_d
     cu = s["cu"][d:] - d
     out_p = artifacts.get("attention.paged_prefill")(s["q"][d:], s["k"][d:], s["v"][d:], cu, s["sl"][d:],
-                                                     s["bt"][d:], kc, vc, s["slots"][d:], max_q_len=s["max_q_len"])
+                                                     s["bt"][d:], kc, vc, s["slots"][d:], ks, vs,
+                                                     max_q_len=s["max_q_len"])
     return torch.cat((out_d, out_p))
 
 
-def run_case(text: str, layers: int) -> dict:
+def run_case(text: str, layers: int, fp8: bool = False) -> dict:
     d, c, p, n = parse_case(text)
-    s = build(d, c, p, n, layers)
+    s = build(d, c, p, n, layers, fp8=fp8)
     paths = {"packed": packed, "split": split, "split_ideal": split_ideal}
     if "skip_single" not in inspect.signature(artifacts.get("attention.paged_prefill")).parameters:
         del paths["split"]  # a commit before the engine's split path (the A/B against the older kernel)
@@ -113,7 +115,7 @@ def run_case(text: str, layers: int) -> dict:
         raise AssertionError(f"{text}: packed and split attention differ by {err}")
     us = {name: graph_ms([lambda i=i, fn=fn: fn(s, i) for i in range(layers)], reps=20) * 1e3
           for name, fn in paths.items()}
-    return {"case": text, "decodes": d, "ctx": c, "prompts": p, "prompt_len": n, "tokens": d + p * n,
+    return {"case": text, "kv_cache_dtype": "fp8" if fp8 else "bf16", "decodes": d, "ctx": c, "prompts": p, "prompt_len": n, "tokens": d + p * n,
             "max_abs_diff": err, **{f"{k}_us": v for k, v in us.items()}, "kv_bytes": s["kv_bytes"],
             **{f"{k}_kv_TBps": s["kv_bytes"] / v / 1e6 for k, v in us.items()}}
 
@@ -126,6 +128,8 @@ def main(argv=None) -> dict:
                     default=["448x260+2x109", "448x260+0x0", "256x512+1x109", "64x1024+1x512",
                              "448x260+1x1024"])  # the last: one long chunk beside many decodes (phase 3's flat grid)
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
+    ap.add_argument("--kv-cache-dtype", choices=["bf16", "fp8", "both"], default="bf16",
+                    help="the cache's format (fp8: phase 3's e4m3 + fp16 scales); both: each case over each, same run")
     ap.add_argument("--name", default="mixed_attention_gpu")
     args = ap.parse_args(argv)
     try:
@@ -133,7 +137,9 @@ def main(argv=None) -> dict:
             parse_case(c)
     except ValueError as e:
         ap.error(str(e))
-    return sweep_cases("bench_mixed_attention", args.cases, lambda c: run_case(c, args.layers), args.layers,
+    dts = ["bf16", "fp8"] if args.kv_cache_dtype == "both" else [args.kv_cache_dtype]
+    return sweep_cases("bench_mixed_attention", [f"{c}:{dt}" for c in args.cases for dt in dts],
+                       lambda c: run_case(c.split(":")[0], args.layers, fp8=c.endswith(":fp8")), args.layers,
                        args.name)
 
 

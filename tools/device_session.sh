@@ -42,6 +42,10 @@
 #               kernel's FP8 path; the fp8 part runs its GPU tests first) -> phase4 equal_latency_wide512_fp8fused_<tag>
 #   profilefp8  the profile part over the bf16 pool and the FP8 pool (where the FP8 pool's steps lose their time)
 #                                                        -> phase4 profile_decode_b448_{bf16,fp8}_<tag>
+#   fp8small    where small decode steps and prompt-carrying steps lose their time over the FP8 pool: the decode
+#               attention fused / unfused and a mixed step's attention packed / split over each pool at ShareGPT-like
+#               contexts, and the engine's B=32 decode step profiled over bf16, FP8, FP8 fused
+#               -> phase4 decode_attention_fp8_<tag>, mixed_attention_fp8_<tag>, profile_decode_b32_p260_*_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
@@ -177,6 +181,19 @@ if has profilefp8; then  # one B=448 / 384-token decode step over the bf16 pool 
   for dt in auto fp8; do
     step "profile_$dt" 200 "${PROFILE448[@]}" --prompt-len "$PLEN" --kv-cache-dtype "$dt" \
       --name "profile_decode_b448${SUF}_${dt/auto/bf16}_$TAG"
+  done
+fi
+if has fp8small; then  # where small decode steps and prompt-carrying steps lose their time over the FP8 pool
+  step fp8small_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_mixed_attention.py \
+    phase4_scheduler/tests/test_decode_attention.py -k bench
+  step fp8small_decode 200 python3 -m phase4_scheduler.bench_decode_attention --kv-cache-dtype both \
+    --cases 1x256 8x260 32x260 64x260 120x260 32x1024 --name "decode_attention_fp8_$TAG"
+  step fp8small_mixed 200 python3 -m phase4_scheduler.bench_mixed_attention --kv-cache-dtype both \
+    --cases 35x260+1x128 100x260+1x200 300x260+2x250 --name "mixed_attention_fp8_$TAG"
+  for v in bf16 fp8 fp8fused; do  # the engine's B=32 decode step over each pool (fp8fused: TITAN_FP8_FUSED=1)
+    TITAN_FP8_FUSED=$([ $v = fp8fused ] && echo 1 || echo 0) step "profile_b32_$v" 150 python3 -m \
+      phase4_scheduler.profile_decode --random-weights --fuse --batches 32 --prompt-len 260 \
+      --kv-cache-dtype "$([ $v = bf16 ] && echo auto || echo fp8)" --name "profile_decode_b32_p260_${v}_$TAG"
   done
 fi
 if has mla; then

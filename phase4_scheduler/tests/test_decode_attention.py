@@ -317,3 +317,23 @@ def test_register_accounting_compiles_for_hopper_and_the_cap_binds():
         # large-batch variant) keeps no more state through the loop than phase 3's kernel does
         fused = next(row for row in rs if row["kernel"] == "fused, RoPE on, prefetch off")
         assert fused["registers"] <= phase3["registers"] and fused["spill_store_bytes"] == 0
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_bench_inputs_agree_fused_and_unfused(fp8):
+    """bench_decode_attention's own check (what it times, fused against unfused, on its random bf16 / FP8 caches):
+    outputs within rounding, the same cache bytes and scales, counters left zeroed -- a 2-token-short last block."""
+    from phase4_scheduler import bench_decode_attention as bda
+
+    err, cache_equal, counters_zero = bda.check_case(3, 2 * bda.BS + 14, fp8=fp8, dev=DEV)
+    assert err < 2e-2 and cache_equal and counters_zero
+
+
+@pytest.mark.gpu
+def test_gpu_bench_decode_attention_case_runs_over_both_pools():
+    from phase4_scheduler import bench_decode_attention as bda
+
+    for fp8 in (False, True):
+        r = bda.run_case(8, 300, layers=2, fp8=fp8)
+        assert r["kv_cache_dtype"] == ("fp8" if fp8 else "bf16") and r["cache_equal"] and r["counters_zero"]
+        assert r["max_abs_diff"] < 2e-2 and min(r["fused_us"], r["unfused_us"]) > 0

@@ -17,25 +17,34 @@ def test_cases_parse_and_bad_ones_are_refused():
         bma.main(["--cases", "12"])
 
 
+def _bytes(t):
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("case", [(6, 37, 2, 13), (5, 16, 0, 0), (1, 3, 1, 40)])
-def test_packed_step_equals_the_split(case):
-    """Decodes at a block boundary and off it, prompts longer than a tile: the same outputs from both paths, and
-    the packed path's cache writes are the split's (it runs second on the same caches: they must be unchanged)."""
-    s = bma.build(*case, layers=1, dev=DEV)
+def test_packed_step_equals_the_split(case, fp8):
+    """Decodes at a block boundary and off it, prompts longer than a tile, over a bf16 cache and phase 3's FP8 one:
+    the same outputs from both paths, and the packed path's cache writes (FP8: codes and scales) are the split's (it
+    runs second on the same caches: they must be unchanged)."""
+    s = bma.build(*case, layers=1, dev=DEV, fp8=fp8)
+    assert (s["caches"][0][0].dtype == torch.float8_e4m3fn) == fp8 and (s["caches"][0][2] is None) == (not fp8)
     a = bma.packed(s, 0)
-    kc0, vc0 = (c.clone() for c in s["caches"][0])
+    before = [c.clone() for c in s["caches"][0] if c is not None]
     for fn in (bma.split, bma.split_ideal):  # the engine's split and its floor
         b = fn(s, 0)
         assert a.shape == b.shape == s["q"].shape
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
-        assert torch.equal(kc0, s["caches"][0][0]) and torch.equal(vc0, s["caches"][0][1])
+        after = [c for c in s["caches"][0] if c is not None]
+        assert all(torch.equal(_bytes(x), _bytes(y)) for x, y in zip(before, after))
 
 
 @pytest.mark.gpu
-def test_gpu_bench_case_runs():
-    r = bma.run_case("32x100+1x50", layers=2)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_gpu_bench_case_runs(fp8):
+    r = bma.run_case("32x100+1x50", layers=2, fp8=fp8)
     assert r["max_abs_diff"] < 5e-2 and min(r["packed_us"], r["split_us"], r["split_ideal_us"]) > 0
-    assert r["tokens"] == 82
+    assert r["tokens"] == 82 and r["kv_cache_dtype"] == ("fp8" if fp8 else "bf16")
 
 
 def test_split_mixed_steps_give_the_packed_engines_tokens(monkeypatch):
