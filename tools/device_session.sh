@@ -46,6 +46,8 @@
 #               attention fused / unfused and a mixed step's attention packed / split over each pool at ShareGPT-like
 #               contexts, and the engine's B=32 decode step profiled over bf16, FP8, FP8 fused
 #               -> phase4 decode_attention_fp8_<tag>, mixed_attention_fp8_<tag>, profile_decode_b32_p260_*_<tag>
+#   smallsweep  sweep_small_steps: the fused decode attention's tile / warps / stages / splits at B <= 120 and the
+#               prefill kernel's tile in mixed steps, over each pool -> phase4 small_steps_sweep_{decode,prefill}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
@@ -195,6 +197,12 @@ if has fp8small; then  # where small decode steps and prompt-carrying steps lose
       phase4_scheduler.profile_decode --random-weights --fuse --batches 32 --prompt-len 260 \
       --kv-cache-dtype "$([ $v = bf16 ] && echo auto || echo fp8)" --name "profile_decode_b32_p260_${v}_$TAG"
   done
+fi
+if has smallsweep; then  # the small steps' kernels: tile / warps / stages / splits over each pool
+  step smallsweep_decode 300 python3 -m phase4_scheduler.sweep_small_steps --only decode \
+    --name "small_steps_sweep_decode_$TAG"
+  step smallsweep_prefill 240 python3 -m phase4_scheduler.sweep_small_steps --only prefill \
+    --name "small_steps_sweep_prefill_$TAG"
 fi
 if has mla; then
   step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw
