@@ -213,14 +213,25 @@ def check_cu_seqlens(where: str, cu_seqlens_q: torch.Tensor, seq_lens: torch.Ten
                          "tokens; pass at least that, or None to compute it")
 
 
+# KV tile by cache format. FP8: 128-token tiles, measured on the H100 where phase 4's serving steps run this kernel
+# (phase4_scheduler/sweep_small_steps.py, results/small_steps_sweep_prefill_s1207c_h100.json; hundreds of decodes
+# packed beside a prompt or two): 15.0 / 26.2 / 68.1 us a layer against 17.6 / 31.6 / 81.6 with 64-token tiles at
+# 35 / 100 / 300 decodes of 260 tokens -- each converted tile feeds twice the tensor work. bf16: 64 (the same sweep:
+# 128 is no faster there).
+DEFAULT_BLOCK_N = {False: 64, True: 128}
+
+
 def paged_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, slot_mapping, k_scale=None,
-                  v_scale=None, sm_scale=None, max_q_len: int | None = None, block_m: int = 64, block_n: int = 64,
-                  num_warps: int = 4, num_stages: int = 2, skip_single: bool = False) -> torch.Tensor:
+                  v_scale=None, sm_scale=None, max_q_len: int | None = None, block_m: int = 64,
+                  block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
+                  skip_single: bool = False) -> torch.Tensor:
     """Write k, v into the cache at slot_mapping, then causal attention of q over the cache. -> [T, Hq, D].
     skip_single: write every row's K/V but leave the rows of one-token sequences unwritten in the output (a caller
-    that attends those through the decode kernel: phase 4's split mixed steps)."""
+    that attends those through the decode kernel: phase 4's split mixed steps). block_n: 64 over a bf16 / fp32
+    cache, 128 over FP8 (DEFAULT_BLOCK_N)."""
     _check_prefill(q, k, v, cu_seqlens_q, seq_lens, block_tables, k_cache, v_cache, k_scale, v_scale,
                    "paged_prefill", max_q_len)
+    block_n = block_n if block_n is not None else DEFAULT_BLOCK_N[k_cache.dtype == FP8]
     require_power_of_two("paged_prefill", "block_m", block_m)
     require_power_of_two("paged_prefill", "block_n", block_n)
     if sm_scale is not None:

@@ -20,7 +20,7 @@ from common import artifacts
 from common.bench import write_result
 from phase4_scheduler import fused_kernels as fk
 from phase4_scheduler.bench_fused import graph_ms
-from phase4_scheduler.decode_attention import decode_attention
+from phase4_scheduler.decode_attention import decode_attention, fused_plan
 
 HQ, HKV, D, BS = 32, 4, 64, 16
 
@@ -99,7 +99,7 @@ def run_case(b: int, ctx: int, layers: int, fp8: bool = False) -> dict:
     err, cache_equal, counters_zero = check_case(b, ctx, fp8)
     caches, bt, lens, pos, slots, qkv, cs = build(b, ctx, layers, fp8=fp8)
     counters = torch.zeros(b * HKV, dtype=torch.int32, device="cuda")
-    plan = artifacts.get("attention.paged_decode_plan")(qkv.device, b, HKV, bt.shape[1] * BS)
+    plan = fused_plan(qkv.device, b, HKV, bt.shape[1] * BS, fp8)  # what the fused kernel launches with
     work = qkv.clone()  # the unfused path rotates its input in place on every call
     t_unfused = graph_us(lambda i: unfused(caches, bt, lens, pos, slots, work, cs, i), layers)
     t_fused = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters), layers)
@@ -107,7 +107,7 @@ def run_case(b: int, ctx: int, layers: int, fp8: bool = False) -> dict:
     t_norope = graph_us(lambda i: fused(caches, bt, lens, pos, slots, qkv, cs, i, counters, rope=False), layers)
     kv_bytes = 2 * b * ctx * HKV * (D + 2 if fp8 else D * 2)  # FP8: a byte per element + an fp16 scale per row
     return {"kv_cache_dtype": "fp8" if fp8 else "bf16", "batch": b, "ctx": ctx, "num_splits": plan[3],
-            "block_n": plan[0], "max_abs_diff": err,
+            "block_n": plan[0], "num_warps": plan[1], "num_stages": plan[2], "max_abs_diff": err,
             "cache_equal": cache_equal, "counters_zero": counters_zero,
             "unfused_us": t_unfused, "fused_us": t_fused, "fused_without_rope_us": t_norope,
             "speedup": t_unfused / t_fused,

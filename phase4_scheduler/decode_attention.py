@@ -32,8 +32,9 @@ exactly as write_kv_cache does (scale amax / 448 rounded to fp16 first, values r
 its scales, and scored / added as the cache now holds it (e4m3 x scale), so it goes through the same quantisation
 as every other position; history tiles are converted by Triton (not phase 3's bit moves: this kernel serves the
 small batches, where a step is latency-bound) with the scales on the score and p columns. Tested under the
-interpreter (same cache bytes as rope_qk + write_kv_cache, output against the fp32 reference); not yet run on a GPU,
-so the runner folds FP8 decode steps only with TITAN_FP8_FUSED=1 (default: the four unfused kernels, as before).
+interpreter (same cache bytes as rope_qk + write_kv_cache, output against the fp32 reference) and on the H100; with
+fused_plan's medium-batch tiles it beat the four unfused kernels over FP8 at every measured batch (B=1-120), so the
+runner folds FP8 decode steps too (TITAN_FP8_FUSED=0: the unfused kernels).
 """
 from __future__ import annotations
 
@@ -239,6 +240,35 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
             tl.store(cnt_at, 0)  # ready for the next launch
 
 
+# The fused kernel's own launch plan at medium batches (fused_plan): measured through this kernel on the H100
+# (sweep_small_steps.py, results/small_steps_sweep_decode_s1207c_h100.json, 22 layers, TinyLlama shapes): at 32-511
+# (sequence, KV head) pairs phase 3's plan (tuned on its own kernel: one split once the pairs fill the SMs) left the
+# fused one 5-34% slower than its best. What wins there is about 4 programs per SM -- splits = 512 / pairs, at
+# least one tile each -- over 128-token tiles for bf16 and 64-token tiles for FP8 (whose 128-token tiles lose once
+# split: the converted tile is held longer), 4 warps, 2 stages.
+FUSED_PLAN_PAIRS = (32, 512)  # below: phase 3's plan (B=1 / 256 tokens already at its best there); above: unused
+FUSED_PLAN_PROGRAMS = 512
+FUSED_PLAN_TILE = {False: (128, 4, 2, 4), True: (64, 4, 2, 8)}  # fp8 -> (block_n, warps, stages, most splits)
+
+
+def fused_plan(device, batch: int, num_kv_heads: int, max_len: int, fp8: bool, num_splits=None, block_n=None,
+               num_warps=None, num_stages=None, min_tokens_per_split=None) -> tuple[int, int, int, int, int]:
+    """(block_n, num_warps, num_stages, num_splits, min_tokens_per_split) of a fused launch: with no knob set and
+    32-511 pairs, the measured medium-batch plan above (splits of >= 1 tile, the kernel dividing each sequence's own
+    length among them); otherwise phase 3's decode_plan (its bf16 tiles: the fused kernel's FP8 path was measured
+    against those at B=1). H100 per layer, old plan -> this one: bf16 B=8/260 tokens 6.3 -> 5.1 us, B=32/260 10.2 ->
+    7.5, B=120/260 16.7 -> 15.1, B=32/1024 19.8 -> 14.8; FP8 B=32/260 13.8 -> 10.2, B=64/260 15.4 -> 12.9, B=32/1024
+    25.3 -> 17.3."""
+    pairs = batch * num_kv_heads
+    knobs = (num_splits, block_n, num_warps, num_stages, min_tokens_per_split)
+    if all(k is None for k in knobs) and FUSED_PLAN_PAIRS[0] <= pairs < FUSED_PLAN_PAIRS[1]:
+        bn, warps, stages, most = FUSED_PLAN_TILE[bool(fp8)]
+        want = max(1, FUSED_PLAN_PROGRAMS // pairs)
+        splits = min(most, 1 << (want.bit_length() - 1), max(1, max_len // bn))
+        return bn, warps, stages, splits, bn
+    return artifacts.get("attention.paged_decode_plan")(device, batch, num_kv_heads, max_len, False, *knobs)
+
+
 def prefetch_first_tile(batch: int, num_kv_heads: int) -> bool:
     """Load each split's first K/V tile before the PDL wait? Only while the (sequence, KV head) pairs leave SMs
     idle: measured on the H200 (results/decode_attention_h200.json, 22 layers, TinyLlama shapes), the prefetching
@@ -317,8 +347,9 @@ def decode_attention(q, k, v, slot_mapping, k_cache, v_cache, block_tables, seq_
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     g = hq // hkv
     max_len = max_seq_len if max_seq_len is not None else int(block_tables.shape[1] * bs)
-    block_n, num_warps, num_stages, num_splits, min_tps = artifacts.get("attention.paged_decode_plan")(
-        q.device, b, hkv, max_len, False, num_splits, block_n, num_warps, num_stages, min_tokens_per_split)
+    block_n, num_warps, num_stages, num_splits, min_tps = fused_plan(
+        q.device, b, hkv, max_len, k_scale is not None, num_splits, block_n, num_warps, num_stages,
+        min_tokens_per_split)
     out = torch.empty_like(q)
     if b == 0:
         return out

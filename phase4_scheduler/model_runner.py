@@ -27,7 +27,7 @@ from phase4_scheduler.step_timer import StepTimer, step_timing_enabled
 
 KV_CACHE_DTYPES = ("auto", "fp8")
 DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read when a ModelRunner is built
-FP8_FUSED_ENV = "TITAN_FP8_FUSED"  # "1": decode-only steps over an FP8 pool take the fused kernel too (default: not)
+FP8_FUSED_ENV = "TITAN_FP8_FUSED"  # "0": decode-only steps over an FP8 pool run the four unfused kernels (default: fused)
 # decode steps with fewer (sequence, KV head) pairs than this run the fused decode attention; larger ones the unfused
 # four kernels. Measured on the H200 (results/decode_attention_h200.json, decode_attention_gated_h200.json; 22
 # layers, TinyLlama shapes, us per layer): B=1/256 tokens 3.9 vs 5.2, B=64/512 16.6 vs 21.5, but B=256/512 45.5 vs
@@ -179,9 +179,10 @@ class ModelRunner:
         # the reference prefill handles decode rows exactly; the Triton decode kernel is faster for decode-only steps
         self.decode_fn = artifacts.get("attention.paged_decode") if self.backend == "triton" else None
         # decode-only steps: RoPE + cache write + attention + split merge in one kernel (decode_attention.py), unless
-        # TITAN_DECODE_ATTENTION=unfused (the A/B switch of bench_latency's '+unfused' variant) or the cache is FP8
-        # without TITAN_FP8_FUSED=1 (the kernel's FP8 path is interpreter-tested, not yet timed on a GPU)
-        fold = (self.decode_fn is not None and (not fp8 or os.environ.get(FP8_FUSED_ENV) == "1")
+        # TITAN_DECODE_ATTENTION=unfused (the A/B switch of bench_latency's '+unfused' variant) or, over an FP8 cache,
+        # TITAN_FP8_FUSED=0 (its FP8 path with the medium-batch plan beat the unfused kernels at every measured shape
+        # on the H100: decode_attention.fused_plan)
+        fold = (self.decode_fn is not None and (not fp8 or os.environ.get(FP8_FUSED_ENV, "1") != "0")
                 and os.environ.get(DECODE_ENV, "fused") != "unfused"
                 and cfg.head_dim >= 32 and not cfg.head_dim & (cfg.head_dim - 1))
         self.decode_attention_fn = artifacts.get("attention.decode_fused") if fold else None

@@ -103,6 +103,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=22, help="layers per graph (each its own cache); TinyLlama: 22")
     ap.add_argument("--quick", action="store_true", help="two tiles, two split counts, two prefill tiles")
     ap.add_argument("--only", choices=["decode", "prefill"], default=None, help="sweep one kernel")
+    ap.add_argument("--decode-cases", nargs="+", default=DECODE_CASES, help="BATCHxCONTEXT")
+    ap.add_argument("--mixed-cases", nargs="+", default=MIXED_CASES, help="DECODESxCONTEXT+PROMPTSxLENGTH")
     ap.add_argument("--name", default="small_steps_sweep")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -111,9 +113,9 @@ def main(argv=None) -> dict:
                                else (DECODE_TILES, DECODE_SPLITS, PREFILL_TILES))
     jobs = []
     if args.only in (None, "decode"):
-        jobs += [("decode", c, fp8) for c in DECODE_CASES for fp8 in (False, True)]
+        jobs += [("decode", c, fp8) for c in args.decode_cases for fp8 in (False, True)]
     if args.only in (None, "prefill"):
-        jobs += [("prefill", c, fp8) for c in MIXED_CASES for fp8 in (False, True)]
+        jobs += [("prefill", c, fp8) for c in args.mixed_cases for fp8 in (False, True)]
     res = {"gpu": torch.cuda.get_device_name(0), "layers": args.layers, "rows": []}
     for kind, case, fp8 in tqdm(jobs, desc="cases"):
         r = (sweep_decode(case, fp8, args.layers, dtiles, dsplits) if kind == "decode"

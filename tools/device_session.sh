@@ -48,6 +48,11 @@
 #               -> phase4 decode_attention_fp8_<tag>, mixed_attention_fp8_<tag>, profile_decode_b32_p260_*_<tag>
 #   smallsweep  sweep_small_steps: the fused decode attention's tile / warps / stages / splits at B <= 120 and the
 #               prefill kernel's tile in mixed steps, over each pool -> phase4 small_steps_sweep_{decode,prefill}_<tag>
+#   fusedplan   the fused decode attention's medium-batch plan (decode_attention.fused_plan), FP8 decode steps fused
+#               by default, phase 3's FP8 prefill on 128-token tiles: GPU tests, the decode attention per pool, the
+#               prefill tiles incl. long prompts, continuous over each pool (wide grid)
+#               -> phase4 decode_attention_plan_<tag>, small_steps_sweep_prefill_long_<tag>,
+#                  equal_latency_wide512_cont_{bf16,fp8}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
@@ -203,6 +208,18 @@ if has smallsweep; then  # the small steps' kernels: tile / warps / stages / spl
     --name "small_steps_sweep_decode_$TAG"
   step smallsweep_prefill 240 python3 -m phase4_scheduler.sweep_small_steps --only prefill \
     --name "small_steps_sweep_prefill_$TAG"
+fi
+if has fusedplan; then  # the fused kernel's medium-batch plan, FP8 decode steps fused, FP8 prefill 128-token tiles
+  step fusedplan_tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_decode_attention.py \
+    phase3_paged_fp8/tests/test_gpu.py -k "fp8 or medium or bench or prefill or many_splits"
+  step fusedplan_decode 90 python3 -m phase4_scheduler.bench_decode_attention --kv-cache-dtype both \
+    --cases 1x256 8x260 32x260 64x260 120x260 32x1024 --name "decode_attention_plan_$TAG"
+  step fusedplan_prefill 100 python3 -m phase4_scheduler.sweep_small_steps --only prefill --mixed-cases \
+    35x260+1x128 300x260+2x250 448x260+1x1024 2x16+1x2048 1x16+1x4096 --name "small_steps_sweep_prefill_long_$TAG"
+  for dt in auto fp8; do  # continuous only, the wide grid, 512 seats: the engine's defaults over each pool
+    step "steady_$dt" 170 python3 -m phase4_scheduler.bench_equal_latency "${P4[@]}" "${STEADY_WIDE[@]}" \
+      --policies continuous --kv-cache-dtype "$dt" --name "equal_latency_wide512_cont_${dt/auto/bf16}_$TAG"
+  done
 fi
 if has mla; then
   step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw

@@ -138,6 +138,39 @@ def test_fp8_cache_matches_the_unfused_path(splits, prefetch):
         check(case, 1e-2, num_splits=splits, prefetch=prefetch)
 
 
+def test_fused_plan_medium_batches_and_phase3_elsewhere():
+    """fused_plan: 32-511 (sequence, KV head) pairs get the measured medium-batch plan (~512 programs, >= 1 tile a
+    split, capped by the table); fewer pairs, or any knob set, fall back to phase 3's plan."""
+    from common import artifacts
+    from phase4_scheduler.decode_attention import FUSED_PLAN_TILE, fused_plan
+
+    dev = torch.device("cpu")
+    p3 = artifacts.get("attention.paged_decode_plan")
+    for fp8 in (False, True):
+        bn, w, st, most = FUSED_PLAN_TILE[fp8]
+        assert fused_plan(dev, 8, 4, 2048, fp8) == (bn, w, st, min(most, 16), bn)  # 32 pairs
+        assert fused_plan(dev, 32, 4, 2048, fp8) == (bn, w, st, 4, bn)  # 128 pairs: 4 programs a pair
+        assert fused_plan(dev, 64, 4, 2048, fp8) == (bn, w, st, 2, bn)
+        assert fused_plan(dev, 120, 4, 2048, fp8) == (bn, w, st, 1, bn)
+        assert fused_plan(dev, 32, 4, 2 * bn, fp8)[3] == 2  # no more splits than the table has tiles
+        assert fused_plan(dev, 1, 4, 2048, fp8) == p3(dev, 1, 4, 2048, False)  # B=1: phase 3's (bf16) plan
+        assert fused_plan(dev, 128, 4, 2048, fp8) == p3(dev, 128, 4, 2048, False)  # 512 pairs: not the fused regime
+        assert fused_plan(dev, 32, 4, 2048, fp8, num_splits=3) == p3(dev, 32, 4, 2048, False, 3)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_medium_batch_plan_matches_the_reference(fp8):
+    """The default plan at 32 pairs (8 sequences x 4 KV heads: 128- / 64-token tiles, 4 / 8 splits over a table of
+    38 blocks): sequences shorter than a tile, one tile, and several -- against the reference."""
+    from phase4_scheduler.decode_attention import FUSED_PLAN_TILE, fused_plan
+
+    lens = [3, 130, 17, 600, 65, 140, 1, 129]
+    case = make_case(lens, 8, 4, 32, bs=16, dtype=torch.bfloat16, seed=31 + fp8)
+    plan = fused_plan(torch.device(DEV), 8, 4, case["block_tables"].shape[1] * 16, fp8)
+    assert plan[0] == FUSED_PLAN_TILE[fp8][0] and plan[3] == (8 if fp8 else 4)
+    check(fp8_case(case) if fp8 else case, 1e-2 if fp8 else 3e-2)
+
+
 def test_fp8_cache_needs_its_scales():
     case = fp8_case(make_case([5, 6], 8, 2, 32, bs=4, dtype=torch.bfloat16, seed=2))
     with pytest.raises(ValueError, match="needs k_scale and v_scale"):
@@ -205,10 +238,9 @@ def test_engine_greedy_tokens_fused_equals_unfused(monkeypatch):
     assert out["fused"] == out["unfused"]
 
 
-def test_engine_fp8_pool_folds_only_when_asked_and_gives_the_same_tokens(monkeypatch):
-    """Over an FP8 pool the runner keeps the four unfused kernels unless TITAN_FP8_FUSED=1 (the fused kernel's FP8
-    path is not yet timed on a GPU); with it, decode-only steps go through the fused kernel with the pool's scales,
-    and the greedy tokens are the unfused path's."""
+def test_engine_fp8_pool_folds_unless_told_not_to_and_gives_the_same_tokens(monkeypatch):
+    """Over an FP8 pool decode-only steps go through the fused kernel with the pool's scales (the default, and with
+    TITAN_FP8_FUSED=1); TITAN_FP8_FUSED=0 keeps the four unfused kernels; the greedy tokens are the same."""
     from common.sampling import SamplingParams
     from phase4_scheduler.engine import LLMEngine
     from phase4_scheduler.llm import LLM
@@ -216,7 +248,7 @@ def test_engine_fp8_pool_folds_only_when_asked_and_gives_the_same_tokens(monkeyp
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
     ps = [[1, 5, 9, 200, 31], [7] * 19, [3, 4]]
     out = {}
-    for flag in ("1", None):
+    for flag in (None, "1", "0"):
         if flag:
             monkeypatch.setenv("TITAN_FP8_FUSED", flag)
         else:
@@ -224,15 +256,16 @@ def test_engine_fp8_pool_folds_only_when_asked_and_gives_the_same_tokens(monkeyp
         eng = LLMEngine.from_model("tinyllama-1.1b", device=DEV, random_weights=True, num_layers=2, num_blocks=32,
                                    max_model_len=64, backend="triton", fuse=True, dtype=torch.float32,
                                    kv_cache_dtype="fp8")
-        assert (eng.runner.decode_attention_fn is not None) == (flag == "1")
+        fused = flag != "0"
+        assert (eng.runner.decode_attention_fn is not None) == fused
         calls = []
-        if flag:
+        if fused:
             inner = eng.runner.decode_attention_fn
             eng.runner.decode_attention_fn = lambda *a, **k: (calls.append(k["k_scale"] is not None), inner(*a, **k))[1]
         out[flag] = [o.output_token_ids for o in LLM(engine=eng).generate(ps, params)]
-        if flag:
+        if fused:
             assert calls and all(calls), "decode-only steps must go through the fused kernel with the FP8 scales"
-    assert out["1"] == out[None]
+    assert out[None] == out["1"] == out["0"]
 
 
 @pytest.mark.gpu
