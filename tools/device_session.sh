@@ -9,9 +9,11 @@
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
-# Not yet run on a GPU (2026-12-06, CPU-tested): the fused decode attention's FP8 path, the FP8 prefill kernel's scale
-# prefetch, profile_decode's batch fill; one call covers them (~6 min):
-#   PROFILE_PROMPT_LEN=1536 TAG=<new tag> bash tools/device_session.sh fp8 steadyfp8fused profilefp8
+# Everything committed has run on the H100 (2026-12-06, seventeenth session, TAGs s1207..s1207d). Next measurements:
+#   TAG=<new tag> bash tools/device_session.sh steadywide steadyfp8     # ~9 min: both policies over each pool with the
+#   fused kernel's medium-batch plan (the gate's ratio is still from the s1206b sweep, before it)
+#   TAG=<new tag> bash tools/device_session.sh b1 fp8small              # B=1 unchanged? (its plan is phase 3's) + the
+#   small steps' profiles with the new plans
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
 # call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
 #
@@ -38,7 +40,7 @@
 #   steadywide  the steady-state sweep from 64 req/s (continuous and static, 512 seats, bf16 pool), the ratio also at
 #               p50 targets of 1.0-1.75 s                                       -> phase4 equal_latency_wide512_<tag>
 #   steadyfp8   the same over the FP8 pool (bits)                  -> phase4 equal_latency_wide512_fp8_<tag>
-#   steadyfp8fused  continuous only over the FP8 pool with TITAN_FP8_FUSED=1 (small decode steps through the fused
+#   steadyfp8fused  continuous only over the FP8 pool, TITAN_FP8_FUSED=1 (default since df675ce; small decode steps through the fused
 #               kernel's FP8 path; the fp8 part runs its GPU tests first) -> phase4 equal_latency_wide512_fp8fused_<tag>
 #   profilefp8  the profile part over the bf16 pool and the FP8 pool (where the FP8 pool's steps lose their time)
 #                                                        -> phase4 profile_decode_b448_{bf16,fp8}_<tag>
