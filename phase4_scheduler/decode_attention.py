@@ -245,7 +245,9 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cs_ptr, slot_ptr, kc_p
 # (sequence, KV head) pairs phase 3's plan (tuned on its own kernel: one split once the pairs fill the SMs) left the
 # fused one 5-34% slower than its best. What wins there is about 4 programs per SM -- splits = 512 / pairs, at
 # least one tile each -- over 128-token tiles for bf16 and 64-token tiles for FP8 (whose 128-token tiles lose once
-# split: the converted tile is held longer), 4 warps, 2 stages.
+# split: the converted tile is held longer), 4 warps, 2 stages; confirmed in a later call through the engine's own
+# entry point (results/decode_attention_plan_s1207d_h100.json). sm_90a: 111-112 registers (bf16, 128-token tiles)
+# and 128 (FP8, 64-token tiles), no spills, with or without splits.
 FUSED_PLAN_PAIRS = (32, 512)  # below: phase 3's plan (B=1 / 256 tokens already at its best there); above: unused
 FUSED_PLAN_PROGRAMS = 512
 FUSED_PLAN_TILE = {False: (128, 4, 2, 4), True: (64, 4, 2, 8)}  # fp8 -> (block_n, warps, stages, most splits)
