@@ -250,6 +250,39 @@ for label, name in (("piecewise", "equal_latency_steady512_s1206_h100"),
     ax.plot([p["rate"] for p in pts], [p["mixed_graph_gpu_ms_per_step"] for p in pts], "o-", label=f"mixed step, {label}")
     ax.plot([p["rate"] for p in pts], [p["decode_graph_gpu_ms_per_step"] for p in pts], "s--", label=f"decode step, {label}")
 ax.set_xlabel("arrival rate (req/s)"); ax.set_ylabel("GPU ms per step (H100)"); ax.legend(fontsize=8); plt.show()"""),
+md(r"""### The launch plan of small steps
+A decode-only step below 512 (sequence, KV head) pairs runs the fused decode attention (RoPE, cache write, attention
+and split merge in one kernel). *How* it is launched -- KV tile, warps, stages, and how many splits share each
+sequence's history -- matters as much as the kernel: until the seventeenth session it used phase 3's plan, tuned on
+phase 3's own kernel (one split per sequence once the pairs fill the SMs). A sweep through the fused kernel on the
+H100 (`sweep_small_steps.py`, 24 configurations per case) found that 32-511 pairs want about four programs per SM:
+splits = 512 / pairs, each at least one tile, on 128-token tiles for a bf16 cache and 64-token tiles for FP8.
+`fused_plan` is that rule; below it the plan per batch size (TinyLlama's 4 KV heads, a 2,048-token table), then the
+measured per-layer times (22 layers in a CUDA graph): the old plan, the sweep's best, and the new plan timed in a
+later call (whose tables were only as wide as each case's context, which caps the splits at whole tiles: B=8 on
+128-token tiles got 2 splits there, 4 in the engine). Note the FP8 pool: halving the bytes does not help a step that is latency-bound -- at these batches an
+FP8 tile costs more than a bf16 one."""),
+code(r"""# NBVAL_CHECK_OUTPUT
+import torch
+from phase4_scheduler.decode_attention import fused_plan
+print("B <= 7: phase 3's decode_plan (its split count depends on the GPU's SM count)")
+for b in (8, 16, 32, 64, 96, 127):
+    plans = [fused_plan(torch.device("cpu"), b, 4, 2048, fp8) for fp8 in (False, True)]
+    print(f"B={b:3d}: " + "   ".join(f"{dt} tile {p[0]:3d} x {p[1]} warps, {p[3]:2d} splits"
+                                    for dt, p in zip(("bf16", "fp8 "), plans)))"""),
+code(r"""sweep = json.loads((res / "small_steps_sweep_decode_s1207c_h100.json").read_text())["rows"]
+new = {(f"{r['batch']}x{r['ctx']}", r["kv_cache_dtype"]): r["fused_us"]
+       for r in json.loads((res / "decode_attention_plan_s1207d_h100.json").read_text())["rows"]}
+fig, axes = plt.subplots(1, 2, figsize=(10, 3), layout="constrained", sharey=True)
+for ax, dt in zip(axes, ("bf16", "fp8")):
+    rows = [r for r in sweep if r["kv_cache_dtype"] == dt]
+    x = range(len(rows))
+    ax.bar([i - 0.27 for i in x], [r["default_us"] for r in rows], 0.27, label="old plan (phase 3's)")
+    ax.bar(list(x), [r["best_us"] for r in rows], 0.27, label="sweep's best")
+    ax.bar([i + 0.27 for i in x], [new[(r["case"], dt)] for r in rows], 0.27, label="fused_plan, later call")
+    ax.set_xticks(list(x), [r["case"] for r in rows], fontsize=8); ax.set_title(f"{dt} cache (H100)")
+    ax.set_xlabel("batch x context tokens")
+axes[0].set_ylabel("us per layer"); axes[0].legend(fontsize=8); plt.show()"""),
 md(r"""## 7. What was measured on the GPUs
 The issue's targets — B=1 decode ≤ 0.92 ms/token on TinyLlama-1.1B shapes, ≥ 100k output tokens/s on
 1024 × (128 in, 128 out), ≥ 3x over static batching on ShareGPT, ≥ 95% of reserved KV blocks usable — are gate
