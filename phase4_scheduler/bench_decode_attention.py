@@ -26,13 +26,14 @@ HQ, HKV, D, BS = 32, 4, 64, 16
 
 
 def random_caches(nblk: int, layers: int, g: torch.Generator, fp8: bool = False, dev: str = "cuda") -> list[tuple]:
-    """Per layer (k_cache, v_cache, k_scale, v_scale) [nblk, BS, HKV, D]: bf16 with no scales, or phase 3's FP8
-    format (e4m3 codes of N(0, 1) draws -- no NaN codes -- and fp16 scales per token and KV head in [0.5, 1.5))."""
+    """Per layer (k_cache, v_cache, k_scale, v_scale) [nblk, BS, HKV, D]: N(0, 1) draws in bf16 with no scales, or
+    the same draws through phase 3's cache quantiser (e4m3 + one fp16 scale per token and KV head, as the engine's
+    FP8 pool holds them)."""
+    quant = artifacts.get("kv_cache.fp8_quantize")
+
     def one():
         x = torch.randn(nblk, BS, HKV, D, device=dev, generator=g, dtype=torch.bfloat16)
-        if not fp8:
-            return x, None
-        return x.to(torch.float8_e4m3fn), (torch.rand(nblk, BS, HKV, device=dev, generator=g) + 0.5).half()
+        return quant(x) if fp8 else (x, None)
     out = []
     for _ in range(layers):
         (kc, ks), (vc, vs) = one(), one()

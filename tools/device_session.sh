@@ -118,6 +118,7 @@ mla_bench() {  # bench_mla --only mla into phase 2's results, kept as bench_mla_
   [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
     "$WORK/phase2_mla/results/bench_mla_$TAG.json"
 }
+SMALL_DECODE=(1x256 8x260 32x260 64x260 120x260 32x1024)  # decode attention cases (batch x tokens) of the small-step parts
 # the same grid with three lower rates and four tighter p50 targets: static's side of the curve below its best
 STEADY_WIDE=("${STEADY_SETUP[@]}" --rates 64 96 128 160 192 224 256 320 384 448 512 576 --target-p50 1.0 1.25 1.5 1.75)
 
@@ -196,7 +197,7 @@ if has fp8small; then  # where small decode steps and prompt-carrying steps lose
   step fp8small_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_mixed_attention.py \
     phase4_scheduler/tests/test_decode_attention.py -k bench
   step fp8small_decode 200 python3 -m phase4_scheduler.bench_decode_attention --kv-cache-dtype both \
-    --cases 1x256 8x260 32x260 64x260 120x260 32x1024 --name "decode_attention_fp8_$TAG"
+    --cases "${SMALL_DECODE[@]}" --name "decode_attention_fp8_$TAG"
   step fp8small_mixed 200 python3 -m phase4_scheduler.bench_mixed_attention --kv-cache-dtype both \
     --cases 35x260+1x128 100x260+1x200 300x260+2x250 --name "mixed_attention_fp8_$TAG"
   for v in bf16 fp8 fp8fused; do  # the engine's B=32 decode step over each pool (fp8fused: TITAN_FP8_FUSED=1)
@@ -215,7 +216,7 @@ if has fusedplan; then  # the fused kernel's medium-batch plan, FP8 decode steps
   step fusedplan_tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_decode_attention.py \
     phase3_paged_fp8/tests/test_gpu.py -k "fp8 or medium or bench or prefill or many_splits"
   step fusedplan_decode 90 python3 -m phase4_scheduler.bench_decode_attention --kv-cache-dtype both \
-    --cases 1x256 8x260 32x260 64x260 120x260 32x1024 --name "decode_attention_plan_$TAG"
+    --cases "${SMALL_DECODE[@]}" --name "decode_attention_plan_$TAG"
   step fusedplan_prefill 100 python3 -m phase4_scheduler.sweep_small_steps --only prefill --mixed-cases \
     35x260+1x128 300x260+2x250 448x260+1x1024 2x16+1x2048 1x16+1x4096 --name "small_steps_sweep_prefill_long_$TAG"
   for dt in auto fp8; do  # continuous only, the wide grid, 512 seats: the engine's defaults over each pool
