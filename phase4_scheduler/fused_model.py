@@ -1,7 +1,7 @@
 """The fused Llama forward: packed qkv and gate_up weights, fused add+RMSNorm, in-place RoPE, SiLU-and-mul, and the
 skinny GEMM for decode-sized steps with the norm and SiLU folded into it. Same numbers as common/llama.py (fp32: to
 rounding); a decode layer is 5 launches (norm+qkv, the runner's one-kernel decode attention with RoPE in it, o,
-norm+gate_up, silu+down), or 5 + the unfused attention's rope/write/decode/reduce. See FUSED.md.
+norm+gate_up+silu, down), or 5 + the unfused attention's rope/write/decode/reduce. See FUSED.md.
 
 CONTRACT (what the model runner calls):
 
@@ -32,6 +32,8 @@ NOTE (the residual stream): each layer returns (h, residual) un-added; the next 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,13 +44,22 @@ from phase4_scheduler import fused_kernels as fk
 from phase4_scheduler import skinny_gemm as sg
 
 
+# The SiLU-and-mul in the gate_up GEMV's epilogue (skinny_gemm.norm_linear_silu) instead of the down projection's
+# prologue. NOTE (why): the prologue recomputes silu(gate) * up over all I columns in every one of the down GEMV's
+# programs, ~1.2 us of the H100's 10.2 us silu+down against 9.0 us for the plain GEMV (fused_kernels_s1207e_h100);
+# in the epilogue each gate/up pair is computed once, by the program that produced it.
+SILU_EPILOGUE_ENV = "TITAN_SILU_EPILOGUE"
+
+
 class Ops:
     """The five operations a fused layer uses, for one backend: 'ref' (PyTorch) or 'triton' (the kernels). With
     `prologues` the Triton path folds the norm into the next GEMM and SiLU-and-mul into the down projection whenever
     the step is skinny (T <= sg.SKINNY_MAX_M, decode); larger steps run norm, silu_mul and cuBLAS separately."""
 
-    def __init__(self, backend: str, prologues: bool = True, rope_epilogue: bool = False):
+    def __init__(self, backend: str, prologues: bool = True, rope_epilogue: bool = False,
+                 silu_epilogue: bool | None = None):
         self.backend, self.prologues, self.rope_epilogue = backend, prologues, rope_epilogue
+        self.silu_epilogue = silu_epilogue  # None: on unless TITAN_SILU_EPILOGUE=0 (see silu_epilogue_on)
         ref = backend == "ref"
         self.rms_norm = fk.rms_norm_ref if ref else fk.rms_norm
         self.silu_mul = fk.silu_mul_ref if ref else fk.silu_mul
@@ -77,6 +88,24 @@ class Ops:
 
     def silu_mul_linear(self, gate_up, w):
         return sg.silu_mul_linear(gate_up, w) if self._skinny(gate_up) else self.linear(self.silu_mul(gate_up), w)
+
+    def silu_epilogue_on(self) -> bool:
+        """SILU_EPILOGUE_ENV ('0' / '1'), else the attribute (None: on). Read per call, like the kernels' switches:
+        a CUDA graph keeps what was set when it was captured."""
+        raw = os.environ.get(SILU_EPILOGUE_ENV, "").strip()
+        if raw not in ("", "0", "1"):
+            raise ValueError(f"{SILU_EPILOGUE_ENV} must be 0 or 1, got {raw!r}")
+        return raw == "1" if raw else self.silu_epilogue is not False
+
+    def mlp(self, x, norm_w, eps, w_gate_up, w_down, residual):
+        """(down(silu_mul(norm_linear(x + residual) @ gate_up)), x + residual). A skinny step with the SiLU epilogue
+        on: norm + gate_up + SiLU-and-mul in one kernel, then a plain GEMV (the down projection's prologue would
+        compute the same act, bit for bit, once per program); otherwise norm + gate_up, then silu + down."""
+        if self.silu_epilogue_on() and self._skinny(x):
+            act, residual = sg.norm_linear_silu(x, norm_w, eps, w_gate_up, residual)
+            return sg.linear(act, w_down), residual
+        gate_up, residual = self.norm_linear(x, norm_w, eps, w_gate_up, residual)
+        return self.silu_mul_linear(gate_up, w_down), residual
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -125,8 +154,7 @@ class FusedDecoderLayer(nn.Module):
 
     def post_attention(self, attn, residual, ops):
         """attn [T, Hq*D] -> (o projection, add + RMSNorm, gate_up, SiLU-and-mul, down): (mlp output, residual)."""
-        gate_up, residual = ops.norm_linear(ops.linear(attn, self.o), self.post_norm, self.eps, self.gate_up, residual)
-        return ops.silu_mul_linear(gate_up, self.down), residual
+        return ops.mlp(ops.linear(attn, self.o), self.post_norm, self.eps, self.gate_up, self.down, residual)
 
     def _attend(self, q, k, v, ctx, b, s):
         if hasattr(ctx, "attend_packed"):

@@ -12,6 +12,7 @@ Tile sizes are autotuned per (N, K, path): run every shape once before capturing
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -20,7 +21,7 @@ import triton
 import triton.language as tl
 
 from common.pdl import pdl_args, pdl_wait
-from phase4_scheduler.fused_kernels import (_check, _check_rope, interpreting, rms_norm_ref, rope_qk_ref,
+from phase4_scheduler.fused_kernels import (_check, _check_rope, interpreting, rms_norm_ref, rope_qk_ref, silu_mul,
                                             silu_mul_ref)
 
 SKINNY_KERNEL_MAX_M = 16  # the kernels take 1..16 rows (M == 1: GEMV; 2..16: tensor cores, M padded to 16)
@@ -63,6 +64,37 @@ def _squares(x_ptr, r_ptr, ro_ptr, offs, mask, write, HAS_RES: tl.constexpr):
 
 
 @triton.jit
+def _normed_row(x_ptr, r_ptr, nw_ptr, ro_ptr, k, mask, write, eps, K, HAS_RES: tl.constexpr):
+    """norm_linear's prologue when one K tile holds the whole row: x (+ res) loaded once, its rms and the normalised
+    row from the same registers (the two-pass form, _squares then _activation, reads the row twice). Program 0
+    (write) stores x + res. Same roundings as _squares + _activation."""
+    dt = x_ptr.dtype.element_ty
+    x = tl.load(x_ptr + k, mask=mask, other=0.0).to(tl.float32)
+    nw = tl.load(nw_ptr + k, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = (x + tl.load(r_ptr + k, mask=mask, other=0.0).to(tl.float32)).to(ro_ptr.dtype.element_ty)
+        tl.store(ro_ptr + k, r, mask=mask & write)
+        x = r.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+    return ((x * inv).to(dt).to(tl.float32) * nw).to(dt).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(out_ptr, o, slab, n, n_mask, SILU: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A slab's BLOCK_N fp32 row sums -> out. With SILU the rows are (gate j, up j) pairs (see _rows) and the slab
+    stores silu(gate) * up at columns j (BLOCK_N / 2 of them), rounded as silu_mul_ref rounds (the GEMM output
+    first, then silu, then the product)."""
+    dt = out_ptr.dtype.element_ty
+    if SILU:
+        g, u = tl.split(tl.reshape(o.to(dt).to(tl.float32), [BLOCK_N // 2, 2]))
+        a = ((g * tl.sigmoid(g)).to(dt).to(tl.float32) * u).to(dt)
+        j = slab * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(out_ptr + j, a, mask=j < HALF)
+    else:
+        tl.store(out_ptr + n, o.to(dt), mask=n_mask)
+
+
+@triton.jit
 def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
     """The weight rows a program owns. With ROPE, a program in the q/k region takes BLOCK_N / 2 rotation PAIRS
     (rows j and j + D/2 of a head, interleaved), so its epilogue can rotate them; v rows stay contiguous."""
@@ -71,7 +103,8 @@ def _rows(pid, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.co
 
 @triton.jit
 def _row_ids(pid, i, ROPE: tl.constexpr, ROPE_ROWS, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Row i (0 <= i < BLOCK_N) of program pid's slab (see _rows)."""
+    """Row i (0 <= i < BLOCK_N) of slab pid (see _rows). Pairing also serves the SiLU epilogue: with ROPE_ROWS = N
+    and HALF = N / 2 = I, slab pid holds gate rows j and up rows I + j of a packed gate_up weight."""
     n = pid * BLOCK_N + i
     if ROPE:
         pair = pid * (BLOCK_N // 2) + i // 2
@@ -109,17 +142,20 @@ def _prefetch_rows_l2(w_ptr, pid, N, stride_wn, ROPE: tl.constexpr, ROPE_ROWS, H
 def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs_ptr, N, stride_wn, eps, stride_cs,
                        ROPE_ROWS, K: tl.constexpr, MODE: tl.constexpr, HAS_RES: tl.constexpr, ROPE: tl.constexpr,
                        HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                       PREFETCH_BYTES: tl.constexpr = 0):
+                       PREFETCH_BYTES: tl.constexpr = 0, SILU: tl.constexpr = False):
     """M == 1: each program owns BLOCK_N weight rows; fp32 partial products pile up in registers, summed once.
     The first weight tile is loaded BEFORE waiting for the previous kernel (PDL: weights never change, so that load
     overlaps the previous kernel's tail; common/pdl.py); nothing the previous kernel writes is touched before.
     PREFETCH_BYTES > 0 (TITAN_GEMV_PREFETCH_MB, see `prefetch_bytes`) also asks L2 for that much of every row
-    before the wait, so a projection that follows a light kernel (attention at B=1) streams its weights meanwhile."""
+    before the wait, so a projection that follows a light kernel (attention at B=1) streams its weights meanwhile.
+    SILU (norm_linear_silu; ROPE_ROWS = N, HALF = N / 2): the rows are gate/up pairs and the epilogue stores
+    silu(gate) * up, so the down projection that follows needs no prologue."""
     pid = tl.program_id(0)
     k = tl.arange(0, BLOCK_K)
+    PAIRED: tl.constexpr = ROPE or SILU
     if PREFETCH_BYTES > 0:
-        _prefetch_rows_l2(w_ptr, pid, N, stride_wn, ROPE, ROPE_ROWS, HALF, BLOCK_N, PREFETCH_BYTES)
-    n = _rows(pid, ROPE, ROPE_ROWS, HALF, BLOCK_N)
+        _prefetch_rows_l2(w_ptr, pid, N, stride_wn, PAIRED, ROPE_ROWS, HALF, BLOCK_N, PREFETCH_BYTES)
+    n = _rows(pid, PAIRED, ROPE_ROWS, HALF, BLOCK_N)
     n_mask = n < N
     rows = w_ptr + n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     k0_mask = k < K
@@ -127,12 +163,16 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs
                  eviction_policy="evict_first")  # [BLOCK_N, BLOCK_K]: 128-bit loads along K
     pdl_wait(PDL)
     inv = 1.0
-    if MODE == 1:  # pass 1 over the (L2-resident) input row: its rms
-        ss = tl.zeros([BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
-        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
-    acc = w0.to(tl.float32) * _activation(x_ptr, r_ptr, nw_ptr, k, k, k0_mask, inv, K, MODE, HAS_RES)[None, :]
+    if MODE == 1 and K <= BLOCK_K:  # the whole row in one tile: one pass over it
+        x0 = _normed_row(x_ptr, r_ptr, nw_ptr, ro_ptr, k, k0_mask, pid == 0, eps, K, HAS_RES)
+    else:
+        if MODE == 1:  # pass 1 over the (L2-resident) input row: its rms
+            ss = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
+            inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+        x0 = _activation(x_ptr, r_ptr, nw_ptr, k, k, k0_mask, inv, K, MODE, HAS_RES)
+    acc = w0.to(tl.float32) * x0[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = tl.max_contiguous(tl.multiple_of(k0 + k, BLOCK_K), BLOCK_K)
         k_mask = kk < K
@@ -148,7 +188,65 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs
         pos = tl.load(pos_ptr).to(tl.int64)
         y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, out_ptr, HALF)
         o = tl.reshape(tl.join(y1, y2), [BLOCK_N])
-    tl.store(out_ptr + n, o.to(out_ptr.dtype.element_ty), mask=n_mask)
+    _store_rows(out_ptr, o, pid, n, n_mask, SILU, HALF, BLOCK_N)
+
+
+@triton.jit
+def skinny_gemv_persistent_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, stride_wn, eps, N: tl.constexpr,
+                                  NUM_SMS: tl.constexpr, K: tl.constexpr,
+                                  MODE: tl.constexpr, HAS_RES: tl.constexpr, SILU: tl.constexpr, HALF: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PPS: tl.constexpr,
+                                  PDL: tl.constexpr = False):
+    """M == 1, persistent: a grid of G programs (PPS per SM, `persistent_grid`) each streams slabs pid, pid + G, ...
+    of BLOCK_N rows as one flat sequence of [BLOCK_N, BLOCK_K] tiles, loading tile t + 1 before it multiplies tile t
+    (two tiles in flight per program, never a gap between slabs), and reduces + stores a slab at its last K tile.
+    Against one program per slab (skinny_gemv_kernel) there are no waves: every program is resident from the start,
+    does the same number of slabs (+-1), and computes the prologue (the norm's rms, or a one-tile row) once instead
+    of once per slab. No RoPE epilogue and no L2 prefetch here (the regular kernel keeps those)."""
+    pid = tl.program_id(0)
+    SLABS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    # the grid, as persistent_grid computes it on the host (N and the SM count are compile-time: one weight shape
+    # per compilation, as the autotuner keys it anyway)
+    G: tl.constexpr = (SLABS + (SLABS + NUM_SMS * PPS - 1) // (NUM_SMS * PPS) - 1) // (
+        (SLABS + NUM_SMS * PPS - 1) // (NUM_SMS * PPS))
+    KT: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+    k = tl.arange(0, BLOCK_K)
+    i = tl.arange(0, BLOCK_N)
+    # every program walks the same number of tiles; a slab past the end has rows >= N, so its loads and stores are
+    # masked off (free of memory traffic). The bound depends on no program id (the interpreter needs that too).
+    TOTAL: tl.constexpr = (SLABS + G - 1) // G * KT
+    n = _row_ids(pid, i, SILU, N, HALF, BLOCK_N)
+    w = tl.load(w_ptr + n.to(tl.int64)[:, None] * stride_wn + k[None, :],
+                mask=(n < N)[:, None] & (k < K)[None, :], other=0.0, eviction_policy="evict_first")
+    pdl_wait(PDL)  # the first tile was requested before the wait: weights never change
+    inv = 1.0
+    if MODE == 1 and KT == 1:
+        xv = _normed_row(x_ptr, r_ptr, nw_ptr, ro_ptr, k, k < K, pid == 0, eps, K, HAS_RES)
+    else:
+        if MODE == 1:
+            ss = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ss += _squares(x_ptr, r_ptr, ro_ptr, k0 + k, k0 + k < K, pid == 0, HAS_RES)
+            inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+        xv = _activation(x_ptr, r_ptr, nw_ptr, k, k, k < K, inv, K, MODE, HAS_RES)  # tile 0's input
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    for t in range(0, TOTAL):
+        t1 = t + 1  # request the next tile first
+        n1 = _row_ids(pid + (t1 // KT) * G, i, SILU, N, HALF, BLOCK_N)
+        k1 = (t1 % KT) * BLOCK_K + k
+        w_next = tl.load(w_ptr + n1.to(tl.int64)[:, None] * stride_wn + k1[None, :],
+                         mask=(n1 < N)[:, None] & (k1 < K)[None, :] & (t1 < TOTAL), other=0.0,
+                         eviction_policy="evict_first")
+        if KT > 1:
+            kk = (t % KT) * BLOCK_K + k
+            xv = _activation(x_ptr, r_ptr, nw_ptr, kk, kk, kk < K, inv, K, MODE, HAS_RES)
+        acc += tl.sum(w.to(tl.float32) * xv[None, :], axis=1)  # [BLOCK_N]: a per-tile sum keeps registers low
+        if t % KT == KT - 1:  # the slab's last tile: store, start the next slab
+            slab = pid + (t // KT) * G
+            n = _row_ids(slab, i, SILU, N, HALF, BLOCK_N)
+            _store_rows(out_ptr, acc, slab, n, n < N, SILU, HALF, BLOCK_N)
+            acc = tl.zeros([BLOCK_N], tl.float32)
+        w = w_next
 
 
 @triton.jit
@@ -205,8 +303,24 @@ _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_
                  for bn, bk, w, s in [(16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (64, 128, 4, 4)]]
 
 
-def _prune(configs, named_args, **kwargs):  # with the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head
-    return [c for c in configs if not kwargs.get("ROPE") or kwargs["HALF"] % (c.kwargs["BLOCK_N"] // 2) == 0]
+# The persistent kernel's candidates: (BLOCK_N, BLOCK_K, warps, programs per SM). BLOCK_K = K's power of two (one
+# tile per slab) or less; registers hold two weight tiles a program, so PPS x warps stays within what fits an SM.
+_PERSISTENT_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "PPS": pps}, num_warps=w)
+                       for bn, bk, w, pps in [(2, 2048, 4, 4), (2, 2048, 4, 8), (4, 2048, 8, 2), (4, 2048, 8, 4),
+                                              (8, 2048, 8, 2), (2, 1024, 4, 8), (4, 1024, 4, 4), (4, 1024, 4, 8),
+                                              (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4), (2, 8192, 8, 2),
+                                              (4, 8192, 8, 2)]]
+
+
+def _prune(configs, named_args, **kwargs):
+    """With the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head (with SiLU, HALF = I, always true for
+    the candidates); a tile wider than K's power of two only wastes lanes."""
+    k_pad = triton.next_power_of_2(kwargs["K"])
+    fits = [c for c in configs if not (kwargs.get("ROPE") or kwargs.get("SILU"))
+            or kwargs["HALF"] % (c.kwargs["BLOCK_N"] // 2) == 0]
+    if "PPS" not in configs[0].kwargs:  # the regular kernel keeps every tile (its tuning is unchanged)
+        return fits
+    return [c for c in fits if c.kwargs["BLOCK_K"] <= k_pad] or [min(fits, key=lambda c: c.kwargs["BLOCK_K"])]
 
 
 # Pinned M == 1 tiles, (N, K, MODE) -> (BLOCK_N, BLOCK_K, num_warps), bypassing the autotuner. Why: the autotuner
@@ -218,20 +332,24 @@ GEMV_TILES_ENV = "TITAN_GEMV_TILES"
 
 
 def parse_tiles(spec: str) -> dict:
-    """"NxKxMODE=BLOCK_N,BLOCK_K,WARPS;..." -> {(N, K, MODE): (BLOCK_N, BLOCK_K, WARPS)}; clear errors otherwise."""
+    """"NxKxMODE=BLOCK_N,BLOCK_K,WARPS[,PPS];..." -> {(N, K, MODE): (BLOCK_N, BLOCK_K, WARPS, PPS)}; PPS > 0 pins
+    the persistent kernel with PPS programs per SM, 0 (or left out) the regular one. Clear errors otherwise."""
     out = {}
     for item in filter(None, (x.strip() for x in spec.split(";"))):
         try:
             shape, tile = item.split("=")
             n, k, mode = (int(v) for v in shape.split("x"))
-            bn, bk, w = (int(v) for v in tile.split(","))
+            vals = [int(v) for v in tile.split(",")]
+            if len(vals) not in (3, 4):
+                raise ValueError
+            bn, bk, w, pps = (*vals, 0)[:4]
         except ValueError:
-            raise ValueError(f"{GEMV_TILES_ENV}: want 'NxKxMODE=BLOCK_N,BLOCK_K,WARPS' items separated by ';', got "
-                             f"{item!r}") from None
-        if bn & (bn - 1) or bk & (bk - 1) or w & (w - 1) or mode not in (0, 1, 2):
-            raise ValueError(f"{GEMV_TILES_ENV}: BLOCK_N, BLOCK_K and WARPS must be powers of two and MODE 0, 1 or 2, "
-                             f"got {item!r}")
-        out[(n, k, mode)] = (bn, bk, w)
+            raise ValueError(f"{GEMV_TILES_ENV}: want 'NxKxMODE=BLOCK_N,BLOCK_K,WARPS[,PPS]' items separated by ';', "
+                             f"got {item!r}") from None
+        if bn & (bn - 1) or bk & (bk - 1) or w & (w - 1) or mode not in (0, 1, 2) or pps < 0:
+            raise ValueError(f"{GEMV_TILES_ENV}: BLOCK_N, BLOCK_K and WARPS must be powers of two, MODE 0, 1 or 2 and "
+                             f"PPS >= 0, got {item!r}")
+        out[(n, k, mode)] = (bn, bk, w, pps)
     return out
 
 
@@ -264,14 +382,52 @@ def prefetch_bytes(n: int, k: int, elem_bytes: int, pdl: bool) -> int:
     return max(0, min(row // 16 * 16, per_row))
 
 # HAS_RES is left out of the keys on purpose: layer 0's norm (no residual yet) reuses the tuned tile, one fewer tuning
-skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE"], do_bench=_bench,
+skinny_gemv_tuned = triton.autotune(_GEMV_CONFIGS, key=["N", "K", "MODE", "ROPE", "SILU"], do_bench=_bench,
                                     prune_configs_by={"early_config_prune": _prune})(skinny_gemv_kernel)
+skinny_gemv_persistent_tuned = triton.autotune(_PERSISTENT_CONFIGS, key=["N", "K", "MODE", "SILU"], do_bench=_bench,
+                                               prune_configs_by={"early_config_prune": _prune}
+                                               )(skinny_gemv_persistent_kernel)
 skinny_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "MODE", "ROPE", "M_PAD"], do_bench=_bench,
                                     prune_configs_by={"early_config_prune": _prune})(skinny_gemm_kernel)
 
 
-def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None):
-    """Checks shared by the entry points, then one launch. Returns (out [M, N], x + residual or None).
+# The persistent M == 1 kernel (skinny_gemv_persistent_kernel) instead of one program per slab, for GEMVs without
+# the RoPE epilogue or the L2 prefetch. TITAN_GEMV_PERSISTENT=1 / 0 forces it on / off; unset, PERSISTENT_DEFAULT
+# decides. A pinned tile with PPS > 0 (TITAN_GEMV_TILES) takes it for that shape whatever the switch says. Read at
+# launch time: a CUDA graph keeps what was set when it was captured.
+PERSISTENT_ENV = "TITAN_GEMV_PERSISTENT"
+PERSISTENT_DEFAULT = False
+
+
+def persistent_on() -> bool:
+    raw = os.environ.get(PERSISTENT_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{PERSISTENT_ENV} must be 0 or 1, got {raw!r}")
+    return PERSISTENT_DEFAULT if raw == "" else raw == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(t: torch.Tensor) -> int:
+    """SMs of t's GPU (4 under the interpreter, so its tests run several programs over several slabs each)."""
+    if not t.is_cuda:
+        return 4
+    return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def persistent_grid(n: int, block_n: int, pps: int, sms: int) -> int:
+    """Programs for n rows in slabs of block_n at pps programs per SM: at most sms * pps, and as few as give every
+    program the same number of slabs (+-1 only in the last round): slabs / ceil(slabs / (sms * pps))."""
+    slabs = triton.cdiv(n, block_n)
+    return triton.cdiv(slabs, triton.cdiv(slabs, sms * pps))
+
+
+def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None, silu=False):
+    """Checks shared by the entry points, then one launch. Returns (out [M, N] (or [M, N / 2] with silu: the
+    SiLU-and-mul of the gate/up halves), x + residual or None).
     rope: None or (positions [M], cos_sin_cache [P, D], rows to rotate, D), checked by the caller."""
     _check(name, *(t for t in (x, w, residual, norm_w) if t is not None))
     if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
@@ -285,21 +441,31 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     if mode and not x.is_contiguous():
         raise ValueError(f"{name}: x must be contiguous (call .contiguous())")
     m, n = x.shape[0], w.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if silu and (n % 2 or rope is not None):
+        raise ValueError(f"{name}: the SiLU epilogue wants an even number of gate_up rows and no RoPE, got N={n}")
+    if silu and m > 1:  # the tensor-core path has no SiLU epilogue: its GEMM, then the SiLU-and-mul kernel
+        gu, r_out = _skinny(name, x, w, mode, k, residual, norm_w, eps, tune)
+        return silu_mul(gu), r_out
+    out = torch.empty((m, n // 2 if silu else n), dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
-    pos, cs, rope_rows, d = rope if rope is not None else (x, x, 0, 2)
+    pos, cs, rope_rows, d = rope if rope is not None else (x, x, n if silu else 0, n if silu else 2)
     ptrs = (x, residual if residual is not None else x, norm_w if norm_w is not None else x,
             r_out if r_out is not None else x, w, out, pos, cs)
     flags = dict(K=k, MODE=mode, HAS_RES=residual is not None, ROPE=rope is not None, HALF=d // 2)
     fixed_bn = lambda bn: min(bn, d) if rope is not None else bn  # noqa: E731  (pairs must not cross a head)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     if m == 1:
-        args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
         pdl, launch = pdl_args(x)
-        launch = dict(launch, PREFETCH_BYTES=prefetch_bytes(n, k, w.element_size(), pdl))
+        prefetch = prefetch_bytes(n, k, w.element_size(), pdl)
         pinned = PINNED_TILES.get((n, k, mode))
+        pps = pinned[3] if pinned is not None and len(pinned) > 3 else 0
+        if rope is None and not prefetch and (pps > 0 or (pinned is None and persistent_on())):
+            _persistent(ptrs, n, w, eps, flags, silu, pinned if pps else None, tune, pdl, launch)
+            return out, r_out
+        args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
+        launch = dict(launch, PREFETCH_BYTES=prefetch, SILU=silu)
         if pinned is not None:
-            bn, bk, warps = pinned
+            bn, bk, warps = pinned[:3]
             skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=warps,
                                      **launch)
         elif interpreting() or not tune:
@@ -319,6 +485,24 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     else:
         skinny_gemm_tuned[grid](*args, **flags, M_PAD=16, DOT_F32=False, PREC=prec)
     return out, r_out
+
+
+def _persistent(ptrs, n, w, eps, flags, silu, pinned, tune, pdl, launch):
+    """One launch of the persistent M == 1 kernel: pinned (BLOCK_N, BLOCK_K, WARPS, PPS), else autotuned (a fixed
+    small tile under the interpreter or with tune=False)."""
+    x, r, nw, ro, _, out = ptrs[:6]
+    sms = num_sms(x)
+    args = (x, r, nw, ro, w, out, w.stride(0), eps)
+    kw = dict(N=n, NUM_SMS=sms, K=flags["K"], MODE=flags["MODE"], HAS_RES=flags["HAS_RES"], SILU=silu, HALF=n // 2 if silu else 1,
+              PDL=pdl, **launch)
+    grid = lambda meta: (persistent_grid(n, meta["BLOCK_N"], meta["PPS"], sms),)  # noqa: E731
+    if pinned is None and (interpreting() or not tune):
+        pinned = (4, 32, 4, 2) if interpreting() else (4, 2048 if flags["K"] <= 2048 else 1024, 8, 2)
+    if pinned is not None:
+        bn, bk, warps, pps = pinned
+        skinny_gemv_persistent_kernel[grid](*args, **kw, BLOCK_N=bn, BLOCK_K=bk, PPS=pps, num_warps=warps)
+    else:
+        skinny_gemv_persistent_tuned[grid](*args, **kw)
 
 
 def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
@@ -371,6 +555,24 @@ def norm_linear_rope_ref(x, norm_w, eps, w, positions, cos_sin_cache, num_q_head
                          residual=None):
     qkv, r = norm_linear_ref(x, norm_w, eps, w, residual)
     return rope_qk_ref(qkv, positions, cos_sin_cache, num_q_heads, num_kv_heads, head_dim), r
+
+
+def norm_linear_silu(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor,
+                     residual: torch.Tensor | None = None, tune: bool = True):
+    """silu_mul(norm_linear(x, norm_w, eps, w, residual)): the MLP's first half in one kernel at M == 1 (w is the
+    packed gate_up [2I, K]; each program owns gate rows j and up rows I + j and stores silu(gate) * up). Returns
+    (act [M, I], x + residual); act is what silu_mul_linear's prologue would have computed, bit for bit, so the
+    down projection that follows is a plain GEMV. M > 1: the GEMM, then the SiLU-and-mul kernel."""
+    if norm_w.shape != (x.shape[-1],) or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"norm_linear_silu: want norm_w [K] and residual like x {tuple(x.shape)}, got "
+                         f"{tuple(norm_w.shape)} and {None if residual is None else tuple(residual.shape)}")
+    out, r = _skinny("norm_linear_silu", x, w, 1, x.shape[-1], residual, norm_w, eps, tune, silu=True)
+    return out, (x if r is None else r)
+
+
+def norm_linear_silu_ref(x, norm_w, eps, w, residual=None):
+    gate_up, r = norm_linear_ref(x, norm_w, eps, w, residual)
+    return silu_mul_ref(gate_up), r
 
 
 def silu_mul_linear(gate_up: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:

@@ -19,6 +19,7 @@ import argparse
 import statistics
 
 import torch
+import triton
 from tqdm.auto import tqdm
 
 from common.bench import write_result
@@ -26,20 +27,25 @@ from common.model_loader import load_model
 from common.sampling import SamplingParams
 from phase4_scheduler import skinny_gemm as sg
 
-CANDIDATES = [(2, 1024, 4), (2, 2048, 4), (2, 2048, 8), (4, 512, 4), (4, 1024, 4), (4, 2048, 8), (8, 512, 4),
-              (8, 1024, 8), (16, 512, 8)]  # (BLOCK_N, BLOCK_K, warps): the autotuner's set plus whole-row K tiles
+# (BLOCK_N, BLOCK_K, warps, programs per SM): the regular kernel's autotuner set plus whole-row K tiles (PPS 0), then
+# the persistent kernel's (PPS > 0: skinny_gemv_persistent_kernel)
+CANDIDATES = [(2, 1024, 4, 0), (2, 2048, 4, 0), (2, 2048, 8, 0), (4, 512, 4, 0), (4, 1024, 4, 0), (4, 2048, 8, 0),
+              (8, 512, 4, 0), (8, 1024, 8, 0), (16, 512, 8, 0),
+              (2, 2048, 4, 4), (2, 2048, 4, 8), (4, 2048, 8, 2), (4, 2048, 8, 4), (8, 2048, 8, 2), (2, 1024, 4, 8),
+              (4, 1024, 4, 4), (4, 1024, 4, 8), (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4)]
 
 
-def shapes(cfg) -> dict:
-    """name -> (N, K, MODE) of the fused model's M = 1 GEMVs (MODE 1: norm prologue, 2: SiLU-and-mul prologue)."""
+def shapes(cfg, silu_epilogue: bool = True) -> dict:
+    """name -> (N, K, MODE) of the fused model's M = 1 GEMVs (MODE 1: norm prologue, 2: SiLU-and-mul prologue; with
+    the SiLU epilogue, fused_model.SILU_EPILOGUE_ENV, gate_up stores the SiLU-and-mul and down is MODE 0)."""
     hq, hkv, d, h, i = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
                         cfg.intermediate_size)
-    return {"qkv": ((hq + 2 * hkv) * d, h, 1), "o": (h, hq * d, 0), "gate_up": (2 * i, h, 1), "down": (h, i, 2),
-            "lm_head": (cfg.vocab_size, h, 0)}
+    return {"qkv": ((hq + 2 * hkv) * d, h, 1), "o": (h, hq * d, 0), "gate_up": (2 * i, h, 1),
+            "down": (h, i, 0 if silu_epilogue else 2), "lm_head": (cfg.vocab_size, h, 0)}
 
 
 def tile_string(tiles: dict) -> str:
-    return ";".join(f"{n}x{k}x{m}={bn},{bk},{w}" for (n, k, m), (bn, bk, w) in tiles.items())
+    return ";".join(f"{n}x{k}x{m}=" + ",".join(map(str, t)) for (n, k, m), t in tiles.items())
 
 
 class StepTimer:
@@ -99,21 +105,22 @@ def main(argv=None) -> dict:
         eng.step()
     if timer.args is None:
         raise SystemExit("no B=1 decode step went through the captured graph: nothing to time")
-    auto = {str(k): str(v) for k, v in sg.skinny_gemv_tuned.cache.items()}  # what the autotuner chose, per key
-    all_shapes = shapes(loaded.config)
+    auto = {str(k): str(v) for t in (sg.skinny_gemv_tuned, sg.skinny_gemv_persistent_tuned)
+            for k, v in t.cache.items()}  # what the autotuner chose, per key
+    all_shapes = shapes(loaded.config, eng.runner.model.ops.silu_epilogue_on())
     rows, best = [], {}
     base0 = timer.ms()
     for name in tqdm(args.shapes, desc="shapes"):
         n, k, mode = all_shapes[name]
-        for bn, bk, w in CANDIDATES:
-            if bk > k:
+        for tile in CANDIDATES:
+            if tile[1] > triton.next_power_of_2(k):
                 continue
-            sg.PINNED_TILES[(n, k, mode)] = (bn, bk, w)
+            sg.PINNED_TILES[(n, k, mode)] = tile
             try:
                 t = timer.ms()
-                rows.append({"shape": name, "N": n, "K": k, "mode": mode, "tile": [bn, bk, w], "step_ms": t})
+                rows.append({"shape": name, "N": n, "K": k, "mode": mode, "tile": list(tile), "step_ms": t})
             except Exception as e:  # a tile that fails to compile or launch must not end the sweep
-                rows.append({"shape": name, "tile": [bn, bk, w], "error": f"{type(e).__name__}: {e}"})
+                rows.append({"shape": name, "tile": list(tile), "error": f"{type(e).__name__}: {e}"})
             finally:
                 del sg.PINNED_TILES[(n, k, mode)]
         ok = [r for r in rows if r["shape"] == name and "step_ms" in r]

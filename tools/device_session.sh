@@ -21,6 +21,9 @@
 #   verify      GPU tests of the code changed since the last lease (phase 3's flat prefill grid, one-copy step
 #               inputs, the step timer, full mixed-step graphs, fused-model reuse, the graphs' shared logits
 #               buffer) + the phase-1 wheel against its reference + the engine's GPU check
+#   gemv        the SiLU-and-mul in gate_up's epilogue and the persistent GEMV: their GPU tests, then B=1 with each
+#               on / off in one call                                                -> phase4 latency_gemv_<tag>
+#   gemvsweep   sweep_gemv_chain: both GEMV kernels' tiles timed inside the B=1 step -> phase4 gemv_chain_<tag>
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
 #   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with piecewise mixed-step graphs
 #                                                                                   -> phase4 offline_gpu_1024_<tag>
@@ -147,6 +150,16 @@ if has vllm; then
     echo "== vllm: not staged (tools/device_peer.sh: the two parts and the wheels, in calls back to back)"
     status[vllm]=2
   fi
+fi
+if has gemv; then  # the SiLU epilogue and the persistent GEMV: GPU tests, B=1 A/B in one call, the in-step tile sweep
+  step gemv_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_fused_kernels.py \
+    phase4_scheduler/tests/test_gemv_tiles.py phase4_scheduler/tests/test_fused_model.py
+  step b1_gemv 330 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
+    --variants graph+fused+nosiluepi+nopersist graph+fused+siluepi+nopersist graph+fused+siluepi+persist \
+    graph+fused+nosiluepi+nopersist --name "latency_gemv_$TAG"
+fi
+if has gemvsweep; then
+  step gemv_sweep 400 python3 -m phase4_scheduler.sweep_gemv_chain --random-weights --reps 40 --name "gemv_chain_$TAG"
 fi
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
   --variants graph+fused graph+fused+nopdl graph+fused --name "latency_$TAG"

@@ -131,6 +131,55 @@ def test_norm_linear_rope_equals_norm_linear_then_rope(impl, dtype, m):
                                                      {"rtol": 5e-2, "atol": 5e-2}))
 
 
+@pytest.mark.parametrize("persistent", ["0", "1"])
+@pytest.mark.parametrize("n,k,with_res", [(80, 64, True), (200, 72, False), (48, 100, True)])
+def test_norm_linear_silu_is_norm_linear_then_silu_mul_bit_for_bit(monkeypatch, persistent, n, k, with_res):
+    """The SiLU epilogue (gate rows j and up rows I + j in one program) stores exactly what the two kernels give."""
+    monkeypatch.setenv(sg.PERSISTENT_ENV, persistent)
+    g = torch.Generator().manual_seed(n + k)
+    x, res = (torch.randn(1, k, generator=g).bfloat16() for _ in range(2))
+    w, nw = (torch.randn(n, k, generator=g) / 5).bfloat16(), (torch.randn(k, generator=g) + 1).bfloat16()
+    res = res if with_res else None
+    gu, r_want = sg.norm_linear(x, nw, 1e-5, w, res)
+    act, r = sg.norm_linear_silu(x, nw, 1e-5, w, res)
+    assert act.shape == (1, n // 2) and torch.equal(act, fk.silu_mul(gu)) and torch.equal(r, r_want)
+    want, _ = sg.norm_linear_silu_ref(x.float(), nw.float(), 1e-5, w.float(), None if res is None else res.float())
+    torch.testing.assert_close(act.float(), want, rtol=5e-2, atol=0.15 * want.abs().max().item())
+
+
+def test_norm_linear_silu_several_rows_and_bad_shapes():
+    g = torch.Generator().manual_seed(3)
+    x, w, nw = torch.randn(3, 64, generator=g), torch.randn(80, 64, generator=g), torch.randn(64, generator=g) + 1
+    act, r = sg.norm_linear_silu(x, nw, 1e-5, w)
+    want, _ = sg.norm_linear_silu_ref(x, nw, 1e-5, w)
+    torch.testing.assert_close(act, want, rtol=1e-5, atol=1e-4)
+    assert r is x
+    with pytest.raises(ValueError, match="even number of gate_up rows"):
+        sg.norm_linear_silu(x[:1], nw, 1e-5, w[:79])
+    with pytest.raises(ValueError, match="norm_w"):
+        sg.norm_linear_silu(x, nw[:10], 1e-5, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(37, 100), (200, 72), (8, 64), (130, 33)])
+def test_persistent_gemv_matches_the_regular_kernel(monkeypatch, dtype, n, k):
+    """Every prologue through the persistent kernel (several slabs a program, K over several tiles or one) against
+    the regular kernel and the reference."""
+    g = torch.Generator().manual_seed(7 * n + k)
+    x, res = (torch.randn(1, k, generator=g).to(dtype) for _ in range(2))
+    w, nw = (torch.randn(n, k, generator=g) / 5).to(dtype), (torch.randn(k, generator=g) + 1).to(dtype)
+    gu = torch.randn(1, 2 * k, generator=g).to(dtype)
+    runs = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv(sg.PERSISTENT_ENV, on)
+        runs[on] = (sg.linear_small_m(x, w), *sg.norm_linear(x, nw, 1e-5, w, res), sg.silu_mul_linear(gu, w))
+    close = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 6e-2}
+    for a, b in zip(runs["0"], runs["1"]):
+        torch.testing.assert_close(a.float(), b.float(), **close)
+    assert torch.equal(runs["0"][2], runs["1"][2])  # x + res: the same add
+    torch.testing.assert_close(runs["1"][0].float(), F.linear(x.float(), w.float()), **close)
+
+
 def test_linear_dispatch_small_m_and_large_m():
     w = torch.randn(24, 40)
     for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
@@ -201,6 +250,22 @@ def test_gpu_skinny_gemms_at_model_shapes(n, k, m):
         assert torch.equal(r2, r_want)
         torch.testing.assert_close(qkv.float(), fk.rope_qk_ref(F.linear(y.float(), w.float()), pos, cache, 32, 4, 64),
                                    rtol=2e-2, atol=3e-2)
+    if m == 1 and n % 2 == 0:  # the SiLU epilogue (w as a gate_up), and the persistent kernel on every prologue
+        act, r3 = sg.norm_linear_silu(x, nw, 1e-5, w, res)
+        gu_want, _ = sg.norm_linear(x, nw, 1e-5, w, res)
+        assert torch.equal(act, fk.silu_mul(gu_want)) and torch.equal(r3, r_want)
+        import os
+        os.environ[sg.PERSISTENT_ENV] = "1"
+        try:
+            torch.testing.assert_close(sg.linear_small_m(x, w).float(), F.linear(x.float(), w.float()), rtol=2e-2,
+                                       atol=3e-2)
+            out_p, r4 = sg.norm_linear(x, nw, 1e-5, w, res)
+            assert torch.equal(r4, r_want)
+            torch.testing.assert_close(out_p.float(), F.linear(y.float(), w.float()), rtol=2e-2, atol=3e-2)
+            act_p, _ = sg.norm_linear_silu(x, nw, 1e-5, w, res)
+            torch.testing.assert_close(act_p.float(), act.float(), rtol=2e-2, atol=3e-2)
+        finally:
+            del os.environ[sg.PERSISTENT_ENV]
     if n <= 2048:  # w as the down projection: K is the intermediate size
         gu = torch.randn(m, 2 * k, device=dev, generator=g).to(bf)
         torch.testing.assert_close(sg.silu_mul_linear(gu, w).float(), F.linear(fk.silu_mul_ref(gu).float(), w.float()),
@@ -276,7 +341,20 @@ for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, 
     flags = dict(K=k, MODE=mode, HAS_RES=True, ROPE=rope, HALF=32)
     compile_(sg.skinny_gemv_kernel, {**ptrs, **dict(N="i32", stride_wn="i32", eps="fp32", stride_cs="i32",
              ROPE_ROWS="i32")}, {**flags, "BLOCK_N": 4, "BLOCK_K": 1024, "PREFETCH_BYTES": 4096 if mode else 0,
-                                 **PDL})
+                                 "SILU": False, **PDL})
+    if not rope:  # the persistent kernel, and (gate_up's shape) the SiLU epilogue
+        persistent = {k_: v for k_, v in ptrs.items() if k_ not in ("pos_ptr", "cs_ptr")}
+        for silu, n_rows, bk in [(False, 2048, 2048), (mode == 1, 11264, 1024)]:
+            compile_(sg.skinny_gemv_persistent_kernel, {**persistent, **dict(stride_wn="i32", eps="fp32")},
+                     dict(N=n_rows, NUM_SMS=132, K=k, MODE=mode, HAS_RES=True, SILU=silu, HALF=n_rows // 2,
+                          BLOCK_N=4, BLOCK_K=bk, PPS=4, **PDL), 8)
+            n += 1
+        if mode == 1:
+            compile_(sg.skinny_gemv_kernel, {**ptrs, **dict(N="i32", stride_wn="i32", eps="fp32", stride_cs="i32",
+                     ROPE_ROWS="i32")}, {**flags, "HALF": 5632, "SILU": True, "BLOCK_N": 4, "BLOCK_K": 2048, "PREFETCH_BYTES": 0,
+                                 **PDL},
+                     8)
+            n += 1
     compile_(sg.skinny_gemm_kernel, {**ptrs, **dict(M="i32", N="i32", stride_xm="i32", stride_wn="i32", stride_om="i32",
              eps="fp32", stride_cs="i32", ROPE_ROWS="i32")},
              {**flags, "BLOCK_N": 32, "BLOCK_K": 256, "M_PAD": 16, "DOT_F32": False, "PREC": "tf32"})
@@ -299,4 +377,4 @@ def test_kernels_compile_for_the_h100():
     run = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, cwd=root, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "compiled 18" in run.stdout
+    assert "compiled 25" in run.stdout

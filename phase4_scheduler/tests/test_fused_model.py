@@ -51,6 +51,32 @@ def test_greedy_decode_with_contiguous_cache_matches(backend):
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("persistent", ["0", "1"])
+def test_silu_epilogue_and_persistent_gemv_change_no_bit_of_a_decode_step(monkeypatch, persistent):
+    """A T=1 step with SiLU-and-mul in the gate_up epilogue gives the logits of the step with it in the down
+    projection's prologue, bit for bit (the same act; the down GEMV sums the same products in the same order), and
+    both match the reference; with the persistent GEMV too (its own sums: to rounding)."""
+    monkeypatch.setenv(sg.PERSISTENT_ENV, persistent)
+    ref, fused = models(backend="triton")
+    ids, pos = torch.tensor([7]), torch.tensor([3])
+    logits = {}
+    with torch.no_grad():
+        for on in ("0", "1"):
+            monkeypatch.setenv("TITAN_SILU_EPILOGUE", on)
+            assert fused.ops.silu_epilogue_on() is (on == "1")
+            logits[on] = fused.compute_logits(fused.forward_tokens(ids, pos))
+        monkeypatch.delenv("TITAN_SILU_EPILOGUE")
+        assert fused.ops.silu_epilogue_on()  # the default
+        fused.ops.silu_epilogue = False
+        assert not fused.ops.silu_epilogue_on()
+        want = ref(ids[None], positions=pos[None])[0]
+    assert torch.equal(logits["0"], logits["1"])
+    torch.testing.assert_close(logits["1"], want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("TITAN_SILU_EPILOGUE", "yes")
+    with pytest.raises(ValueError, match="TITAN_SILU_EPILOGUE must be 0 or 1"):
+        fused.ops.silu_epilogue_on()
+
+
 class PackedCtx:
     """A runner-style context over a ContiguousKVCache of batch 1: records which entry point the model used."""
 

@@ -8,11 +8,13 @@ from phase4_scheduler.sweep_gemv_chain import CANDIDATES, shapes, tile_string
 
 
 def test_parse_tiles_round_trips_and_refuses_nonsense():
-    spec = "2048x2048x0=2,2048,4;2560x2048x1=4,1024,8"
+    spec = "2048x2048x0=2,2048,4;2560x2048x1=4,1024,8;11264x2048x1=4,2048,8,4"
     tiles = sg.parse_tiles(spec)
-    assert tiles == {(2048, 2048, 0): (2, 2048, 4), (2560, 2048, 1): (4, 1024, 8)}
+    assert tiles == {(2048, 2048, 0): (2, 2048, 4, 0), (2560, 2048, 1): (4, 1024, 8, 0),
+                     (11264, 2048, 1): (4, 2048, 8, 4)}  # a fourth field pins the persistent kernel
     assert sg.parse_tiles(tile_string(tiles)) == tiles and sg.parse_tiles("") == {}
-    for bad in ("2048x2048=2,2048,4", "2048x2048x0=3,2048,4", "2048x2048x5=2,2048,4", "a=b"):
+    for bad in ("2048x2048=2,2048,4", "2048x2048x0=3,2048,4", "2048x2048x5=2,2048,4", "a=b", "8x8x0=2,16,4,-1",
+                "8x8x0=2,16", "8x8x0=2,16,4,2,1"):
         with pytest.raises(ValueError, match="TITAN_GEMV_TILES"):
             sg.parse_tiles(bad)
 
@@ -34,13 +36,46 @@ def test_a_pinned_tile_is_the_one_launched_and_gives_the_same_numbers(monkeypatc
     monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (2, 16, 2))
     torch.testing.assert_close(sg.linear_small_m(x, w), sg.linear_small_m_ref(x, w), atol=1e-5, rtol=1e-5)
     assert launched == [(2, 16, 2)]
+    monkeypatch.setenv(sg.PERSISTENT_ENV, "1")  # a pinned regular tile wins over the persistent switch
+    sg.linear_small_m(x, w)
+    assert launched == [(2, 16, 2)] * 2
+
+
+def test_a_pinned_persistent_tile_launches_the_persistent_kernel(monkeypatch):
+    n, k = 40, 48
+    w, x = torch.randn(n, k), torch.randn(1, k)
+    grids = []
+    real = sg.skinny_gemv_persistent_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*a, **kw):
+                grids.append((grid(kw), kw["BLOCK_N"], kw["BLOCK_K"], kw["PPS"]))
+                return real[grid](*a, **kw)
+            return launch
+
+    monkeypatch.setattr(sg, "skinny_gemv_persistent_kernel", Spy())
+    monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (2, 16, 2, 1))  # 20 slabs over 4 SMs x 1: 4 programs x 5
+    torch.testing.assert_close(sg.linear_small_m(x, w), sg.linear_small_m_ref(x, w), atol=1e-5, rtol=1e-5)
+    assert grids == [((4,), 2, 16, 1)]
+
+
+@pytest.mark.parametrize("slabs,sms,pps,want", [(2816, 132, 4, 470), (1024, 132, 8, 1024), (20, 4, 1, 4),
+                                                (5, 4, 2, 5), (1, 132, 8, 1), (2000, 132, 8, 1000)])
+def test_persistent_grid_balances_slabs(slabs, sms, pps, want):
+    g = sg.persistent_grid(slabs * 4, 4, pps, sms)
+    assert g == want and g <= sms * pps
+    per = -(-slabs // g)  # every program walks `per` slabs; the grid leaves less than one round idle
+    assert (per - 1) * g < slabs <= per * g
 
 
 def test_sweep_shapes_and_candidates():
-    sh = shapes(PRESETS["tinyllama-1.1b"])
+    sh = shapes(PRESETS["tinyllama-1.1b"], silu_epilogue=False)
     assert sh == {"qkv": (2560, 2048, 1), "o": (2048, 2048, 0), "gate_up": (11264, 2048, 1), "down": (2048, 5632, 2),
                   "lm_head": (32000, 2048, 0)}
-    assert all(bn & (bn - 1) == 0 and bk & (bk - 1) == 0 for bn, bk, _ in CANDIDATES)
+    assert shapes(PRESETS["tinyllama-1.1b"])["down"] == (2048, 5632, 0)  # SiLU in gate_up's epilogue: a plain GEMV
+    assert all(bn & (bn - 1) == 0 and bk & (bk - 1) == 0 and pps >= 0 for bn, bk, _, pps in CANDIDATES)
+    assert {pps > 0 for *_, pps in CANDIDATES} == {True, False}  # both kernels are swept
 
 
 def test_sweep_needs_cuda():
