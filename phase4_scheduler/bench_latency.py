@@ -70,15 +70,16 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     instead of phase4_scheduler/decode_attention.py's one), '+l2pfN' with an N MB budget of L2 prefetch before each
     GEMV's PDL wait (skinny_gemm.PREFETCH_ENV; '+l2pf' = 16 MB), '+nosiluepi' / '+siluepi' with SiLU-and-mul in the
     down projection's prologue / the gate_up GEMV's epilogue (fused_model.SILU_EPILOGUE_ENV), '+persist' /
-    '+nopersist' with the persistent GEMV for every M == 1 projection / none (skinny_gemm.PERSISTENT_ENV)."""
+    '+nopersist' with the persistent GEMV for every M == 1 projection / none (skinny_gemm.PERSISTENT_ENV), '+autotune'
+    with the autotuner's M == 1 tiles instead of skinny_gemm.step_tile's (AUTOTUNE_ENV)."""
     from phase4_scheduler.fused_model import SILU_EPILOGUE_ENV
-    from phase4_scheduler.skinny_gemm import PERSISTENT_ENV, PREFETCH_ENV
+    from phase4_scheduler.skinny_gemm import AUTOTUNE_ENV, PERSISTENT_ENV, PREFETCH_ENV
     parts = variant.split("+")
     l2pf = [p[4:] or "16" for p in parts if p.startswith("l2pf")]
     onoff = lambda name: "1" if name in parts else "0" if "no" + name in parts else None  # noqa: E731
     switches = {pdl.ENV: "0" if "nopdl" in parts else None, DECODE_ENV: "unfused" if "unfused" in parts else None,
                 PREFETCH_ENV: l2pf[-1] if l2pf else "0", SILU_EPILOGUE_ENV: onoff("siluepi"),
-                PERSISTENT_ENV: onoff("persist")}
+                PERSISTENT_ENV: onoff("persist"), AUTOTUNE_ENV: onoff("autotune")}
     prev = {k: os.environ.get(k) for k in switches}
     for k, v in switches.items():
         if v is not None:

@@ -8,7 +8,8 @@ partial products in registers, one reduction at the end), so even the 2048x2048 
 hundreds of programs and the chip keeps enough bytes in flight. M == 1 multiplies and sums (no tensor cores
 needed); 2 <= M <= 16 pads M to 16 and uses tl.dot with the weight tile as the big operand. Folding the norm in
 costs each program a first pass over its (L2-resident, 4 KB) input row; folding SiLU in costs nothing extra.
-Tile sizes are autotuned per (N, K, path): run every shape once before capturing a CUDA graph.
+M == 1 tiles follow `step_tile` (whole rows: measured inside the decode step); the rest are autotuned per
+(N, K, path): run every shape once before capturing a CUDA graph.
 """
 from __future__ import annotations
 
@@ -355,6 +356,31 @@ def parse_tiles(spec: str) -> dict:
 
 PINNED_TILES: dict = parse_tiles(os.environ.get(GEMV_TILES_ENV, ""))
 
+# The M == 1 tile when nothing is pinned: whole rows, chosen in the step, not alone (TITAN_GEMV_AUTOTUNE=1 brings the
+# autotuner back). NOTE (measured, H100, results/gemv_chain_s1208b_h100.json: every candidate pinned in turn inside
+# the captured B=1 step, the SiLU epilogue on): the winners were the whole-row tiles -- BLOCK_K = K (one tile: the
+# program requests its entire slab before the PDL wait, and the norm prologue reads its row once) -- with 2 rows and
+# 4 warps for qkv / o, 4 rows and 8 warps for gate_up, down (K = 5632: 2048-wide tiles) and lm_head (noise there);
+# all pinned, the step took 0.895 ms against 0.927 with the autotuner's picks, which it times alone, where loading
+# before the wait buys nothing (it had picked (2, 1024, 4) for qkv: 22 us of the 32). The persistent kernel lost in
+# every shape (best: o (2, 2048, 4, 8), 0.920 vs 0.918). On the H200 the older sweep (gemv_chain_gpu.json, before the
+# one-pass norm and the SiLU epilogue) was within its noise for these tiles, except gate_up (4, 1024, 4): 1.4 us.
+AUTOTUNE_ENV = "TITAN_GEMV_AUTOTUNE"
+
+
+def step_tile(n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, warps) of the M == 1 GEMV in the decode step: whole rows up to K = 2048, 2 rows / 4 warps
+    for narrow projections (N <= 4096) and 4 rows / 8 warps for wide ones or K > 2048 (see the NOTE above)."""
+    bk = min(2048, triton.next_power_of_2(k))
+    return (4, bk, 8) if k > 2048 or n > 4096 else (2, bk, 4)
+
+
+def autotune_on() -> bool:
+    raw = os.environ.get(AUTOTUNE_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{AUTOTUNE_ENV} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
 # L2 prefetch before the PDL wait (skinny_gemv_kernel's PREFETCH_BYTES), off unless TITAN_GEMV_PREFETCH_MB > 0.
 # NOTE (why, and why a budget): at B=1 the decode attention (~4 us a layer on the H200) barely touches DRAM, and each
 # small projection pays ~1.5 us of ramp above its bandwidth time (fused_kernels_h200: o at 2.38 TB/s alone). With
@@ -471,8 +497,12 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
         elif interpreting() or not tune:
             bn, bk = (4, 32) if interpreting() else (8, 512)
             skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=4, **launch)
-        else:
+        elif autotune_on():
             skinny_gemv_tuned[grid](*args, **flags, PDL=pdl, **launch)
+        else:
+            bn, bk, warps = step_tile(n, k)
+            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=warps,
+                                     **launch)
         return out, r_out
     args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps, cs.stride(0), rope_rows)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact

@@ -10,8 +10,8 @@ sit at ~3.5 us each on the H200 (results/fused_kernels_h200.json), 1.5 us above 
 
 Method: one engine at max_num_seqs=1 (one captured decode graph), a 128-token prompt decoded for a while; then, per
 projection shape and candidate tile, the tile is pinned (skinny_gemm.PINNED_TILES), the B=1 graph re-captured and
-replayed (CUDA events, median of --reps); the autotuned tiles are timed at the start and the end of the run (their
-spread is the noise floor). Writes results/<--name>.json with every row and the winners as a TITAN_GEMV_TILES string.
+replayed (CUDA events, median of --reps); the default tiles (skinny_gemm.step_tile, or the autotuner's with
+TITAN_GEMV_AUTOTUNE=1) are timed at the start and the end of the run (their spread is the noise floor). Writes results/<--name>.json with every row and the winners as a TITAN_GEMV_TILES string.
 """
 from __future__ import annotations
 
@@ -127,14 +127,15 @@ def main(argv=None) -> dict:
         if ok:
             win = min(ok, key=lambda r: r["step_ms"])
             best[(n, k, mode)] = tuple(win["tile"])
-            print(f"{name}: best {win['tile']} {win['step_ms']:.4f} ms (autotuned {base0:.4f})", flush=True)
+            print(f"{name}: best {win['tile']} {win['step_ms']:.4f} ms (defaults {base0:.4f})", flush=True)
     base1 = timer.ms()
     sg.PINNED_TILES.update(best)
     pinned_all = timer.ms()
     sg.PINNED_TILES.clear()
-    res = {"model": args.model, "autotuned_step_ms": [base0, base1], "all_winners_step_ms": pinned_all,
-           "winners": tile_string(best), "autotuned_tiles": auto, "rows": rows}
-    print(f"autotuned {base0:.4f} / {base1:.4f} ms, all winners pinned {pinned_all:.4f} ms\n"
+    res = {"model": args.model, "default_step_ms": [base0, base1], "all_winners_step_ms": pinned_all,
+           "winners": tile_string(best), "autotuned_tiles": auto, "autotune": sg.autotune_on(),
+           "default_tiles": {name: sg.step_tile(n, k) for name, (n, k, _) in all_shapes.items()}, "rows": rows}
+    print(f"defaults {base0:.4f} / {base1:.4f} ms, all winners pinned {pinned_all:.4f} ms\n"
           f"TITAN_GEMV_TILES=\"{res['winners']}\"")
     write_result("phase4_scheduler", args.name, res)
     return res

@@ -156,3 +156,20 @@ def test_prefetch_leaves_the_numbers_bitwise_unchanged(monkeypatch, n, k):
     monkeypatch.setenv(sg.PREFETCH_ENV, "16")
     assert sg.prefetch_bytes(n, k, 2, True) > 0
     torch.testing.assert_close(sg.linear_small_m(x, w), base, atol=0, rtol=0)
+
+
+def test_step_tiles_are_whole_rows_and_the_autotune_switch_is_checked(monkeypatch):
+    """The M == 1 default (measured in the H100's B=1 step): one K tile up to 2048, 2 rows / 4 warps when narrow,
+    4 rows / 8 warps when wide or K > 2048 (TinyLlama: qkv, o narrow; gate_up, down, lm_head wide)."""
+    sh = shapes(PRESETS["tinyllama-1.1b"])
+    assert {name: sg.step_tile(n, k) for name, (n, k, _) in sh.items()} == {
+        "qkv": (2, 2048, 4), "o": (2, 2048, 4), "gate_up": (4, 2048, 8), "down": (4, 2048, 8),
+        "lm_head": (4, 2048, 8)}
+    assert sg.step_tile(1536, 576) == (2, 1024, 4)  # SmolLM2-135M's qkv-like shape: one tile, masked to K
+    monkeypatch.delenv(sg.AUTOTUNE_ENV, raising=False)
+    assert not sg.autotune_on()
+    monkeypatch.setenv(sg.AUTOTUNE_ENV, "1")
+    assert sg.autotune_on()
+    monkeypatch.setenv(sg.AUTOTUNE_ENV, "on")
+    with pytest.raises(ValueError, match="TITAN_GEMV_AUTOTUNE must be 0 or 1"):
+        sg.autotune_on()
