@@ -71,7 +71,9 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     GEMV's PDL wait (skinny_gemm.PREFETCH_ENV; '+l2pf' = 16 MB), '+nosiluepi' / '+siluepi' with SiLU-and-mul in the
     down projection's prologue / the gate_up GEMV's epilogue (fused_model.SILU_EPILOGUE_ENV), '+persist' /
     '+nopersist' with the persistent GEMV for every M == 1 projection / none (skinny_gemm.PERSISTENT_ENV), '+autotune'
-    with the autotuner's M == 1 tiles instead of skinny_gemm.step_tile's (AUTOTUNE_ENV)."""
+    with the autotuner's M == 1 tiles instead of skinny_gemm.step_tile's (AUTOTUNE_ENV), '+torchargmax' with greedy
+    sampling through torch.argmax instead of argmax.greedy_argmax."""
+    from phase4_scheduler import sampler
     from phase4_scheduler.fused_model import SILU_EPILOGUE_ENV
     from phase4_scheduler.skinny_gemm import AUTOTUNE_ENV, PERSISTENT_ENV, PREFETCH_ENV
     parts = variant.split("+")
@@ -84,12 +86,16 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     for k, v in switches.items():
         if v is not None:
             os.environ[k] = v
+    kernel_argmax = sampler.greedy_argmax
+    if "torchargmax" in parts:
+        sampler.greedy_argmax = lambda logits: logits.argmax(-1)
     try:
         r = _measure(loaded, variant, prompt_len, new_tokens)
         r["decode_attention"] = "unfused" if "unfused" in parts else "fused"
         r["gemv_l2_prefetch_mb"] = float(l2pf[-1]) if l2pf else 0.0
         return r
     finally:
+        sampler.greedy_argmax = kernel_argmax
         for k, v in prev.items():
             if v is None:
                 os.environ.pop(k, None)

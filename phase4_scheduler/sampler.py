@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from common.sampling import SEED_RANGE, SamplingParams, make_generator, sample
+from phase4_scheduler.argmax import greedy_argmax
 from phase4_scheduler.request import Request, RequestStatus
 from phase4_scheduler.step_inputs import int64_tensor
 
@@ -83,7 +84,8 @@ class Sampler:
             raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
         if process:
             logits = process_logits(logits, requests)
-        tokens = logits.argmax(-1)  # [B]: right for every greedy row
+        # [B]: right for every greedy row (on the GPU our one-pass kernel, ~1/3 of torch's reduce at B=1: argmax.py)
+        tokens = greedy_argmax(logits) if logits.is_cuda else logits.argmax(-1)
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             p = req.params

@@ -1,0 +1,72 @@
+"""greedy_argmax (Triton, under the CPU interpreter here) returns torch.argmax's index: ties, NaN, -inf, chunking."""
+import pytest
+import torch
+
+from phase4_scheduler import argmax as am
+
+
+@pytest.mark.parametrize("chunk", [64, 8192])  # 64: several chunks, unrolled or looped; 8192: the GPU's one chunk
+@pytest.mark.parametrize("b,v", [(1, 100), (3, 64), (2, 1000), (4, 37)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_argmax_is_torch_argmax(monkeypatch, chunk, b, v, dtype):
+    monkeypatch.setattr(am, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(b * v + chunk)
+    ties = torch.randint(-3, 3, (b, v), generator=g).to(dtype)  # many equal maxima: the first index must win
+    assert torch.equal(am.greedy_argmax(ties), ties.argmax(-1))
+    x = torch.randn(b, v, generator=g).to(dtype)
+    assert torch.equal(am.greedy_argmax(x), x.argmax(-1))
+    strided = torch.randn(b, 2 * v, generator=g).to(dtype)[:, ::2]  # a non-contiguous row
+    assert torch.equal(am.greedy_argmax(strided), strided.argmax(-1))
+
+
+def test_nan_and_minus_inf_rows_like_torch(monkeypatch):
+    monkeypatch.setattr(am, "CHUNK", 64)
+    x = torch.randn(3, 150)
+    x[0] = float("-inf")  # all -inf: index 0
+    x[1, 70] = x[1, 120] = float("nan")  # NaN is the largest: its first index
+    x[2, 3] = x[2, 140] = 1e30
+    assert torch.equal(am.greedy_argmax(x), x.argmax(-1))
+    assert am.greedy_argmax(x).tolist() == [0, 70, 3]
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"logits \[B, V\]"):
+        am.greedy_argmax(torch.randn(5))
+    with pytest.raises(ValueError, match="float logits"):
+        am.greedy_argmax(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        am.greedy_argmax(torch.randn(2, 0))
+    assert am.greedy_argmax(torch.randn(0, 7)).shape == (0,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,v", [(1, 32000), (7, 32000), (64, 49152), (3, 128256)])
+def test_gpu_greedy_argmax_at_vocab_sizes(b, v):
+    g = torch.Generator(device="cuda").manual_seed(b + v)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(b, v, device="cuda", generator=g).to(dtype)
+        assert torch.equal(am.greedy_argmax(x), x.argmax(-1))
+        x = torch.randint(-2, 2, (b, v), device="cuda", generator=g).to(dtype)
+        assert torch.equal(am.greedy_argmax(x), x.argmax(-1))
+
+
+@pytest.mark.parametrize("v", [32000, 128256])  # unrolled (4 chunks) / looped (16)
+def test_argmax_compiles_for_the_h100_without_spills(v):
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = f"""
+from common.ptxas import hopper_resources
+from phase4_scheduler import argmax as am
+n = -(-{v} // am.CHUNK)
+r = hopper_resources(am.argmax_kernel, dict(x_ptr="*bf16", out_ptr="*i64", V="i32", stride_x="i32"),
+                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS), 8, 3, divisible=["x_ptr"])
+print("RES", r["registers"], r["spill_store_bytes"], r["ptxas_error"] or "ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}, cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    regs, spills, err = run.stdout.split("RES ")[1].split()[:3]
+    assert err == "ok" and int(spills) == 0 and int(regs) <= 128, run.stdout
