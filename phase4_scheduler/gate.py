@@ -86,7 +86,10 @@ B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
 # the latest runs on the issue's own card, an H100 (2026-12-06), B=1 and offline from the call that measured the vLLM
 # peer too (same lease); the H200's (latency_l2pf_s8_h200: 63% of its roofline; offline_gpu_1024_h200: 102.6k tok/s;
 # equal_latency_seats512_mixed_s8_h200: 2.35x) are in the README and REPORT.md
-B1_RECORD = "latency_s1206_h100"  # its first variant: the default graph+fused engine
+# B=1: the latest H100 run of the default engine (2026-12-06, eighteenth session: the SiLU epilogue, whole-row GEMV
+# tiles, the greedy argmax kernel; its first variant). The vLLM / HF comparisons keep the lease they were measured in.
+B1_RECORD = "latency_s1208i_h100"
+PEER_LEASE_B1_RECORD = "latency_s1206_h100"  # our B=1 in the lease of the vLLM and HF figures below
 OFFLINE_RECORD = "offline_gpu_1024_s1206_h100"
 # the latest equal-latency sweep with both policies (512 seats; from 64 req/s, with p50 targets 1.0-1.75 s too)
 EQUAL_RECORD = "equal_latency_wide512_s1206b_h100"
@@ -170,18 +173,19 @@ def _vllm_vs_ours(rs: dict) -> str:
             " — recorded")
 
 
-_vllm_vs_ours.names = ("vllm_tinyllama_1024_s1206_h100", B1_RECORD, OFFLINE_RECORD)  # one H100 lease, 2026-12-06
+_vllm_vs_ours.names = ("vllm_tinyllama_1024_s1206_h100", PEER_LEASE_B1_RECORD, OFFLINE_RECORD)  # one H100 lease
 
 
 def _hf_record(r: dict) -> str:
-    """HF eager from the offline record; our B=1 from the same lease's latency record (B1_RECORD) when the offline
+    """HF eager from the offline record; our B=1 from the same lease's latency record (PEER_LEASE_B1_RECORD) when the offline
     run did not time B=1 itself (it does with --latency: b1_speedup_vs_hf)."""
     s = r["summary"]
     if "b1_speedup_vs_hf" in s:
         b1 = f"{s['b1_speedup_vs_hf']:.1f}x at B=1"
     else:
-        lat = load_result(PHASE, B1_RECORD)
-        b1 = (f"{s['hf_b1_ms_per_step'] / _b1(lat)['engine_ms_per_token']:.1f}x at B=1 (results/{B1_RECORD}.json)"
+        lat = load_result(PHASE, PEER_LEASE_B1_RECORD)
+        b1 = (f"{s['hf_b1_ms_per_step'] / _b1(lat)['engine_ms_per_token']:.1f}x at B=1 "
+              f"(results/{PEER_LEASE_B1_RECORD}.json)"
               if lat else "B=1 not timed in this run")
     return (f"HF B=1 {s['hf_b1_ms_per_step']:.1f} ms/step, B=64 {s['hf_b64_output_tok_s']:,.0f} tok/s; ours {b1}, "
             f"{s['throughput_vs_best_hf']:.1f}x throughput")
