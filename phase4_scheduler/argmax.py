@@ -2,9 +2,9 @@
 
 NOTE (why a kernel of our own): at B=1 on the H100, torch's argmax over TinyLlama's 32,000 bf16 logits was one
 single-block reduce of 9.3 us, plus its input cast -- ~1% of a 0.93 ms token, after the forward, where nothing
-overlaps it (profile_decode_b1_nopdl_s1208e_h100.json). Here one program per row loads the row's chunks in one go
-(the loads do not depend on one another; up to 8 chunks are unrolled), takes each chunk's max with its first index,
-and keeps the first chunk holding the overall max: the lowest index among equal maxima, as torch returns. NaN counts
+overlaps it (profile_decode_b1_nopdl_s1208e_h100.json). Here one program per row (16 warps) loads a 32K-logit chunk
+in one go -- TinyLlama's whole row: one load, one reduction -- takes the chunk's max with its first index, and over
+several chunks keeps the first chunk holding the overall max: the lowest index among equal maxima, as torch returns. NaN counts
 as the largest value, as in torch (only a row holding both +inf and NaN could differ: +inf first wins here).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import triton.language as tl
 
 from phase4_scheduler.fused_kernels import interpreting
 
-CHUNK = 8192  # logits per chunk: 32 per thread at 8 warps (16 registers of bf16 pairs)
-UNROLL_CHUNKS = 8  # vocabularies up to 64K are unrolled (every chunk requested before any is reduced)
+CHUNK = 32768  # logits per chunk: 64 per thread at 16 warps -- one load and one reduction for vocabularies <= 32K
+UNROLL_CHUNKS = 4  # up to 128K the chunks are unrolled (their loads need not wait for the previous reduction)
 
 
 @triton.jit
@@ -45,6 +45,11 @@ def argmax_kernel(x_ptr, out_ptr, V, stride_x, CHUNK: tl.constexpr, NCHUNK: tl.c
     tl.store(out_ptr + row, best_i.to(tl.int64))
 
 
+def warps_for(chunk: int) -> int:
+    """64 logits a thread at most: 16 warps for a 32K chunk, fewer for small vocabularies (at least 1)."""
+    return max(1, min(16, chunk // (64 * 32)))
+
+
 def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
     """logits [B, V] (float dtypes, last dim contiguous) -> [B] int64 = logits.argmax(-1). CUDA (or the Triton
     interpreter); other devices take torch.argmax."""
@@ -63,5 +68,5 @@ def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
     chunk = min(CHUNK, triton.next_power_of_2(v))
     n = triton.cdiv(v, chunk)
     argmax_kernel[(b,)](logits, out, v, logits.stride(0), CHUNK=chunk, NCHUNK=n, UNROLL=n <= UNROLL_CHUNKS,
-                        num_warps=8)
+                        num_warps=warps_for(chunk))
     return out

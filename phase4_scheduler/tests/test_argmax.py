@@ -5,7 +5,7 @@ import torch
 from phase4_scheduler import argmax as am
 
 
-@pytest.mark.parametrize("chunk", [64, 8192])  # 64: several chunks, unrolled or looped; 8192: the GPU's one chunk
+@pytest.mark.parametrize("chunk", [64, 32768])  # 64: several chunks, unrolled or looped; 32768: the GPU's one chunk
 @pytest.mark.parametrize("b,v", [(1, 100), (3, 64), (2, 1000), (4, 37)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_greedy_argmax_is_torch_argmax(monkeypatch, chunk, b, v, dtype):
@@ -50,7 +50,7 @@ def test_gpu_greedy_argmax_at_vocab_sizes(b, v):
         assert torch.equal(am.greedy_argmax(x), x.argmax(-1))
 
 
-@pytest.mark.parametrize("v", [32000, 128256])  # unrolled (4 chunks) / looped (16)
+@pytest.mark.parametrize("v", [32000, 128256, 262144])  # one chunk / 4 unrolled / 8 looped
 def test_argmax_compiles_for_the_h100_without_spills(v):
     import os
     import subprocess
@@ -61,7 +61,8 @@ from common.ptxas import hopper_resources
 from phase4_scheduler import argmax as am
 n = -(-{v} // am.CHUNK)
 r = hopper_resources(am.argmax_kernel, dict(x_ptr="*bf16", out_ptr="*i64", V="i32", stride_x="i32"),
-                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS), 8, 3, divisible=["x_ptr"])
+                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS), am.warps_for(am.CHUNK), 3,
+                     divisible=["x_ptr"])
 print("RES", r["registers"], r["spill_store_bytes"], r["ptxas_error"] or "ok")
 """
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
