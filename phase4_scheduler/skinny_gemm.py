@@ -203,7 +203,11 @@ def skinny_gemv_persistent_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, 
     (two tiles in flight per program, never a gap between slabs), and reduces + stores a slab at its last K tile.
     Against one program per slab (skinny_gemv_kernel) there are no waves: every program is resident from the start,
     does the same number of slabs (+-1), and computes the prologue (the norm's rms, or a one-tile row) once instead
-    of once per slab. No RoPE epilogue and no L2 prefetch here (the regular kernel keeps those)."""
+    of once per slab. No RoPE epilogue and no L2 prefetch here (the regular kernel keeps those).
+    NOTE (measured, H100, gemv_chain_s1208b_h100.json): inside the B=1 step it lost to the regular kernel's
+    whole-row tiles in every projection (e.g. gate_up 0.922 vs 0.917 ms a step, all projections 0.964 vs 0.935
+    ms/token). Likely (not profiled): PDL already overlaps each GEMV's first wave with the kernel before, which a
+    single-wave grid cannot beat. Opt-in (TITAN_GEMV_PERSISTENT=1, or a pinned tile with PPS > 0) for other shapes and GPUs."""
     pid = tl.program_id(0)
     SLABS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     # the grid, as persistent_grid computes it on the host (N and the SM count are compile-time: one weight shape
@@ -309,8 +313,7 @@ _GEMM_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_
 _PERSISTENT_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "PPS": pps}, num_warps=w)
                        for bn, bk, w, pps in [(2, 2048, 4, 4), (2, 2048, 4, 8), (4, 2048, 8, 2), (4, 2048, 8, 4),
                                               (8, 2048, 8, 2), (2, 1024, 4, 8), (4, 1024, 4, 4), (4, 1024, 4, 8),
-                                              (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4), (2, 8192, 8, 2),
-                                              (4, 8192, 8, 2)]]
+                                              (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4)]]
 
 
 def _prune(configs, named_args, **kwargs):

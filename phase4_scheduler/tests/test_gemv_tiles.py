@@ -19,20 +19,26 @@ def test_parse_tiles_round_trips_and_refuses_nonsense():
             sg.parse_tiles(bad)
 
 
-def test_a_pinned_tile_is_the_one_launched_and_gives_the_same_numbers(monkeypatch):
-    n, k = 24, 64
-    w, x = torch.randn(n, k), torch.randn(1, k)
-    launched = []
-    real = sg.skinny_gemv_kernel
+def spy_launches(monkeypatch, kernel_name: str, what) -> list:
+    """Replace skinny_gemm.<kernel_name> by a launcher that records what(grid, kwargs) and launches the real one."""
+    launched, real = [], getattr(sg, kernel_name)
 
     class Spy:
         def __getitem__(self, grid):
             def launch(*a, **kw):
-                launched.append((kw["BLOCK_N"], kw["BLOCK_K"], kw["num_warps"]))
+                launched.append(what(grid, kw))
                 return real[grid](*a, **kw)
             return launch
 
-    monkeypatch.setattr(sg, "skinny_gemv_kernel", Spy())
+    monkeypatch.setattr(sg, kernel_name, Spy())
+    return launched
+
+
+def test_a_pinned_tile_is_the_one_launched_and_gives_the_same_numbers(monkeypatch):
+    n, k = 24, 64
+    w, x = torch.randn(n, k), torch.randn(1, k)
+    launched = spy_launches(monkeypatch, "skinny_gemv_kernel",
+                            lambda grid, kw: (kw["BLOCK_N"], kw["BLOCK_K"], kw["num_warps"]))
     monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (2, 16, 2))
     torch.testing.assert_close(sg.linear_small_m(x, w), sg.linear_small_m_ref(x, w), atol=1e-5, rtol=1e-5)
     assert launched == [(2, 16, 2)]
@@ -44,17 +50,8 @@ def test_a_pinned_tile_is_the_one_launched_and_gives_the_same_numbers(monkeypatc
 def test_a_pinned_persistent_tile_launches_the_persistent_kernel(monkeypatch):
     n, k = 40, 48
     w, x = torch.randn(n, k), torch.randn(1, k)
-    grids = []
-    real = sg.skinny_gemv_persistent_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*a, **kw):
-                grids.append((grid(kw), kw["BLOCK_N"], kw["BLOCK_K"], kw["PPS"]))
-                return real[grid](*a, **kw)
-            return launch
-
-    monkeypatch.setattr(sg, "skinny_gemv_persistent_kernel", Spy())
+    grids = spy_launches(monkeypatch, "skinny_gemv_persistent_kernel",
+                         lambda grid, kw: (grid(kw), kw["BLOCK_N"], kw["BLOCK_K"], kw["PPS"]))
     monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (2, 16, 2, 1))  # 20 slabs over 4 SMs x 1: 4 programs x 5
     torch.testing.assert_close(sg.linear_small_m(x, w), sg.linear_small_m_ref(x, w), atol=1e-5, rtol=1e-5)
     assert grids == [((4,), 2, 16, 1)]
