@@ -9,11 +9,12 @@
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
-# Everything committed has run on the H100 (2026-12-06, seventeenth session, TAGs s1207..s1207d). Next measurements:
-#   TAG=<new tag> bash tools/device_session.sh steadywide steadyfp8     # ~9 min: both policies over each pool with the
-#   fused kernel's medium-batch plan (the gate's ratio is still from the s1206b sweep, before it)
-#   TAG=<new tag> bash tools/device_session.sh b1 fp8small              # B=1 unchanged? (its plan is phase 3's) + the
-#   small steps' profiles with the new plans
+# Everything committed has run on the H100 (2026-12-06, eighteenth session, TAGs s1208..s1208j; the review commit
+# after 34f724f changed tests and docstrings only). Next measurements:
+#   TAG=<new tag> bash tools/device_session.sh steadyfp8               # ~4 min: both policies over the FP8 pool with
+#   the seventeenth session's plans (steadywide ran at cb1215f: s1208g)
+#   TAG=<new tag> bash tools/device_session.sh gemvsweep               # on an H200: the M=1 tile rule (step_tile) was
+#   chosen on the H100; the H200's older sweep preferred 4x1024/4 warps for gate_up
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
 # call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
 #
@@ -162,7 +163,7 @@ if has gemvsweep; then
   step gemv_sweep 400 python3 -m phase4_scheduler.sweep_gemv_chain --random-weights --reps 40 --name "gemv_chain_$TAG"
 fi
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
-  --variants graph+fused graph+fused+nopdl graph+fused --name "latency_$TAG"
+  --variants graph+fused graph+fused+nopdl graph+fused+nosiluepi graph+fused+autotune graph+fused --name "latency_$TAG"
 if has offline; then
   step offline 200 python3 -m phase4_scheduler.bench_offline "${P4[@]}" "${OFF[@]}" --hf --name "offline_gpu_1024_$TAG"
   TITAN_MIXED_GRAPHS=piecewise step offline_piecewise 150 python3 -m phase4_scheduler.bench_offline "${P4[@]}" \
