@@ -205,9 +205,15 @@ class FusedLlamaForCausalLM(nn.Module):
             h, residual = h[select], residual[select]
         return self.ops.rms_norm(h, self.norm, self.config.rms_norm_eps, residual)[0]
 
-    def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """h [N, H] -> logits [N, V] (model dtype): the skinny GEMM for small N, cuBLAS otherwise."""
-        return self.ops.linear(h, self.embed if self.lm_head is None else self.lm_head)
+    def compute_logits(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """h [N, H] -> logits [N, V] (model dtype): the skinny GEMM for small N, cuBLAS otherwise. out: an fp32
+        [N, V] buffer to receive them converted (.float()'s values); at N = 1 the GEMV stores them itself."""
+        w = self.embed if self.lm_head is None else self.lm_head
+        if out is None:
+            return self.ops.linear(h, w)
+        if self.ops.backend == "triton":
+            return sg.linear(h, w, out=out)
+        return out.copy_(self.ops.linear(h, w))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 last_only: bool = False) -> torch.Tensor:

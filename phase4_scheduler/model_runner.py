@@ -232,8 +232,9 @@ class ModelRunner:
         that graphs of several sizes can share). Capturable: no host syncs, shapes fixed by T and B."""
         if hasattr(self.model, "forward_tokens"):  # the fused model (phase4_scheduler/fused_model.py)
             h = self.model.forward_tokens(ids, pos, ctx, select=last)  # [B, hidden], final norm applied
-            logits = self.model.compute_logits(h)
-            return logits.float() if out is None else out.copy_(logits)
+            if out is not None:  # at B=1 the lm_head GEMV stores fp32 itself: no conversion kernel in the graph
+                return self.model.compute_logits(h, out=out)
+            return self.model.compute_logits(h).float()
         m = self.model.model
         h = m.embed_tokens(ids[None])  # [1, T, hidden]
         cos, sin = m.rotary_emb(pos[None], h.dtype)

@@ -81,18 +81,19 @@ def _normed_row(x_ptr, r_ptr, nw_ptr, ro_ptr, k, mask, write, eps, K, HAS_RES: t
 
 
 @triton.jit
-def _store_rows(out_ptr, o, slab, n, n_mask, SILU: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A slab's BLOCK_N fp32 row sums -> out. With SILU the rows are (gate j, up j) pairs (see _rows) and the slab
-    stores silu(gate) * up at columns j (BLOCK_N / 2 of them), rounded as silu_mul_ref rounds (the GEMM output
-    first, then silu, then the product)."""
-    dt = out_ptr.dtype.element_ty
+def _store_rows(x_ptr, out_ptr, o, slab, n, n_mask, SILU: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A slab's BLOCK_N fp32 row sums -> out, rounded to the activation (x) dtype first: an fp32 `out` (the logits
+    buffer, linear_small_m's out=) receives exactly what a bf16 GEMM followed by .float() gives. With SILU the rows
+    are (gate j, up j) pairs (see _rows) and the slab stores silu(gate) * up at columns j (BLOCK_N / 2 of them),
+    rounded as silu_mul_ref rounds (the GEMM output first, then silu, then the product)."""
+    dt = x_ptr.dtype.element_ty
     if SILU:
         g, u = tl.split(tl.reshape(o.to(dt).to(tl.float32), [BLOCK_N // 2, 2]))
         a = ((g * tl.sigmoid(g)).to(dt).to(tl.float32) * u).to(dt)
         j = slab * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(out_ptr + j, a, mask=j < HALF)
+        tl.store(out_ptr + j, a.to(out_ptr.dtype.element_ty), mask=j < HALF)
     else:
-        tl.store(out_ptr + n, o.to(dt), mask=n_mask)
+        tl.store(out_ptr + n, o.to(dt).to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
@@ -189,7 +190,7 @@ def skinny_gemv_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, pos_ptr, cs
         pos = tl.load(pos_ptr).to(tl.int64)
         y1, y2 = _rotate(x1, x2, j, pos, cs_ptr, stride_cs, pid * BLOCK_N < ROPE_ROWS, out_ptr, HALF)
         o = tl.reshape(tl.join(y1, y2), [BLOCK_N])
-    _store_rows(out_ptr, o, pid, n, n_mask, SILU, HALF, BLOCK_N)
+    _store_rows(x_ptr, out_ptr, o, pid, n, n_mask, SILU, HALF, BLOCK_N)
 
 
 @triton.jit
@@ -249,7 +250,7 @@ def skinny_gemv_persistent_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, 
         if t % KT == KT - 1:  # the slab's last tile: store, start the next slab
             slab = pid + (t // KT) * G
             n = _row_ids(slab, i, SILU, N, HALF, BLOCK_N)
-            _store_rows(out_ptr, acc, slab, n, n < N, SILU, HALF, BLOCK_N)
+            _store_rows(x_ptr, out_ptr, acc, slab, n, n < N, SILU, HALF, BLOCK_N)
             acc = tl.zeros([BLOCK_N], tl.float32)
         w = w_next
 
@@ -454,10 +455,11 @@ def persistent_grid(n: int, block_n: int, pps: int, sms: int) -> int:
     return triton.cdiv(slabs, triton.cdiv(slabs, sms * pps))
 
 
-def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None, silu=False):
+def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True, rope=None, silu=False, out=None):
     """Checks shared by the entry points, then one launch. Returns (out [M, N] (or [M, N / 2] with silu: the
     SiLU-and-mul of the gate/up halves), x + residual or None).
-    rope: None or (positions [M], cos_sin_cache [P, D], rows to rotate, D), checked by the caller."""
+    rope: None or (positions [M], cos_sin_cache [P, D], rows to rotate, D), checked by the caller.
+    out: an fp32 [1, N] buffer the M == 1 GEMV (MODE 0) stores into, values rounded to x's dtype first."""
     _check(name, *(t for t in (x, w, residual, norm_w) if t is not None))
     if x.dim() != 2 or w.dim() != 2 or w.shape[1] != k:
         raise ValueError(f"{name}: want x [M, K] and w [N, K] (nn.Linear layout), got x{tuple(x.shape)} "
@@ -475,7 +477,14 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
     if silu and m > 1:  # the tensor-core path has no SiLU epilogue: its GEMM, then the SiLU-and-mul kernel
         gu, r_out = _skinny(name, x, w, mode, k, residual, norm_w, eps, tune)
         return silu_mul(gu), r_out
-    out = torch.empty((m, n // 2 if silu else n), dtype=x.dtype, device=x.device)
+    if out is not None:
+        if m != 1 or mode or silu or rope is not None:
+            raise ValueError(f"{name}: out= is for the plain M == 1 GEMV (the logits), got M={m}")
+        if out.shape != (1, n) or out.dtype != torch.float32 or out.device != x.device or not out.is_contiguous():
+            raise ValueError(f"{name}: out must be a contiguous float32 [1, {n}] tensor on {x.device}, got "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    else:
+        out = torch.empty((m, n // 2 if silu else n), dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
     pos, cs, rope_rows, d = rope if rope is not None else (x, x, n if silu else 0, n if silu else 2)
     ptrs = (x, residual if residual is not None else x, norm_w if norm_w is not None else x,
@@ -538,11 +547,13 @@ def _persistent(ptrs, n, w, eps, flags, silu, pinned, tune, pdl, launch):
         skinny_gemv_persistent_tuned[grid](*args, **kw)
 
 
-def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True) -> torch.Tensor:
+def linear_small_m(x: torch.Tensor, w: torch.Tensor, tune: bool = True,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (M <= 16) @ w [N, K]^T -> [M, N] in x's dtype, fp32 accumulation. Autotunes on first use per
     (N, K, dtype, path) unless tune=False (one fixed tile: for one-off shapes, where tuning costs more than it
-    saves)."""
-    return _skinny("linear_small_m", x, w, 0, x.shape[-1], tune=tune)[0]
+    saves). out: (M == 1) an fp32 [1, N] buffer to store into, holding exactly `linear_small_m(x, w).float()` --
+    the logits conversion without its own kernel."""
+    return _skinny("linear_small_m", x, w, 0, x.shape[-1], tune=tune, out=out)[0]
 
 
 def linear_small_m_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -619,10 +630,15 @@ def silu_mul_linear_ref(gate_up: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(silu_mul_ref(gate_up), w)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatch: x [..., K] with at most SKINNY_MAX_M rows on CUDA (or under the interpreter) -> skinny kernel;
-    otherwise F.linear (cuBLAS on the GPU)."""
+    otherwise F.linear (cuBLAS on the GPU). out: an fp32 [rows, N] buffer that receives the result converted
+    (`out.copy_(result)`; for one row the skinny GEMV stores it itself, with no conversion kernel)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if (x.is_cuda or interpreting()) and 1 <= rows <= SKINNY_MAX_M and x.dtype == w.dtype and x.stride(-1) == 1:
-        return linear_small_m(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
-    return F.linear(x, w)
+        if out is not None and rows == 1 and out.dtype == torch.float32 and out.is_contiguous():
+            return linear_small_m(x.reshape(1, x.shape[-1]), w, out=out.view(1, w.shape[0])).view(out.shape)
+        y = linear_small_m(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
+    else:
+        y = F.linear(x, w)
+    return y if out is None else out.copy_(y)

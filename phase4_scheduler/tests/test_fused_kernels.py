@@ -180,6 +180,28 @@ def test_persistent_gemv_matches_the_regular_kernel(monkeypatch, dtype, n, k):
     torch.testing.assert_close(runs["1"][0].float(), F.linear(x.float(), w.float()), **close)
 
 
+@pytest.mark.parametrize("persistent", ["0", "1"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_into_an_fp32_buffer_is_the_gemv_then_float(monkeypatch, persistent, dtype):
+    """out= (the logits buffer): the GEMV stores its result rounded to x's dtype, as fp32 -- bit for bit
+    linear_small_m(x, w).float(), so the runner's conversion kernel can go."""
+    monkeypatch.setenv(sg.PERSISTENT_ENV, persistent)
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(1, 72, generator=g).to(dtype), torch.randn(50, 72, generator=g).to(dtype)
+    buf = torch.full((1, 50), float("nan"))
+    got = sg.linear_small_m(x, w, out=buf)
+    assert got.data_ptr() == buf.data_ptr() and torch.equal(buf, sg.linear_small_m(x, w).float())
+    many = torch.full((3, 50), float("nan"))  # through the dispatcher: one row -> the GEMV, more -> a copy
+    assert torch.equal(sg.linear(x, w, out=many[:1]), sg.linear_small_m(x, w).float())
+    xs = torch.randn(3, 72, generator=g).to(dtype)
+    torch.testing.assert_close(sg.linear(xs, w, out=many), F.linear(xs, w).float())
+    for bad in (torch.empty(1, 50, dtype=torch.bfloat16), torch.empty(1, 49), torch.empty(50, 2).t()[:1]):
+        with pytest.raises(ValueError, match="out must be a contiguous float32"):
+            sg.linear_small_m(x, w, out=bad)
+    with pytest.raises(ValueError, match="out= is for the plain M == 1 GEMV"):
+        sg.linear_small_m(xs, w, out=torch.empty(3, 50))
+
+
 def test_linear_dispatch_small_m_and_large_m():
     w = torch.randn(24, 40)
     for shape in [(1, 40), (2, 3, 40), (17, 40)]:  # skinny, skinny with leading dims, F.linear
