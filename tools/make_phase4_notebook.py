@@ -285,8 +285,8 @@ for ax, dt in zip(axes, ("bf16", "fp8")):
 axes[0].set_ylabel("us per layer"); axes[0].legend(fontsize=8); plt.show()"""),
 md(r"""### B=1 at the bar: an epilogue instead of a prologue, tiles timed where they run
 At B=1 a decode step is ~90 skinny GEMVs (one program per few weight rows, weights streamed once) and 22 attention
-kernels; the H100 bar is 0.92 ms a token, 80% of the 0.73 ms it takes to read 2.2 GB of weights. Three changes took
-the engine from 0.977 to 0.913-0.920 ms (eighteenth session), each measured against its baseline in one call:
+kernels; the H100 bar is 0.92 ms a token, 80% of the 0.73 ms it takes to read 2.2 GB of weights. Four changes took
+the engine from 0.977 to 0.910-0.920 ms (eighteenth session), each measured against its baseline:
 1. **SiLU-and-mul moved from the down projection's prologue to the gate_up projection's epilogue.** As a prologue,
    *every* program of the down GEMV recomputes silu(gate) * up over all I = 5,632 columns it multiplies by; as an
    epilogue, the program that produced gate row j pairs it with up row I + j (the same pairing the RoPE epilogue
@@ -296,6 +296,8 @@ the engine from 0.977 to 0.913-0.920 ms (eighteenth session), each measured agai
    change) before it waits. A tile that holds the whole row requests its entire slab then. Timing every candidate
    inside the captured step (`sweep_gemv_chain.py`) picked those tiles: 0.895 vs 0.927 ms a step.
 3. **A greedy argmax of our own**: torch's single-block reduce over 32,000 logits took 9.3 µs, ours 3 µs.
+4. **The lm_head GEMV stores fp32 logits itself** (rounded to bf16 first: the same values), so the graph loses its
+   conversion kernel.
 
 The cell below counts the SiLU work of both placements for TinyLlama's MLP at the tiles the engine uses."""),
 code(r"""# NBVAL_CHECK_OUTPUT
@@ -325,7 +327,7 @@ criteria (`make phase4`); on this CPU machine the gate quotes the latest recorde
 (an H200 since 2026-12-04; the H100 records stay beside them). The cell below draws the H100 files (no GPU needed):
 CUDA graphs, the fused model and overlapped decode brought B=1 to 1.23 ms/token (forward 1.21 ms, roofline 0.74) and ahead of vLLM, but not to the target; admission batching turned
 continuous batching from slower than static (0.95x) into 1.68x faster on ShareGPT, and 1.57x at equal p50 latency.
-On the H100 again (2026-12-06, vLLM 0.25.0 in the same lease): B=1 0.984 ms/token then (75% of the roofline; vLLM 1.565) and 0.913-0.920 ms/token since the eighteenth session (80-81.5% of the roofline: the bar met, at the edge; the SiLU-and-mul in the gate_up GEMV's epilogue, whole-row GEMV tiles chosen inside the step, a greedy argmax kernel), offline 103.1k-103.6k tok/s (vLLM 36.3k), continuous/static at equal p50 1.96x with 512 seats. On the H200 B=1 reached 0.834 ms/token (63% of its roofline; ninth session), offline 102.6k-105.6k tok/s, and continuous/static at equal p50 1.90x with 256 seats, 2.35x with 512; the README has those runs. The profile shows where a decode step's GPU time goes. README.md, "Why the targets are missed", explains each gap."""),
+On the H100 again (2026-12-06, vLLM 0.25.0 in the same lease): B=1 0.984 ms/token then (75% of the roofline; vLLM 1.565) and 0.910-0.920 ms/token since the eighteenth session (80-82.5% of the roofline: the bar met, at the edge; the SiLU-and-mul in the gate_up GEMV's epilogue, whole-row GEMV tiles chosen inside the step, a greedy argmax kernel), offline 103.1k-103.6k tok/s (vLLM 36.3k), continuous/static at equal p50 1.96x with 512 seats. On the H200 B=1 reached 0.834 ms/token (63% of its roofline; ninth session), offline 102.6k-105.6k tok/s, and continuous/static at equal p50 1.90x with 256 seats, 2.35x with 512; the README has those runs. The profile shows where a decode step's GPU time goes. README.md, "Why the targets are missed", explains each gap."""),
 code(r"""import tempfile
 from pathlib import Path
 from IPython.display import Image, display
