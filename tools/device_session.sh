@@ -9,10 +9,7 @@
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
-# Everything committed has run on the H100 (2026-12-06, eighteenth session, TAGs s1208..s1208j; the review commit
-# after 34f724f changed tests and docstrings only). Next measurements:
-#   TAG=<new tag> bash tools/device_session.sh steadyfp8               # ~4 min: both policies over the FP8 pool with
-#   the seventeenth session's plans (steadywide ran at cb1215f: s1208g)
+# Everything committed has run on the H100 (2026-12-06, eighteenth session, TAGs s1208..s1208l). Next measurements:
 #   TAG=<new tag> bash tools/device_session.sh gemvsweep               # on an H200: the M=1 tile rule (step_tile) was
 #   chosen on the H100; the H200's older sweep preferred 4x1024/4 warps for gate_up
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
