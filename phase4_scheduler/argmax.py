@@ -4,8 +4,8 @@ NOTE (why a kernel of our own): at B=1 on the H100, torch's argmax over TinyLlam
 single-block reduce of 9.3 us, plus its input cast -- ~1% of a 0.93 ms token, after the forward, where nothing
 overlaps it (profile_decode_b1_nopdl_s1208e_h100.json). Here one program per row (16 warps) loads a 32K-logit chunk
 in one go -- TinyLlama's whole row: one load, one reduction -- takes the chunk's max with its first index, and over
-several chunks keeps the first chunk holding the overall max: the lowest index among equal maxima, as torch returns. NaN counts
-as the largest value, as in torch (only a row holding both +inf and NaN could differ: +inf first wins here).
+several chunks keeps the first chunk holding the overall max: the lowest index among equal maxima, as torch returns.
+NaN counts as the largest value, as in torch (only a row holding both +inf and NaN could differ: +inf first wins).
 """
 from __future__ import annotations
 

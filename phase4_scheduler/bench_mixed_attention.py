@@ -62,7 +62,8 @@ def build(decodes: int, ctx: int, prompts: int, plen: int, layers: int, seed: in
     caches = random_caches(nblk, layers, g, fp8, dev)  # per layer (k, v, k_scale, v_scale)
     mk = lambda h: torch.randn(t, h, D, device=dev, generator=g, dtype=torch.bfloat16)  # noqa: E731
     return {"q": mk(HQ), "k": mk(HKV), "v": mk(HKV), "cu": cu, "sl": sl, "bt": bt, "slots": slots, "caches": caches,
-            "decodes": decodes, "max_q_len": max(q_lens), "kv_bytes": 2 * sum(seq_lens) * HKV * (D + 2 if fp8 else D * 2),
+            "decodes": decodes, "max_q_len": max(q_lens),
+            "kv_bytes": 2 * sum(seq_lens) * HKV * (D + 2 if fp8 else D * 2),
             "single_rows": torch.arange(decodes, device=dev)}
 
 
@@ -115,7 +116,8 @@ def run_case(text: str, layers: int, fp8: bool = False) -> dict:
         raise AssertionError(f"{text}: packed and split attention differ by {err}")
     us = {name: graph_ms([lambda i=i, fn=fn: fn(s, i) for i in range(layers)], reps=20) * 1e3
           for name, fn in paths.items()}
-    return {"case": text, "kv_cache_dtype": "fp8" if fp8 else "bf16", "decodes": d, "ctx": c, "prompts": p, "prompt_len": n, "tokens": d + p * n,
+    return {"case": text, "kv_cache_dtype": "fp8" if fp8 else "bf16", "decodes": d, "ctx": c, "prompts": p,
+            "prompt_len": n, "tokens": d + p * n,
             "max_abs_diff": err, **{f"{k}_us": v for k, v in us.items()}, "kv_bytes": s["kv_bytes"],
             **{f"{k}_kv_TBps": s["kv_bytes"] / v / 1e6 for k, v in us.items()}}
 

@@ -32,8 +32,6 @@ NOTE (the residual stream): each layer returns (h, residual) un-added; the next 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,10 +90,7 @@ class Ops:
     def silu_epilogue_on(self) -> bool:
         """SILU_EPILOGUE_ENV ('0' / '1'), else the attribute (None: on). Read per call, like the kernels' switches:
         a CUDA graph keeps what was set when it was captured."""
-        raw = os.environ.get(SILU_EPILOGUE_ENV, "").strip()
-        if raw not in ("", "0", "1"):
-            raise ValueError(f"{SILU_EPILOGUE_ENV} must be 0 or 1, got {raw!r}")
-        return raw == "1" if raw else self.silu_epilogue is not False
+        return sg.env_switch(SILU_EPILOGUE_ENV, self.silu_epilogue is not False)
 
     def mlp(self, x, norm_w, eps, w_gate_up, w_down, residual):
         """(down(silu_mul(norm_linear(x + residual) @ gate_up)), x + residual). A skinny step with the SiLU epilogue

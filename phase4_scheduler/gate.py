@@ -178,8 +178,8 @@ _vllm_vs_ours.names = ("vllm_tinyllama_1024_s1206_h100", PEER_LEASE_B1_RECORD, O
 
 
 def _hf_record(r: dict) -> str:
-    """HF eager from the offline record; our B=1 from the same lease's latency record (PEER_LEASE_B1_RECORD) when the offline
-    run did not time B=1 itself (it does with --latency: b1_speedup_vs_hf)."""
+    """HF eager from the offline record; our B=1 from the same lease's latency record (PEER_LEASE_B1_RECORD) when
+    the offline run did not time B=1 itself (it does with --latency: b1_speedup_vs_hf)."""
     s = r["summary"]
     if "b1_speedup_vs_hf" in s:
         b1 = f"{s['b1_speedup_vs_hf']:.1f}x at B=1"

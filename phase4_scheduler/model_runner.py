@@ -27,7 +27,8 @@ from phase4_scheduler.step_timer import StepTimer, step_timing_enabled
 
 KV_CACHE_DTYPES = ("auto", "fp8")
 DECODE_ENV = "TITAN_DECODE_ATTENTION"  # "fused" (default) or "unfused": read when a ModelRunner is built
-FP8_FUSED_ENV = "TITAN_FP8_FUSED"  # "0": decode-only steps over an FP8 pool run the four unfused kernels (default: fused)
+FP8_FUSED_ENV = "TITAN_FP8_FUSED"  # "0": decode-only steps over an FP8 pool run the four unfused kernels
+# (default: the fused kernel)
 # decode steps with fewer (sequence, KV head) pairs than this run the fused decode attention; larger ones the unfused
 # four kernels. Measured on the H200 (results/decode_attention_h200.json, decode_attention_gated_h200.json; 22
 # layers, TinyLlama shapes, us per layer): B=1/256 tokens 3.9 vs 5.2, B=64/512 16.6 vs 21.5, but B=256/512 45.5 vs

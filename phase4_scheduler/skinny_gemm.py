@@ -208,7 +208,8 @@ def skinny_gemv_persistent_kernel(x_ptr, r_ptr, nw_ptr, ro_ptr, w_ptr, out_ptr, 
     NOTE (measured, H100, gemv_chain_s1208b_h100.json): inside the B=1 step it lost to the regular kernel's
     whole-row tiles in every projection (e.g. gate_up 0.922 vs 0.917 ms a step, all projections 0.964 vs 0.935
     ms/token). Likely (not profiled): PDL already overlaps each GEMV's first wave with the kernel before, which a
-    single-wave grid cannot beat. Opt-in (TITAN_GEMV_PERSISTENT=1, or a pinned tile with PPS > 0) for other shapes and GPUs."""
+    single-wave grid cannot beat. Opt-in (TITAN_GEMV_PERSISTENT=1, or a pinned tile with PPS > 0) for other shapes
+    and GPUs."""
     pid = tl.program_id(0)
     SLABS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     # the grid, as persistent_grid computes it on the host (N and the SM count are compile-time: one weight shape
@@ -317,6 +318,13 @@ _PERSISTENT_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "PPS": pps},
                                               (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4)]]
 
 
+def tile_candidates() -> list[tuple[int, int, int, int]]:
+    """(BLOCK_N, BLOCK_K, warps, PPS) of every M == 1 candidate: the regular kernel's autotuner set (PPS 0), then
+    the persistent kernel's (sweep_gemv_chain times them all inside the step)."""
+    return ([(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, 0) for c in _GEMV_CONFIGS]
+            + [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.kwargs["PPS"]) for c in _PERSISTENT_CONFIGS])
+
+
 def _prune(configs, named_args, **kwargs):
     """With the RoPE epilogue a program's BLOCK_N/2 pairs must fit one head (with SiLU, HALF = I, always true for
     the candidates); a tile wider than K's power of two only wastes lanes."""
@@ -328,7 +336,7 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in fits if c.kwargs["BLOCK_K"] <= k_pad] or [min(fits, key=lambda c: c.kwargs["BLOCK_K"])]
 
 
-# Pinned M == 1 tiles, (N, K, MODE) -> (BLOCK_N, BLOCK_K, num_warps), bypassing the autotuner. Why: the autotuner
+# Pinned M == 1 tiles, (N, K, MODE) -> (BLOCK_N, BLOCK_K, num_warps, PPS), bypassing the default. Why: the autotuner
 # times each candidate ALONE (do_bench), where loading weights before the PDL wait gains nothing; in the decode step
 # each GEMV follows another kernel, and a tile that prefetches its whole slab before the wait may win there while
 # losing alone. sweep_gemv_chain.py times the candidates inside the real B=1 step and pins them this way. Set from
@@ -379,11 +387,17 @@ def step_tile(n: int, k: int) -> tuple[int, int, int]:
     return (4, bk, 8) if k > 2048 or n > 4096 else (2, bk, 4)
 
 
-def autotune_on() -> bool:
-    raw = os.environ.get(AUTOTUNE_ENV, "").strip()
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment switch read at call time: '1' on, '0' off, unset `default`, anything else a clear
+    error (AUTOTUNE_ENV, PERSISTENT_ENV here; fused_model's SILU_EPILOGUE_ENV)."""
+    raw = os.environ.get(name, "").strip()
     if raw not in ("", "0", "1"):
-        raise ValueError(f"{AUTOTUNE_ENV} must be 0 or 1, got {raw!r}")
-    return raw == "1"
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
+    return default if raw == "" else raw == "1"
+
+
+def autotune_on() -> bool:
+    return env_switch(AUTOTUNE_ENV, False)
 
 # L2 prefetch before the PDL wait (skinny_gemv_kernel's PREFETCH_BYTES), off unless TITAN_GEMV_PREFETCH_MB > 0.
 # NOTE (why, and why a budget): at B=1 the decode attention (~4 us a layer on the H200) barely touches DRAM, and each
@@ -392,7 +406,8 @@ def autotune_on() -> bool:
 # turns that idle DRAM time into the next projection's reads. L2 holds 50 MB (H100 / H200): prefetching a 46 MB
 # gate_up whole would evict its own first rows, so each launch prefetches at most the budget, split evenly over the
 # rows (the start of each row; the rest streams as before). Read at launch time, like TITAN_PDL: a CUDA graph keeps
-# what was set when it was captured. Not yet measured on a GPU (bench_latency's '+l2pf' variants).
+# what was set when it was captured. Measured (bench_latency's '+l2pf' variants): neutral on the H200, slower on the
+# H100 (latency_l2pf_s1206_h100.json), so it stays off.
 PREFETCH_ENV = "TITAN_GEMV_PREFETCH_MB"
 
 
@@ -430,10 +445,7 @@ PERSISTENT_DEFAULT = False
 
 
 def persistent_on() -> bool:
-    raw = os.environ.get(PERSISTENT_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{PERSISTENT_ENV} must be 0 or 1, got {raw!r}")
-    return PERSISTENT_DEFAULT if raw == "" else raw == "1"
+    return env_switch(PERSISTENT_ENV, PERSISTENT_DEFAULT)
 
 
 @functools.lru_cache(maxsize=None)
@@ -501,20 +513,13 @@ def _skinny(name, x, w, mode, k, residual=None, norm_w=None, eps=0.0, tune=True,
             _persistent(ptrs, n, w, eps, flags, silu, pinned if pps else None, tune, pdl, launch)
             return out, r_out
         args = (*ptrs, n, w.stride(0), eps, cs.stride(0), rope_rows)
-        launch = dict(launch, PREFETCH_BYTES=prefetch, SILU=silu)
-        if pinned is not None:
-            bn, bk, warps = pinned[:3]
-            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=warps,
-                                     **launch)
-        elif interpreting() or not tune:
-            bn, bk = (4, 32) if interpreting() else (8, 512)
-            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=4, **launch)
-        elif autotune_on():
-            skinny_gemv_tuned[grid](*args, **flags, PDL=pdl, **launch)
-        else:
-            bn, bk, warps = step_tile(n, k)
-            skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, PDL=pdl, num_warps=warps,
-                                     **launch)
+        launch = dict(launch, PREFETCH_BYTES=prefetch, SILU=silu, PDL=pdl)
+        if pinned is None and tune and not interpreting() and autotune_on():
+            skinny_gemv_tuned[grid](*args, **flags, **launch)
+            return out, r_out
+        bn, bk, warps = (pinned[:3] if pinned is not None else (4, 32, 4) if interpreting()
+                         else (8, 512, 4) if not tune else step_tile(n, k))
+        skinny_gemv_kernel[grid](*args, **flags, BLOCK_N=fixed_bn(bn), BLOCK_K=bk, num_warps=warps, **launch)
         return out, r_out
     args = (*ptrs, m, n, x.stride(0), w.stride(0), out.stride(0), eps, cs.stride(0), rope_rows)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs; fp32 stays exact
@@ -535,8 +540,8 @@ def _persistent(ptrs, n, w, eps, flags, silu, pinned, tune, pdl, launch):
     x, r, nw, ro, _, out = ptrs[:6]
     sms = num_sms(x)
     args = (x, r, nw, ro, w, out, w.stride(0), eps)
-    kw = dict(N=n, NUM_SMS=sms, K=flags["K"], MODE=flags["MODE"], HAS_RES=flags["HAS_RES"], SILU=silu, HALF=n // 2 if silu else 1,
-              PDL=pdl, **launch)
+    kw = dict(N=n, NUM_SMS=sms, K=flags["K"], MODE=flags["MODE"], HAS_RES=flags["HAS_RES"], SILU=silu,
+              HALF=n // 2 if silu else 1, PDL=pdl, **launch)
     grid = lambda meta: (persistent_grid(n, meta["BLOCK_N"], meta["PPS"], sms),)  # noqa: E731
     if pinned is None and (interpreting() or not tune):
         pinned = (4, 32, 4, 2) if interpreting() else (4, 2048 if flags["K"] <= 2048 else 1024, 8, 2)

@@ -11,7 +11,8 @@ sit at ~3.5 us each on the H200 (results/fused_kernels_h200.json), 1.5 us above 
 Method: one engine at max_num_seqs=1 (one captured decode graph), a 128-token prompt decoded for a while; then, per
 projection shape and candidate tile, the tile is pinned (skinny_gemm.PINNED_TILES), the B=1 graph re-captured and
 replayed (CUDA events, median of --reps); the default tiles (skinny_gemm.step_tile, or the autotuner's with
-TITAN_GEMV_AUTOTUNE=1) are timed at the start and the end of the run (their spread is the noise floor). Writes results/<--name>.json with every row and the winners as a TITAN_GEMV_TILES string.
+TITAN_GEMV_AUTOTUNE=1) are timed at the start and the end of the run (their spread is the noise floor). Writes
+results/<--name>.json with every row and the winners as a TITAN_GEMV_TILES string.
 """
 from __future__ import annotations
 
@@ -27,12 +28,9 @@ from common.model_loader import load_model
 from common.sampling import SamplingParams
 from phase4_scheduler import skinny_gemm as sg
 
-# (BLOCK_N, BLOCK_K, warps, programs per SM): the regular kernel's autotuner set plus whole-row K tiles (PPS 0), then
-# the persistent kernel's (PPS > 0: skinny_gemv_persistent_kernel)
-CANDIDATES = [(2, 1024, 4, 0), (2, 2048, 4, 0), (2, 2048, 8, 0), (4, 512, 4, 0), (4, 1024, 4, 0), (4, 2048, 8, 0),
-              (8, 512, 4, 0), (8, 1024, 8, 0), (16, 512, 8, 0),
-              (2, 2048, 4, 4), (2, 2048, 4, 8), (4, 2048, 8, 2), (4, 2048, 8, 4), (8, 2048, 8, 2), (2, 1024, 4, 8),
-              (4, 1024, 4, 4), (4, 1024, 4, 8), (8, 1024, 8, 2), (4, 512, 4, 8), (8, 512, 4, 4)]
+# (BLOCK_N, BLOCK_K, warps, programs per SM): both kernels' candidates (skinny_gemm.tile_candidates: the regular
+# kernel's autotuner set, PPS 0, then the persistent kernel's), plus one more whole-row tile at 8 warps
+CANDIDATES = sg.tile_candidates() + [(2, 2048, 8, 0)]
 
 
 def shapes(cfg, silu_epilogue: bool = True) -> dict:

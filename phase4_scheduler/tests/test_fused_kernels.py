@@ -373,8 +373,8 @@ for mode, rope, k in [(0, False, 2048), (1, False, 2048), (2, False, 5632), (1, 
             n += 1
         if mode == 1:
             compile_(sg.skinny_gemv_kernel, {**ptrs, **dict(N="i32", stride_wn="i32", eps="fp32", stride_cs="i32",
-                     ROPE_ROWS="i32")}, {**flags, "HALF": 5632, "SILU": True, "BLOCK_N": 4, "BLOCK_K": 2048, "PREFETCH_BYTES": 0,
-                                 **PDL},
+                     ROPE_ROWS="i32")}, {**flags, "HALF": 5632, "SILU": True, "BLOCK_N": 4, "BLOCK_K": 2048,
+                                         "PREFETCH_BYTES": 0, **PDL},
                      8)
             n += 1
     compile_(sg.skinny_gemm_kernel, {**ptrs, **dict(M="i32", N="i32", stride_xm="i32", stride_wn="i32", stride_om="i32",

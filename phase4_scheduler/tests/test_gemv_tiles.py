@@ -19,15 +19,16 @@ def test_parse_tiles_round_trips_and_refuses_nonsense():
             sg.parse_tiles(bad)
 
 
-def spy_launches(monkeypatch, kernel_name: str, what) -> list:
-    """Replace skinny_gemm.<kernel_name> by a launcher that records what(grid, kwargs) and launches the real one."""
+def spy_launches(monkeypatch, kernel_name: str, what, run: bool = True) -> list:
+    """Replace skinny_gemm.<kernel_name> by a launcher that records what(grid, kwargs) and launches the real one
+    (unless run=False: then it only records)."""
     launched, real = [], getattr(sg, kernel_name)
 
     class Spy:
         def __getitem__(self, grid):
             def launch(*a, **kw):
                 launched.append(what(grid, kw))
-                return real[grid](*a, **kw)
+                return real[grid](*a, **kw) if run else None
             return launch
 
     monkeypatch.setattr(sg, kernel_name, Spy())
@@ -170,3 +171,23 @@ def test_step_tiles_are_whole_rows_and_the_autotune_switch_is_checked(monkeypatc
     monkeypatch.setenv(sg.AUTOTUNE_ENV, "on")
     with pytest.raises(ValueError, match="TITAN_GEMV_AUTOTUNE must be 0 or 1"):
         sg.autotune_on()
+
+
+def test_the_gpu_dispatch_takes_step_tile_unless_autotune_or_a_pin(monkeypatch):
+    """The launch decision of an M == 1 GEMV off the interpreter (as on a GPU; nothing is launched here): the
+    step_tile rule by default, the autotuner with TITAN_GEMV_AUTOTUNE=1, a pinned tile over both."""
+    monkeypatch.setattr(sg, "interpreting", lambda: False)
+    monkeypatch.delenv(sg.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv(sg.PERSISTENT_ENV, raising=False)
+    tile = lambda grid, kw: (kw["BLOCK_N"], kw["BLOCK_K"], kw["num_warps"])  # noqa: E731
+    fixed = spy_launches(monkeypatch, "skinny_gemv_kernel", tile, run=False)
+    tuned = spy_launches(monkeypatch, "skinny_gemv_tuned", lambda grid, kw: "tuned", run=False)
+    n, k = 11264, 2048
+    x, w = torch.zeros(1, k), torch.zeros(n, k)
+    sg._skinny("t", x, w, 0, k)
+    sg._skinny("t", x, w, 0, k, tune=False)
+    monkeypatch.setenv(sg.AUTOTUNE_ENV, "1")
+    sg._skinny("t", x, w, 0, k)
+    monkeypatch.setitem(sg.PINNED_TILES, (n, k, 0), (2, 1024, 4, 0))
+    sg._skinny("t", x, w, 0, k)
+    assert fixed == [sg.step_tile(n, k), (8, 512, 4), (2, 1024, 4)] and tuned == ["tuned"]
