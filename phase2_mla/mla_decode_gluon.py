@@ -44,7 +44,10 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked")
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev", "seesaw_l2_rev")
+# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles, slot 1's halves reversed)
+SEESAW_VARIANTS = {"seesaw": (2, 0, False), "seesaw_chunked": (8, 0, False), "seesaw_l2": (2, 2, False),
+                   "seesaw_rev": (2, 0, True), "seesaw_l2_rev": (2, 2, True)}
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
@@ -244,7 +247,7 @@ def schedule_kernel(schedule: str):
     if schedule == "pipelined":
         from phase2_mla import mla_decode_gluon_pipelined as pk
         return pk.mla_decode_gluon_pipelined_kernel, pk.PIPE_BLOCK_N, pk.PIPE_STAGES
-    if schedule in ("seesaw", "seesaw_chunked"):  # one kernel; the chunked one's latent boxes are narrower
+    if schedule in SEESAW_VARIANTS:  # one kernel; the chunked one's latent boxes are narrower
         from phase2_mla import mla_decode_gluon_seesaw as sk
         return sk.mla_decode_gluon_seesaw_kernel, sk.SEESAW_BLOCK_N, sk.SEESAW_STAGES
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -254,9 +257,18 @@ def schedule_launch(schedule: str) -> tuple[int, int]:
     """(latent TMA boxes per tile, launch num_warps) of a schedule: the seesaw loads each tile's latent as two
     [64, DC / 2] boxes and launches 4 warps (WG0; its warp_specialize worker WG1 adds 4 more: 8 in all); the
     chunked seesaw loads [64, 64] boxes, each on its own barrier, so a score GEMM starts as its first columns land."""
-    if schedule == "seesaw_chunked":
-        return 8, 4
-    return (2, 4) if schedule == "seesaw" else (1, NUM_WARPS)
+    if schedule in SEESAW_VARIANTS:
+        return SEESAW_VARIANTS[schedule][0], 4
+    return 1, NUM_WARPS
+
+
+def seesaw_extra(schedule: str, kv2=None) -> dict:
+    """The seesaw kernel's launch arguments beyond the serial kernel's (kv_ptr: the cache, for the L2 prefetch;
+    L2_AHEAD, REV1: SEESAW_VARIANTS); {} for the other schedules."""
+    if schedule not in SEESAW_VARIANTS:
+        return {}
+    _, ahead, rev = SEESAW_VARIANTS[schedule]
+    return dict(kv_ptr=kv2, L2_AHEAD=ahead, REV1=rev)
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -312,7 +324,8 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
     kernel[(hb, num_splits, b)](
         q_desc, qpe_desc, c_desc, pe_desc, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         block_table.stride(0), so[0], so[1], so[2], lse.stride(0), lse.stride(1), h,
-        DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=num_warps)
+        DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=num_warps,
+        **seesaw_extra(schedule, kv2))
     if num_splits > 1:
         mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
                                  out.stride(0), out.stride(1), DC=dc, BLOCK_DC=triton.next_power_of_2(dc),
@@ -346,9 +359,13 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
            "scale_log2": "fp32", "s_bt": "i32", "so_b": "i32", "so_h": "i32", "so_s": "i32", "sl_b": "i32",
            "sl_h": "i32", "H": "i32"}
     consts = dict(DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages)
+    extra = seesaw_extra(schedule)
+    if extra:
+        sig["kv_ptr"] = "*bf16"
+        consts.update(L2_AHEAD=extra["L2_AHEAD"], REV1=extra["REV1"])
     res = compile_resources(GluonASTSource, kernel, sig, consts, num_warps, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
-                                       "sl_b", "H"])
+                                       "sl_b", "H"] + (["kv_ptr"] if extra else []))
     ptx = res.pop("ptx")
     res.pop("ttgir", None)
     res["wgmma_shapes"] = wgmma_shapes(ptx)
@@ -356,6 +373,7 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     reg_a = re.findall(r"wgmma\.mma_async\S*?\.(m64n\d+k\d+)\.\S+\s+\{[^}]*\},\s*\{", ptx)
     res["wgmma_a_in_registers"] = {m: reg_a.count(m) for m in sorted(set(reg_a))}
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
+    res["l2_prefetches"] = ptx.count("cp.async.bulk.prefetch.L2")
     # the synchronisation the NOTE relies on, as emitted (a CPU test guards it: dropping a fence or a wait fails)
     expect_tx = re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)
     res["sync"] = {"mbarrier_waits": ptx.count("mbarrier.try_wait"), "wgmma_waits": ptx.count("wgmma.wait_group"),

@@ -91,6 +91,9 @@ SEESAW_STAGES = 2  # KV slots: the current pair's two tiles
 SEESAW_WARPS = 4  # per warpgroup partition (the kernel runs 2 x 4 warps)
 SEESAW_C_SPLIT = 2  # the latent is loaded as two [64, DC / 2] halves (each warpgroup refills its own)
 WG1_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (WG1)
+PF_CHUNK = gl.constexpr(288)  # bytes a thread asks the L2 for: half a 64-token tile of 1,152-byte rows / 128 threads
+PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 288; "
+                      "mov.u32 $0, 0; }")
 
 
 @gluon.constexpr_function
@@ -109,11 +112,33 @@ def _chunk(c_half, j: gl.constexpr, CW: gl.constexpr):
 
 
 @gluon.jit
+def _l2_prefetch(kv_ptr, bt_row, n0, end, G: gl.constexpr, BLOCK_N: gl.constexpr, ROW: gl.constexpr, PAGE):
+    """Ask the L2 for rows [G BLOCK_N / 2, (G + 1) BLOCK_N / 2) of the tile at token n0 (whole cache rows: latent
+    and rope key, contiguous within a page) if n0 < end: one `cp.async.bulk.prefetch.L2` of PF_CHUNK bytes per
+    thread of the 4-warp partition. Nothing waits for it; the TMA load of that tile a pair later then finds its
+    lines in the L2 instead of DRAM (schedule "seesaw_l2")."""
+    THREADS: gl.constexpr = 128
+    gl.static_assert((BLOCK_N // 2) * ROW * 2 == THREADS * PF_CHUNK, "PF_ASM's byte count is a thread's share")
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    offs = gl.arange(0, THREADS, layout=lay)
+    pred = n0 < end
+    page = gl.load(bt_row + n0 // PAGE, mask=pred, other=0)
+    row = (page * PAGE + n0 % PAGE + G * (BLOCK_N // 2)).to(gl.int64)
+    ptrs = kv_ptr + row * ROW + offs * (PF_CHUNK // 2)
+    gl.inline_asm_elementwise(PF_ASM, "=r,l,r", [ptrs, offs * 0 + pred.to(gl.int32)], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
 def _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0, slot: gl.constexpr, G: gl.constexpr, pred,
-                PAGE):
+                PAGE, kv_ptr, end, L2_AHEAD: gl.constexpr):
     """WG G's share of the tile at token n0 into `slot` (if pred): latent half G, as CH = (DC / 2) / c_desc's box
     columns TMA boxes, box j on barrier kv[(2 slot + G) CH + j], and the rope key where WG G is the one that reads
-    that slot's P (slot != G), on the half's last barrier."""
+    that slot's P (slot != G), on the half's last barrier. With L2_AHEAD = k > 0, also WG G's half of the rows of
+    the tile k tiles later into the L2 (_l2_prefetch)."""
+    if L2_AHEAD > 0:
+        _l2_prefetch(kv_ptr, bt_row, n0 + L2_AHEAD * c_smem.shape[1], end, G, c_smem.shape[1],
+                     2 * c_smem.shape[2] + pe_smem.shape[2], PAGE)
     DCH: gl.constexpr = c_smem.shape[2]
     CW: gl.constexpr = c_desc.block_type.shape[1]
     CH: gl.constexpr = DCH // CW
@@ -139,21 +164,36 @@ def _wait_share(kv_bar, c_smem, slot: gl.constexpr, G: gl.constexpr, phase):
         mbarrier.wait(kv_bar.index((2 * slot + G) * CH + j), phase=phase)
 
 
+@gluon.constexpr_function
+def _half(j, ch, rev):
+    """The latent half of the j-th box a score GEMM issues (ch boxes a half; half 1 first if rev)."""
+    return (j // ch + int(rev)) % 2
+
+
+@gluon.constexpr_function
+def _box(j, ch, rev):
+    """That box's index within the latent row (its barrier offset and q's column block)."""
+    return _half(j, ch, rev) * ch + j % ch
+
+
 @gluon.jit
-def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, phase, n0, end, s_zero, z):
+def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, phase, n0, end, s_zero, z,
+                REV: gl.constexpr = False):
     """Issue S = q . [c | k_pe]^T of the tile in `slot` (2 CH + 1 commit groups): each CW-column box of the latent
-    (CH a half) as soon as it landed, in order, then the rope key; a partial tile's rows past `end` zeroed in each
-    box before a wgmma reads it. z: 0 at run time, opaque to the compiler (see _opaque_zero)."""
+    (CH a half) as soon as it landed, in order (latent half 1 first if REV), then the rope key; a partial tile's
+    rows past `end` zeroed in each box before a wgmma reads it. z: 0 at run time, opaque to the compiler (see
+    _opaque_zero)."""
     DCH: gl.constexpr = c_smem.shape[2]
     CH: gl.constexpr = kv_bar.shape[0] // c_smem.shape[0]  # barriers (boxes) per latent half
     CW: gl.constexpr = DCH // CH
     q = q_smem.index(z)
     s = s_zero
     for j in gl.static_range(2 * CH):
-        mbarrier.wait(kv_bar.index(2 * slot * CH + j), phase=phase)
-        cj = _chunk(c_smem.index(2 * slot + j // CH + z), j % CH, CW)  # box j % CH of half j // CH
+        mbarrier.wait(kv_bar.index(2 * slot * CH + _box(j, CH, REV)), phase=phase)
+        cj = _chunk(c_smem.index(2 * slot + _half(j, CH, REV) + z), j % CH, CW)  # box j % CH of that half
         zero_past_end(cj, n0, end)
-        s = warpgroup_mma(q.slice(j * CW, CW, dim=1), cj.permute((1, 0)), s, use_acc=j > 0, is_async=True)
+        s = warpgroup_mma(q.slice(_box(j, CH, REV) * CW, CW, dim=1), cj.permute((1, 0)), s, use_acc=j > 0,
+                          is_async=True)
     return warpgroup_mma(qpe_smem.index(z), pe_smem.index(slot + z).permute((1, 0)), s, is_async=True)
 
 
@@ -224,8 +264,10 @@ def _wg_start(q_smem, c_smem, q_bar):
 @gluon.jit
 def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
                 bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h,
-                H, PAGE):
+                H, PAGE, kv_ptr, flags):
     """WG0 (the default partition): even tiles, value dims 0 .. DC / 2 - 1 (see the NOTE)."""
+    L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
+    REV1: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     m_i, l_i, acc, s_zero = _wg_start(q_smem, c_smem, q_bar)
@@ -235,7 +277,7 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                                       s_zero, n0, end, i & 1, scale_log2)
         # slot 0: latent half 0 of tile a + 2 (WG1 loads the rest: its half and the rope key / P_a region)
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + 2 * BLOCK_N, 0, 0,
-                    2 * i + 2 < n_tiles, PAGE)
+                    2 * i + 2 < n_tiles, PAGE, kv_ptr, end, L2_AHEAD)
         # tile b (WG1's): O_L = O_L a_b + P_b V_b,L with P_b from slot 1's rope region
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(1 * BH, BH), ready_bar.index(1), i & 1)
         _wait_share(kv_bar, c_smem, 1, 0, i & 1)  # V_b,L landed: this warpgroup's own view of the TMA (the NOTE)
@@ -244,7 +286,7 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         # slot 1: latent half 0 and the rope key (WG0 is the reader of P_b) of tile b + 2
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + 3 * BLOCK_N, 1, 0,
-                    2 * i + 3 < n_tiles, PAGE)
+                    2 * i + 3 < n_tiles, PAGE, kv_ptr, end, L2_AHEAD)
     if n_tiles % 2 == 1:  # the odd last tile is WG0's
         m_i, l_i, acc = _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, m_i, l_i, acc,
                                       s_zero, start + (n_tiles - 1) * BLOCK_N, end, (n_tiles // 2) & 1, scale_log2)
@@ -254,8 +296,10 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
 @gluon.jit
 def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
                 bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h,
-                H, PAGE):
+                H, PAGE, kv_ptr, flags):
     """WG1 (the worker partition): odd tiles, value dims DC / 2 .. DC - 1 (see the NOTE)."""
+    L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
+    REV1: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     dtype: gl.constexpr = q_smem.dtype
@@ -265,7 +309,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         n0 = start + (2 * i + 1) * BLOCK_N  # tile b
         # S_b on the tensor cores while WG0 does softmax_a
         z = _opaque_zero(n0)
-        s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z)
+        s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z, REV1)
         # tile a (WG0's): O_R = O_R a_a + P_a V_a,R, P_a from slot 0's rope region, queued behind S_b
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1)
         _wait_share(kv_bar, c_smem, 0, 1, i & 1)  # V_a,R landed (as in WG0)
@@ -277,20 +321,33 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         # slot 0: latent half 1 and the rope key (WG1 read P_a there) of tile a + 2
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + BLOCK_N, 0, 1, 2 * i + 2 < n_tiles,
-                    PAGE)
+                    PAGE, kv_ptr, end, L2_AHEAD)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         p_op = gl.convert_layout(p16, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
         acc = warpgroup_mma(p_op, c_smem.index(3 + z), acc, is_async=True)
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
         # slot 1: latent half 1 of tile b + 2 (WG0 loads half 0 and the rope key / P_b region)
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + 2 * BLOCK_N, 1, 1, 2 * i + 3 < n_tiles,
-                    PAGE)
+                    PAGE, kv_ptr, end, L2_AHEAD)
     if n_tiles % 2 == 1:  # WG0's odd last tile: only O_R += P_a V_a,R here
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), (n_tiles // 2) & 1)
         _wait_share(kv_bar, c_smem, 0, 1, (n_tiles // 2) & 1)
         acc = warpgroup_mma(pe_smem.index(0), c_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     _finish(acc, m_i, l_i, l_smem, l_bar, 1, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)
+
+
+@gluon.jit
+def _flags(L2_AHEAD: gl.constexpr, REV1: gl.constexpr):
+    """A [2 ** L2_AHEAD, REV1 + 1] tensor carrying the variant's constexprs into the partitions: warp_specialize
+    passes its arguments through IR values, so a constexpr arrives as a run-time scalar, but a shape survives."""
+    return gl.zeros([2 ** L2_AHEAD, int(REV1) + 1], gl.int32, gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0]))
+
+
+@gluon.constexpr_function
+def _log2(n):
+    """log2 of a power of two (_flags' first dimension)."""
+    return int(n).bit_length() - 1
 
 
 @gluon.jit
@@ -309,12 +366,14 @@ def _finish(acc, m_i, l_i, l_smem, l_bar, G: gl.constexpr, o_ptr, lse_ptr, b, hb
 
 @gluon.jit
 def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
-                                   s_bt, so_b, so_h, so_s, sl_b, sl_h, H,
+                                   s_bt, so_b, so_h, so_s, sl_b, sl_h, H, kv_ptr,
                                    DC: gl.constexpr, DR: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
-                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr):
-    """The serial kernel's arguments and grid; launched with 4 warps (WG0, the default partition) + a 4-warp worker
-    (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent half) or, for the chunked schedule, a divisor of it. See the
-    NOTE."""
+                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr, L2_AHEAD: gl.constexpr,
+                                   REV1: gl.constexpr):
+    """The serial kernel's arguments and grid, plus kv_ptr (the contiguous cache, for the L2 prefetch); launched
+    with 4 warps (WG0, the default partition) + a 4-warp worker (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent
+    half) or, for the chunked schedule, a divisor of it. L2_AHEAD: prefetch distance in tiles (0: none); REV1: the
+    score GEMM over slot 1 takes latent half 1 first. See the NOTE."""
     gl.static_assert(STAGES == 2, "the seesaw's ring is the current pair of tiles")
     CH: gl.constexpr = (DC // 2) // c_desc.block_type.shape[1]  # latent boxes (and barriers) per half
     gl.static_assert(CH * c_desc.block_type.shape[1] * 2 == DC, "c_desc's box divides a latent half")
@@ -352,11 +411,11 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
     for t in gl.static_range(STAGES):  # tiles 0 and 1, both shares each
         for g in gl.static_range(2):
             _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, start + t * BLOCK_N, t, g, t < n_tiles,
-                        PAGE)
+                        PAGE, kv_ptr, end, L2_AHEAD)
 
     args = (q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
             bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H,
-            PAGE)
+            PAGE, kv_ptr, _flags(L2_AHEAD, REV1))
     gl.warp_specialize([(_seesaw_wg0, args), (_seesaw_wg1, args)], [4], [WG1_REGS])
 
     mbarrier.invalidate(q_bar)

@@ -58,6 +58,9 @@
 #                  equal_latency_wide512_cont_{bf16,fp8}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
+#   mlaab       GPU tests of the seesaw variants (SEESAW_VARIANTS: L2 prefetch, slot 1's halves reversed), then all
+#               variants timed in interleaved rounds at 128 and 16 heads (MLA_AB_ARGS adds ab_seesaw options)
+#                                                                               -> phase2 ab_seesaw_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
 #               stall reasons, per-SASS-instruction samples, raw metrics -> phase2 seesaw_ncu_{details,sass,raw}_<tag>
 #   decodencu   Nsight Compute on phase 3's decode kernel at B=1,024 / 192 tokens, bf16 and FP8 (bits) pools
@@ -238,6 +241,12 @@ fi
 if has mla; then
   step mla_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py -k seesaw
   mla_bench
+fi
+if has mlaab; then  # the seesaw variants (L2 prefetch, slot 1's halves reversed): GPU tests, then a same-call A/B
+  step mlaab_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py \
+    -k "seesaw_l2 or seesaw_rev"
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlaab 240 python3 -m phase2_mla.ab_seesaw ${MLA_AB_ARGS:-} \
+    --name "ab_seesaw_$TAG"
 fi
 if has mlancu; then
   R=$WORK/phase2_mla/results

@@ -365,7 +365,8 @@ def test_gluon_smoke_tile_matches_torch():
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
                               "100-heads", "half-page-edges", "pairs-and-odd-tails"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev",
+                                      "seesaw_l2_rev"])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
@@ -379,7 +380,8 @@ def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev",
+                                      "seesaw_l2_rev"])
 def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
