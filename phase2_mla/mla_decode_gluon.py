@@ -44,9 +44,10 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev", "seesaw_l2_rev")
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_l2x3", "seesaw_rev",
+             "seesaw_l2_rev")
 # the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles, slot 1's halves reversed)
-SEESAW_VARIANTS = {"seesaw": (2, 0, False), "seesaw_chunked": (8, 0, False), "seesaw_l2": (2, 2, False),
+SEESAW_VARIANTS = {"seesaw": (2, 0, False), "seesaw_chunked": (8, 0, False), "seesaw_l2": (2, 2, False), "seesaw_l2x3": (2, 3, False),
                    "seesaw_rev": (2, 0, True), "seesaw_l2_rev": (2, 2, True)}
 
 

@@ -91,8 +91,8 @@ SEESAW_STAGES = 2  # KV slots: the current pair's two tiles
 SEESAW_WARPS = 4  # per warpgroup partition (the kernel runs 2 x 4 warps)
 SEESAW_C_SPLIT = 2  # the latent is loaded as two [64, DC / 2] halves (each warpgroup refills its own)
 WG1_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (WG1)
-PF_CHUNK = gl.constexpr(288)  # bytes a thread asks the L2 for: half a 64-token tile of 1,152-byte rows / 128 threads
-PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 288; "
+PF_BYTES = gl.constexpr(36864)  # one L2 prefetch: half a 64-token tile of 1,152-byte rows
+PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 36864; "
                       "mov.u32 $0, 0; }")
 
 
@@ -114,18 +114,18 @@ def _chunk(c_half, j: gl.constexpr, CW: gl.constexpr):
 @gluon.jit
 def _l2_prefetch(kv_ptr, bt_row, n0, end, G: gl.constexpr, BLOCK_N: gl.constexpr, ROW: gl.constexpr, PAGE):
     """Ask the L2 for rows [G BLOCK_N / 2, (G + 1) BLOCK_N / 2) of the tile at token n0 (whole cache rows: latent
-    and rope key, contiguous within a page) if n0 < end: one `cp.async.bulk.prefetch.L2` of PF_CHUNK bytes per
-    thread of the 4-warp partition. Nothing waits for it; the TMA load of that tile a pair later then finds its
-    lines in the L2 instead of DRAM (schedule "seesaw_l2")."""
-    THREADS: gl.constexpr = 128
-    gl.static_assert((BLOCK_N // 2) * ROW * 2 == THREADS * PF_CHUNK, "PF_ASM's byte count is a thread's share")
+    and rope key, contiguous within a page) if n0 < end: one `cp.async.bulk.prefetch.L2` of PF_BYTES, issued by the
+    partition's first thread. Nothing waits for it; the TMA load of that tile a pair later then finds its lines in
+    the L2 instead of DRAM (schedule "seesaw_l2"). (As first written, every one of the 128 threads issued a 288-byte
+    prefetch: 174.5 vs 136.4 us at 128 heads on the H100, results/ab_seesaw_s1209_h100.json.)"""
+    gl.static_assert((BLOCK_N // 2) * ROW * 2 == PF_BYTES, "PF_ASM's byte count is half a tile")
     lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-    offs = gl.arange(0, THREADS, layout=lay)
+    offs = gl.arange(0, 128, layout=lay)
     pred = n0 < end
     page = gl.load(bt_row + n0 // PAGE, mask=pred, other=0)
     row = (page * PAGE + n0 % PAGE + G * (BLOCK_N // 2)).to(gl.int64)
-    ptrs = kv_ptr + row * ROW + offs * (PF_CHUNK // 2)
-    gl.inline_asm_elementwise(PF_ASM, "=r,l,r", [ptrs, offs * 0 + pred.to(gl.int32)], dtype=gl.int32,
+    ptrs = kv_ptr + row * ROW + offs * 0
+    gl.inline_asm_elementwise(PF_ASM, "=r,l,r", [ptrs, ((offs == 0) & pred).to(gl.int32)], dtype=gl.int32,
                               is_pure=False, pack=1)
 
 

@@ -243,8 +243,8 @@ if has mla; then
   mla_bench
 fi
 if has mlaab; then  # the seesaw variants (L2 prefetch, slot 1's halves reversed): GPU tests, then a same-call A/B
-  step mlaab_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider phase2_mla/tests/test_mla_decode.py \
-    -k "seesaw_l2 or seesaw_rev"
+  [ "${MLA_AB_TESTS:-}" != none ] && step mlaab_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+    phase2_mla/tests/test_mla_decode.py -k "${MLA_AB_TESTS:-seesaw_l2 or seesaw_rev}"
   TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlaab 240 python3 -m phase2_mla.ab_seesaw ${MLA_AB_ARGS:-} \
     --name "ab_seesaw_$TAG"
 fi
