@@ -3,7 +3,7 @@ dimensions: every variant is checked against the fp32 reference (uniform 4K and 
 interleaved rounds (variant 1, 2, ..., then again), so clock and lease drift fall on all of them alike; the
 median over rounds of each variant's CUDA-graph time is its figure.
 
-    python -m phase2_mla.ab_seesaw [--schedules seesaw,seesaw_l2,...] [--heads 128,16] [--rounds 7]
+    python -m phase2_mla.ab_seesaw [--schedules seesaw,seesaw_noprefetch,...] [--heads 128,16] [--rounds 7]
                                    [--name ab_seesaw_<tag>]
 
 Writes phase2_mla/results/<name>.json (TITAN_RESULTS_DIR redirects it). Needs a Hopper GPU.

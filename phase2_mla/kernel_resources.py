@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # every schedule of the Gluon kernel (page 64, 1 split), the loop's events (mma_order: long) left out; the
     # serial one is recorded as `gluon`, the others under `gluon_schedules`
     schedules = {}
-    for name in ("serial", "pipelined", "seesaw", "seesaw_chunked"):
+    for name in ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked"):
         schedules[name] = r = {k: v for k, v in hopper_resources_gluon(schedule=name).items() if k != "mma_order"}
         print(f"gluon schedule={name}: {r['registers']} regs, {r['spill_store_bytes']} B spilled, "
               f"{r['shared_bytes'] // 1024} KiB smem, {r['wgmma_shapes']}, A in registers {r['wgmma_a_in_registers']}")

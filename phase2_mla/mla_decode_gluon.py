@@ -44,11 +44,11 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_l2x3", "seesaw_rev",
-             "seesaw_l2_rev")
-# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles, slot 1's halves reversed)
-SEESAW_VARIANTS = {"seesaw": (2, 0, False), "seesaw_chunked": (8, 0, False), "seesaw_l2": (2, 2, False), "seesaw_l2x3": (2, 3, False),
-                   "seesaw_rev": (2, 0, True), "seesaw_l2_rev": (2, 2, True)}
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked")
+# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles). The default prefetches
+# each tile into the L2 two tiles (a pair) before its TMA load (H100, results/ab_seesaw_s1209b_h100.json: 121.5 vs
+# 125.0 us at 16 heads, 137.8 vs 138.5 at 128; three tiles ahead was slower, 131.9 / 145.9)
+SEESAW_VARIANTS = {"seesaw": (2, 2), "seesaw_noprefetch": (2, 0), "seesaw_chunked": (8, 0)}
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
@@ -265,11 +265,10 @@ def schedule_launch(schedule: str) -> tuple[int, int]:
 
 def seesaw_extra(schedule: str, kv2=None) -> dict:
     """The seesaw kernel's launch arguments beyond the serial kernel's (kv_ptr: the cache, for the L2 prefetch;
-    L2_AHEAD, REV1: SEESAW_VARIANTS); {} for the other schedules."""
+    L2_AHEAD: SEESAW_VARIANTS); {} for the other schedules."""
     if schedule not in SEESAW_VARIANTS:
         return {}
-    _, ahead, rev = SEESAW_VARIANTS[schedule]
-    return dict(kv_ptr=kv2, L2_AHEAD=ahead, REV1=rev)
+    return dict(kv_ptr=kv2, L2_AHEAD=SEESAW_VARIANTS[schedule][1])
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -363,7 +362,7 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     extra = seesaw_extra(schedule)
     if extra:
         sig["kv_ptr"] = "*bf16"
-        consts.update(L2_AHEAD=extra["L2_AHEAD"], REV1=extra["REV1"])
+        consts.update(L2_AHEAD=extra["L2_AHEAD"])
     res = compile_resources(GluonASTSource, kernel, sig, consts, num_warps, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
                                        "sl_b", "H"] + (["kv_ptr"] if extra else []))
@@ -375,6 +374,7 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     res["wgmma_a_in_registers"] = {m: reg_a.count(m) for m in sorted(set(reg_a))}
     res["tma_loads"] = ptx.count("cp.async.bulk.tensor")
     res["l2_prefetches"] = ptx.count("cp.async.bulk.prefetch.L2")
+    res["ptx_prefetch_line"] = next((ln.strip() for ln in ptx.splitlines() if "cp.async.bulk.prefetch.L2" in ln), "")
     # the synchronisation the NOTE relies on, as emitted (a CPU test guards it: dropping a fence or a wait fails)
     expect_tx = re.findall(r"mbarrier\.arrive\.expect_tx\S*\s+\S+,\s*\[[^]]+\],\s*(\d+)", ptx)
     res["sync"] = {"mbarrier_waits": ptx.count("mbarrier.try_wait"), "wgmma_waits": ptx.count("wgmma.wait_group"),

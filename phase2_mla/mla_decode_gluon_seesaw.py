@@ -116,7 +116,7 @@ def _l2_prefetch(kv_ptr, bt_row, n0, end, G: gl.constexpr, BLOCK_N: gl.constexpr
     """Ask the L2 for rows [G BLOCK_N / 2, (G + 1) BLOCK_N / 2) of the tile at token n0 (whole cache rows: latent
     and rope key, contiguous within a page) if n0 < end: one `cp.async.bulk.prefetch.L2` of PF_BYTES, issued by the
     partition's first thread. Nothing waits for it; the TMA load of that tile a pair later then finds its lines in
-    the L2 instead of DRAM (schedule "seesaw_l2"). (As first written, every one of the 128 threads issued a 288-byte
+    the L2 instead of DRAM (SEESAW_VARIANTS). (As first written, every one of the 128 threads issued a 288-byte
     prefetch: 174.5 vs 136.4 us at 128 heads on the H100, results/ab_seesaw_s1209_h100.json.)"""
     gl.static_assert((BLOCK_N // 2) * ROW * 2 == PF_BYTES, "PF_ASM's byte count is half a tile")
     lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
@@ -164,36 +164,23 @@ def _wait_share(kv_bar, c_smem, slot: gl.constexpr, G: gl.constexpr, phase):
         mbarrier.wait(kv_bar.index((2 * slot + G) * CH + j), phase=phase)
 
 
-@gluon.constexpr_function
-def _half(j, ch, rev):
-    """The latent half of the j-th box a score GEMM issues (ch boxes a half; half 1 first if rev)."""
-    return (j // ch + int(rev)) % 2
-
-
-@gluon.constexpr_function
-def _box(j, ch, rev):
-    """That box's index within the latent row (its barrier offset and q's column block)."""
-    return _half(j, ch, rev) * ch + j % ch
-
-
 @gluon.jit
-def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, phase, n0, end, s_zero, z,
-                REV: gl.constexpr = False):
+def _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, slot: gl.constexpr, phase, n0, end, s_zero, z):
     """Issue S = q . [c | k_pe]^T of the tile in `slot` (2 CH + 1 commit groups): each CW-column box of the latent
-    (CH a half) as soon as it landed, in order (latent half 1 first if REV), then the rope key; a partial tile's
-    rows past `end` zeroed in each box before a wgmma reads it. z: 0 at run time, opaque to the compiler (see
-    _opaque_zero)."""
+    (CH a half) as soon as it landed, in order, then the rope key; a partial tile's rows past `end` zeroed in each
+    box before a wgmma reads it. z: 0 at run time, opaque to the compiler (see _opaque_zero). (Slot 1's halves in
+    the other order -- WG1's own half, refilled by WG1, first -- measured slower: 140.1 vs 136.4 us at 128 heads on
+    the H100, results/ab_seesaw_s1209_h100.json: WG0's half of that slot lands first.)"""
     DCH: gl.constexpr = c_smem.shape[2]
     CH: gl.constexpr = kv_bar.shape[0] // c_smem.shape[0]  # barriers (boxes) per latent half
     CW: gl.constexpr = DCH // CH
     q = q_smem.index(z)
     s = s_zero
     for j in gl.static_range(2 * CH):
-        mbarrier.wait(kv_bar.index(2 * slot * CH + _box(j, CH, REV)), phase=phase)
-        cj = _chunk(c_smem.index(2 * slot + _half(j, CH, REV) + z), j % CH, CW)  # box j % CH of that half
+        mbarrier.wait(kv_bar.index(2 * slot * CH + j), phase=phase)
+        cj = _chunk(c_smem.index(2 * slot + j // CH + z), j % CH, CW)  # box j % CH of half j // CH
         zero_past_end(cj, n0, end)
-        s = warpgroup_mma(q.slice(_box(j, CH, REV) * CW, CW, dim=1), cj.permute((1, 0)), s, use_acc=j > 0,
-                          is_async=True)
+        s = warpgroup_mma(q.slice(j * CW, CW, dim=1), cj.permute((1, 0)), s, use_acc=j > 0, is_async=True)
     return warpgroup_mma(qpe_smem.index(z), pe_smem.index(slot + z).permute((1, 0)), s, is_async=True)
 
 
@@ -267,7 +254,6 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                 H, PAGE, kv_ptr, flags):
     """WG0 (the default partition): even tiles, value dims 0 .. DC / 2 - 1 (see the NOTE)."""
     L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
-    REV1: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     m_i, l_i, acc, s_zero = _wg_start(q_smem, c_smem, q_bar)
@@ -299,7 +285,6 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                 H, PAGE, kv_ptr, flags):
     """WG1 (the worker partition): odd tiles, value dims DC / 2 .. DC - 1 (see the NOTE)."""
     L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
-    REV1: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     dtype: gl.constexpr = q_smem.dtype
@@ -309,7 +294,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         n0 = start + (2 * i + 1) * BLOCK_N  # tile b
         # S_b on the tensor cores while WG0 does softmax_a
         z = _opaque_zero(n0)
-        s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z, REV1)
+        s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z)
         # tile a (WG0's): O_R = O_R a_a + P_a V_a,R, P_a from slot 0's rope region, queued behind S_b
         m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1)
         _wait_share(kv_bar, c_smem, 0, 1, i & 1)  # V_a,R landed (as in WG0)
@@ -338,10 +323,10 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
 
 
 @gluon.jit
-def _flags(L2_AHEAD: gl.constexpr, REV1: gl.constexpr):
-    """A [2 ** L2_AHEAD, REV1 + 1] tensor carrying the variant's constexprs into the partitions: warp_specialize
-    passes its arguments through IR values, so a constexpr arrives as a run-time scalar, but a shape survives."""
-    return gl.zeros([2 ** L2_AHEAD, int(REV1) + 1], gl.int32, gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0]))
+def _flags(L2_AHEAD: gl.constexpr):
+    """A [2 ** L2_AHEAD] tensor carrying the prefetch distance into the partitions: warp_specialize passes its
+    arguments through IR values, so a constexpr arrives there as a run-time scalar, but a shape survives."""
+    return gl.zeros([2 ** L2_AHEAD], gl.int32, gl.BlockedLayout([1], [32], [4], [0]))
 
 
 @gluon.constexpr_function
@@ -368,12 +353,11 @@ def _finish(acc, m_i, l_i, l_smem, l_bar, G: gl.constexpr, o_ptr, lse_ptr, b, hb
 def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
                                    s_bt, so_b, so_h, so_s, sl_b, sl_h, H, kv_ptr,
                                    DC: gl.constexpr, DR: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
-                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr, L2_AHEAD: gl.constexpr,
-                                   REV1: gl.constexpr):
+                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr, L2_AHEAD: gl.constexpr):
     """The serial kernel's arguments and grid, plus kv_ptr (the contiguous cache, for the L2 prefetch); launched
     with 4 warps (WG0, the default partition) + a 4-warp worker (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent
-    half) or, for the chunked schedule, a divisor of it. L2_AHEAD: prefetch distance in tiles (0: none); REV1: the
-    score GEMM over slot 1 takes latent half 1 first. See the NOTE."""
+    half) or, for the chunked schedule, a divisor of it. L2_AHEAD: the L2 prefetch's distance in tiles (0: none). See
+    the NOTE."""
     gl.static_assert(STAGES == 2, "the seesaw's ring is the current pair of tiles")
     CH: gl.constexpr = (DC // 2) // c_desc.block_type.shape[1]  # latent boxes (and barriers) per half
     gl.static_assert(CH * c_desc.block_type.shape[1] * 2 == DC, "c_desc's box divides a latent half")
@@ -415,7 +399,7 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
 
     args = (q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
             bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H,
-            PAGE, kv_ptr, _flags(L2_AHEAD, REV1))
+            PAGE, kv_ptr, _flags(L2_AHEAD))
     gl.warp_specialize([(_seesaw_wg0, args), (_seesaw_wg1, args)], [4], [WG1_REGS])
 
     mbarrier.invalidate(q_bar)

@@ -58,7 +58,7 @@
 #                  equal_latency_wide512_cont_{bf16,fp8}_<tag>
 #   mla         GPU tests of the seesaw MLA schedules (seesaw, seesaw_chunked) + bench_mla --only mla
 #                                                                               -> phase2 bench_mla_<tag>
-#   mlaab       GPU tests of the seesaw variants (SEESAW_VARIANTS: L2 prefetch, slot 1's halves reversed), then all
+#   mlaab       GPU tests of the seesaw variants (SEESAW_VARIANTS: with / without the L2 prefetch, chunked), then all
 #               variants timed in interleaved rounds at 128 and 16 heads (MLA_AB_ARGS adds ab_seesaw options)
 #                                                                               -> phase2 ab_seesaw_<tag>
 #   mlancu      (MLA_SCHEDULE=seesaw_chunked for the chunked one) Nsight Compute on one launch of the seesaw MLA kernel (128 heads, B=64, ctx 4K): every section, the
@@ -244,9 +244,10 @@ if has mla; then
 fi
 if has mlaab; then  # the seesaw variants (L2 prefetch, slot 1's halves reversed): GPU tests, then a same-call A/B
   [ "${MLA_AB_TESTS:-}" != none ] && step mlaab_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
-    phase2_mla/tests/test_mla_decode.py -k "${MLA_AB_TESTS:-seesaw_l2 or seesaw_rev}"
+    phase2_mla/tests/test_mla_decode.py -k "${MLA_AB_TESTS:-seesaw}"
   TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlaab 240 python3 -m phase2_mla.ab_seesaw ${MLA_AB_ARGS:-} \
     --name "ab_seesaw_$TAG"
+  [ -n "${MLA_AB_BENCH:-}" ] && mla_bench  # MLA_AB_BENCH=1: bench_mla --only mla after the A/B
 fi
 if has mlancu; then
   R=$WORK/phase2_mla/results

@@ -314,6 +314,22 @@ def test_gluon_seesaw_kernel_compiles_for_hopper_with_whole_score_tiles_per_warp
 
 
 @pytest.mark.slow
+def test_gluon_seesaw_prefetches_each_tile_into_the_l2_a_pair_ahead():
+    """The default seesaw asks the L2 for every tile two tiles before its TMA load: one 36 KB
+    `cp.async.bulk.prefetch.L2` per warpgroup share (prologue: tiles 2 and 3, both shares; each partition's loop:
+    its two shares), nothing else changed -- the same wgmmas, TMA loads and barriers as seesaw_noprefetch, which
+    has none."""
+    rows = sm90_compile("import json; from phase2_mla.mla_decode_gluon import hopper_resources_gluon as r; "
+                        "print(json.dumps([r(schedule='seesaw'), r(schedule='seesaw_noprefetch')]))")
+    pf, base = rows
+    assert pf["l2_prefetches"] == 8 and base["l2_prefetches"] == 0, rows
+    assert "cp.async.bulk.prefetch.L2.global [%rd" in pf["ptx_prefetch_line"], rows
+    for k in ("wgmma_shapes", "wgmma_a_in_registers", "tma_loads", "sync", "wgmma_serialized"):
+        assert pf[k] == base[k], k
+    assert pf["spill_store_bytes"] == 0 and pf["registers"] <= 255, pf
+
+
+@pytest.mark.slow
 def test_gluon_chunked_seesaw_waits_for_each_64_column_box_before_its_score_wgmma():
     """schedule="seesaw_chunked" is the seesaw kernel with the latent in [64, 64] TMA boxes, each on its own
     mbarrier (8 a tile instead of 2): same wgmmas, registers and shared memory bounds as the seesaw, and at each
@@ -365,8 +381,7 @@ def test_gluon_smoke_tile_matches_torch():
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
                               "100-heads", "half-page-edges", "pairs-and-odd-tails"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev",
-                                      "seesaw_l2_rev"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked"])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
@@ -380,8 +395,7 @@ def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_chunked", "seesaw_l2", "seesaw_rev",
-                                      "seesaw_l2_rev"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked"])
 def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
@@ -405,6 +419,7 @@ def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
 @pytest.mark.parametrize("schedule, block_n, stages, c_cols, warps", [("serial", 64, 2, 512, 8),
                                                                        ("pipelined", 32, 4, 512, 8),
                                                                        ("seesaw", 64, 2, 256, 4),
+                                                                       ("seesaw_noprefetch", 64, 2, 256, 4),
                                                                        ("seesaw_chunked", 64, 2, 64, 4)])
 def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, block_n, stages, c_cols, warps):
     """The host side of mla_decode_gluon on the CPU (the kernel itself needs a Hopper GPU): a stand-in kernel
@@ -446,6 +461,11 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, b
         assert bt_arg is bt and sl_arg is sl and a[9] == bt.stride(0) and a[-1] == h
         assert kw["PAGE"] == page and kw["NUM_SPLITS"] == splits and kw["num_warps"] == warps
         assert kw["BLOCK_N"] == block_n and kw["STAGES"] == stages
+        if schedule.startswith("seesaw"):  # the cache itself (the L2 prefetch's addresses) and the distance
+            assert kw["kv_ptr"].data_ptr() == kv.data_ptr() and kw["kv_ptr"].stride(0) == 576
+            assert kw["L2_AHEAD"] == (2 if schedule == "seesaw" else 0)
+        else:
+            assert "kv_ptr" not in kw and "L2_AHEAD" not in kw
         assert lse.shape == (b, h, splits)
         if splits == 1:
             assert o_part.data_ptr() == out.data_ptr() and not merges  # written in place, no merge
