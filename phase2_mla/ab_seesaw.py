@@ -28,6 +28,7 @@ def parse_args(argv):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    ap.add_argument("--splits", default="1", help="comma-separated split counts; each (heads, splits) is a case")
     ap.add_argument("--name", default="ab_seesaw", help="result file stem")
     args = ap.parse_args(argv)
     args.schedules = args.schedules.split(",")
@@ -35,11 +36,13 @@ def parse_args(argv):
     if unknown:
         ap.error(f"unknown schedule(s) {unknown}; choose from {list(SEESAW_VARIANTS)}")
     args.heads = [int(h) for h in args.heads.split(",")]
+    args.splits = [int(n) for n in args.splits.split(",")]
     return args
 
 
-def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int) -> dict:
-    """Check, then time every schedule in `rounds` interleaved rounds at (b, h, ctx)."""
+def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits: int = 1) -> dict:
+    """Check, then time every schedule in `rounds` interleaved rounds at (b, h, ctx) with `splits` ranges per
+    sequence."""
     from phase2_mla.bench_mla import DSV3, graph_ms, mla_inputs, mla_ref_full, ragged_case
     from phase2_mla.mla_decode import mla_paged_decode
 
@@ -51,7 +54,7 @@ def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int) -> dict
     flops = 2 * b * h * ctx * (kv.shape[-1] + DSV3["dc"])
     fns, rows = {}, {}
     for s in schedules:
-        cfg = dict(backend="gluon", num_splits=1, gluon_schedule=s)
+        cfg = dict(backend="gluon", num_splits=splits, gluon_schedule=s)
         fns[s] = lambda cfg=cfg: mla_paged_decode(q_lat, q_pe, kv, bt, lens, scale, max_seq_len=ctx, check=False,
                                                   **cfg)
         err = (fns[s]().float() - ref).abs().max().item()
@@ -59,7 +62,7 @@ def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int) -> dict
                        - rag_ref).abs().max().item() for n in (1, 3))
         rows[s] = {"schedule": s, "max_abs_err": err, "ragged_max_abs_err": rag_err,
                    "correct": err < 2e-2 and rag_err < 2e-2, "ms_rounds": []}
-        print(f"  {h} heads {s}: err {err:.4f} / ragged {rag_err:.4f}{'' if rows[s]['correct'] else '  WRONG'}",
+        print(f"  {h} heads / {splits} splits {s}: err {err:.4f} / ragged {rag_err:.4f}{'' if rows[s]['correct'] else '  WRONG'}",
               flush=True)
     timed = [s for s in schedules if rows[s]["correct"]]
     for r in range(rounds):
@@ -68,13 +71,13 @@ def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int) -> dict
     for s in timed:
         ms = statistics.median(rows[s]["ms_rounds"])
         rows[s].update(ms=ms, us=ms * 1e3, tb_s=kv_bytes / ms / 1e9, tflops=flops / ms / 1e9)
-        print(f"  {h} heads {s}: {ms * 1e3:.1f} us = {kv_bytes / ms / 1e9:.3f} TB/s, {flops / ms / 1e9:.0f} TFLOP/s "
+        print(f"  {h} heads / {splits} splits {s}: {ms * 1e3:.1f} us = {kv_bytes / ms / 1e9:.3f} TB/s, {flops / ms / 1e9:.0f} TFLOP/s "
               f"(rounds {', '.join(f'{x * 1e3:.1f}' for x in rows[s]['ms_rounds'])})", flush=True)
     base = rows.get("seesaw", {}).get("ms")
     if base:
         for s in timed:
             rows[s]["speedup_vs_seesaw"] = base / rows[s]["ms"]
-    return {"batch": b, "heads": h, "ctx": ctx, "kv_bytes": kv_bytes, "flops": flops, "rows": list(rows.values())}
+    return {"batch": b, "heads": h, "splits": splits, "ctx": ctx, "kv_bytes": kv_bytes, "flops": flops, "rows": list(rows.values())}
 
 
 def main(argv=None) -> int:
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
     from phase2_mla.bench_mla import copy_ceiling
     ceil = copy_ceiling()
     print(f"copy ceiling {ceil['tb_s']:.2f} TB/s", flush=True)
-    cases = [ab_case(args.batch, h, args.ctx, args.schedules, args.rounds) for h in args.heads]
+    cases = [ab_case(args.batch, h, args.ctx, args.schedules, args.rounds, n) for h in args.heads
+             for n in args.splits]
     write_result("phase2_mla", args.name, {"copy_ceiling": ceil, "variants": {s: SEESAW_VARIANTS[s]
                                                                               for s in args.schedules},
                                            "rounds": args.rounds, "cases": cases})

@@ -44,11 +44,12 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked")
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked", "seesaw_l2x1", "seesaw_l2x2")
 # the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles). The default prefetches
 # each tile into the L2 two tiles (a pair) before its TMA load (H100, results/ab_seesaw_s1209b_h100.json: 121.5 vs
 # 125.0 us at 16 heads, 137.8 vs 138.5 at 128; three tiles ahead was slower, 131.9 / 145.9)
-SEESAW_VARIANTS = {"seesaw": (2, 2), "seesaw_noprefetch": (2, 0), "seesaw_chunked": (8, 0)}
+SEESAW_VARIANTS = {"seesaw": (2, 2), "seesaw_noprefetch": (2, 0), "seesaw_chunked": (8, 0), "seesaw_l2x1": (2, 1),
+                   "seesaw_l2x2": (2, 2)}
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
