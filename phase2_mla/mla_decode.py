@@ -241,6 +241,16 @@ def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int 
     return max(1, min(want, max_len // 256 or 1, 64))
 
 
+def gluon_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int = 132) -> int:
+    """The Gluon kernels' splits: as many as keep the grid to ONE wave (each program takes a whole SM: ~222 KB of
+    shared memory), none shorter than 256 tokens. NOTE (H100, results/ab_seesaw_s1209d_h100.json, seesaw, B=64, 4K):
+    at 16 heads (64 programs) 2 splits took 109.4 us against 124.6 with 1; `default_num_splits` (the Triton
+    kernel's rule, two programs an SM) gave 5 there: 124.1 us in bench_mla_s1206_h100. At 128 heads (128 programs)
+    both rules give 1."""
+    programs = max(1, batch * head_blocks)
+    return max(1, min(num_sms // programs, max_len // 256 or 1, 64))
+
+
 def default_block_h(heads: int) -> int:
     """H100 winners (B=64, ctx 4K): 64-head blocks at 128 heads (1.06 TB/s), 16-head blocks at 16 (2.06 TB/s)."""
     return 64 if heads >= 64 else 16
@@ -310,8 +320,8 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
             raise ValueError(f"backend='gluon' {why}")
         if num_splits is None:
             max_len = max_seq_len if max_seq_len is not None else int(seq_lens.max())
-            num_splits = default_num_splits(b, triton.cdiv(h, gk.BLOCK_H), max_len,
-                                            torch.cuda.get_device_properties(q_lat.device).multi_processor_count)
+            num_splits = gluon_num_splits(b, triton.cdiv(h, gk.BLOCK_H), max_len,
+                                          torch.cuda.get_device_properties(q_lat.device).multi_processor_count)
         return gk.mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale, num_splits, check=False,
                                          schedule=gluon_schedule)
     block_h = default_block_h(h) if block_h is None else block_h

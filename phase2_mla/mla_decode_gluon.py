@@ -44,12 +44,21 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked", "seesaw_l2x1", "seesaw_l2x2")
-# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles). The default prefetches
-# each tile into the L2 two tiles (a pair) before its TMA load (H100, results/ab_seesaw_s1209b_h100.json: 121.5 vs
-# 125.0 us at 16 heads, 137.8 vs 138.5 at 128; three tiles ahead was slower, 131.9 / 145.9)
-SEESAW_VARIANTS = {"seesaw": (2, 2), "seesaw_noprefetch": (2, 0), "seesaw_chunked": (8, 0), "seesaw_l2x1": (2, 1),
-                   "seesaw_l2x2": (2, 2)}
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_prefetch", "seesaw_chunked")
+# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles; None: seesaw_prefetch_rule)
+SEESAW_VARIANTS = {"seesaw": (2, None), "seesaw_noprefetch": (2, 0), "seesaw_prefetch": (2, 1),
+                   "seesaw_chunked": (8, 0)}
+
+
+def seesaw_prefetch_rule(head_blocks: int) -> int:
+    """The default seesaw's L2 prefetch distance: one tile ahead where two or more head blocks share each
+    sequence's latent (the compute-bound 128-head case), none otherwise. NOTE (H100, interleaved rounds,
+    results/ab_seesaw_s1209d_h100.json, B=64, 4K): 128 heads / 1 split 134.8 us one tile ahead vs 136.8 without
+    vs 136.9 two ahead; 16 heads / 2 splits (128 programs streaming distinct latents at 2.76 TB/s, near the copy
+    ceiling) 112.9 / 109.4 / 128.7: the prefetch only adds L2 traffic there; 16 heads / 1 split (64 programs,
+    latency-bound) 116.6 / 124.6 / 120.1, but 2 splits beat it. Prefetching with every thread (128 x 288 B
+    instead of one 36 KB bulk prefetch) cost 174.5 vs 136.4 us (ab_seesaw_s1209_h100.json)."""
+    return 1 if head_blocks >= 2 else 0
 
 
 def _layouts(dc: int, dr: int, block_n: int = BLOCK_N, dtype=gl.bfloat16, c_cols: int | None = None):
@@ -264,12 +273,13 @@ def schedule_launch(schedule: str) -> tuple[int, int]:
     return 1, NUM_WARPS
 
 
-def seesaw_extra(schedule: str, kv2=None) -> dict:
+def seesaw_extra(schedule: str, kv2=None, head_blocks: int = 2) -> dict:
     """The seesaw kernel's launch arguments beyond the serial kernel's (kv_ptr: the cache, for the L2 prefetch;
-    L2_AHEAD: SEESAW_VARIANTS); {} for the other schedules."""
+    L2_AHEAD: SEESAW_VARIANTS, or seesaw_prefetch_rule for the default); {} for the other schedules."""
     if schedule not in SEESAW_VARIANTS:
         return {}
-    return dict(kv_ptr=kv2, L2_AHEAD=SEESAW_VARIANTS[schedule][1])
+    ahead = SEESAW_VARIANTS[schedule][1]
+    return dict(kv_ptr=kv2, L2_AHEAD=seesaw_prefetch_rule(head_blocks) if ahead is None else ahead)
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -326,7 +336,7 @@ def mla_paged_decode_gluon(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: 
         q_desc, qpe_desc, c_desc, pe_desc, block_table, seq_lens, o_part, lse, scale * 1.4426950408889634,
         block_table.stride(0), so[0], so[1], so[2], lse.stride(0), lse.stride(1), h,
         DC=dc, DR=dr, PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, STAGES=stages, num_warps=num_warps,
-        **seesaw_extra(schedule, kv2))
+        **seesaw_extra(schedule, kv2, hb))
     if num_splits > 1:
         mla_merge_kernel[(b, h)](o_part, lse, out, so[0], so[1], so[2], so[3], lse.stride(0), lse.stride(1),
                                  out.stride(0), out.stride(1), DC=dc, BLOCK_DC=triton.next_power_of_2(dc),

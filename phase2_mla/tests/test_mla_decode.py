@@ -114,6 +114,30 @@ def test_default_split_count():
     assert default_num_splits(64, 2, 4096, num_sms=264) == 5  # a twice-bigger GPU would split again
 
 
+def test_gluon_num_splits_keeps_the_grid_to_one_wave():
+    """The Gluon kernels take a whole SM per program, so their splits fill one wave and no more (H100: 16 heads at
+    B=64 with 2 splits 109.4 us, with 1 124.6; the Triton rule's 5 gave 124.1)."""
+    from phase2_mla.mla_decode import gluon_num_splits
+    assert gluon_num_splits(64, 1, 4096) == 2  # 64 programs -> 128
+    assert gluon_num_splits(64, 2, 4096) == 1  # 128 programs already one wave
+    assert gluon_num_splits(64, 8, 4096) == 1  # more than a wave: never split
+    assert gluon_num_splits(1, 2, 32768) == 64  # one sequence: 66 would fit, capped at 64
+    assert gluon_num_splits(1, 2, 1000) == 3  # no split shorter than 256 tokens
+    assert gluon_num_splits(8, 1, 4096, num_sms=132) == 16  # 128 programs
+
+
+def test_seesaw_prefetches_where_head_blocks_share_the_latent():
+    """The default seesaw's L2 prefetch: one tile ahead with two or more head blocks per sequence (128 heads: the
+    second block's loads find the first's lines), none with one (16 heads: bandwidth-bound, it only adds L2
+    traffic); the explicit variants override it."""
+    from phase2_mla.mla_decode_gluon import seesaw_extra, seesaw_prefetch_rule
+    assert [seesaw_prefetch_rule(n) for n in (1, 2, 8)] == [0, 1, 1]
+    assert seesaw_extra("seesaw", None, 1)["L2_AHEAD"] == 0 and seesaw_extra("seesaw", None, 2)["L2_AHEAD"] == 1
+    assert seesaw_extra("seesaw_noprefetch", None, 2)["L2_AHEAD"] == 0
+    assert seesaw_extra("seesaw_prefetch", None, 1)["L2_AHEAD"] == 1
+    assert seesaw_extra("serial", None, 2) == {}
+
+
 def test_default_block_h_follows_head_count():
     assert default_block_h(128) == 64 and default_block_h(64) == 64
     assert default_block_h(16) == 16 and default_block_h(5) == 16
@@ -381,7 +405,8 @@ def test_gluon_smoke_tile_matches_torch():
                          ids=["one-full-tile", "one-token", "two-tiles", "ragged-page64", "long-page128", "16-heads",
                               "100-heads", "half-page-edges", "pairs-and-odd-tails"])
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_prefetch",
+                                      "seesaw_chunked"])
 def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
     """The Gluon Hopper kernel against the fp32 reference at DeepSeek-V3's latent dims: partial last tiles, one
     token, several splits (some empty for short sequences), head counts that are not a multiple of its 64."""
@@ -395,7 +420,8 @@ def test_gluon_kernel_matches_reference(lens, page, h, num_splits, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_chunked"])
+@pytest.mark.parametrize("schedule", ["serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_prefetch",
+                                      "seesaw_chunked"])
 def test_gluon_kernel_never_reads_unwritten_slots_full_of_nan(schedule):
     """Slots past each sequence's end (inside its last page) hold NaN: the kernel masks their scores and zeroes
     their latent rows before p @ c, so the output stays finite and equal to the reference."""
@@ -463,7 +489,7 @@ def test_gluon_wrapper_launches_what_the_kernel_expects(monkeypatch, schedule, b
         assert kw["BLOCK_N"] == block_n and kw["STAGES"] == stages
         if schedule.startswith("seesaw"):  # the cache itself (the L2 prefetch's addresses) and the distance
             assert kw["kv_ptr"].data_ptr() == kv.data_ptr() and kw["kv_ptr"].stride(0) == 576
-            assert kw["L2_AHEAD"] == (2 if schedule == "seesaw" else 0)
+            assert kw["L2_AHEAD"] == (1 if schedule == "seesaw" else 0)  # 100 heads: 2 head blocks share the latent
         else:
             assert "kv_ptr" not in kw and "L2_AHEAD" not in kw
         assert lse.shape == (b, h, splits)
