@@ -118,7 +118,8 @@ ncu_exports() {  # ncu_exports REPORT DETAILS.txt SASS.csv.gz RAW.csv.gz (nothin
 }
 PROFILE448=(python3 -m phase4_scheduler.profile_decode --random-weights --fuse --batches 448 --kv-memory 40GiB)
 mla_bench() {  # bench_mla --only mla into phase 2's results, kept as bench_mla_<tag>.json
-  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla --only mla
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step bench_mla 200 python3 -m phase2_mla.bench_mla \
+    --only "${MLA_BENCH_ONLY:-mla}"  # MLA_BENCH_ONLY=rope,mla,gqa: the whole record in one call
   [ -f "$WORK/phase2_mla/results/bench_mla.json" ] && mv "$WORK/phase2_mla/results/bench_mla.json" \
     "$WORK/phase2_mla/results/bench_mla_$TAG.json"
 }
