@@ -10,8 +10,9 @@ Two sections were measured apart from the MLA sweep (results/bench_mla.json):
     PYTHONPATH=. python -m phase2_mla.bench_mla --merge-rope phase2_mla/results/bench_mla_rope.json
 
 Those two merges built the H100 record of 2026-11-25, kept since as results/bench_mla_h100.json; bench_mla.json is
-now the H200 run (RoPE, MLA and GQA in one call), so they are refused there: a merge needs both records from the same
-GPU model (`main` compares the provenances' `device`).
+now a single H100 call with every section (2026-12-06, bench_mla_s1209f_h100.json; the H200 run of 2026-12-05 is
+bench_mla_s1205_h200.json), so nothing needs merging; a merge needs both records from the same GPU model (`main`
+compares the provenances' `device`).
 
 NOTE (design): no number is produced here, only ratios of recorded ones. The sweep's own `provenance` stays the
 record's provenance; the other file's becomes `gqa_provenance` / `rope_provenance` (with its `source`), and the

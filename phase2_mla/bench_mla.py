@@ -267,7 +267,7 @@ def mla_configs(heads: int) -> list[dict]:
     is that. 128-head blocks with the value dims split in halves (dv_split=2: each program keeps a 128 x 256
     accumulator, 236 registers, 200 KB of shared memory) give each warpgroup its own 64 heads of the score GEMM
     (m64n32, no duplicate) and an m64n256 value GEMM; swap_ab puts tokens / value dims on M instead.
-    Run 2 (results/bench_mla.json, H100) measured eight 128-head configurations; the sweep now keeps its winner
+    Run 2 (results/bench_mla_h100.json, H100) measured eight 128-head configurations; the sweep now keeps its winner
     (64 x 64, 284 us), the best of the other two layouts, and backend="gluon" (mla_decode_gluon.py: the score tile
     split between the warpgroups and computed once, TMA double buffering), which is the candidate, and its
     pipelined schedule (gluon_schedule="pipelined": the next tile's score wgmma during this tile's softmax) and its

@@ -232,7 +232,7 @@ def check_splits(num_splits: int) -> None:
 def default_num_splits(batch: int, head_blocks: int, max_len: int, num_sms: int = 132) -> int:
     """No split once the (batch x head block) programs alone nearly fill the GPU (>= 3/4 of the SMs); below that,
     enough splits to give every SM about two programs, none shorter than 256 tokens.
-    NOTE (H100, results/bench_mla.json): 128 heads in 64-head blocks at B=64 = 128 programs on 132 SMs; 1 split
+    NOTE (H100, results/bench_mla_h100.json): 128 heads in 64-head blocks at B=64 = 128 programs on 132 SMs; 1 split
     (284 us) beat 2 (301) and 4 (322): the merge and fp32 partials cost more than 4 idle SMs. 16 heads: 5 splits."""
     programs = max(1, batch * head_blocks)
     if 4 * programs >= 3 * num_sms:
@@ -257,7 +257,7 @@ def default_block_h(heads: int) -> int:
 
 
 TRITON_DEFAULTS = (None, 64, 8, 2, 1, False, False)  # mla_paged_decode's block_h .. swap_ab defaults
-# the Gluon loop taken when none is asked for. H200, 2026-12-05 (results/bench_mla.json, 128 heads, B=64, 4K):
+# the Gluon loop taken when none is asked for. H200, 2026-12-05 (results/bench_mla_s1205_h200.json, 128 heads, B=64, 4K):
 # serial 176 us, pipelined 259 us. H100, 2026-12-05 (results/bench_mla_seesaw_h100.json, same shape, one run):
 # serial 180 us, pipelined 260 us, seesaw 135 us (2.23 TB/s); at 16 heads seesaw 126 us against serial 134
 DEFAULT_GLUON_SCHEDULE = "seesaw"
@@ -290,7 +290,7 @@ def mla_paged_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Te
     overlap this tile's softmax) or "seesaw" (mla_decode_gluon_seesaw.py: two warpgroups on alternate tiles, one's
     softmax under the other's MMAs).
     `backend="auto"` (the default) takes the Gluon kernel where it can run (`use_gluon`) and Triton elsewhere.
-    NOTE (H200, results/bench_mla.json, 2026-12-05): at 128 heads / B=64 / 4K the Gluon serial kernel took 177 us
+    NOTE (H200, results/bench_mla_s1205_h200.json, 2026-12-05): at 128 heads / B=64 / 4K the Gluon serial kernel took 177 us
     (1.71 TB/s) against Triton's best 269 us (1.12 TB/s) in the same run; at 16 heads 117 vs 126 us. On the H100
     (results/bench_mla_seesaw_h100.json) the seesaw schedule took 135 us (2.23 TB/s) against serial's 180."""
     if check:

@@ -73,9 +73,15 @@ GEMM waits box by box (FlashMLA's order: QK^T starts as the first 64 columns lan
 results/bench_mla_s1206b_h100.json): 145.4 us against the two-box seesaw's 136.2 at 128 heads, so the default loads
 halves (CH = 1: the same TMA / wait / wgmma counts as before the option existed, and the same time, 136.2 us).
 
+NOTE (L2 prefetch: L2_AHEAD). With L2_AHEAD = k > 0 each warpgroup, when it issues its TMA share of tile t, asks
+the L2 for its half of the rows of tile t + k (_l2_prefetch: one 36 KB bulk prefetch from one thread). Measured on
+the H100 (results/ab_seesaw_s1209d_h100.json): k = 1 134.8 vs 136.8 us at 128 heads; at 16 heads it helps with 64
+programs (116.6 vs 124.6) and hurts with 128 streaming distinct latents near the copy ceiling (112.9 vs 109.4), so
+the wrapper's default takes k = 1 only with two or more head blocks (mla_decode_gluon.seesaw_prefetch_rule).
+
 Not done (next steps if the GPU says so): the slot of tile b is refilled only at the end of its pair
-(both value GEMMs read it), so WG1's next score GEMM sees that load's latency (FlashMLA's has the same); q's rope
-part in registers (FlashMLA) would free 8 KB.
+(both value GEMMs read it), so WG1's next score GEMM sees that load's latency (FlashMLA's has the same; the L2
+prefetch shortens the DRAM part of it only); q's rope part in registers (FlashMLA) would free 8 KB.
 """
 from __future__ import annotations
 
