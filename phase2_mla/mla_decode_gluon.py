@@ -44,11 +44,10 @@ BLOCK_H = 64  # heads per program: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per tile: one page of 64 (FlashMLA's page size); pages must be a multiple of it
 NUM_WARPS = 8
 NUM_STAGES = 2
-SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_prefetch", "seesaw_chunked", "seesaw_lazy")
-# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles; None: seesaw_prefetch_rule,
-# lazy rescaling of O)
-SEESAW_VARIANTS = {"seesaw": (2, None, False), "seesaw_noprefetch": (2, 0, False), "seesaw_prefetch": (2, 1, False),
-                   "seesaw_chunked": (8, 0, False), "seesaw_lazy": (2, None, True)}
+SCHEDULES = ("serial", "pipelined", "seesaw", "seesaw_noprefetch", "seesaw_prefetch", "seesaw_chunked")
+# the seesaw kernel's variants: (latent TMA boxes per tile, L2 prefetch distance in tiles; None: seesaw_prefetch_rule)
+SEESAW_VARIANTS = {"seesaw": (2, None), "seesaw_noprefetch": (2, 0), "seesaw_prefetch": (2, 1),
+                   "seesaw_chunked": (8, 0)}
 
 
 def seesaw_prefetch_rule(head_blocks: int) -> int:
@@ -279,8 +278,8 @@ def seesaw_extra(schedule: str, kv2=None, head_blocks: int = 2) -> dict:
     L2_AHEAD: SEESAW_VARIANTS, or seesaw_prefetch_rule for the default); {} for the other schedules."""
     if schedule not in SEESAW_VARIANTS:
         return {}
-    _, ahead, lazy = SEESAW_VARIANTS[schedule]
-    return dict(kv_ptr=kv2, L2_AHEAD=seesaw_prefetch_rule(head_blocks) if ahead is None else ahead, LAZY=lazy)
+    ahead = SEESAW_VARIANTS[schedule][1]
+    return dict(kv_ptr=kv2, L2_AHEAD=seesaw_prefetch_rule(head_blocks) if ahead is None else ahead)
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
@@ -374,7 +373,7 @@ def hopper_resources_gluon(page: int = 64, num_splits: int = 1, dc: int = 512, d
     extra = seesaw_extra(schedule)
     if extra:
         sig["kv_ptr"] = "*bf16"
-        consts.update(L2_AHEAD=extra["L2_AHEAD"], LAZY=extra["LAZY"])
+        consts.update(L2_AHEAD=extra["L2_AHEAD"])
     res = compile_resources(GluonASTSource, kernel, sig, consts, num_warps, 1,
                             divisible=["bt_ptr", "lens_ptr", "o_ptr", "lse_ptr", "s_bt", "so_b", "so_h", "so_s",
                                        "sl_b", "H"] + (["kv_ptr"] if extra else []))

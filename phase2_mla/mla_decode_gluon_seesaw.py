@@ -97,7 +97,6 @@ SEESAW_STAGES = 2  # KV slots: the current pair's two tiles
 SEESAW_WARPS = 4  # per warpgroup partition (the kernel runs 2 x 4 warps)
 SEESAW_C_SPLIT = 2  # the latent is loaded as two [64, DC / 2] halves (each warpgroup refills its own)
 WG1_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (WG1)
-LAZY_TH = gl.constexpr(8.0)  # lazy rescaling: a row's max moves only past m + 8 (log2), so P <= 256
 PF_BYTES = gl.constexpr(36864)  # one L2 prefetch: half a 64-token tile of 1,152-byte rows
 PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 36864; "
                       "mov.u32 $0, 0; }")
@@ -211,71 +210,28 @@ def _publish(p16, m_new, p_dst, m_dst, bar):
 
 
 @gluon.jit
-def _take(m_i, l_i, acc, m_smem, bar, phase, LAZY: gl.constexpr = False):
-    """The other warpgroup's tile: wait its P / m, rescale this warpgroup's l (own tokens only) and O half (LAZY:
-    only if some row's m changed -- skipping a factor of exactly 1)."""
+def _take(m_i, l_i, acc, m_smem, bar, phase):
+    """The other warpgroup's tile: wait its P / m, rescale this warpgroup's l (own tokens only) and O half."""
     mbarrier.wait(bar, phase=phase)
     m_t = m_smem.load(m_i.type.layout)
-    if LAZY:
-        if _any_changed(m_i, m_t) > 0:
-            a = gl.exp2(m_i - m_t)
-            acc = acc * gl.convert_layout(a, gl.SliceLayout(1, acc.type.layout))[:, None]
-            l_i = l_i * a
-    else:
-        a = gl.exp2(m_i - m_t)
-        acc = acc * gl.convert_layout(a, gl.SliceLayout(1, acc.type.layout))[:, None]
-        l_i = l_i * a
-    return m_t, l_i, acc
-
-
-@gluon.jit
-def _any_changed(m_old, m_new):
-    """1 if any row's running max moved, else 0: one scalar for the whole warpgroup (a cross-warp reduction), so
-    the rescale that follows is skipped or done uniformly."""
-    return gl.max((m_new != m_old).to(gl.int32), axis=0)
-
-
-@gluon.jit
-def _softmax(s, m_i, l_i, n0, end, scale_log2, LAZY: gl.constexpr):
-    """online_softmax, or with LAZY FlashAttention-4's lazy rescaling: a row's running max moves only when the tile's
-    max exceeds it by more than LAZY_TH (log2 units), so P = exp2(s - m) stays <= 2^LAZY_TH and most tiles leave
-    every m unchanged (alpha exactly 1: the O rescale is skipped). Exact: O, l and lse all use the same m.
-    Returns (p, alpha, m, l, changed: 1 if any row's m moved)."""
-    if LAZY:
-        BLOCK_N: gl.constexpr = s.shape[1]
-        tok = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
-        s = gl.where((tok < end)[None, :], s * scale_log2, float("-inf"))
-        r_max = gl.max(s, axis=1)
-        m_new = gl.where(r_max > m_i + LAZY_TH, r_max, m_i)  # m_i = -inf before tile 0: always taken there
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s - m_new[:, None])
-        return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1), _any_changed(m_i, m_new)
-    else:
-        p, alpha, m_new, l_new = online_softmax(s, m_i, l_i, n0, end, scale_log2)
-        return p, alpha, m_new, l_new, 1
-
-
-@gluon.jit
-def _rescale(acc, alpha, changed):
-    """O = O alpha (rows), unless no row's m moved (changed == 0: alpha is exactly 1)."""
-    if changed > 0:
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-    return acc
+    a = gl.exp2(m_i - m_t)
+    acc = acc * gl.convert_layout(a, gl.SliceLayout(1, acc.type.layout))[:, None]
+    return m_t, l_i * a, acc
 
 
 @gluon.jit
 def _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, m_i, l_i, acc, s_zero, n0, end,
-                  phase, scale_log2, LAZY: gl.constexpr):
+                  phase, scale_log2):
     """WG0's tile in slot 0: scores, softmax, publish, O_L = O_L a + P V_L (P from registers); waited (wait(0))."""
     dtype: gl.constexpr = q_smem.dtype
     BH: gl.constexpr = q_smem.shape[1]
     z = _opaque_zero(n0)
     s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 0, phase, n0, end, s_zero, z)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    p, alpha, m_i, l_i, changed = _softmax(s, m_i, l_i, n0, end, scale_log2, LAZY)
+    p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, n0, end, scale_log2)
     p16 = p.to(dtype)
     _publish(p16, m_i, pe_smem.index(0), m_smem.slice(0 * BH, BH), ready_bar.index(0))
-    acc = _rescale(acc, alpha, changed)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
     p_op = gl.convert_layout(p16, gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=2))
     acc = warpgroup_mma(p_op, c_smem.index(0 + z), acc, is_async=True)
     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
@@ -304,19 +260,18 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                 H, PAGE, kv_ptr, flags):
     """WG0 (the default partition): even tiles, value dims 0 .. DC / 2 - 1 (see the NOTE)."""
     L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
-    LAZY: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     m_i, l_i, acc, s_zero = _wg_start(q_smem, c_smem, q_bar)
     for i in range(n_tiles // 2):
         n0 = start + 2 * i * BLOCK_N
         m_i, l_i, acc = _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, m_i, l_i, acc,
-                                      s_zero, n0, end, i & 1, scale_log2, LAZY)
+                                      s_zero, n0, end, i & 1, scale_log2)
         # slot 0: latent half 0 of tile a + 2 (WG1 loads the rest: its half and the rope key / P_a region)
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + 2 * BLOCK_N, 0, 0,
                     2 * i + 2 < n_tiles, PAGE, kv_ptr, end, L2_AHEAD)
         # tile b (WG1's): O_L = O_L a_b + P_b V_b,L with P_b from slot 1's rope region
-        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(1 * BH, BH), ready_bar.index(1), i & 1, LAZY)
+        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(1 * BH, BH), ready_bar.index(1), i & 1)
         _wait_share(kv_bar, c_smem, 1, 0, i & 1)  # V_b,L landed: this warpgroup's own view of the TMA (the NOTE)
         z = _opaque_zero(n0)
         acc = warpgroup_mma(pe_smem.index(1 + z), c_smem.index(2 + z), acc, is_async=True)
@@ -326,8 +281,7 @@ def _seesaw_wg0(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                     2 * i + 3 < n_tiles, PAGE, kv_ptr, end, L2_AHEAD)
     if n_tiles % 2 == 1:  # the odd last tile is WG0's
         m_i, l_i, acc = _wg0_own_tile(q_smem, qpe_smem, c_smem, pe_smem, m_smem, kv_bar, ready_bar, m_i, l_i, acc,
-                                      s_zero, start + (n_tiles - 1) * BLOCK_N, end, (n_tiles // 2) & 1, scale_log2,
-                                      LAZY)
+                                      s_zero, start + (n_tiles - 1) * BLOCK_N, end, (n_tiles // 2) & 1, scale_log2)
     _finish(acc, m_i, l_i, l_smem, l_bar, 0, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H)
 
 
@@ -337,7 +291,6 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
                 H, PAGE, kv_ptr, flags):
     """WG1 (the worker partition): odd tiles, value dims DC / 2 .. DC - 1 (see the NOTE)."""
     L2_AHEAD: gl.constexpr = _log2(flags.shape[0])  # constexprs reach a partition only as shapes (see _flags)
-    LAZY: gl.constexpr = flags.shape[1] == 2
     BH: gl.constexpr = q_smem.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[1]
     dtype: gl.constexpr = q_smem.dtype
@@ -349,18 +302,18 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         z = _opaque_zero(n0)
         s = _own_scores(q_smem, qpe_smem, c_smem, pe_smem, kv_bar, 1, i & 1, n0, end, s_zero, z)
         # tile a (WG0's): O_R = O_R a_a + P_a V_a,R, P_a from slot 0's rope region, queued behind S_b
-        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1, LAZY)
+        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), i & 1)
         _wait_share(kv_bar, c_smem, 0, 1, i & 1)  # V_a,R landed (as in WG0)
         acc = warpgroup_mma(pe_smem.index(0 + z), c_smem.index(1 + z), acc, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_b retired; P_a V_a,R may still run
-        p, alpha, m_i, l_i, changed = _softmax(s, m_i, l_i, n0, end, scale_log2, LAZY)
+        p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, n0, end, scale_log2)
         p16 = p.to(dtype)
         _publish(p16, m_i, pe_smem.index(1), m_smem.slice(1 * BH, BH), ready_bar.index(1))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         # slot 0: latent half 1 and the rope key (WG1 read P_a there) of tile a + 2
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + BLOCK_N, 0, 1, 2 * i + 2 < n_tiles,
                     PAGE, kv_ptr, end, L2_AHEAD)
-        acc = _rescale(acc, alpha, changed)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         p_op = gl.convert_layout(p16, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
         acc = warpgroup_mma(p_op, c_smem.index(3 + z), acc, is_async=True)
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
@@ -368,8 +321,7 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
         _load_share(c_desc, pe_desc, bt_row, kv_bar, c_smem, pe_smem, n0 + 2 * BLOCK_N, 1, 1, 2 * i + 3 < n_tiles,
                     PAGE, kv_ptr, end, L2_AHEAD)
     if n_tiles % 2 == 1:  # WG0's odd last tile: only O_R += P_a V_a,R here
-        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), (n_tiles // 2) & 1,
-                                LAZY)
+        m_i, l_i, acc = _take(m_i, l_i, acc, m_smem.slice(0 * BH, BH), ready_bar.index(0), (n_tiles // 2) & 1)
         _wait_share(kv_bar, c_smem, 0, 1, (n_tiles // 2) & 1)
         acc = warpgroup_mma(pe_smem.index(0), c_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -377,11 +329,10 @@ def _seesaw_wg1(q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar
 
 
 @gluon.jit
-def _flags(L2_AHEAD: gl.constexpr, LAZY: gl.constexpr):
-    """A [2 ** L2_AHEAD, 1 + LAZY] tensor carrying the prefetch distance and the lazy-rescale switch into the
-    partitions: warp_specialize passes its arguments through IR values, so a constexpr arrives there as a run-time
-    scalar, but a shape survives."""
-    return gl.zeros([2 ** L2_AHEAD, 1 + int(LAZY)], gl.int32, gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0]))
+def _flags(L2_AHEAD: gl.constexpr):
+    """A [2 ** L2_AHEAD] tensor carrying the prefetch distance into the partitions: warp_specialize passes its
+    arguments through IR values, so a constexpr arrives there as a run-time scalar, but a shape survives."""
+    return gl.zeros([2 ** L2_AHEAD], gl.int32, gl.BlockedLayout([1], [32], [4], [0]))
 
 
 @gluon.constexpr_function
@@ -408,8 +359,7 @@ def _finish(acc, m_i, l_i, l_smem, l_bar, G: gl.constexpr, o_ptr, lse_ptr, b, hb
 def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
                                    s_bt, so_b, so_h, so_s, sl_b, sl_h, H, kv_ptr,
                                    DC: gl.constexpr, DR: gl.constexpr, PAGE: gl.constexpr, BLOCK_N: gl.constexpr,
-                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr, L2_AHEAD: gl.constexpr,
-                                   LAZY: gl.constexpr):
+                                   NUM_SPLITS: gl.constexpr, STAGES: gl.constexpr, L2_AHEAD: gl.constexpr):
     """The serial kernel's arguments and grid, plus kv_ptr (the contiguous cache, for the L2 prefetch); launched
     with 4 warps (WG0, the default partition) + a 4-warp worker (WG1); c_desc's box is [BLOCK_N, DC / 2] (a latent
     half) or, for the chunked schedule, a divisor of it. L2_AHEAD: the L2 prefetch's distance in tiles (0: none). See
@@ -455,7 +405,7 @@ def mla_decode_gluon_seesaw_kernel(q_desc, qpe_desc, c_desc, pe_desc, bt_ptr, le
 
     args = (q_smem, qpe_smem, c_smem, pe_smem, m_smem, l_smem, q_bar, kv_bar, ready_bar, l_bar, c_desc, pe_desc,
             bt_row, start, end, n_tiles, scale_log2, o_ptr, lse_ptr, b, hb, split, so_b, so_h, so_s, sl_b, sl_h, H,
-            PAGE, kv_ptr, _flags(L2_AHEAD, LAZY))
+            PAGE, kv_ptr, _flags(L2_AHEAD))
     gl.warp_specialize([(_seesaw_wg0, args), (_seesaw_wg1, args)], [4], [WG1_REGS])
 
     mbarrier.invalidate(q_bar)
