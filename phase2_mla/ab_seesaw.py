@@ -43,15 +43,12 @@ def parse_args(argv):
 def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits: int = 1) -> dict:
     """Check, then time every schedule in `rounds` interleaved rounds at (b, h, ctx) with `splits` ranges per
     sequence."""
-    from phase2_mla.bench_mla import DSV3, graph_ms, mla_inputs, mla_ref_full, ragged_case
+    from phase2_mla.bench_mla import graph_ms, mla_case
     from phase2_mla.mla_decode import mla_paged_decode
 
-    q_lat, q_pe, kv, bt, lens = mla_inputs(b, h, ctx)
-    scale = 192 ** -0.5
-    ref = mla_ref_full(q_lat, q_pe, kv, bt, ctx, scale)
-    rag_args, rag_ref = ragged_case(h)
-    kv_bytes = b * ctx * kv.shape[-1] * kv.element_size()
-    flops = 2 * b * h * ctx * (kv.shape[-1] + DSV3["dc"])
+    case = mla_case(b, h, ctx)
+    q_lat, q_pe, kv, bt, lens, scale = case["args"]
+    ref, rag_args, rag_ref, kv_bytes, flops = (case[k] for k in ("ref", "rag_args", "rag_ref", "kv_bytes", "flops"))
     fns, rows = {}, {}
     for s in schedules:
         cfg = dict(backend="gluon", num_splits=splits, gluon_schedule=s)

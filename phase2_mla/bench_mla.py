@@ -169,15 +169,23 @@ def ragged_case(h: int, seed: int = 5):
     return args, mla_paged_decode_ref(*args).float()
 
 
+def mla_case(b: int, h: int, ctx: int) -> dict:
+    """The timed inputs at (b, h, ctx) (`mla_inputs`), their fp32 reference, the ragged correctness case, and the
+    bytes / FLOPs a call moves and does: what sweep_mla and ab_seesaw check and time."""
+    q_lat, q_pe, kv, bt, lens = mla_inputs(b, h, ctx)
+    scale = 192 ** -0.5
+    rag_args, rag_ref = ragged_case(h)
+    return {"args": (q_lat, q_pe, kv, bt, lens, scale), "ref": mla_ref_full(q_lat, q_pe, kv, bt, ctx, scale),
+            "rag_args": rag_args, "rag_ref": rag_ref, "kv_bytes": b * ctx * kv.shape[-1] * kv.element_size(),
+            "flops": 2 * b * h * ctx * (kv.shape[-1] + DSV3["dc"])}
+
+
 def sweep_mla(b: int, h: int, ctx: int, configs: list[dict], label: str) -> dict:
     from phase2_mla.mla_decode import mla_paged_decode
 
-    q_lat, q_pe, kv, bt, lens = mla_inputs(b, h, ctx)
-    scale = 192 ** -0.5
-    ref = mla_ref_full(q_lat, q_pe, kv, bt, ctx, scale)
-    rag_args, rag_ref = ragged_case(h)
-    kv_bytes = b * ctx * kv.shape[-1] * kv.element_size()
-    flops = 2 * b * h * ctx * (kv.shape[-1] + DSV3["dc"])
+    case = mla_case(b, h, ctx)
+    q_lat, q_pe, kv, bt, lens, scale = case["args"]
+    ref, rag_args, rag_ref, kv_bytes, flops = (case[k] for k in ("ref", "rag_args", "rag_ref", "kv_bytes", "flops"))
     rows = []
     for cfg in tqdm(configs, desc=label):
         def fn(cfg=cfg):
