@@ -26,6 +26,8 @@
 #               on / off in one call                                                -> phase4 latency_gemv_<tag>
 #   gemvsweep   sweep_gemv_chain: both GEMV kernels' tiles timed inside the B=1 step -> phase4 gemv_chain_<tag>
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
+#   hostprof    the B=1 engine loop under cProfile: per-step host wall times, forward GPU times, top functions
+#                                                                                   -> phase4 profile_host_b1_<tag>
 #   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with piecewise mixed-step graphs
 #                                                                                   -> phase4 offline_gpu_1024_<tag>
 #   sharegpt    offline ShareGPT 1000 requests, continuous vs static throughput   -> phase4 sharegpt_static_vs_continuous_<tag>
@@ -166,6 +168,7 @@ fi
 if has gemvsweep; then
   step gemv_sweep 400 python3 -m phase4_scheduler.sweep_gemv_chain --random-weights --reps 40 --name "gemv_chain_$TAG"
 fi
+has hostprof && step hostprof 120 python3 -m phase4_scheduler.profile_host --name "profile_host_b1_$TAG"
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
   --variants graph+fused graph+fused+nopdl graph+fused+nosiluepi graph+fused+autotune graph+fused --name "latency_$TAG"
 if has offline; then
