@@ -43,23 +43,17 @@ def parse_args(argv):
 def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits: int = 1) -> dict:
     """Check, then time every schedule in `rounds` interleaved rounds at (b, h, ctx) with `splits` ranges per
     sequence."""
-    from phase2_mla.bench_mla import graph_ms, mla_case
-    from phase2_mla.mla_decode import mla_paged_decode
+    from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
 
     case = mla_case(b, h, ctx)
-    q_lat, q_pe, kv, bt, lens, scale = case["args"]
-    ref, rag_args, rag_ref, kv_bytes, flops = (case[k] for k in ("ref", "rag_args", "rag_ref", "kv_bytes", "flops"))
+    kv_bytes, flops = case["kv_bytes"], case["flops"]
     fns, rows = {}, {}
     for s in schedules:
         cfg = dict(backend="gluon", num_splits=splits, gluon_schedule=s)
-        fns[s] = lambda cfg=cfg: mla_paged_decode(q_lat, q_pe, kv, bt, lens, scale, max_seq_len=ctx, check=False,
-                                                  **cfg)
-        err = (fns[s]().float() - ref).abs().max().item()
-        rag_err = max((mla_paged_decode(*rag_args, num_splits=n, backend="gluon", gluon_schedule=s).float()
-                       - rag_ref).abs().max().item() for n in (1, 3))
-        rows[s] = {"schedule": s, "max_abs_err": err, "ragged_max_abs_err": rag_err,
-                   "correct": err < 2e-2 and rag_err < 2e-2, "ms_rounds": []}
-        print(f"  {h} heads / {splits} splits {s}: err {err:.4f} / ragged {rag_err:.4f}{'' if rows[s]['correct'] else '  WRONG'}",
+        fns[s] = mla_call(case, cfg, ctx)
+        err, rag_err, ok = check_mla(case, cfg, fns[s])
+        rows[s] = {"schedule": s, "max_abs_err": err, "ragged_max_abs_err": rag_err, "correct": ok, "ms_rounds": []}
+        print(f"  {h} heads / {splits} splits {s}: err {err:.4f} / ragged {rag_err:.4f}{'' if ok else '  WRONG'}",
               flush=True)
     timed = [s for s in schedules if rows[s]["correct"]]
     for r in range(rounds):
@@ -68,13 +62,11 @@ def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits:
     for s in timed:
         ms = statistics.median(rows[s]["ms_rounds"])
         rows[s].update(ms=ms, us=ms * 1e3, tb_s=kv_bytes / ms / 1e9, tflops=flops / ms / 1e9)
-        print(f"  {h} heads / {splits} splits {s}: {ms * 1e3:.1f} us = {kv_bytes / ms / 1e9:.3f} TB/s, {flops / ms / 1e9:.0f} TFLOP/s "
-              f"(rounds {', '.join(f'{x * 1e3:.1f}' for x in rows[s]['ms_rounds'])})", flush=True)
-    base = rows.get("seesaw", {}).get("ms")
-    if base:
-        for s in timed:
-            rows[s]["speedup_vs_seesaw"] = base / rows[s]["ms"]
-    return {"batch": b, "heads": h, "splits": splits, "ctx": ctx, "kv_bytes": kv_bytes, "flops": flops, "rows": list(rows.values())}
+        print(f"  {h} heads / {splits} splits {s}: {ms * 1e3:.1f} us = {kv_bytes / ms / 1e9:.3f} TB/s, "
+              f"{flops / ms / 1e9:.0f} TFLOP/s (rounds {', '.join(f'{x * 1e3:.1f}' for x in rows[s]['ms_rounds'])})",
+              flush=True)
+    return {"batch": b, "heads": h, "splits": splits, "ctx": ctx, "kv_bytes": kv_bytes, "flops": flops,
+            "rows": list(rows.values())}
 
 
 def main(argv=None) -> int:

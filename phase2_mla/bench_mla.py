@@ -180,22 +180,31 @@ def mla_case(b: int, h: int, ctx: int) -> dict:
             "flops": 2 * b * h * ctx * (kv.shape[-1] + DSV3["dc"])}
 
 
-def sweep_mla(b: int, h: int, ctx: int, configs: list[dict], label: str) -> dict:
+def mla_call(case: dict, cfg: dict, ctx: int):
+    """A zero-argument call of mla_paged_decode with `cfg` on the case's timed inputs."""
     from phase2_mla.mla_decode import mla_paged_decode
+    return lambda: mla_paged_decode(*case["args"], max_seq_len=ctx, check=False, **cfg)
 
+
+def check_mla(case: dict, cfg: dict, fn) -> tuple[float, float, bool]:
+    """Correctness before timing: the max abs error of the ragged case with cfg (at its split count and at 3) against
+    mla_paged_decode_ref, then of fn() (the timed inputs) against the fp32 reference; (err, ragged err, both < 2e-2)."""
+    from phase2_mla.mla_decode import mla_paged_decode
+    rag = {k: v for k, v in cfg.items() if k != "num_splits"}
+    ragged_err = max((mla_paged_decode(*case["rag_args"], num_splits=n, **rag).float() - case["rag_ref"])
+                     .abs().max().item() for n in (cfg["num_splits"] or 1, 3))
+    err = (fn().float() - case["ref"]).abs().max().item()
+    return err, ragged_err, err < 2e-2 and ragged_err < 2e-2
+
+
+def sweep_mla(b: int, h: int, ctx: int, configs: list[dict], label: str) -> dict:
     case = mla_case(b, h, ctx)
-    q_lat, q_pe, kv, bt, lens, scale = case["args"]
-    ref, rag_args, rag_ref, kv_bytes, flops = (case[k] for k in ("ref", "rag_args", "rag_ref", "kv_bytes", "flops"))
+    kv_bytes, flops = case["kv_bytes"], case["flops"]
     rows = []
     for cfg in tqdm(configs, desc=label):
-        def fn(cfg=cfg):
-            return mla_paged_decode(q_lat, q_pe, kv, bt, lens, scale, max_seq_len=ctx, check=False, **cfg)
+        fn = mla_call(case, cfg, ctx)
         try:  # correctness first (ragged case against mla_paged_decode_ref, then the timed inputs), then time
-            rag = {k: v for k, v in cfg.items() if k != "num_splits"}
-            ragged_err = max((mla_paged_decode(*rag_args, num_splits=n, **rag).float() - rag_ref).abs().max().item()
-                             for n in (cfg["num_splits"] or 1, 3))
-            err = (fn().float() - ref).abs().max().item()
-            ok = err < 2e-2 and ragged_err < 2e-2
+            err, ragged_err, ok = check_mla(case, cfg, fn)
             ms = graph_ms(fn, inner=5) if ok else float("nan")
             rows.append({**cfg, "ms": ms, "tb_s": kv_bytes / ms / 1e9, "tflops": flops / ms / 1e9, "max_abs_err": err,
                          "ragged_max_abs_err": ragged_err, "correct": ok})

@@ -94,12 +94,10 @@ from phase2_mla.mla_decode_gluon import online_softmax, split_range, store_parti
 
 SEESAW_BLOCK_N = 64  # tokens per tile (one page of 64; a page of 128 is two tiles)
 SEESAW_STAGES = 2  # KV slots: the current pair's two tiles
-SEESAW_WARPS = 4  # per warpgroup partition (the kernel runs 2 x 4 warps)
-SEESAW_C_SPLIT = 2  # the latent is loaded as two [64, DC / 2] halves (each warpgroup refills its own)
 WG1_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (WG1)
 PF_BYTES = gl.constexpr(36864)  # one L2 prefetch: half a 64-token tile of 1,152-byte rows
-PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 36864; "
-                      "mov.u32 $0, 0; }")
+PF_ASM = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; "
+                      f"@p cp.async.bulk.prefetch.L2.global [$1], {PF_BYTES.value}; mov.u32 $0, 0; }}")
 
 
 @gluon.constexpr_function

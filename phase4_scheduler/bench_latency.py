@@ -103,31 +103,49 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
                 os.environ[k] = v
 
 
-def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
+def b1_engine(loaded, prompt_len: int, new_tokens: int, **engine_kw):
+    """(engine, its TimedRunner, the fixed random prompt) for B=1 decode runs: the engine sized for one request of
+    prompt_len + new_tokens, its runner's decode calls timed by CUDA events (TimedRunner)."""
     from phase4_scheduler.engine import LLMEngine
 
-    parts = variant.split("+")
-    t0 = time.perf_counter()
     eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=prompt_len + new_tokens + 16, kv_memory="1GiB",
-                    cuda_graph="graph" in parts, fuse="fused" in parts, overlap=False if "sync" in parts else None)
-    setup_s = time.perf_counter() - t0
+                    **engine_kw)
     timer = TimedRunner(eng.runner)
     eng.runner.execute = timer
     prompt = torch.randint(100, loaded.config.vocab_size - 100, (prompt_len,),
                            generator=torch.Generator().manual_seed(0)).tolist()
+    return eng, timer, prompt
+
+
+def run_greedy(eng, request_id: str, prompt: list[int], new_tokens: int) -> dict:
+    """One greedy request of new_tokens (EOS ignored) stepped to the end: the engine's ms per output token (wall
+    time between the first and last outputs), the tokens, and each engine.step()'s wall time (ms)."""
+    eng.add_request(request_id, prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True))
+    stamps, tokens, step_ms = [], [], []
+    while eng.has_unfinished():
+        t = time.perf_counter()
+        outs = eng.step()
+        step_ms.append((time.perf_counter() - t) * 1e3)
+        for out in outs:
+            stamps.append(time.perf_counter())
+            tokens += out.new_token_ids
+    return {"ms_per_token": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3, "tokens": tokens,
+            "step_ms": step_ms}
+
+
+def _measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
+    parts = variant.split("+")
+    t0 = time.perf_counter()
+    eng, timer, prompt = b1_engine(loaded, prompt_len, new_tokens, cuda_graph="graph" in parts,
+                                   fuse="fused" in parts, overlap=False if "sync" in parts else None)
+    setup_s = time.perf_counter() - t0
     rows = []
     for rep in range(2):
         timer.events.clear()
         overlapped0 = eng.counters["num_overlapped_steps"]
-        eng.add_request(f"{variant}-{rep}", prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0,
-                                                                     ignore_eos=True))
-        stamps, tokens = [], []
-        while eng.has_unfinished():
-            for out in eng.step():
-                stamps.append(time.perf_counter())
-                tokens += out.new_token_ids
-        rows.append({"ms_per_token": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3,
-                     "forward_ms_median": statistics.median(timer.forward_ms()), "tokens": tokens,
+        run = run_greedy(eng, f"{variant}-{rep}", prompt, new_tokens)
+        rows.append({"ms_per_token": run["ms_per_token"],
+                     "forward_ms_median": statistics.median(timer.forward_ms()), "tokens": run["tokens"],
                      "overlapped_steps": eng.counters["num_overlapped_steps"] - overlapped0})
     best = rows[1]
     return {"variant": variant, "setup_s": setup_s, "engine_ms_per_token": best["ms_per_token"],

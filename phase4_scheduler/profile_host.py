@@ -15,7 +15,6 @@ import io
 import pstats
 import statistics
 import sys
-import time
 
 import torch
 
@@ -40,37 +39,23 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("profile_host needs a CUDA GPU (it profiles the graph-replaying, overlapped engine)")
         return 1
-    from common.model_loader import load_model
     from common.bench import write_result
-    from common.sampling import SamplingParams
-    from phase4_scheduler.bench_latency import TimedRunner
-    from phase4_scheduler.engine import LLMEngine
+    from common.model_loader import load_model
+    from phase4_scheduler.bench_latency import b1_engine, run_greedy
 
     loaded = load_model(args.model, device="cuda", dtype=torch.bfloat16, random_weights=True)
-    eng = LLMEngine(loaded, max_num_seqs=8, max_model_len=args.prompt_len + args.new_tokens + 16, kv_memory="1GiB",
-                    cuda_graph=True, fuse=True)
-    timer = TimedRunner(eng.runner)
-    eng.runner.execute = timer
-    prompt = torch.randint(100, loaded.config.vocab_size - 100, (args.prompt_len,),
-                           generator=torch.Generator().manual_seed(0)).tolist()
+    eng, timer, prompt = b1_engine(loaded, args.prompt_len, args.new_tokens, cuda_graph=True, fuse=True)
     result = {}
     for rep in ("warm", "profiled"):
         timer.events.clear()
-        eng.add_request(rep, prompt, SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True))
         prof = cProfile.Profile() if rep == "profiled" else None
-        steps, stamps = [], []
         if prof:
             prof.enable()
-        while eng.has_unfinished():
-            t = time.perf_counter()
-            outs = eng.step()
-            steps.append((time.perf_counter() - t) * 1e3)
-            if outs:
-                stamps.append(time.perf_counter())
+        run = run_greedy(eng, rep, prompt, args.new_tokens)
         if prof:
             prof.disable()
-        fwd = timer.forward_ms()
-        result[rep] = {"ms_per_token": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3,
+        steps, fwd = run["step_ms"], timer.forward_ms()
+        result[rep] = {"ms_per_token": run["ms_per_token"],
                        "step_ms": {"p10": pct(steps, 0.1), "p50": pct(steps, 0.5), "p90": pct(steps, 0.9),
                                    "p99": pct(steps, 0.99), "max": max(steps), "mean": statistics.fmean(steps)},
                        "forward_ms": {"p50": statistics.median(fwd), "p90": pct(fwd, 0.9), "max": max(fwd)},
