@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from common.pdl import pdl_args, pdl_wait
 from phase4_scheduler.fused_kernels import interpreting
 
 CHUNK = 32768  # logits per chunk: 64 per thread at 16 warps -- one load and one reduction for vocabularies <= 32K
@@ -30,7 +31,9 @@ def _chunk_max(x_ptr, c, offs, V, best_v, best_i, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def argmax_kernel(x_ptr, out_ptr, V, stride_x, CHUNK: tl.constexpr, NCHUNK: tl.constexpr, UNROLL: tl.constexpr):
+def argmax_kernel(x_ptr, out_ptr, host_ptr, V, stride_x, CHUNK: tl.constexpr, NCHUNK: tl.constexpr,
+                  UNROLL: tl.constexpr, HOST: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)  # the logits are the previous kernel's (the lm_head GEMV): nothing is read before this
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
     offs = tl.arange(0, CHUNK)
@@ -43,6 +46,8 @@ def argmax_kernel(x_ptr, out_ptr, V, stride_x, CHUNK: tl.constexpr, NCHUNK: tl.c
         for c in range(0, NCHUNK):
             best_v, best_i = _chunk_max(x_row, c, offs, V, best_v, best_i, CHUNK)
     tl.store(out_ptr + row, best_i.to(tl.int64))
+    if HOST:  # a pinned host buffer too (graph_io.py: a decode graph's tokens need no device->host copy)
+        tl.store(host_ptr + row, best_i.to(tl.int64))
 
 
 def warps_for(chunk: int) -> int:
@@ -50,9 +55,12 @@ def warps_for(chunk: int) -> int:
     return max(1, min(16, chunk // (64 * 32)))
 
 
-def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
+def greedy_argmax(logits: torch.Tensor, out: torch.Tensor | None = None,
+                  host_out: torch.Tensor | None = None) -> torch.Tensor:
     """logits [B, V] (float dtypes, last dim contiguous) -> [B] int64 = logits.argmax(-1). CUDA (or the Triton
-    interpreter); other devices take torch.argmax."""
+    interpreter); other devices take torch.argmax. `out`: a [B] int64 buffer to write (and return) instead of a new
+    one; `host_out`: a [B] int64 buffer in pinned host memory that the kernel writes too (graph_io.py; kernel path
+    only). Launched with PDL where it is on (common/pdl.py)."""
     if logits.dim() != 2:
         raise ValueError(f"greedy_argmax wants logits [B, V], got {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -60,13 +68,21 @@ def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
     b, v = logits.shape
     if v == 0:
         raise ValueError("greedy_argmax: an empty vocabulary has no argmax")
+    for name, t in (("out", out), ("host_out", host_out)):
+        if t is not None and (t.dtype != torch.int64 or t.shape != (b,)):
+            raise ValueError(f"greedy_argmax: {name} must be int64 [{b}], got {t.dtype} {tuple(t.shape)}")
     if not (logits.is_cuda or interpreting()) or b == 0:
-        return logits.argmax(-1)
+        if host_out is not None:
+            raise ValueError("greedy_argmax: host_out needs the kernel (CUDA or the Triton interpreter)")
+        return logits.argmax(-1) if out is None else torch.argmax(logits, -1, out=out)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    out = torch.empty(b, dtype=torch.int64, device=logits.device)
+    if out is None:
+        out = torch.empty(b, dtype=torch.int64, device=logits.device)
     chunk = min(CHUNK, triton.next_power_of_2(v))
     n = triton.cdiv(v, chunk)
-    argmax_kernel[(b,)](logits, out, v, logits.stride(0), CHUNK=chunk, NCHUNK=n, UNROLL=n <= UNROLL_CHUNKS,
-                        num_warps=warps_for(chunk))
+    pdl, launch = pdl_args(logits)
+    argmax_kernel[(b,)](logits, out, out if host_out is None else host_out, v, logits.stride(0), CHUNK=chunk,
+                        NCHUNK=n, UNROLL=n <= UNROLL_CHUNKS, HOST=host_out is not None, PDL=pdl,
+                        num_warps=warps_for(chunk), **launch)
     return out

@@ -72,8 +72,11 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     down projection's prologue / the gate_up GEMV's epilogue (fused_model.SILU_EPILOGUE_ENV), '+persist' /
     '+nopersist' with the persistent GEMV for every M == 1 projection / none (skinny_gemm.PERSISTENT_ENV), '+autotune'
     with the autotuner's M == 1 tiles instead of skinny_gemm.step_tile's (AUTOTUNE_ENV), '+torchargmax' with greedy
-    sampling through torch.argmax instead of argmax.greedy_argmax."""
+    sampling through torch.argmax instead of argmax.greedy_argmax (outside the decode graphs: with the default
+    direct graph I/O their argmax is the kernel, in the graph), '+graphcopy' with the decode graphs' inputs copied in
+    and their tokens copied out around the replay (cuda_graphs.GRAPH_IO_ENV=copy, the way before graph_io.py)."""
     from phase4_scheduler import sampler
+    from phase4_scheduler.cuda_graphs import GRAPH_IO_ENV
     from phase4_scheduler.fused_model import SILU_EPILOGUE_ENV
     from phase4_scheduler.skinny_gemm import AUTOTUNE_ENV, PERSISTENT_ENV, PREFETCH_ENV
     parts = variant.split("+")
@@ -81,7 +84,8 @@ def measure(loaded, variant: str, prompt_len: int, new_tokens: int) -> dict:
     onoff = lambda name: "1" if name in parts else "0" if "no" + name in parts else None  # noqa: E731
     switches = {pdl.ENV: "0" if "nopdl" in parts else None, DECODE_ENV: "unfused" if "unfused" in parts else None,
                 PREFETCH_ENV: l2pf[-1] if l2pf else "0", SILU_EPILOGUE_ENV: onoff("siluepi"),
-                PERSISTENT_ENV: onoff("persist"), AUTOTUNE_ENV: onoff("autotune")}
+                PERSISTENT_ENV: onoff("persist"), AUTOTUNE_ENV: onoff("autotune"),
+                GRAPH_IO_ENV: "copy" if "graphcopy" in parts else None}
     prev = {k: os.environ.get(k) for k in switches}
     for k, v in switches.items():
         if v is not None:

@@ -9,8 +9,11 @@ step while the GPU works 2.8 ms). A captured graph replays the same kernels with
 NOTE (static buffers and the scratch page): a graph reads its inputs from fixed addresses, so every step writes its
 token ids, positions, slot mapping, seq_lens and block tables into ONE pinned host buffer laid out exactly like the
 device buffer the graphs read (int64 ids | pos | slots | rows, then int32 seq_lens | tables: the dtypes the kernels
-take), and ONE host->device copy moves it: nothing else runs between two replays (an overlapped step adds one
-index_select, its ids gathered on the device from the previous step's tokens). Padding rows must be harmless: they
+take). With TITAN_GRAPH_IO=direct (the default) the graph's first kernel reads that pinned buffer itself and its
+last one writes the greedy tokens back to pinned memory, so nothing runs between two replays (graph_io.py; the
+staging and host-token buffers are doubled, a graph per size and parity); with "copy", ONE host->device copy moves
+it before the replay (an overlapped step adds one index_select, its ids gathered on the device from the previous
+step's tokens), and the sampler's argmax and a device->host copy follow. Padding rows must be harmless: they
 write their K/V into a scratch block that no request owns (index num_blocks of the pool, one block past what the
 allocator hands out) and attend over one token of it; they are written on the host, and only the rows a larger
 step left behind are re-padded. The block-table buffer is as wide as max_model_len needs, so the decode kernel's
@@ -18,11 +21,15 @@ split count (a function of the table width) is the same at capture and at every 
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 from common.cuda_graph import warm_up_and_capture
+from phase4_scheduler.argmax import greedy_argmax
+from phase4_scheduler.fused_kernels import interpreting
+from phase4_scheduler.graph_io import stage_inputs
 from phase4_scheduler.model_runner import BatchAttention, as_cpu_tensor, pad_tables
 
 
@@ -36,10 +43,52 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return sorted(set(sizes))
 
 
+GRAPH_IO_ENV, GRAPH_IO_MODES = "TITAN_GRAPH_IO", ("direct", "copy")  # read when the graphs are built
+
+
+def graph_io_mode() -> str:
+    """"direct" (default): the graphs read their staged inputs from pinned host memory and write their greedy tokens
+    back (graph_io.py); "copy": one host->device copy and the id gather outside the graph, argmax and the
+    device->host copy after it (the way before; bench_latency's '+graphcopy')."""
+    mode = os.environ.get(GRAPH_IO_ENV, "direct")
+    if mode not in GRAPH_IO_MODES:
+        raise ValueError(f"{GRAPH_IO_ENV}={mode!r}: expected one of {GRAPH_IO_MODES}")
+    return mode
+
+
+class _Staging:
+    """One host buffer in the graphs' input layout (`DecodeGraphs._views`), with the rows it may hold other than
+    padding."""
+
+    def __init__(self, graphs, pin: bool):
+        self.buf = torch.zeros(graphs._nbytes(graphs.max_batch), dtype=torch.uint8, pin_memory=pin)
+        self.views = graphs._views(self.buf)
+        self.ids, self.pos, self.slots, self.rows, self.lens, self.tables = self.views
+        self.runner, self.filled = graphs.runner, graphs.max_batch
+        self.pad(0)
+
+    def pad(self, b: int) -> None:
+        """Rows b.. become harmless padding (scratch slot, one cached token, the staged id 0); only rows a larger
+        step left. Rows [0, b) are the caller's to fill."""
+        if self.filled <= b:
+            self.filled = b
+            return
+        r, rows = self.runner, slice(b, self.filled)
+        self.ids[rows] = 0
+        self.pos[rows] = 0
+        self.rows[rows] = -1
+        self.slots[rows] = r.null_block * r.block_size
+        self.lens[rows] = 1
+        self.tables[rows] = r.null_block
+        self.filled = b
+
+
 class DecodeGraphs:
-    def __init__(self, runner, max_num_seqs: int, max_model_len: int, capture: bool = True):
+    def __init__(self, runner, max_num_seqs: int, max_model_len: int, capture: bool = True,
+                 io: str | None = None):
         """`capture=False` keeps the static buffers and padding but calls the forward instead of replaying a graph
-        (the CPU tests check the plumbing that way)."""
+        (the CPU tests check the plumbing that way). `io`: "direct" or "copy" (graph_io_mode(); "copy" without
+        capture)."""
         if capture and runner.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device; the runner is on {runner.device}")
         if max_num_seqs < 1:
@@ -48,17 +97,24 @@ class DecodeGraphs:
         self.sizes = capture_sizes(max_num_seqs)
         self.max_batch = self.sizes[-1]
         self.width = -(-max_model_len // runner.block_size)  # block-table columns
-        n, w, dev = self.max_batch, self.width, runner.device
-        self.host = torch.zeros(self._nbytes(n), dtype=torch.uint8, pin_memory=capture)  # pinned staging
-        self.dev = torch.zeros_like(self.host, device=dev)
-        h, d = self._views(self.host), self._views(self.dev)
-        self.h_ids, self.h_pos, self.h_slots, self.h_rows, self.h_lens, self.h_tables = h
-        self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = d
-        self.filled = n  # rows [0, filled) of the staging buffer may hold something other than padding
-        self._pad_host(0)
-        self.dev.copy_(self.host)
-        self.copied = torch.cuda.Event() if capture else None  # the staging buffer is free once its copy has run
-        self.graphs: dict[int, object] = {}
+        self.io = io or (graph_io_mode() if capture else "copy")
+        if self.io not in GRAPH_IO_MODES:
+            raise ValueError(f"io={self.io!r}: expected one of {GRAPH_IO_MODES}")
+        direct = self.io == "direct"
+        if direct and not capture and not interpreting():
+            raise RuntimeError("io='direct' without capture runs the Triton kernels: it needs the interpreter")
+        n, dev = self.max_batch, runner.device
+        self.staging = [_Staging(self, capture) for _ in range(2 if direct else 1)]  # pinned on the GPU
+        self.dev = torch.zeros_like(self.staging[0].buf, device=dev)
+        self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = self._views(self.dev)
+        self.dev.copy_(self.staging[0].buf)
+        # "copy": the staging buffer is free once its copy has run; "direct": staging / host tokens of parity p are
+        # free once the replay that read / wrote them has completed
+        self.done = [torch.cuda.Event() if capture else None for _ in self.staging]
+        self.k = 0  # replays so far: replay k uses staging (and host tokens) k % 2 in "direct"
+        self.tok = torch.zeros(n, dtype=torch.long, device=dev)  # "direct": the graphs' greedy tokens
+        self.host_tok = [torch.zeros(n, dtype=torch.long, pin_memory=capture) for _ in self.staging] if direct else []
+        self.graphs: dict[tuple[int, int], object] = {}  # (size, parity) -> graph
         # every size's graph converts its logits into rows [0, size) of this one buffer instead of owning a
         # [size, V] fp32 tensor (47 sizes up to 1,024 seats held ~12k rows: 1.6 GB at TinyLlama's vocabulary); the
         # engine samples a step's logits before it launches the next step, so one buffer serves them all
@@ -68,20 +124,30 @@ class DecodeGraphs:
         pool = None
         for b in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory pool
             ctx = BatchAttention(runner, self.tables32[:b], self.lens32[:b], self.slots[:b])
+            for p in range(len(self.staging) if direct else 1):
+                def step(b=b, ctx=ctx, p=p):
+                    if direct:
+                        stage_inputs(self.staging[p].views, self._views(self.dev), self.tok, b)
+                    out = runner.forward(self.ids[:b], self.pos[:b], ctx, None, out=self.logits[:b])
+                    if direct:
+                        greedy_argmax(out, out=self.tok[:b], host_out=self.host_tok[p][:b])
+                    return out
 
-            def step(b=b, ctx=ctx):
-                return runner.forward(self.ids[:b], self.pos[:b], ctx, None, out=self.logits[:b])
-
-            if not capture:
-                self.graphs[b] = step
-                continue
-            with torch.inference_mode():
-                g, _ = warm_up_and_capture(step, warmup=1, pool=pool)  # its output is a view of self.logits
-            pool = g.pool() if pool is None else pool
-            self.graphs[b] = g
+                if not capture:
+                    self.graphs[b, p] = step
+                    continue
+                with torch.inference_mode():
+                    g, _ = warm_up_and_capture(step, warmup=1, pool=pool)  # its output is a view of self.logits
+                pool = g.pool() if pool is None else pool
+                self.graphs[b, p] = g
         if capture:
             torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
+
+    @property
+    def filled(self) -> int:
+        """Rows of the last-used staging buffer that may hold something other than padding."""
+        return self.staging[(self.k - 1) % len(self.staging)].filled
 
     def fits(self, batch: int) -> bool:
         return batch <= self.max_batch
@@ -98,25 +164,12 @@ class DecodeGraphs:
         tables = buf[36 * n:].view(torch.int32).view(n, w)
         return i64[:n], i64[n:2 * n], i64[2 * n:3 * n], i64[3 * n:], lens, tables
 
-    def _pad_host(self, b: int) -> None:
-        """Staging rows b.. become harmless padding (scratch slot, one cached token); only rows a larger step left.
-        Rows [0, b) are the caller's to fill."""
-        if self.filled <= b:
-            self.filled = b
-            return
-        r, rows = self.runner, slice(b, self.filled)
-        self.h_ids[rows] = 0
-        self.h_pos[rows] = 0
-        self.h_rows[rows] = 0
-        self.h_slots[rows] = r.null_block * r.block_size
-        self.h_lens[rows] = 1
-        self.h_tables[rows] = r.null_block
-        self.filled = b
-
     def run(self, token_ids, positions, seq_lens, block_tables, slot_mapping, token_src=None) -> torch.Tensor:
-        """Stage one decode step's inputs on the host, copy them to the static buffers (one copy), replay the graph
-        for the next size >= B. `token_src` = (tokens on the device, rows [B] on the CPU): the ids are tokens[rows],
-        gathered on the device after the copy."""
+        """Stage one decode step's inputs on the host and replay the graph for the next size >= B. `token_src` =
+        (tokens on the device, rows [B] on the CPU): the ids are tokens[rows], gathered on the device. "copy": one
+        host->device copy to the static buffers, then the gather; "direct": the graph reads the staging buffer
+        itself and gathers from `tok` (graph_io.py), and `runner.graph_tokens` = (the step's greedy tokens on the
+        device, their pinned host copy, the event after which it is complete)."""
         rows = None if token_src is None else as_cpu_tensor(token_src[1], torch.long)
         ids = as_cpu_tensor(token_ids, torch.long) if rows is None else rows
         b = ids.shape[0]
@@ -126,28 +179,45 @@ class DecodeGraphs:
         if tables.shape[1] > self.width:
             raise ValueError(f"a block table has {tables.shape[1]} blocks; the graphs hold {self.width} "
                              f"(max_model_len)")
-        if self.copied is not None:
-            self.copied.synchronize()  # the previous step's copy has read the staging buffer
-        self._pad_host(b)
+        p = self.k % len(self.staging)
+        st, done = self.staging[p], self.done[p]
+        if done is not None:
+            done.synchronize()  # the replay that last read this staging buffer ("copy": its copy) has run
+        st.pad(b)
         if rows is None:
-            self.h_ids[:b] = ids
+            st.ids[:b] = ids
+            st.rows[:b] = -1
         else:
-            self.h_rows[:b] = rows
-        self.h_pos[:b] = as_cpu_tensor(positions, torch.long)
-        self.h_slots[:b] = as_cpu_tensor(slot_mapping, torch.long)
-        self.h_lens[:b] = as_cpu_tensor(seq_lens, torch.int32)
-        self.h_tables[:b].fill_(self.runner.null_block)
-        self.h_tables[:b, :tables.shape[1]] = tables
+            st.rows[:b] = rows
+        st.pos[:b] = as_cpu_tensor(positions, torch.long)
+        st.slots[:b] = as_cpu_tensor(slot_mapping, torch.long)
+        st.lens[:b] = as_cpu_tensor(seq_lens, torch.int32)
+        st.tables[:b].fill_(self.runner.null_block)
+        st.tables[:b, :tables.shape[1]] = tables
+        self.k += 1
+        if self.io == "direct":
+            if rows is not None and token_src[0].data_ptr() != self.tok.data_ptr():  # a step outside these graphs
+                if token_src[0].shape[0] > self.max_batch:
+                    raise ValueError(f"token_src holds {token_src[0].shape[0]} tokens; the graphs hold "
+                                     f"{self.max_batch} (max_num_seqs)")
+                self.tok[:token_src[0].shape[0]].copy_(token_src[0])
+            if done is None:  # capture=False (the interpreter): the same three steps, run now
+                self.graphs[size, p]()
+            else:
+                self.graphs[size, p].replay()
+                done.record()
+            self.runner.graph_tokens = (self.tok[:b], self.host_tok[p][:b], done)
+            return self.logits[:b]
         nbytes = self._nbytes(size)  # the tables of this graph's size: its padding rows included
-        self.dev[:nbytes].copy_(self.host[:nbytes], non_blocking=True)
-        if self.copied is not None:
-            self.copied.record()
+        self.dev[:nbytes].copy_(st.buf[:nbytes], non_blocking=True)
+        if done is not None:
+            done.record()
         if rows is not None:  # rows -> the previous step's tokens, on the device (queued after that step)
             torch.index_select(token_src[0], 0, self.rows[:b], out=self.ids[:b])
-        if self.copied is None:  # capture=False: run the same forward on the same buffers
-            self.graphs[size]()
+        if done is None:  # capture=False: run the same forward on the same buffers
+            self.graphs[size, 0]()
         else:
-            self.graphs[size].replay()
+            self.graphs[size, 0].replay()
         return self.logits[:b]
 
     def __repr__(self) -> str:

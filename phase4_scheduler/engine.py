@@ -320,7 +320,11 @@ class LLMEngine:
         if not ready:
             return []
         sync = bool(self._sync_ids)
-        tokens = self.sampler(logits, ready, process=True) if sync else self.sampler(logits, ready)
+        if sync:
+            tokens = self.sampler(logits, ready, process=True)
+        else:
+            greedy = self._graph_greedy(scheduled, ready)
+            tokens = self.sampler(logits, ready, greedy=greedy[0] if greedy else None)
         for req, tok in zip(ready, tokens):
             req.output_token_ids.append(tok)
         if sync:  # logprobs come from these logits: such requests never run overlapped (above)
@@ -377,8 +381,12 @@ class LLMEngine:
                 raise RuntimeError(f"overlapped decode expected a decode-only plan over the in-flight requests: {plan}")
         logits = self.runner.execute(*self._prepare(plan), token_src=src)  # [B, V]
         logits, ready = _advance(scheduled, logits)
-        tokens = self.sampler.sample_on_device(logits, ready)  # [B] on the device
-        host, done = self._ring.copy_out(tokens)
+        greedy = self._graph_greedy(scheduled, ready)
+        tokens = self.sampler.sample_on_device(logits, ready, greedy=greedy[0] if greedy else None)  # [B], device
+        if greedy is not None and not self.sampler.sampled_any:  # the graph wrote the tokens to the host already
+            host, done = greedy[1], greedy[2]
+        else:
+            host, done = self._ring.copy_out(tokens)
         for req in ready:
             req.output_token_ids.append(PLACEHOLDER)
             req.num_pending_tokens += 1
@@ -388,6 +396,12 @@ class LLMEngine:
         self.counters["num_overlapped_mixed_steps"] += prev is not None and not plan.decode_only
         return InFlight(ready, {r.request_id: i for i, r in enumerate(ready)}, tokens, host, done,
                         frozenset(r.request_id for r, _ in scheduled))
+
+    def _graph_greedy(self, scheduled, ready) -> tuple | None:
+        """The decode graph's (greedy tokens on the device, pinned host copy, event) when the step replayed one
+        (graph_io.py) and every row samples (rows line up with the tokens), else None."""
+        out = self.runner.graph_tokens
+        return out if out is not None and len(ready) == len(scheduled) else None
 
     def _prepare(self, plan) -> tuple:
         return prepare_inputs(plan, self.kv, self.runner_tensors)

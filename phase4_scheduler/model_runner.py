@@ -204,6 +204,7 @@ class ModelRunner:
                 self.model.warmup()  # autotuning must be over before any capture
         self.step_timer = StepTimer() if step_timing_enabled(self.device) else None  # TITAN_STEP_TIMING=1
         self.graphs = None
+        self.graph_tokens = None  # (greedy tokens [B] on the device, their pinned host copy, its event) or None
         want = (self.device.type == "cuda" and self.backend == "triton") if cuda_graph is None else cuda_graph
         if want:
             from phase4_scheduler.cuda_graphs import DecodeGraphs
@@ -269,6 +270,7 @@ class ModelRunner:
         steps): token_ids holds every id but those at token positions dst, which are tokens[rows] (scattered on
         the device). `extra_rows`: token rows whose logits are wanted too (prompt logprobs): then returns
         (logits [B, V], their logits [len(extra_rows), V]), from an eager forward."""
+        self.graph_tokens = None  # set by a decode graph that computed the step's greedy tokens (graph_io.py)
         q_lens_t = as_cpu_tensor(q_lens, torch.int32)
         b, max_q_len = q_lens_t.shape[0], int(q_lens_t.max())
         decode_only = max_q_len == 1

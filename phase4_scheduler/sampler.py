@@ -70,27 +70,40 @@ def process_logits(logits: torch.Tensor, requests: list[Request]) -> torch.Tenso
 
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, requests: list[Request], process: bool = False) -> list[int]:
-        """logits [B, V] (row i belongs to requests[i]) -> B token ids on the host (one device->host copy)."""
-        return self.sample_on_device(logits, requests, process).tolist()
+    sampled_any = False  # whether the last sample_on_device drew any row (else its tokens are the greedy ones)
 
-    def sample_on_device(self, logits: torch.Tensor, requests: list[Request], process: bool = False) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, requests: list[Request], process: bool = False,
+                 greedy: torch.Tensor | None = None) -> list[int]:
+        """logits [B, V] (row i belongs to requests[i]) -> B token ids on the host (one device->host copy)."""
+        return self.sample_on_device(logits, requests, process, greedy).tolist()
+
+    def sample_on_device(self, logits: torch.Tensor, requests: list[Request], process: bool = False,
+                         greedy: torch.Tensor | None = None) -> torch.Tensor:
         """logits [B, V] -> token ids [B] (long) on logits' device, with no host sync of its own: overlapped decode
         keeps them there to feed the next step. Greedy rows: one argmax; unseeded sampled rows: one batched draw per
         (temperature, top_k, top_p) group; seeded rows: one draw each with the request's own generator.
         `process`: some request may have penalties or a logit bias (the engine knows; checking every row every step
-        would cost the common case): `process_logits` first."""
+        would cost the common case): `process_logits` first. `greedy`: logits' argmax [B] already computed (a decode
+        graph's last node, graph_io.py); returned with the sampled rows written into it (ignored with `process`,
+        whose logits differ)."""
         if logits.shape[0] != len(requests):
             raise ValueError(f"{logits.shape[0]} logit rows for {len(requests)} requests")
+        if greedy is not None and greedy.shape != (len(requests),):
+            raise ValueError(f"greedy tokens {tuple(greedy.shape)} for {len(requests)} requests")
         if process:
-            logits = process_logits(logits, requests)
+            logits, greedy = process_logits(logits, requests), None
         # [B]: right for every greedy row (on the GPU our one-pass kernel, ~1/3 of torch's reduce at B=1: argmax.py)
-        tokens = greedy_argmax(logits) if logits.is_cuda else logits.argmax(-1)
+        if greedy is not None:
+            tokens = greedy
+        else:
+            tokens = greedy_argmax(logits) if logits.is_cuda else logits.argmax(-1)
+        self.sampled_any = False
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             p = req.params
             if p.temperature == 0.0:
                 continue
+            self.sampled_any = True
             if p.seed is None:
                 groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
                 continue

@@ -66,7 +66,7 @@ class StepTimer:
         r = self.eng.runner
         r.graphs = self.make(r, 1, self.eng.max_model_len)  # capture with whatever tiles are pinned now
         r.graphs.run(*self.args)  # fill the static buffers with the recorded step's inputs
-        g = r.graphs.graphs[1]
+        g = r.graphs.graphs[1, 0]  # (size, parity)
         times = []
         for _ in range(self.reps):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -26,6 +26,10 @@
 #               on / off in one call                                                -> phase4 latency_gemv_<tag>
 #   gemvsweep   sweep_gemv_chain: both GEMV kernels' tiles timed inside the B=1 step -> phase4 gemv_chain_<tag>
 #   b1          B=1 decode, TinyLlama-1.1B shapes (with and without PDL)             -> phase4 latency_<tag>
+#   graphio     direct graph I/O (graph_io.py): GPU tests of the graphs, argmax, overlap and engine, then B=1
+#               with the graphs' inputs read from pinned memory / copied in, alternating -> phase4 latency_graphio_<tag>
+#   mlacont     contention_mla: the seesaw's us per tile at 32-128 programs sharing / not sharing their latent,
+#               and the L2 / DRAM read bandwidth                         -> phase2 contention_mla_<tag>
 #   hostprof    the B=1 engine loop under cProfile: per-step host wall times, forward GPU times, top functions
 #                                                                                   -> phase4 profile_host_b1_<tag>
 #   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with piecewise mixed-step graphs
@@ -167,6 +171,18 @@ if has gemv; then  # the SiLU epilogue and the persistent GEMV: GPU tests, B=1 A
 fi
 if has gemvsweep; then
   step gemv_sweep 400 python3 -m phase4_scheduler.sweep_gemv_chain --random-weights --reps 40 --name "gemv_chain_$TAG"
+fi
+if has graphio; then  # direct graph I/O (graph_io.py): GPU tests of what it touches, then B=1 direct / copy A/B
+  step graphio_tests 300 python3 -m pytest -q -m gpu -p no:cacheprovider phase4_scheduler/tests/test_cuda_graphs.py \
+    phase4_scheduler/tests/test_argmax.py phase4_scheduler/tests/test_overlap.py \
+    phase4_scheduler/tests/test_overlap_mixed.py phase4_scheduler/tests/test_engine.py
+  step b1_graphio 300 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
+    --variants graph+fused graph+fused+graphcopy graph+fused graph+fused+graphcopy graph+fused \
+    --name "latency_graphio_$TAG"
+fi
+if has mlacont; then  # the seesaw's time per tile at more and fewer programs, sharing or not their latent
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlacont 300 python3 -m phase2_mla.contention_mla \
+    --name "contention_mla_$TAG"
 fi
 has hostprof && step hostprof 120 python3 -m phase4_scheduler.profile_host --name "profile_host_b1_$TAG"
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \

@@ -39,6 +39,28 @@ def test_bad_inputs_raise_clear_errors():
     assert am.greedy_argmax(torch.randn(0, 7)).shape == (0,)
 
 
+def test_greedy_argmax_into_given_buffers(monkeypatch):
+    """out= is written and returned; host_out= (a pinned host buffer on the GPU: graph_io.py) gets the same ids."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(1))
+    out, host = torch.full((3,), -1, dtype=torch.long), torch.full((3,), -1, dtype=torch.long)
+    got = am.greedy_argmax(x, out=out, host_out=host)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(out, x.argmax(-1)) and torch.equal(host, out)
+    with pytest.raises(ValueError, match="int64"):
+        am.greedy_argmax(x, out=torch.empty(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        am.greedy_argmax(x, host_out=torch.empty(4, dtype=torch.long))
+
+
+def test_greedy_argmax_out_without_the_kernel(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors, no interpreter: torch.argmax into out
+    x = torch.randn(2, 50, generator=torch.Generator().manual_seed(2))
+    out = torch.empty(2, dtype=torch.long)
+    assert am.greedy_argmax(x, out=out).data_ptr() == out.data_ptr() and torch.equal(out, x.argmax(-1))
+    with pytest.raises(ValueError, match="host_out needs the kernel"):
+        am.greedy_argmax(x, host_out=torch.empty(2, dtype=torch.long))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("b,v", [(1, 32000), (7, 32000), (64, 49152), (3, 128256)])
 def test_gpu_greedy_argmax_at_vocab_sizes(b, v):
@@ -60,8 +82,9 @@ def test_argmax_compiles_for_the_h100_without_spills(v):
 from common.ptxas import hopper_resources
 from phase4_scheduler import argmax as am
 n = -(-{v} // am.CHUNK)
-r = hopper_resources(am.argmax_kernel, dict(x_ptr="*bf16", out_ptr="*i64", V="i32", stride_x="i32"),
-                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS), am.warps_for(am.CHUNK), 3,
+r = hopper_resources(am.argmax_kernel, dict(x_ptr="*bf16", out_ptr="*i64", host_ptr="*i64", V="i32", stride_x="i32"),
+                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS, HOST=True, PDL=True),
+                     am.warps_for(am.CHUNK), 3,
                      divisible=["x_ptr"])
 print("RES", r["registers"], r["spill_store_bytes"], r["ptxas_error"] or "ok")
 """

@@ -238,3 +238,27 @@ def test_on_forward_hook_fires_once_per_step_before_the_outputs(tiny, overlap):
         steps += 1
         assert len(fired) == steps and fired[-1] == n_before  # fired once, before this call resolved any token
     assert eng.counters["num_generation_tokens"] == 15
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_direct_graph_io_engine_matches_the_plain_engine(tiny, overlap):
+    """The engine over decode graphs with TITAN_GRAPH_IO=direct (capture=False: the graphs' three steps run under
+    the interpreter): greedy rows take the graph's tokens (and, when no row sampled, its host copy: no copy_out),
+    seeded sampled rows are drawn into the same buffer; tokens identical to the plain synchronous engine's."""
+    from phase4_scheduler.cuda_graphs import DecodeGraphs
+
+    ps = prompts(5, seed=31)
+    params = [SamplingParams(max_tokens=m, temperature=t, seed=sd, ignore_eos=True)
+              for m, t, sd in ((9, 0.0, None), (6, 0.9, 5), (12, 0.0, None), (3, 0.0, None), (8, 1.2, 6))]
+    ref = stream(LLMEngine(tiny, overlap=False, num_blocks=96, block_size=8), list(zip(ps, params)))
+    eng = LLMEngine(tiny, overlap=overlap, num_blocks=96, block_size=8, max_num_seqs=8)
+    eng.runner.graphs = DecodeGraphs(eng.runner, 8, eng.max_model_len, capture=False, io="direct")
+    copies = []
+    if overlap:
+        inner = eng._ring.copy_out
+        eng._ring.copy_out = lambda t: (copies.append(t.shape[0]), inner(t))[1]
+    got = stream(eng, list(zip(ps, params)))
+    assert {k: o.output_token_ids for k, o in got[1].items()} == {k: o.output_token_ids for k, o in ref[1].items()}
+    assert got[0] == ref[0] and eng.runner.graphs.steps > 5
+    if overlap:  # steps whose rows were all greedy came back through the graph's host tokens, not copy_out
+        assert eng.counters["num_overlapped_steps"] > 0 and len(copies) < eng.counters["num_steps"]

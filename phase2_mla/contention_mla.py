@@ -1,0 +1,115 @@
+"""Why the seesaw stops near 2.3 TB/s at 128 heads: the same work per program, timed with more and fewer programs.
+
+    python -m phase2_mla.contention_mla [--rounds 5] [--name contention_mla_<tag>]     # a Hopper GPU
+
+At DeepSeek-V3's 128 heads every sequence is two programs (64-head blocks) that stream the SAME latent: the DRAM reads
+it once (the second program finds it in the L2), but each program's TMA moves its own copy from the L2 into its SM's
+shared memory, so the L2 -> SM traffic is twice the DRAM traffic (B=64, ctx 4K: 604 MB against 302). Each program's
+work is identical (64 tiles of 64 tokens x 64 heads) whatever the head count, so the time per tile a program takes
+at different numbers of programs, and with programs that share or do not share their latent, says which shared
+resource slows them down:
+
+    heads  batch  programs  DRAM bytes  L2->SM bytes
+    128     16/32/48/64   32/64/96/128   1x          2x    (two programs a latent)
+     64     32/64/128     32/64/128      1x          1x    (one program a latent)
+
+Also measured, same call: the GPU's read bandwidth from the L2 (a buffer that fits it, read over and over by every
+SM) and from DRAM (a buffer far larger than the L2), by a plain Triton streaming kernel: a floor for the L2 -> SM
+ceiling that the 128-head case's 2x traffic runs into. Writes phase2_mla/results/<name>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+READ_BLOCK = 4096  # fp32 elements a program loads per iteration (16 KB; 8 warps: four 16-byte loads a thread)
+
+
+@triton.jit
+def read_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, REPS: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p sums its slice [p ITERS BLOCK, (p + 1) ITERS BLOCK) of x REPS times (a streaming read). The loop
+    bounds are constexprs: the CPU interpreter cannot take a run-time loop bound (numpy 2 refuses the conversion)."""
+    pid = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    base = x_ptr + pid.to(tl.int64) * (ITERS * BLOCK)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for _ in range(REPS):
+        for i in range(ITERS):
+            acc += tl.load(base + i * BLOCK + offs)
+    tl.store(out_ptr + pid * BLOCK + offs, acc)
+
+
+def read_tb_s(total_bytes: int, reps: int, programs_per_sm: int = 4) -> dict:
+    """Read bandwidth of `reps` passes over a `total_bytes` fp32 buffer split evenly over programs_per_sm programs an
+    SM (median of graph-timed calls)."""
+    from phase2_mla.bench_mla import graph_ms
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    progs = sms * programs_per_sm
+    iters = max(1, total_bytes // 4 // progs // READ_BLOCK)
+    per_prog = iters * READ_BLOCK
+    x = torch.ones(progs * per_prog, device="cuda", dtype=torch.float32)
+    out = torch.empty(progs * READ_BLOCK, device="cuda", dtype=torch.float32)
+
+    def fn():
+        read_kernel[(progs,)](x, out, ITERS=iters, REPS=reps, BLOCK=READ_BLOCK, num_warps=8)
+
+    ms = graph_ms(fn, inner=3, iters=10)
+    if out[0].item() != reps * iters:
+        raise RuntimeError("read_kernel summed the wrong number of elements")
+    nbytes = x.numel() * 4 * reps
+    return {"buffer_bytes": x.numel() * 4, "reps": reps, "programs": progs, "ms": ms, "tb_s": nbytes / ms / 1e9}
+
+
+def contention_case(h: int, b: int, rounds: int, ctx: int = 4096) -> dict:
+    """The default seesaw at (h heads, b sequences, ctx) with one split: checked, then timed `rounds` times."""
+    from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
+    case = mla_case(b, h, ctx)
+    cfg = dict(backend="gluon", num_splits=1, gluon_schedule="seesaw")
+    fn = mla_call(case, cfg, ctx)
+    err, rag_err, ok = check_mla(case, cfg, fn)
+    if not ok:
+        raise RuntimeError(f"seesaw wrong at {h} heads, B={b}: err {err:.4f} / ragged {rag_err:.4f}")
+    ms = statistics.median(graph_ms(fn, inner=5, iters=10) for _ in range(rounds))
+    blocks = -(-h // 64)  # 64-head blocks: programs a sequence
+    tiles = ctx // 64
+    kv = case["kv_bytes"]
+    tile_bytes = 64 * 576 * 2
+    return {"heads": h, "batch": b, "programs": b * blocks, "us": ms * 1e3, "tiles_per_program": tiles,
+            "us_per_tile": ms * 1e3 / tiles, "dram_tb_s": kv / ms / 1e9,
+            "l2_to_sm_tb_s": b * blocks * tiles * tile_bytes / ms / 1e9, "max_abs_err": err}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m phase2_mla.contention_mla", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cases", default="128x16,128x32,128x48,128x64,64x32,64x64,64x128",
+                    help="comma-separated HEADSxBATCH cases (ctx 4K, one split)")
+    ap.add_argument("--name", default="contention_mla")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        print("contention_mla needs a Hopper GPU (sm_90): the seesaw kernel is Gluon wgmma / TMA code")
+        return 1
+    from common.bench import write_result
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    reads = {"l2_resident": read_tb_s(l2 // 4, reps=40), "dram": read_tb_s(2 << 30, reps=1)}
+    for k, r in reads.items():
+        print(f"read {k}: {r['buffer_bytes'] / 2**20:.0f} MiB x {r['reps']}: {r['tb_s']:.2f} TB/s", flush=True)
+    cases = []
+    for c in args.cases.split(","):
+        h, b = (int(v) for v in c.split("x"))
+        r = contention_case(h, b, args.rounds)
+        cases.append(r)
+        print(f"{h} heads B={b}: {r['programs']} programs, {r['us']:.1f} us, {r['us_per_tile']:.3f} us a tile, "
+              f"DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} TB/s", flush=True)
+    write_result("phase2_mla", args.name, {"reads": reads, "cases": cases, "l2_bytes": l2})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""contention_mla (the per-program slowdown diagnostic, run on the GPU machine): its streaming read kernel sums what
+it reads (the interpreter here), and on a CPU machine the script refuses clearly."""
+import pytest
+import torch
+
+from phase2_mla import contention_mla as cm
+
+
+def test_read_kernel_reads_each_slice_reps_times():
+    progs, per_prog, reps = 3, 2 * cm.READ_BLOCK, 2
+    x = torch.arange(progs * per_prog, dtype=torch.float32) % 7
+    out = torch.empty(progs * cm.READ_BLOCK)
+    cm.read_kernel[(progs,)](x, out, ITERS=per_prog // cm.READ_BLOCK, REPS=reps, BLOCK=cm.READ_BLOCK)
+    want = reps * x.view(progs, per_prog // cm.READ_BLOCK, cm.READ_BLOCK).sum(1)
+    torch.testing.assert_close(out.view(progs, cm.READ_BLOCK), want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the benchmark")
+def test_contention_needs_hopper_and_says_so(capsys):
+    assert cm.main(["--rounds", "1"]) == 1
+    assert "needs a Hopper GPU" in capsys.readouterr().out
