@@ -31,14 +31,15 @@ READ_BLOCK = 4096  # fp32 elements a program loads per iteration (16 KB; 8 warps
 
 
 @triton.jit
-def read_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, REPS: tl.constexpr, BLOCK: tl.constexpr):
-    """Program p sums its slice [p ITERS BLOCK, (p + 1) ITERS BLOCK) of x REPS times (a streaming read). The loop
-    bounds are constexprs: the CPU interpreter cannot take a run-time loop bound (numpy 2 refuses the conversion)."""
+def read_kernel(x_ptr, out_ptr, nprog, ITERS: tl.constexpr, REPS: tl.constexpr, BLOCK: tl.constexpr):
+    """In pass r, program p sums slice (p + r) % nprog of x (ITERS BLOCK elements a slice): a streaming read whose
+    addresses change every pass, so no pass's loads can be hoisted out of the loop. The loop bounds are constexprs:
+    the CPU interpreter cannot take a run-time loop bound (numpy 2 refuses the conversion)."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
-    base = x_ptr + pid.to(tl.int64) * (ITERS * BLOCK)
     acc = tl.zeros([BLOCK], tl.float32)
-    for _ in range(REPS):
+    for r in range(REPS):
+        base = x_ptr + ((pid + r) % nprog).to(tl.int64) * (ITERS * BLOCK)
         for i in range(ITERS):
             acc += tl.load(base + i * BLOCK + offs)
     tl.store(out_ptr + pid * BLOCK + offs, acc)
@@ -56,20 +57,46 @@ def read_tb_s(total_bytes: int, reps: int, programs_per_sm: int = 4) -> dict:
     out = torch.empty(progs * READ_BLOCK, device="cuda", dtype=torch.float32)
 
     def fn():
-        read_kernel[(progs,)](x, out, ITERS=iters, REPS=reps, BLOCK=READ_BLOCK, num_warps=8)
+        read_kernel[(progs,)](x, out, progs, ITERS=iters, REPS=reps, BLOCK=READ_BLOCK, num_warps=8)
 
     ms = graph_ms(fn, inner=3, iters=10)
     if out[0].item() != reps * iters:
         raise RuntimeError("read_kernel summed the wrong number of elements")
     nbytes = x.numel() * 4 * reps
-    return {"buffer_bytes": x.numel() * 4, "reps": reps, "programs": progs, "ms": ms, "tb_s": nbytes / ms / 1e9}
+    return {"buffer_bytes": x.numel() * 4, "reps": reps, "programs": progs, "ms": ms, "tb_s": nbytes / ms / 1e9,
+            **clocks_under(fn)}
 
 
-def contention_case(h: int, b: int, rounds: int, ctx: int = 4096) -> dict:
-    """The default seesaw at (h heads, b sequences, ctx) with one split: checked, then timed `rounds` times."""
+def clocks_under(fn, seconds: float = 0.4) -> dict:
+    """The SM clock (MHz) and board power (W) nvidia-smi reports while fn runs back to back for ~`seconds` (queued
+    ahead, so the GPU is busy when nvidia-smi samples it); {} without nvidia-smi."""
+    import shutil
+    import subprocess
+    import time
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    one = max(time.perf_counter() - t, 1e-6)
+    for _ in range(max(1, int(seconds / one))):
+        fn()
+    q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True, timeout=30)
+    torch.cuda.synchronize()
+    try:
+        mhz, watts = (float(v) for v in q.stdout.strip().splitlines()[0].split(","))
+    except (ValueError, IndexError):
+        return {}
+    return {"sm_clock_mhz": mhz, "power_w": watts}
+
+
+def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str = "seesaw") -> dict:
+    """The seesaw `schedule` at (h heads, b sequences, ctx) with one split: checked, then timed `rounds` times."""
     from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
     case = mla_case(b, h, ctx)
-    cfg = dict(backend="gluon", num_splits=1, gluon_schedule="seesaw")
+    cfg = dict(backend="gluon", num_splits=1, gluon_schedule=schedule)
     fn = mla_call(case, cfg, ctx)
     err, rag_err, ok = check_mla(case, cfg, fn)
     if not ok:
@@ -79,7 +106,7 @@ def contention_case(h: int, b: int, rounds: int, ctx: int = 4096) -> dict:
     tiles = ctx // 64
     kv = case["kv_bytes"]
     tile_bytes = 64 * 576 * 2
-    return {"heads": h, "batch": b, "programs": b * blocks, "us": ms * 1e3, "tiles_per_program": tiles,
+    return {"heads": h, "batch": b, "schedule": schedule, "programs": b * blocks, **clocks_under(fn), "us": ms * 1e3, "tiles_per_program": tiles,
             "us_per_tile": ms * 1e3 / tiles, "dram_tb_s": kv / ms / 1e9,
             "l2_to_sm_tb_s": b * blocks * tiles * tile_bytes / ms / 1e9, "max_abs_err": err}
 
@@ -88,8 +115,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m phase2_mla.contention_mla", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cases", default="128x16,128x32,128x48,128x64,64x32,64x64,64x128",
-                    help="comma-separated HEADSxBATCH cases (ctx 4K, one split)")
+    ap.add_argument("--cases", default="128x16,128x32,128x48,128x64,128x64:seesaw_noprefetch,64x32,64x64,"
+                                       "64x64:seesaw_prefetch,64x128",
+                    help="comma-separated HEADSxBATCH[:schedule] cases (ctx 4K, one split; default schedule seesaw)")
     ap.add_argument("--name", default="contention_mla")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
@@ -99,14 +127,17 @@ def main(argv=None) -> int:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     reads = {"l2_resident": read_tb_s(l2 // 4, reps=40), "dram": read_tb_s(2 << 30, reps=1)}
     for k, r in reads.items():
-        print(f"read {k}: {r['buffer_bytes'] / 2**20:.0f} MiB x {r['reps']}: {r['tb_s']:.2f} TB/s", flush=True)
+        print(f"read {k}: {r['buffer_bytes'] / 2**20:.0f} MiB x {r['reps']}: {r['tb_s']:.2f} TB/s, SM clock "
+              f"{r.get('sm_clock_mhz', '?')} MHz", flush=True)
     cases = []
     for c in args.cases.split(","):
-        h, b = (int(v) for v in c.split("x"))
-        r = contention_case(h, b, args.rounds)
+        shape, _, schedule = c.partition(":")
+        h, b = (int(v) for v in shape.split("x"))
+        r = contention_case(h, b, args.rounds, schedule=schedule or "seesaw")
         cases.append(r)
-        print(f"{h} heads B={b}: {r['programs']} programs, {r['us']:.1f} us, {r['us_per_tile']:.3f} us a tile, "
-              f"DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} TB/s", flush=True)
+        print(f"{h} heads B={b} {r['schedule']}: {r['programs']} programs, {r['us']:.1f} us, "
+              f"{r['us_per_tile']:.3f} us a tile, DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} "
+              f"TB/s, SM clock {r.get('sm_clock_mhz', '?')} MHz, {r.get('power_w', '?')} W", flush=True)
     write_result("phase2_mla", args.name, {"reads": reads, "cases": cases, "l2_bytes": l2})
     return 0
 

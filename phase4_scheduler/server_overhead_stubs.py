@@ -33,7 +33,7 @@ class TokenWalk:
         self.ids = tokenizer.encode(SAMPLE_TEXT * 4)
         self.pos: dict[str, int] = {}
 
-    def __call__(self, logits, reqs, process: bool = False):
+    def __call__(self, logits, reqs, process: bool = False, greedy=None):
         ids, n, out = self.ids, len(self.ids), []
         for r in reqs:
             k = self.pos.get(r.request_id, hash(r.request_id) % n)

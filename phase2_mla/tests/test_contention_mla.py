@@ -10,8 +10,9 @@ def test_read_kernel_reads_each_slice_reps_times():
     progs, per_prog, reps = 3, 2 * cm.READ_BLOCK, 2
     x = torch.arange(progs * per_prog, dtype=torch.float32) % 7
     out = torch.empty(progs * cm.READ_BLOCK)
-    cm.read_kernel[(progs,)](x, out, ITERS=per_prog // cm.READ_BLOCK, REPS=reps, BLOCK=cm.READ_BLOCK)
-    want = reps * x.view(progs, per_prog // cm.READ_BLOCK, cm.READ_BLOCK).sum(1)
+    cm.read_kernel[(progs,)](x, out, progs, ITERS=per_prog // cm.READ_BLOCK, REPS=reps, BLOCK=cm.READ_BLOCK)
+    sums = x.view(progs, per_prog // cm.READ_BLOCK, cm.READ_BLOCK).sum(1)  # [slice, BLOCK]
+    want = sum(sums.roll(-r, 0) for r in range(reps))  # pass r: program p reads slice (p + r) % progs
     torch.testing.assert_close(out.view(progs, cm.READ_BLOCK), want)
 
 
