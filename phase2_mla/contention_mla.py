@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+# nvidia-smi's reasons for holding the SM clock below its maximum (`nvidia-smi --help-query-gpu`)
+REASONS = ("sw_power_cap", "hw_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown")
 READ_BLOCK = 4096  # fp32 elements a program loads per iteration (16 KB; 8 warps: four 16-byte loads a thread)
 
 
@@ -82,14 +84,23 @@ def clocks_under(fn, seconds: float = 0.4) -> dict:
     one = max(time.perf_counter() - t, 1e-6)
     for _ in range(max(1, int(seconds / one))):
         fn()
-    q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
+    fields = ["clocks.sm", "power.draw", "enforced.power.limit", "temperature.gpu"] + [
+        f"clocks_event_reasons.{r}" for r in REASONS]
+    q = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
                        capture_output=True, text=True, timeout=30)
+    if q.returncode != 0:  # a driver without the clock-event fields: the clock and power alone
+        q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=30)
     torch.cuda.synchronize()
     try:
-        mhz, watts = (float(v) for v in q.stdout.strip().splitlines()[0].split(","))
+        vals = [v.strip() for v in q.stdout.strip().splitlines()[0].split(",")]
+        out = {"sm_clock_mhz": float(vals[0]), "power_w": float(vals[1])}
     except (ValueError, IndexError):
         return {}
-    return {"sm_clock_mhz": mhz, "power_w": watts}
+    if len(vals) == len(fields):
+        out.update(power_limit_w=float(vals[2]), temperature_c=float(vals[3]),
+                   clock_limited_by=[r for r, v in zip(REASONS, vals[4:]) if v.lower() == "active"])
+    return out
 
 
 def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str = "seesaw") -> dict:
@@ -137,7 +148,9 @@ def main(argv=None) -> int:
         cases.append(r)
         print(f"{h} heads B={b} {r['schedule']}: {r['programs']} programs, {r['us']:.1f} us, "
               f"{r['us_per_tile']:.3f} us a tile, DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} "
-              f"TB/s, SM clock {r.get('sm_clock_mhz', '?')} MHz, {r.get('power_w', '?')} W", flush=True)
+              f"TB/s, SM clock {r.get('sm_clock_mhz', '?')} MHz, {r.get('power_w', '?')} W of "
+              f"{r.get('power_limit_w', '?')}, {r.get('temperature_c', '?')} C, limited by "
+              f"{r.get('clock_limited_by', '?')}", flush=True)
     write_result("phase2_mla", args.name, {"reads": reads, "cases": cases, "l2_bytes": l2})
     return 0
 

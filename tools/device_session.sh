@@ -181,7 +181,7 @@ if has graphio; then  # direct graph I/O (graph_io.py): GPU tests of what it tou
     --name "latency_graphio_$TAG"
 fi
 if has mlacont; then  # the seesaw's time per tile at more and fewer programs, sharing or not their latent
-  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlacont 300 python3 -m phase2_mla.contention_mla \
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlacont 300 python3 -m phase2_mla.contention_mla ${MLA_CONT_ARGS:-} \
     --name "contention_mla_$TAG"
 fi
 has hostprof && step hostprof 120 python3 -m phase4_scheduler.profile_host --name "profile_host_b1_$TAG"
