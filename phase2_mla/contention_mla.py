@@ -69,37 +69,62 @@ def read_tb_s(total_bytes: int, reps: int, programs_per_sm: int = 4) -> dict:
             **clocks_under(fn)}
 
 
-def clocks_under(fn, seconds: float = 0.4) -> dict:
-    """The SM clock (MHz) and board power (W) nvidia-smi reports while fn runs back to back for ~`seconds` (queued
-    ahead, so the GPU is busy when nvidia-smi samples it); {} without nvidia-smi."""
-    import shutil
+def _smi(fields: list[str]) -> list[str] | None:
     import subprocess
+    q = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True, timeout=30)
+    if q.returncode != 0 or not q.stdout.strip():
+        return None
+    return [v.strip() for v in q.stdout.strip().splitlines()[0].split(",")]
+
+
+def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
+    """What nvidia-smi reports while fn runs back to back on a background thread: the SM clock (MHz; median, min and
+    max of `samples` readings), board power (W, median), the power limit, temperature, and every reason it gave for
+    holding the clock below its maximum (`clocks_event_reasons`); {} without nvidia-smi. One reading is a snapshot
+    of a clock the driver moves every few ms, hence several."""
+    import shutil
+    import threading
     import time
     if shutil.which("nvidia-smi") is None:
         return {}
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    one = max(time.perf_counter() - t, 1e-6)
-    for _ in range(max(1, int(seconds / one))):
-        fn()
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            for _ in range(20):
+                fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
     fields = ["clocks.sm", "power.draw", "enforced.power.limit", "temperature.gpu"] + [
         f"clocks_event_reasons.{r}" for r in REASONS]
-    q = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-                       capture_output=True, text=True, timeout=30)
-    if q.returncode != 0:  # a driver without the clock-event fields: the clock and power alone
-        q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=30)
-    torch.cuda.synchronize()
+    rows = []
     try:
-        vals = [v.strip() for v in q.stdout.strip().splitlines()[0].split(",")]
-        out = {"sm_clock_mhz": float(vals[0]), "power_w": float(vals[1])}
+        time.sleep(0.2)  # into the steady state
+        for _ in range(samples):
+            row = _smi(fields) or _smi(fields[:2])  # a driver without the clock-event fields: clock and power
+            if row:
+                rows.append(row)
+            time.sleep(interval_s)
+    finally:
+        stop.set()
+        th.join()
+    try:
+        mhz = [float(r[0]) for r in rows]
+        watts = [float(r[1]) for r in rows]
     except (ValueError, IndexError):
         return {}
-    if len(vals) == len(fields):
-        out.update(power_limit_w=float(vals[2]), temperature_c=float(vals[3]),
-                   clock_limited_by=[r for r, v in zip(REASONS, vals[4:]) if v.lower() == "active"])
+    if not rows:
+        return {}
+    out = {"sm_clock_mhz": statistics.median(mhz), "sm_clock_mhz_min": min(mhz), "sm_clock_mhz_max": max(mhz),
+           "power_w": statistics.median(watts), "clock_samples": len(rows)}
+    full = [r for r in rows if len(r) == len(fields)]
+    if full:
+        out.update(power_limit_w=float(full[0][2]), temperature_c=max(float(r[3]) for r in full),
+                   clock_limited_by=sorted({n for r in full for n, v in zip(REASONS, r[4:]) if v.lower() == "active"}))
     return out
 
 
@@ -117,9 +142,13 @@ def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str 
     tiles = ctx // 64
     kv = case["kv_bytes"]
     tile_bytes = 64 * 576 * 2
-    return {"heads": h, "batch": b, "schedule": schedule, "programs": b * blocks, **clocks_under(fn), "us": ms * 1e3, "tiles_per_program": tiles,
-            "us_per_tile": ms * 1e3 / tiles, "dram_tb_s": kv / ms / 1e9,
-            "l2_to_sm_tb_s": b * blocks * tiles * tile_bytes / ms / 1e9, "max_abs_err": err}
+    clocks = clocks_under(fn)
+    us_tile = ms * 1e3 / tiles
+    # SM clocks a tile at the median clock under load (the clock moves: an estimate, not a counter)
+    cycles = {"sm_clocks_per_tile": us_tile * clocks["sm_clock_mhz"]} if "sm_clock_mhz" in clocks else {}
+    return {"heads": h, "batch": b, "schedule": schedule, "programs": b * blocks, "us": ms * 1e3,
+            "tiles_per_program": tiles, "us_per_tile": us_tile, **cycles, "dram_tb_s": kv / ms / 1e9,
+            "l2_to_sm_tb_s": b * blocks * tiles * tile_bytes / ms / 1e9, "max_abs_err": err, **clocks}
 
 
 def main(argv=None) -> int:
@@ -147,8 +176,9 @@ def main(argv=None) -> int:
         r = contention_case(h, b, args.rounds, schedule=schedule or "seesaw")
         cases.append(r)
         print(f"{h} heads B={b} {r['schedule']}: {r['programs']} programs, {r['us']:.1f} us, "
-              f"{r['us_per_tile']:.3f} us a tile, DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} "
-              f"TB/s, SM clock {r.get('sm_clock_mhz', '?')} MHz, {r.get('power_w', '?')} W of "
+              f"{r['us_per_tile']:.3f} us a tile (~{r.get('sm_clocks_per_tile', 0):.0f} clocks), DRAM {r['dram_tb_s']:.2f} TB/s, L2->SM {r['l2_to_sm_tb_s']:.2f} "
+              f"TB/s, SM clock {r.get('sm_clock_mhz', '?')} MHz ({r.get('sm_clock_mhz_min', '?')}-"
+              f"{r.get('sm_clock_mhz_max', '?')}), {r.get('power_w', '?')} W of "
               f"{r.get('power_limit_w', '?')}, {r.get('temperature_c', '?')} C, limited by "
               f"{r.get('clock_limited_by', '?')}", flush=True)
     write_result("phase2_mla", args.name, {"reads": reads, "cases": cases, "l2_bytes": l2})

@@ -20,3 +20,23 @@ def test_read_kernel_reads_each_slice_reps_times():
 def test_contention_needs_hopper_and_says_so(capsys):
     assert cm.main(["--rounds", "1"]) == 1
     assert "needs a Hopper GPU" in capsys.readouterr().out
+
+
+def test_clocks_under_summarises_the_readings(monkeypatch):
+    """Several nvidia-smi readings while fn runs: the median clock, its range, the union of the reasons given."""
+    import shutil
+    readings = iter([["1575", "480.5", "700.00", "60", "Active", "Not Active", "Not Active", "Not Active",
+                      "Not Active"],
+                     ["1605", "500.0", "700.00", "61", "Not Active", "Not Active", "Not Active", "Not Active",
+                      "Not Active"],
+                     ["1980", "220.0", "700.00", "59", "Not Active", "Not Active", "Not Active", "Not Active",
+                      "Active"]])
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(cm, "_smi", lambda fields: next(readings, None))
+    calls = []
+    r = cm.clocks_under(lambda: calls.append(1), samples=4, interval_s=0.0)
+    assert calls and r["clock_samples"] == 3 and r["sm_clock_mhz"] == 1605.0
+    assert (r["sm_clock_mhz_min"], r["sm_clock_mhz_max"], r["power_w"]) == (1575.0, 1980.0, 480.5)
+    assert r["clock_limited_by"] == ["hw_thermal_slowdown", "sw_power_cap"] and r["temperature_c"] == 61.0
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert cm.clocks_under(lambda: None) == {}
