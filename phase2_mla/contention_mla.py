@@ -89,15 +89,28 @@ def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
     if shutil.which("nvidia-smi") is None:
         return {}
     stop = threading.Event()
+    device = torch.cuda.current_device() if torch.cuda.is_available() else None
 
     def spin():
+        if device is not None:  # this thread's CUDA context (Triton's TMA descriptors use the driver API)
+            torch.cuda.set_device(device)
+            torch.cuda.synchronize()
         while not stop.is_set():
             for _ in range(20):
                 fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
 
-    th = threading.Thread(target=spin, daemon=True)
+    errors = []
+
+    def guarded():
+        try:
+            spin()
+        except Exception as e:  # noqa: BLE001 -- reported after the join: readings of an idle GPU are no readings
+            errors.append(e)
+            stop.set()
+
+    th = threading.Thread(target=guarded, daemon=True)
     th.start()
     fields = ["clocks.sm", "power.draw", "enforced.power.limit", "temperature.gpu"] + [
         f"clocks_event_reasons.{r}" for r in REASONS]
@@ -112,6 +125,8 @@ def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
     finally:
         stop.set()
         th.join()
+    if errors:
+        raise RuntimeError(f"clocks_under: the load thread failed: {errors[0]!r}")
     try:
         mhz = [float(r[0]) for r in rows]
         watts = [float(r[1]) for r in rows]

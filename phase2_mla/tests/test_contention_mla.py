@@ -40,3 +40,15 @@ def test_clocks_under_summarises_the_readings(monkeypatch):
     assert r["clock_limited_by"] == ["hw_thermal_slowdown", "sw_power_cap"] and r["temperature_c"] == 61.0
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert cm.clocks_under(lambda: None) == {}
+
+
+def test_clocks_under_fails_when_the_load_thread_fails(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(cm, "_smi", lambda fields: ["1980", "100", "700", "40"] + ["Not Active"] * 5)
+
+    def boom():
+        raise ValueError("no context")
+
+    with pytest.raises(RuntimeError, match="load thread failed"):
+        cm.clocks_under(boom, samples=2, interval_s=0.0)
