@@ -86,10 +86,11 @@ B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
 # the latest runs on the issue's own card, an H100 (2026-12-06), B=1 and offline from the call that measured the vLLM
 # peer too (same lease); the H200's (latency_l2pf_s8_h200: 63% of its roofline; offline_gpu_1024_h200: 102.6k tok/s;
 # equal_latency_seats512_mixed_s8_h200: 2.35x) are in the README and REPORT.md
-# B=1: the latest H100 run of the default engine (2026-12-06, eighteenth session: the SiLU epilogue, whole-row GEMV
-# tiles, the greedy argmax kernel, the lm_head GEMV storing fp32 logits; its first variant). The vLLM / HF
-# comparisons keep the lease they were measured in.
-B1_RECORD = "latency_s1208l_h100"
+# B=1: the latest H100 run of the default engine (2026-12-06, twentieth session: direct graph I/O -- the decode
+# graph reads its inputs from pinned memory and writes its greedy tokens back, graph_io.py -- beside the copy path
+# it replaced, alternating in one call; its first variant). The vLLM / HF comparisons keep the lease they were
+# measured in.
+B1_RECORD = "latency_graphio_s1210g_h100"
 PEER_LEASE_B1_RECORD = "latency_s1206_h100"  # our B=1 in the lease of the vLLM and HF figures below
 OFFLINE_RECORD = "offline_gpu_1024_s1206_h100"
 # the latest equal-latency sweep with both policies (512 seats; from 64 req/s, with p50 targets 1.0-1.75 s too)

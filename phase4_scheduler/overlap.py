@@ -8,8 +8,8 @@ cannot hide any of that: the next forward needs the tokens the host is still pro
 The fix (vLLM's async scheduling, SGLang's overlap scheduler, in their spirit): in a run of decode-only steps, the
 input token of step N+1 never goes through the host. Step N's sampled tokens stay on the device; step N+1 gathers its
 input ids from it on the device (`ModelRunner.execute(..., token_src=(tokens, rows))`), so the host can schedule
-and launch N+1 first and only then wait for N's tokens (a non-blocking copy into pinned memory) and process them
-while N+1 runs.
+and launch N+1 first and only then wait for N's tokens (a non-blocking copy into pinned memory; a decode graph
+whose rows are all greedy writes them there itself, graph_io.py) and process them while N+1 runs.
 
     call k:    schedule N+1 -> launch N+1 (inputs gathered from N's tokens on the GPU) -> wait for N -> outputs of N
     GPU:       [ ...... N ...... ][ ...... N+1 ...... ]
