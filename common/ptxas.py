@@ -25,6 +25,28 @@ def hopper_resources(kernel, signature: dict, constexprs: dict, num_warps: int, 
     return compile_resources(ASTSource, kernel, signature, constexprs, num_warps, num_stages, divisible, maxnreg)
 
 
+def hopper_resources_subprocess(module: str, kernel: str, signature: dict, constexprs: dict, num_warps: int,
+                                num_stages: int, divisible=(), timeout: int = 300) -> dict:
+    """`hopper_resources` of `module`.`kernel` in a fresh interpreter with TRITON_INTERPRET=0, from the repository
+    root: what a test calls, since its own session runs the kernels under the interpreter (whose functions do not
+    compile). Returns registers, spill_store_bytes, shared_bytes and ptxas_error (no PTX); raises with the child's
+    stderr if it failed."""
+    import json
+    import os
+    import sys
+    code = (f"import json\nfrom common.ptxas import hopper_resources\nimport {module} as m\n"
+            f"r = hopper_resources(m.{kernel}, {signature!r}, {constexprs!r}, {num_warps}, {num_stages}, "
+            f"divisible={list(divisible)!r})\n"
+            "print('RES ' + json.dumps({k: r[k] for k in ('registers', 'spill_store_bytes', 'shared_bytes', "
+            "'ptxas_error')}))\n")
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}, cwd=root,
+                         capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0 or "RES " not in run.stdout:
+        raise RuntimeError(f"compiling {module}.{kernel} for sm_90a failed:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.split("RES ", 1)[1].splitlines()[0])
+
+
 def compile_resources(source_cls, kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
                       divisible=(), maxnreg: int | None = None) -> dict:
     """`hopper_resources` for any front end: source_cls is Triton's ASTSource or Gluon's GluonASTSource (a Gluon

@@ -74,23 +74,13 @@ def test_gpu_greedy_argmax_at_vocab_sizes(b, v):
 
 @pytest.mark.parametrize("v", [32000, 128256, 262144])  # one chunk / 4 unrolled / 8 looped
 def test_argmax_compiles_for_the_h100_without_spills(v):
-    import os
-    import subprocess
-    import sys
     pytest.importorskip("triton.backends.nvidia.compiler")
-    code = f"""
-from common.ptxas import hopper_resources
-from phase4_scheduler import argmax as am
-n = -(-{v} // am.CHUNK)
-r = hopper_resources(am.argmax_kernel, dict(x_ptr="*bf16", out_ptr="*i64", host_ptr="*i64", V="i32", stride_x="i32"),
-                     dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS, HOST=True, PDL=True),
-                     am.warps_for(am.CHUNK), 3,
-                     divisible=["x_ptr"])
-print("RES", r["registers"], r["spill_store_bytes"], r["ptxas_error"] or "ok")
-"""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}, cwd=root,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    regs, spills, err = run.stdout.split("RES ")[1].split()[:3]
-    assert err == "ok" and int(spills) == 0 and int(regs) <= 128, run.stdout
+    from common.ptxas import hopper_resources_subprocess
+
+    n = -(-v // am.CHUNK)
+    r = hopper_resources_subprocess(
+        "phase4_scheduler.argmax", "argmax_kernel",
+        dict(x_ptr="*bf16", out_ptr="*i64", host_ptr="*i64", V="i32", stride_x="i32"),
+        dict(CHUNK=am.CHUNK, NCHUNK=n, UNROLL=n <= am.UNROLL_CHUNKS, HOST=True, PDL=True), am.warps_for(am.CHUNK), 3,
+        divisible=["x_ptr"])
+    assert not r["ptxas_error"] and r["spill_store_bytes"] == 0 and r["registers"] <= 128, r

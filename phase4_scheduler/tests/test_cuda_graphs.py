@@ -206,24 +206,15 @@ def test_direct_graph_io_matches_the_copy_path_on_cpu():
 
 
 def test_stage_kernel_compiles_for_the_h100():
-    import os
-    import subprocess
-    import sys
     pytest.importorskip("triton.backends.nvidia.compiler")
-    code = """
-from common.ptxas import hopper_resources
-from phase4_scheduler import graph_io as gi
-sig = dict(h_ids="*i64", h_rows="*i64", h_pos="*i64", h_slots="*i64", h_lens="*i32", h_tables="*i32", tok="*i64",
-           ids="*i64", pos="*i64", slots="*i64", lens="*i32", tables="*i32", n="i32", n_tab="i32")
-r = hopper_resources(gi.stage_inputs_kernel, sig, dict(BLOCK=gi.STAGE_BLOCK), 4, 3)
-print("RES", r["registers"], r["spill_store_bytes"], r["ptxas_error"] or "ok")
-"""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}, cwd=root,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    regs, spills, err = run.stdout.split("RES ")[1].split()[:3]
-    assert err == "ok" and int(spills) == 0, run.stdout
+    from common.ptxas import hopper_resources_subprocess
+    from phase4_scheduler import graph_io as gi
+
+    sig = dict(h_ids="*i64", h_rows="*i64", h_pos="*i64", h_slots="*i64", h_lens="*i32", h_tables="*i32",
+               tok="*i64", ids="*i64", pos="*i64", slots="*i64", lens="*i32", tables="*i32", n="i32", n_tab="i32")
+    r = hopper_resources_subprocess("phase4_scheduler.graph_io", "stage_inputs_kernel", sig,
+                                    dict(BLOCK=gi.STAGE_BLOCK), 4, 3)
+    assert not r["ptxas_error"] and r["spill_store_bytes"] == 0, r
 
 
 @pytest.mark.gpu
