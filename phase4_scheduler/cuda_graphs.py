@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import torch
 
@@ -87,8 +88,9 @@ class DecodeGraphs:
     def __init__(self, runner, max_num_seqs: int, max_model_len: int, capture: bool = True,
                  io: str | None = None):
         """`capture=False` keeps the static buffers and padding but calls the forward instead of replaying a graph
-        (the CPU tests check the plumbing that way). `io`: "direct" or "copy" (graph_io_mode(); "copy" without
-        capture)."""
+        (the CPU tests check the plumbing that way). `io`: "direct" or "copy" (default: graph_io_mode() with capture,
+        "copy" without; "direct" without capture runs graph_io's kernels, under the Triton interpreter). A "direct"
+        whose staging kernel cannot read pinned memory on this machine falls back to "copy" with a warning."""
         if capture and runner.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device; the runner is on {runner.device}")
         if max_num_seqs < 1:
@@ -108,11 +110,13 @@ class DecodeGraphs:
         self.dev = torch.zeros_like(self.staging[0].buf, device=dev)
         self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = self._views(self.dev)
         self.dev.copy_(self.staging[0].buf)
+        self.tok = torch.zeros(n, dtype=torch.long, device=dev)  # "direct": the graphs' greedy tokens
+        if direct and not self._direct_works(capture):
+            self.io, direct, self.staging = "copy", False, self.staging[:1]
         # "copy": the staging buffer is free once its copy has run; "direct": staging / host tokens of parity p are
         # free once the replay that read / wrote them has completed
         self.done = [torch.cuda.Event() if capture else None for _ in self.staging]
         self.k = 0  # replays so far: replay k uses staging (and host tokens) k % 2 in "direct"
-        self.tok = torch.zeros(n, dtype=torch.long, device=dev)  # "direct": the graphs' greedy tokens
         self.host_tok = [torch.zeros(n, dtype=torch.long, pin_memory=capture) for _ in self.staging] if direct else []
         self.graphs: dict[tuple[int, int], object] = {}  # (size, parity) -> graph
         # every size's graph converts its logits into rows [0, size) of this one buffer instead of owning a
@@ -143,6 +147,19 @@ class DecodeGraphs:
         if capture:
             torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
+
+    def _direct_works(self, capture: bool) -> bool:
+        """One staging pass from pinned memory before anything is captured; if this machine's device cannot read
+        the pinned buffer (no mapping of it: Triton refuses the pointer), warn and let the graphs copy instead."""
+        try:
+            stage_inputs(self.staging[0].views, self._views(self.dev), self.tok, 1)
+            if capture:
+                torch.cuda.synchronize()
+        except (ValueError, RuntimeError) as e:
+            warnings.warn(f"direct graph I/O unavailable ({e}); the decode graphs copy their inputs instead "
+                          f"({GRAPH_IO_ENV}=copy)", RuntimeWarning, stacklevel=3)
+            return False
+        return True
 
     @property
     def filled(self) -> int:

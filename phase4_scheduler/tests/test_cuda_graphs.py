@@ -252,3 +252,21 @@ def test_gpu_direct_graph_io_matches_copy_and_writes_host_tokens():
                 assert torch.equal(tok, logits.argmax(-1)) and host.tolist() == tok.tolist()
                 toks[io] = tok
         torch.testing.assert_close(out["direct"], out["copy"], rtol=1e-4, atol=1e-4)
+
+
+def test_direct_graph_io_falls_back_to_copying_with_a_warning(monkeypatch):
+    """A device that cannot read the pinned staging buffer (Triton refuses the pointer): the graphs copy instead."""
+    from common.model_loader import load_model
+    from phase4_scheduler import cuda_graphs
+
+    def refuse(*a, **k):
+        raise ValueError("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)")
+
+    monkeypatch.setattr(cuda_graphs, "stage_inputs", refuse)
+    lm = load_model("tinyllama-1.1b", device="cpu", random_weights=True, num_layers=1)
+    runner = ModelRunner(lm, num_blocks=8, block_size=4)
+    with pytest.warns(RuntimeWarning, match="TITAN_GRAPH_IO=copy"):
+        g = cuda_graphs.DecodeGraphs(runner, max_num_seqs=2, max_model_len=16, capture=False, io="direct")
+    assert g.io == "copy" and len(g.staging) == 1 and not g.host_tok and set(g.graphs) == {(1, 0), (2, 0)}
+    out = g.run([5], [3], [4], [[0]], [3])
+    assert out.shape == (1, lm.config.vocab_size) and runner.graph_tokens is None
