@@ -90,7 +90,7 @@ B1_ROOFLINE_SHARE = 0.8  # 0.92 ms on the H100's 0.73 ms roofline
 # graph reads its inputs from pinned memory and writes its greedy tokens back, graph_io.py -- beside the copy path
 # it replaced, alternating in one call; its first variant). The vLLM / HF comparisons keep the lease they were
 # measured in.
-B1_RECORD = "latency_graphio_s1210g_h100"
+B1_RECORD = "latency_graphio_s1210h_h100"
 PEER_LEASE_B1_RECORD = "latency_s1206_h100"  # our B=1 in the lease of the vLLM and HF figures below
 OFFLINE_RECORD = "offline_gpu_1024_s1206_h100"
 # the latest equal-latency sweep with both policies (512 seats; from 64 req/s, with p50 targets 1.0-1.75 s too)
