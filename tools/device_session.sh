@@ -9,12 +9,15 @@
 #   the vLLM peer in the same lease: tools/device_peer.sh's three calls, the last running `vllm b1 offline`
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
-# Everything committed has run on the H100 (2026-12-06, nineteenth session, TAGs s1209..s1209j: the MLA seesaw's
-# L2 prefetch rule and one-wave splits, B=1 re-timed; the review refactor bench_mla.mla_case after the last call).
+# Everything committed has run on the H100 (2026-12-06, twentieth session, TAGs s1210..s1210h: direct graph I/O
+# (graphio, verify), the seesaw's clock under power cap (mlacont), bench_mla --only mla, b1, offline, hostprof).
 # Next measurements:
 #   TAG=<new tag> bash tools/device_session.sh gemvsweep               # on an H200: the M=1 tile rule (step_tile) was
 #   chosen on the H100; the H200's older sweep preferred 4x1024/4 warps for gate_up
-#   TAG=<new tag> MLA_AB_BENCH=1 bash tools/device_session.sh mlaab    # the seesaw on an H200 (never run there)
+#   TAG=<new tag> MLA_AB_BENCH=1 bash tools/device_session.sh mlaab    # the seesaw on an H200 (never run there; two
+#   calls naming nvidia-h200 got H100s)
+#   TAG=<new tag> bash tools/device_session.sh mlacont                 # after any MLA kernel change: clocks per tile
+#   and the board's power at 32..128 programs (the 128-head case is power-capped on the H100)
 # Every result is named by the card (_h100 / _h200) and packed into $OUT/results_<parts>.tgz with the log (a device
 # call returns at most 8 files). Unpack into the repo root: the archive holds phase*/results/ paths.
 #
