@@ -81,7 +81,12 @@ the wrapper's default takes k = 1 only with two or more head blocks (mla_decode_
 
 Not done (next steps if the GPU says so): the slot of tile b is refilled only at the end of its pair
 (both value GEMMs read it), so WG1's next score GEMM sees that load's latency (FlashMLA's has the same; the L2
-prefetch shortens the DRAM part of it only); q's rope part in registers (FlashMLA) would free 8 KB.
+prefetch shortens the DRAM part of it only); q's rope part in registers (FlashMLA) would free 8 KB. But at DeepSeek-V3's
+128 heads / B=64 the H100 runs this kernel at its 700 W board limit with the SM clock held near 1.6 GHz
+(phase2_mla/contention_mla.py, results/contention_mla_s1210f_h100.json): ~3,340 SM clocks a tile with 32 programs,
+~3,450-3,600 with 128, so there a schedule that only stalls less mostly buys a lower clock; the lever is energy per
+tile (each latent crosses from the L2 into shared memory once per head block: a TMA multicast to a two-CTA cluster
+would halve that, and Gluon 3.6 has no multicast copy).
 """
 from __future__ import annotations
 
