@@ -65,7 +65,8 @@ def test_report_help_and_unknown_phase():
     assert r.returncode == 2 and "phase0_tinyllama" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("module", ["phase0_tinyllama.roofline", "phase2_mla.kv_arith", "phase3_paged_fp8.plots"])
+@pytest.mark.parametrize("module", ["phase0_tinyllama.roofline", "phase2_mla.kv_arith", "phase3_paged_fp8.plots",
+                                    "phase2_mla.plots"])
 def test_scripts_without_options_answer_help_instead_of_running(module):
     r = _run(module, "--help")  # before: each ran (and rewrote its results file)
     assert r.returncode == 0 and r.stdout.startswith("usage:") and "wrote" not in r.stdout

@@ -1,0 +1,34 @@
+"""phase2_mla.plots draws what the results files hold (no typed-in numbers): the values it returns are the JSON's."""
+import matplotlib.pyplot as plt
+import pytest
+
+from common.bench import load_result
+from phase2_mla import plots
+
+
+def test_power_cap_figure_draws_the_contention_record():
+    r = load_result("phase2_mla", plots.CONTENTION)
+    if r is None:
+        pytest.skip(f"results/{plots.CONTENTION}.json not recorded")
+    drawn = plots.power_cap(r)
+    plt.close("all")
+    c128 = sorted((c for c in r["cases"] if c["heads"] == 128 and c["schedule"] == "seesaw"), key=lambda c: c["programs"])
+    assert drawn["us_per_tile_128"] == ([c["programs"] for c in c128], [c["us_per_tile"] for c in c128])
+    assert drawn["sm_clocks_per_tile_128"][1] == [c["us_per_tile"] * c["sm_clock_mhz"] for c in c128]
+    assert drawn["sm_clock_mhz_128"][1][-1] < drawn["sm_clock_mhz_128"][1][0]  # the record's point: the clock falls
+
+
+def test_schedules_figure_draws_each_configurations_best():
+    r = load_result("phase2_mla", "bench_mla")
+    if r is None:
+        pytest.skip("results/bench_mla.json not recorded")
+    drawn = plots.schedules(r)
+    plt.close("all")
+    assert max(drawn.values()) == pytest.approx(max(x["tb_s"] for x in r["mla_dsv3"]["rows"]
+                                                    if x.get("correct") and x.get("num_splits", 1) in (1, None)))
+    assert list(drawn.values()) == sorted(drawn.values(), reverse=True)
+
+
+def test_main_writes_both_pngs(tmp_path):
+    assert plots.main(["--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"mla_power_cap.png", "mla_schedules.png"}
