@@ -70,6 +70,42 @@ def plot_b1(results: dict, out: Path) -> dict:
     return values
 
 
+B1_HISTORY = (  # the H100's B=1 record after each change that moved it (file stem, what changed); the default engine
+    ("latency_s1206_h100", "14th: PDL, fused attention,\nper-sequence splits"),
+    ("latency_s1208e_h100", "18th: SiLU epilogue,\nwhole-row GEMV tiles"),
+    ("latency_s1208l_h100", "18th: argmax kernel,\nfp32 logits from lm_head"),
+    ("latency_graphio_s1210h_h100", "20th: direct graph I/O"),
+)
+
+
+def plot_b1_history(results: dict, out: Path) -> dict:
+    """B=1 on the H100 across sessions (B1_HISTORY, each run's first variant: the default engine): the engine's
+    ms/token beside the graph replay's own time, against the 0.92 ms target and each run's weight roofline."""
+    _need(results, *(stem for stem, _ in B1_HISTORY))
+    rows = [(label, results[stem]["variants"][0]) for stem, label in B1_HISTORY]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    values = {}
+    xs = range(len(rows))
+    for name, key, style, dy in (("engine (what a user waits for)", "engine_ms_per_token", "o-", 6),
+                                 ("graph replay alone", "forward_ms_median", "s--", -12)):
+        ys = [v[key] for _, v in rows]
+        ax.plot(xs, ys, style, label=name)  # markers, not bars: the axis does not start at 0
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.3f}", (x, y), ha="center", fontsize=7, xytext=(0, dy), textcoords="offset points")
+        values.update({f"{label} {name.split(' (')[0]}": v[key] for label, v in rows})
+    roof = rows[-1][1]["roofline_ms"]
+    ax.axhline(0.92, color="tab:red", ls=":", lw=1, label="target 0.92 ms")
+    ax.axhline(roof, color="k", ls="--", lw=1, label=f"weight roofline {roof:.3f} ms (last run)")
+    ax.set_xticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.set_ylim(0.7, 1.0)
+    ax.set_ylabel("ms per output token")
+    ax.set_title(f"B=1 decode, TinyLlama-1.1B shapes, {results[B1_HISTORY[-1][0]]['provenance']['device']}: the "
+                 "record after each change", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    _save(fig, out / "b1_history_h100.png")
+    return values
+
+
 OFFLINE_RUNS = (  # later offline runs of the same workload (file stem, bar label), drawn where recorded
     ("offline_gpu_1024_fused", "ours, before overlap"),
     ("offline_gpu_1024_overlap", "ours, overlapped decode"),
@@ -183,7 +219,7 @@ def plot_serve(results: dict, out: Path) -> dict:
     return values
 
 
-PLOTS = (plot_b1, plot_offline, plot_profile, plot_sharegpt, plot_serve)
+PLOTS = (plot_b1, plot_b1_history, plot_offline, plot_profile, plot_sharegpt, plot_serve)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,6 +25,11 @@ def test_each_plot_draws_the_json_figures(results, tmp_path):
         for v in results["latency_overlap_gpu"]["variants"]:  # overlapped engine and its overlap-off row
             key = f"ours {v['variant']}, overlap {'on' if v['overlap'] else 'off'}"
             assert drawn["plot_b1"][key] == v["engine_ms_per_token"]
+    if "plot_b1_history" in drawn:
+        for stem, label in plots.B1_HISTORY:
+            v = results[stem]["variants"][0]
+            assert drawn["plot_b1_history"][f"{label} engine"] == v["engine_ms_per_token"]
+            assert drawn["plot_b1_history"][f"{label} graph replay alone"] == v["forward_ms_median"]
     if "plot_offline" in drawn:
         rows = results["offline_gpu_1024"]["rows"]
         assert [drawn["plot_offline"][f"ours {r['label']}"] for r in rows] == [r["output_tokens_per_s"] for r in rows]
