@@ -146,6 +146,8 @@ def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
 def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str = "seesaw") -> dict:
     """The seesaw `schedule` at (h heads, b sequences, ctx) with one split: checked, then timed `rounds` times."""
     from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
+    from phase2_mla.mla_decode_gluon import BLOCK_H
+    from phase2_mla.mla_decode_gluon_seesaw import SEESAW_BLOCK_N
     case = mla_case(b, h, ctx)
     cfg = dict(backend="gluon", num_splits=1, gluon_schedule=schedule)
     fn = mla_call(case, cfg, ctx)
@@ -153,10 +155,10 @@ def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str 
     if not ok:
         raise RuntimeError(f"seesaw wrong at {h} heads, B={b}: err {err:.4f} / ragged {rag_err:.4f}")
     ms = statistics.median(graph_ms(fn, inner=5, iters=10) for _ in range(rounds))
-    blocks = -(-h // 64)  # 64-head blocks: programs a sequence
-    tiles = ctx // 64
+    blocks = -(-h // BLOCK_H)  # head blocks: programs a sequence
+    tiles = ctx // SEESAW_BLOCK_N
     kv = case["kv_bytes"]
-    tile_bytes = 64 * 576 * 2
+    tile_bytes = kv // (b * tiles)  # one sequence's tile of latent + rope-key rows
     clocks = clocks_under(fn)
     us_tile = ms * 1e3 / tiles
     # SM clocks a tile at the median clock under load (the clock moves: an estimate, not a counter)

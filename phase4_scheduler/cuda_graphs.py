@@ -108,7 +108,8 @@ class DecodeGraphs:
         n, dev = self.max_batch, runner.device
         self.staging = [_Staging(self, capture) for _ in range(2 if direct else 1)]  # pinned on the GPU
         self.dev = torch.zeros_like(self.staging[0].buf, device=dev)
-        self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = self._views(self.dev)
+        self.dev_views = self._views(self.dev)
+        self.ids, self.pos, self.slots, self.rows, self.lens32, self.tables32 = self.dev_views
         self.dev.copy_(self.staging[0].buf)
         self.tok = torch.zeros(n, dtype=torch.long, device=dev)  # "direct": the graphs' greedy tokens
         if direct and not self._direct_works(capture):
@@ -131,7 +132,7 @@ class DecodeGraphs:
             for p in range(len(self.staging) if direct else 1):
                 def step(b=b, ctx=ctx, p=p):
                     if direct:
-                        stage_inputs(self.staging[p].views, self._views(self.dev), self.tok, b)
+                        stage_inputs(self.staging[p].views, self.dev_views, self.tok, b)
                     out = runner.forward(self.ids[:b], self.pos[:b], ctx, None, out=self.logits[:b])
                     if direct:
                         greedy_argmax(out, out=self.tok[:b], host_out=self.host_tok[p][:b])
@@ -152,7 +153,7 @@ class DecodeGraphs:
         """One staging pass from pinned memory before anything is captured; if this machine's device cannot read
         the pinned buffer (no mapping of it: Triton refuses the pointer), warn and let the graphs copy instead."""
         try:
-            stage_inputs(self.staging[0].views, self._views(self.dev), self.tok, 1)
+            stage_inputs(self.staging[0].views, self.dev_views, self.tok, 1)
             if capture:
                 torch.cuda.synchronize()
         except (ValueError, RuntimeError) as e:
