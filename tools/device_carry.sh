@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare .carry/ (git-ignored, < 1 MB) for a device session: what tools/device_session.sh needs on the GPU machine
+# Prepare .carry/ (git-ignored, ~2 MB) for a device session: what tools/device_session.sh needs on the GPU machine
 # that the working tree does not hold. Run HERE (the CPU box), after make setup:
 #   bash tools/device_carry.sh
 # then on the device:  run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80", carry=[".carry"])
@@ -29,5 +29,12 @@ fi
 echo "$(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain --untracked-files=no)" ] && echo +dirty)" > .carry/COMMIT
 rm -f .carry/kv_cache_manager-*.whl
 cp "$WHEEL" .carry/
+# FlashMLA, the MLA decode peer (device part mlapeer): vLLM's compiled extension (1.7 MB) out of the vLLM peer's parts,
+# where ../shared/peers/vllm/prepare.sh has filled .peer/ (not committed: loaded at run time on the device)
+if [ -e .peer/vllm.part00 ] && [ ! -f .carry/flashmla/_flashmla_C.abi3.so ]; then
+  mkdir -p .carry/flashmla
+  cat .peer/vllm.part0* | xz -d | tar x -O ./vllm/_flashmla_C.abi3.so > .carry/flashmla/_flashmla_C.abi3.so \
+    || { echo "device_carry: could not extract FlashMLA from .peer/" >&2; rm -rf .carry/flashmla; }
+fi
 du -sh .carry
 ls .carry

@@ -33,6 +33,9 @@
 #               with the graphs' inputs read from pinned memory / copied in, alternating -> phase4 latency_graphio_<tag>
 #   mlacont     contention_mla: the seesaw's us per tile at 32-128 programs sharing / not sharing their latent,
 #               and the L2 / DRAM read bandwidth                         -> phase2 contention_mla_<tag>
+#   mlapeer     peer_flashmla: FlashMLA (vLLM 0.25.0's _flashmla_C, extracted by device_carry.sh) and the seesaw on
+#               the same inputs: correctness, interleaved timing, SM clock and board power under each
+#                                                                               -> phase2 peer_flashmla_<tag>
 #   hostprof    the B=1 engine loop under cProfile: per-step host wall times, forward GPU times, top functions
 #                                                                                   -> phase4 profile_host_b1_<tag>
 #   offline     1024 x 128/128 offline (+ HF eager B=1 / B=64 in the same run), then with piecewise mixed-step graphs
@@ -186,6 +189,10 @@ fi
 if has mlacont; then  # the seesaw's time per tile at more and fewer programs, sharing or not their latent
   TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlacont 300 python3 -m phase2_mla.contention_mla ${MLA_CONT_ARGS:-} \
     --name "contention_mla_$TAG"
+fi
+if has mlapeer; then  # FlashMLA (vLLM's compiled extension, .carry/flashmla) against the seesaw, same inputs and call
+  TITAN_RESULTS_DIR=$WORK/phase2_mla/results step mlapeer 300 python3 -m phase2_mla.peer_flashmla ${MLA_PEER_ARGS:-} \
+    --so .carry/flashmla --name "peer_flashmla_$TAG"
 fi
 has hostprof && step hostprof 120 python3 -m phase4_scheduler.profile_host --name "profile_host_b1_$TAG"
 has b1 && step b1 200 python3 -m phase4_scheduler.bench_latency --model tinyllama-1.1b --random-weights \
