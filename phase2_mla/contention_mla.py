@@ -78,11 +78,13 @@ def _smi(fields: list[str]) -> list[str] | None:
     return [v.strip() for v in q.stdout.strip().splitlines()[0].split(",")]
 
 
-def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
+def clocks_under(fn, samples: int = 5, interval_s: float = 0.08, settle_s: float = 1.2) -> dict:
     """What nvidia-smi reports while fn runs back to back on a background thread: the SM clock (MHz; median, min and
     max of `samples` readings), board power (W, median), the power limit, temperature, and every reason it gave for
     holding the clock below its maximum (`clocks_event_reasons`); {} without nvidia-smi. One reading is a snapshot
-    of a clock the driver moves every few ms, hence several."""
+    of a clock the driver moves every few ms, hence several. The readings start settle_s after the load: on Ampere and
+    newer nvidia-smi's power.draw is the average over the last second, so an earlier reading mixes in the idle GPU
+    before the load (a 0.2 s settle read 398-464 W for cases that draw ~690 W: contention_mla_s1210m_h100)."""
     import shutil
     import threading
     import time
@@ -116,7 +118,7 @@ def clocks_under(fn, samples: int = 5, interval_s: float = 0.08) -> dict:
         f"clocks_event_reasons.{r}" for r in REASONS]
     rows = []
     try:
-        time.sleep(0.2)  # into the steady state
+        time.sleep(settle_s)  # into the steady state, and a power average over the load alone
         for _ in range(samples):
             row = _smi(fields) or _smi(fields[:2])  # a driver without the clock-event fields: clock and power
             if row:

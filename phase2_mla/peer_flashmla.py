@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--so", default=os.environ.get("TITAN_FLASHMLA_DIR", ".carry/flashmla"),
                     help=f"folder holding vLLM's {SO_NAME} (default: $TITAN_FLASHMLA_DIR or .carry/flashmla)")
-    ap.add_argument("--cases", default="128x64,16x64,128x32", help="comma-separated HEADSxBATCH (ctx --ctx)")
+    ap.add_argument("--cases", default="128x64,16x64,128x32,128x16", help="comma-separated HEADSxBATCH (ctx --ctx)")
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     ap.add_argument("--name", default="peer_flashmla")

@@ -34,7 +34,7 @@ def test_clocks_under_summarises_the_readings(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(cm, "_smi", lambda fields: next(readings, None))
     calls = []
-    r = cm.clocks_under(lambda: calls.append(1), samples=4, interval_s=0.0)
+    r = cm.clocks_under(lambda: calls.append(1), samples=4, interval_s=0.0, settle_s=0.0)
     assert calls and r["clock_samples"] == 3 and r["sm_clock_mhz"] == 1605.0
     assert (r["sm_clock_mhz_min"], r["sm_clock_mhz_max"], r["power_w"]) == (1575.0, 1980.0, 480.5)
     assert r["clock_limited_by"] == ["hw_thermal_slowdown", "sw_power_cap"] and r["temperature_c"] == 61.0
@@ -51,4 +51,4 @@ def test_clocks_under_fails_when_the_load_thread_fails(monkeypatch):
         raise ValueError("no context")
 
     with pytest.raises(RuntimeError, match="load thread failed"):
-        cm.clocks_under(boom, samples=2, interval_s=0.0)
+        cm.clocks_under(boom, samples=2, interval_s=0.0, settle_s=0.0)
