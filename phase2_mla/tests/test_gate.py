@@ -32,8 +32,13 @@ def test_recorded_figures_are_quoted_when_a_gpu_run_exists(monkeypatch):
                      {"shape": "prefill 16K tokens, Llama x", "distinct_buffers": 1,
                       "cuda": {"pct_of_copy_ceiling": 0.93}, "triton": {"pct_of_copy_ceiling": 0.88}}]}
     monkeypatch.setattr(gate, "_bench", lambda: fake)
+    monkeypatch.setattr(gate, "recorded_peer", lambda: None)
     texts = [c.recorded() for c in gate.criteria() if c.needs_cuda]
     assert "1.23 TB/s, 300 TFLOP/s (NVIDIA H100 80GB HBM3, 2026-11-25) — MISSES the threshold" in texts
+    monkeypatch.setattr(gate, "recorded_peer", lambda: "FlashMLA here: 1.20 TB/s")  # the peer follows the verdict
+    assert any(t.endswith("MISSES the threshold; FlashMLA here: 1.20 TB/s")
+               for t in (c.recorded() for c in gate.criteria() if c.needs_cuda))
+    monkeypatch.setattr(gate, "recorded_peer", lambda: None)
     gqa = next(t for t in texts if "MLA/GQA time = 0.50" in t)
     assert "commit aaa" in gqa and "separate device call" in gqa and "commit bbb" in gqa
     assert gqa.endswith("meets the threshold")
@@ -133,3 +138,25 @@ def test_mla_vs_hf_max_err_sees_nan_in_a_later_decode_step(monkeypatch):
     monkeypatch.setattr(hf_oracle, "ours_steps", nan_last_step)
     out = gate.check_mla_vs_hf()  # reaches hf_oracle.check_against_hf through the artifact table
     assert out.passed is False and "max logit err inf" in out.measured, out
+
+
+def test_recorded_peer_quotes_the_newest_flashmla_run(monkeypatch, tmp_path):
+    """The bandwidth criterion quotes FlashMLA measured beside our kernel; the newest run wins, unreadable files and
+    runs without the case are passed over, and no run gives None."""
+    import json
+
+    from phase2_mla import gate
+    monkeypatch.setenv("TITAN_RESULTS_DIR", str(tmp_path))
+    assert gate.recorded_peer() is None
+
+    def run(stem, date, ours, peer, heads=128):
+        rows = [{"kernel": "seesaw (ours, defaults)", "tb_s": ours}, {"kernel": "FlashMLA", "tb_s": peer}]
+        (tmp_path / f"{stem}.json").write_text(json.dumps(
+            {"provenance": {"date": date, "device": "GPU X"}, "cases": [{"heads": heads, "batch": 64, "rows": rows}]}))
+
+    run("peer_flashmla_a", "2026-12-01T00:00", 2.0, 2.1)
+    run("peer_flashmla_b", "2026-12-02T00:00", 2.25, 2.24)
+    run("peer_flashmla_c", "2026-12-03T00:00", 9.0, 9.0, heads=16)  # no 128-head case
+    (tmp_path / "peer_flashmla_d.json").write_text("{not json")
+    text = gate.recorded_peer()
+    assert "2.24 TB/s vs ours 2.25" in text and "peer_flashmla_b" in text and "GPU X" in text
