@@ -1,11 +1,13 @@
 """Figures for the chapter, drawn from results/*.json (never from typed-in numbers), no GPU needed.
 
-    python -m phase2_mla.plots          # writes results/mla_power_cap.png, results/mla_schedules.png
+    python -m phase2_mla.plots          # writes results/mla_power_cap.png, mla_schedules.png, mla_peer.png
 
 - mla_power_cap: the seesaw's time a tile and the SM clock at 32-128 programs doing the same work each
   (`contention_mla`): the clock falls where the board reaches its power limit, the SM clocks a tile hardly move.
 - mla_schedules: every MLA decode configuration of the record (`bench_mla.json`) at DeepSeek-V3's 128 heads, B=64,
   ctx 4K, in TB/s against the 2.4 goal and the copy ceiling of the same run.
+- mla_peer: ours and FlashMLA on the same board, same inputs, same call (`peer_flashmla`), per case, with the SM
+  clock each ran at.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from common.bench import load_result  # noqa: E402
 PHASE = "phase2_mla"
 OUT = Path(__file__).resolve().parent / "results"
 CONTENTION = "contention_mla_s1210f_h100"  # the run with clocks sampled under sustained load
+PEER = "peer_flashmla_s1210m_h100"  # FlashMLA beside the seesaw on the H100
 GOAL_TB_S = 2.4
 
 
@@ -102,11 +105,42 @@ def schedules(r: dict, ax=None) -> dict:
     return drawn
 
 
+def peer(r: dict, ax=None) -> dict:
+    """Grouped bars: TB/s of ours and FlashMLA per case of a peer_flashmla record, each bar labelled with the SM
+    clock under that kernel; the goal as a line. Returns {case: (ours TB/s, FlashMLA TB/s)} as drawn."""
+    ax = ax if ax is not None else plt.subplots(figsize=(8, 3.8))[1]
+    drawn = {}
+    w = 0.38
+    for i, c in enumerate(r["cases"]):
+        rows = {("ours" if x["kernel"].startswith("seesaw") else "flashmla"): x for x in c["rows"]}
+        if not all("tb_s" in rows.get(k, {}) for k in ("ours", "flashmla")):
+            continue
+        label = f"{c['heads']} heads, B={c['batch']}"
+        drawn[label] = (rows["ours"]["tb_s"], rows["flashmla"]["tb_s"])
+        for dx, k, color in ((-w / 2, "ours", "tab:blue"), (w / 2, "flashmla", "tab:gray")):
+            x = rows[k]
+            b = ax.bar(len(drawn) - 1 + dx, x["tb_s"], w, color=color,
+                       label=("ours (seesaw)" if k == "ours" else "FlashMLA (vLLM 0.25.0)") if len(drawn) == 1
+                       else None)[0]
+            mhz = f"\n{x['sm_clock_mhz']:.0f} MHz" if "sm_clock_mhz" in x else ""
+            ax.annotate(f"{x['tb_s']:.2f}{mhz}", (b.get_x() + b.get_width() / 2, x["tb_s"]), ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks(range(len(drawn)), list(drawn), fontsize=8)
+    ax.axhline(GOAL_TB_S, color="tab:red", ls=":", lw=1, label=f"goal {GOAL_TB_S} TB/s (128 heads, B=64)")
+    ax.set_ylabel("latent bytes read / time (TB/s)")
+    ax.set_ylim(0, max(max(v) for v in drawn.values()) * 1.25 if drawn else 3)
+    ax.set_title(f"MLA decode, ctx {r['cases'][0]['ctx'] // 1024}K, same inputs and call "
+                 f"({r['provenance']['device']}, {r['provenance']['commit']})", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return drawn
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT, help="directory for the PNGs (default: results/)")
     args = ap.parse_args(argv)
-    figures = (("mla_power_cap", CONTENTION, power_cap), ("mla_schedules", "bench_mla", schedules))
+    figures = (("mla_power_cap", CONTENTION, power_cap), ("mla_schedules", "bench_mla", schedules),
+               ("mla_peer", PEER, peer))
     wrote = 0
     for name, stem, draw in figures:
         r = load_result(PHASE, stem)

@@ -29,6 +29,16 @@ def test_schedules_figure_draws_each_configurations_best():
     assert list(drawn.values()) == sorted(drawn.values(), reverse=True)
 
 
-def test_main_writes_both_pngs(tmp_path):
+def test_peer_figure_draws_both_kernels_of_each_case():
+    r = load_result("phase2_mla", plots.PEER)
+    if r is None:
+        pytest.skip(f"results/{plots.PEER}.json not recorded")
+    drawn = plots.peer(r)
+    plt.close("all")
+    want = {f"{c['heads']} heads, B={c['batch']}": tuple(x["tb_s"] for x in c["rows"]) for c in r["cases"]}
+    assert drawn == want  # rows are (ours, FlashMLA) in the record
+
+
+def test_main_writes_every_png(tmp_path):
     assert plots.main(["--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"mla_power_cap.png", "mla_schedules.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"mla_power_cap.png", "mla_schedules.png", "mla_peer.png"}
