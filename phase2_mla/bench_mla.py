@@ -37,8 +37,8 @@ DTYPE = torch.bfloat16  # the MLA cache / query dtype (the dry run uses fp32: th
 RAGGED_LENS = [1, 77, 300, 1025]  # the correctness case each MLA configuration must pass before it is timed
 
 
-def graph_ms(fn, inner: int = 20, iters: int = 15) -> float:
-    """Median GPU milliseconds per call of fn, from a CUDA graph holding `inner` calls."""
+def capture(fn, inner: int) -> torch.cuda.CUDAGraph:
+    """A CUDA graph holding `inner` calls of fn (warmed up eagerly and on a side stream first)."""
     fn()
     torch.cuda.synchronize()
     s = torch.cuda.Stream()
@@ -50,7 +50,12 @@ def graph_ms(fn, inner: int = 20, iters: int = 15) -> float:
     with torch.cuda.graph(g):
         for _ in range(inner):
             fn()
-    return time_fn(g.replay, warmup=2, iters=iters)["median_ms"] / inner
+    return g
+
+
+def graph_ms(fn, inner: int = 20, iters: int = 15) -> float:
+    """Median GPU milliseconds per call of fn, from a CUDA graph holding `inner` calls."""
+    return time_fn(capture(fn, inner).replay, warmup=2, iters=iters)["median_ms"] / inner
 
 
 def copy_ceiling() -> dict:

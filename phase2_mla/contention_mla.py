@@ -78,6 +78,14 @@ def _smi(fields: list[str]) -> list[str] | None:
     return [v.strip() for v in q.stdout.strip().splitlines()[0].split(",")]
 
 
+def clocks_under_graph(fn, inner: int = 20, **kw) -> dict:
+    """clocks_under with fn captured `inner` times in one CUDA graph and the graph replayed: a Python launch can take
+    longer than a small kernel (the seesaw's wrapper ~tens of us against a 51 us call at 128 heads, B=16), so calls
+    launched one by one leave the GPU idle between them and read low power (peer_flashmla_s1210o_h100's small cases)."""
+    from phase2_mla.bench_mla import capture
+    return clocks_under(capture(fn, inner).replay, **kw)
+
+
 def clocks_under(fn, samples: int = 5, interval_s: float = 0.08, settle_s: float = 1.2) -> dict:
     """What nvidia-smi reports while fn runs back to back on a background thread: the SM clock (MHz; median, min and
     max of `samples` readings), board power (W, median), the power limit, temperature, and every reason it gave for
@@ -161,7 +169,7 @@ def contention_case(h: int, b: int, rounds: int, ctx: int = 4096, schedule: str 
     tiles = ctx // SEESAW_BLOCK_N
     kv = case["kv_bytes"]
     tile_bytes = kv // (b * tiles)  # one sequence's tile of latent + rope-key rows
-    clocks = clocks_under(fn)
+    clocks = clocks_under_graph(fn)
     us_tile = ms * 1e3 / tiles
     # SM clocks a tile at the median clock under load (the clock moves: an estimate, not a counter)
     cycles = {"sm_clocks_per_tile": us_tile * clocks["sm_clock_mhz"]} if "sm_clock_mhz" in clocks else {}

@@ -13,9 +13,10 @@ the vLLM wheel by tools/device_carry.sh into the git-ignored .carry/flashmla/), 
 [pages, 64, 1, 576] with one KV head), the same int32 block table and lengths, q = [q_lat | q_pe].
 
 Per case (B sequences, H heads, ctx 4K): both kernels checked against the fp32 reference (uniform case; the ragged
-case too), then timed in interleaved rounds (CUDA graphs, median), then each run back to back while nvidia-smi samples
-the SM clock, board power and the clock-event reasons (contention_mla.clocks_under): energy per call = board power x
-time. Writes phase2_mla/results/<name>.json (TITAN_RESULTS_DIR redirects it). Needs a Hopper GPU.
+case too), then timed in interleaved rounds (CUDA graphs, median), then each run back to back (a CUDA graph of 20
+calls, replayed) while nvidia-smi samples the SM clock, board power and the clock-event reasons
+(contention_mla.clocks_under_graph): energy per call = board power x time. Writes phase2_mla/results/<name>.json
+(TITAN_RESULTS_DIR redirects it). Needs a Hopper GPU.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def flashmla_call(ops, q_lat, q_pe, kv, bt, lens, scale: float):
 
 def peer_case(ops, b: int, h: int, ctx: int, rounds: int) -> dict:
     from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
-    from phase2_mla.contention_mla import clocks_under
+    from phase2_mla.contention_mla import clocks_under_graph
 
     case = mla_case(b, h, ctx)
     kv_bytes, flops = case["kv_bytes"], case["flops"]
@@ -95,7 +96,7 @@ def peer_case(ops, b: int, h: int, ctx: int, rounds: int) -> dict:
         ms = statistics.median(rows[k]["ms_rounds"])
         rows[k].update(us=ms * 1e3, tb_s=kv_bytes / ms / 1e9, tflops=flops / ms / 1e9)
     for k in timed:  # sustained: clock and power under each kernel alone
-        c = clocks_under(fns[k])
+        c = clocks_under_graph(fns[k])
         rows[k].update(c)
         if "power_w" in c:
             rows[k]["energy_mj_per_call"] = c["power_w"] * rows[k]["us"] / 1e3
