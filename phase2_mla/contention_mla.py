@@ -92,7 +92,7 @@ def clocks_under(fn, samples: int = 5, interval_s: float = 0.08, settle_s: float
     holding the clock below its maximum (`clocks_event_reasons`); {} without nvidia-smi. One reading is a snapshot
     of a clock the driver moves every few ms, hence several. The readings start settle_s after the load: on Ampere and
     newer nvidia-smi's power.draw is the average over the last second, so an earlier reading mixes in the idle GPU
-    before the load (a 0.2 s settle read 398-464 W for cases that draw ~690 W: contention_mla_s1210m_h100)."""
+    before the load (a 0.2 s settle read 398-464 W for cases that draw ~690 W: the s1210m runs)."""
     import shutil
     import threading
     import time

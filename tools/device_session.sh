@@ -10,8 +10,11 @@
 # As a device-tool call: run(command="bash tools/device_session.sh verify b1 offline 2>&1 | tail -80",
 #   carry=[".carry"], timeout_s=590, kind="nvidia-h100-x1").
 # Everything committed has run on the H100 (2026-12-06, twentieth session, TAGs s1210..s1210h: direct graph I/O
-# (graphio, verify), the seesaw's clock under power cap (mlacont), bench_mla --only mla, b1, offline, hostprof).
+# (graphio, verify), the seesaw's clock under power cap (mlacont), bench_mla --only mla, b1, offline, hostprof;
+# twenty-first session, TAGs s1210m, s1210o, s1210p: FlashMLA beside the seesaw (mlapeer), mlacont, mla).
 # Next measurements:
+#   TAG=<new tag> bash tools/device_session.sh mlapeer mlacont         # on an H200: FlashMLA and the seesaw there
+#   (every call naming nvidia-h200 so far got an H100 or no machine)
 #   TAG=<new tag> bash tools/device_session.sh gemvsweep               # on an H200: the M=1 tile rule (step_tile) was
 #   chosen on the H100; the H200's older sweep preferred 4x1024/4 warps for gate_up
 #   TAG=<new tag> MLA_AB_BENCH=1 bash tools/device_session.sh mlaab    # the seesaw on an H200 (never run there; two
