@@ -15,7 +15,8 @@ the vLLM wheel by tools/device_carry.sh into the git-ignored .carry/flashmla/), 
 Per case (B sequences, H heads, ctx 4K): both kernels checked against the fp32 reference (uniform case; the ragged
 case too), then timed in interleaved rounds (CUDA graphs, median), then each run back to back (a CUDA graph of 20
 calls, replayed) while nvidia-smi samples the SM clock, board power and the clock-event reasons
-(contention_mla.clocks_under_graph): energy per call = board power x time. Writes phase2_mla/results/<name>.json
+(contention_mla.clocks_under_graph): energy per call = sustained board power x the rounds' time (a lower bound where
+the sustained clock is below the rounds'). Writes phase2_mla/results/<name>.json
 (TITAN_RESULTS_DIR redirects it). Needs a Hopper GPU.
 """
 from __future__ import annotations
