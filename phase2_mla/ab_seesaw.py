@@ -43,7 +43,7 @@ def parse_args(argv):
 def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits: int = 1) -> dict:
     """Check, then time every schedule in `rounds` interleaved rounds at (b, h, ctx) with `splits` ranges per
     sequence."""
-    from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
+    from phase2_mla.bench_mla import check_mla, interleaved_ms, mla_call, mla_case
 
     case = mla_case(b, h, ctx)
     kv_bytes, flops = case["kv_bytes"], case["flops"]
@@ -56,9 +56,8 @@ def ab_case(b: int, h: int, ctx: int, schedules: list[str], rounds: int, splits:
         print(f"  {h} heads / {splits} splits {s}: err {err:.4f} / ragged {rag_err:.4f}{'' if ok else '  WRONG'}",
               flush=True)
     timed = [s for s in schedules if rows[s]["correct"]]
-    for r in range(rounds):
-        for s in timed:
-            rows[s]["ms_rounds"].append(graph_ms(fns[s], inner=5, iters=10))
+    for s, ms_rounds in interleaved_ms({s: fns[s] for s in timed}, rounds).items():
+        rows[s]["ms_rounds"] = ms_rounds
     for s in timed:
         ms = statistics.median(rows[s]["ms_rounds"])
         rows[s].update(ms=ms, us=ms * 1e3, tb_s=kv_bytes / ms / 1e9, tflops=flops / ms / 1e9)

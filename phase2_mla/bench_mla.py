@@ -58,6 +58,16 @@ def graph_ms(fn, inner: int = 20, iters: int = 15) -> float:
     return time_fn(capture(fn, inner).replay, warmup=2, iters=iters)["median_ms"] / inner
 
 
+def interleaved_ms(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Each fn's ms per call (graph_ms, 5 calls a graph) in `rounds` interleaved rounds -- fn 1, 2, ..., then again
+    -- so clock and lease drift fall on all of them alike; {name: [ms of each round]}."""
+    out = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            out[k].append(graph_ms(fn, inner=5, iters=10))
+    return out
+
+
 def copy_ceiling() -> dict:
     n = 1 << 29  # 1 GiB of bf16 read + 1 GiB written
     src, dst = torch.randn(n, device=DEV, dtype=torch.bfloat16), torch.empty(n, device=DEV, dtype=torch.bfloat16)

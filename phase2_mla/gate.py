@@ -186,12 +186,13 @@ def recorded_peer(heads: int = 128, batch: int = 64) -> str | None:
     import json
 
     from common.bench import results_dir
+    from phase2_mla.peer_flashmla import rows_by_kernel
     best = None
     for path in results_dir("phase2_mla").glob("peer_flashmla_*.json"):
         try:
             r = json.loads(path.read_text())
             case = next(c for c in r["cases"] if (c["heads"], c["batch"]) == (heads, batch))
-            rows = {("ours" if row["kernel"].startswith("seesaw") else "flashmla"): row for row in case["rows"]}
+            rows = rows_by_kernel(case)
             fig = (r["provenance"]["date"], path.stem, rows["ours"]["tb_s"], rows["flashmla"]["tb_s"],
                    r["provenance"].get("device"))
         except (OSError, ValueError, KeyError, StopIteration):

@@ -63,7 +63,7 @@ def flashmla_call(ops, q_lat, q_pe, kv, bt, lens, scale: float):
 
 
 def peer_case(ops, b: int, h: int, ctx: int, rounds: int) -> dict:
-    from phase2_mla.bench_mla import check_mla, graph_ms, mla_call, mla_case
+    from phase2_mla.bench_mla import check_mla, interleaved_ms, mla_call, mla_case
     from phase2_mla.contention_mla import clocks_under_graph
 
     case = mla_case(b, h, ctx)
@@ -88,11 +88,8 @@ def peer_case(ops, b: int, h: int, ctx: int, rounds: int) -> dict:
               f"{r.get('ragged_max_abs_err', float('nan')):.4f}{'' if r['correct'] else '  NOT TIMED ' + r.get('error', 'WRONG')}",
               flush=True)
     timed = [k for k in fns if rows[k]["correct"]]
-    for k in timed:
-        rows[k]["ms_rounds"] = []
-    for _ in range(rounds):
-        for k in timed:
-            rows[k]["ms_rounds"].append(graph_ms(fns[k], inner=5, iters=10))
+    for k, ms_rounds in interleaved_ms({k: fns[k] for k in timed}, rounds).items():
+        rows[k]["ms_rounds"] = ms_rounds
     for k in timed:
         ms = statistics.median(rows[k]["ms_rounds"])
         rows[k].update(us=ms * 1e3, tb_s=kv_bytes / ms / 1e9, tflops=flops / ms / 1e9)
@@ -111,6 +108,12 @@ def peer_case(ops, b: int, h: int, ctx: int, rounds: int) -> dict:
     if all(k in rows and "us" in rows[k] for k in ("seesaw", "flashmla")):
         out["flashmla_over_ours"] = rows["seesaw"]["us"] / rows["flashmla"]["us"]  # > 1: FlashMLA faster
     return out
+
+
+def rows_by_kernel(case: dict) -> dict:
+    """A recorded case's rows keyed "ours" / "flashmla" (each row's `kernel` names it), for the readers of the
+    record (the gate, the figure)."""
+    return {("ours" if r["kernel"].startswith("seesaw") else "flashmla"): r for r in case["rows"]}
 
 
 def main(argv=None) -> int:

@@ -108,11 +108,12 @@ def schedules(r: dict, ax=None) -> dict:
 def peer(r: dict, ax=None) -> dict:
     """Grouped bars: TB/s of ours and FlashMLA per case of a peer_flashmla record, each bar labelled with the SM
     clock under that kernel; the goal as a line. Returns {case: (ours TB/s, FlashMLA TB/s)} as drawn."""
+    from phase2_mla.peer_flashmla import rows_by_kernel
     ax = ax if ax is not None else plt.subplots(figsize=(8, 3.8))[1]
     drawn = {}
     w = 0.38
     for i, c in enumerate(r["cases"]):
-        rows = {("ours" if x["kernel"].startswith("seesaw") else "flashmla"): x for x in c["rows"]}
+        rows = rows_by_kernel(c)
         if not all("tb_s" in rows.get(k, {}) for k in ("ours", "flashmla")):
             continue
         label = f"{c['heads']} heads, B={c['batch']}"

@@ -26,3 +26,18 @@ def test_bench_sections_dry_run(monkeypatch, capsys):
     s = res["summary"]
     assert s["mla_over_gqa_time"] == s["mla_dsv3_best"]["ms"] / s["gqa_dsv3_ms"] and s["mla_tp8_best"] is None
     assert "mla_tb_s=" in capsys.readouterr().out
+
+
+def test_interleaved_ms_times_every_fn_once_a_round_in_turn(monkeypatch):
+    """ab_seesaw's and peer_flashmla's rounds: fn 1, 2, ..., then again; each fn's times in round order."""
+    from phase2_mla import bench_mla
+    calls = []
+
+    def fake_graph_ms(fn, inner=20, iters=15):
+        calls.append(fn())
+        return float(len(calls))
+
+    monkeypatch.setattr(bench_mla, "graph_ms", fake_graph_ms)
+    got = bench_mla.interleaved_ms({"a": lambda: "a", "b": lambda: "b"}, rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert got == {"a": [1.0, 3.0, 5.0], "b": [2.0, 4.0, 6.0]}
